@@ -1,0 +1,92 @@
+//! The REST companion API, its OpenAPI document and Swagger UI.
+//!
+//! Handlers turn requests into hub calls and hub answers into JSON; every error is an RFC 9457
+//! problem document. The OpenAPI document is generated from the handlers themselves.
+
+pub mod connections;
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::hub::Hub;
+use crate::problem::Problem;
+
+/// The OpenAPI document of the REST API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "wshub",
+        description = "REST companion API of the wshub WebSocket hub: list connections and push messages to clients."
+    ),
+    paths(connections::list, connections::broadcast, health),
+    components(schemas(
+        connections::Connection,
+        connections::ConnectionList,
+        connections::BroadcastRequest,
+        connections::BroadcastResult,
+        Problem
+    )),
+    tags((name = "connections", description = "Connected WebSocket clients"),
+         (name = "operations", description = "Health"))
+)]
+pub struct ApiDoc;
+
+/// The REST routes, `/openapi.json`, `/swagger` and the health checks.
+pub fn routes() -> Router<Hub> {
+    let api = Router::new()
+        .route("/api/connections", get(connections::list))
+        .route("/api/connections/broadcast", post(connections::broadcast))
+        .route("/healthz", get(health));
+    let docs: Router<Hub> =
+        Router::from(SwaggerUi::new("/swagger").url("/openapi.json", ApiDoc::openapi()));
+    api.merge(docs)
+}
+
+/// Process liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = String, example = "ok")))]
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+/// 404 for anything no route matched.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    Problem::not_found(format!("no route for `{}`", uri.path())).into_response()
+}
+
+/// Parses a JSON request body, with a precise problem for each way it can be wrong.
+pub(crate) fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(Problem::bad_request(
+            "the request body must be JSON: send `Content-Type: application/json`",
+        ));
+    }
+    let body = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    if body.is_empty() {
+        return Err(Problem::bad_request(
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        let status = StatusCode::BAD_REQUEST;
+        Problem::new(status, format!("malformed JSON body: {e}"))
+    })
+}

@@ -1,0 +1,107 @@
+//! Why the server closes a connection, and the close code each reason puts on the wire.
+//!
+//! The codes are a contract clients can rely on:
+//!
+//! | reason | code | queued frames |
+//! |---|---|---|
+//! | [`CloseReason::Normal`] (peer closed first, or `DELETE /api/connections/{id}`) | 1000 (or the peer's code, echoed) | delivered first |
+//! | [`CloseReason::GoingAway`] (server shutdown) | 1001 | delivered first, within the shutdown deadline |
+//! | [`CloseReason::IdleTimeout`] (no frame within the idle timeout) | 1001 | dropped |
+//! | [`CloseReason::Protocol`] (RFC 6455 violation) | 1002 | delivered first |
+//! | [`CloseReason::InvalidUtf8`] | 1007 | delivered first |
+//! | [`CloseReason::SlowConsumer`] (outbound queue overflowed) | 1008 | dropped |
+//! | [`CloseReason::TooBig`] (message over the size limit) | 1009 | delivered first |
+
+use crate::frame::{self, DecodeError, Frame};
+
+/// Why a connection is being closed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A normal closure; carries the code to send (the peer's own code when echoing its Close).
+    Normal(u16),
+    /// The server is shutting down.
+    GoingAway,
+    /// The peer sent nothing (not even a Pong) within the idle timeout.
+    IdleTimeout,
+    /// The peer broke RFC 6455 framing.
+    Protocol(&'static str),
+    /// A text message or close reason was not valid UTF-8.
+    InvalidUtf8,
+    /// The connection's outbound queue overflowed: it does not read fast enough.
+    SlowConsumer,
+    /// A message exceeded the maximum message size.
+    TooBig,
+}
+
+impl CloseReason {
+    /// The close code sent to the peer.
+    pub fn code(&self) -> u16 {
+        match self {
+            CloseReason::Normal(code) => *code,
+            CloseReason::GoingAway | CloseReason::IdleTimeout => 1001,
+            CloseReason::Protocol(_) => 1002,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::SlowConsumer => 1008,
+            CloseReason::TooBig => 1009,
+        }
+    }
+
+    /// The reason text sent to the peer.
+    pub fn text(&self) -> &'static str {
+        match self {
+            CloseReason::Normal(_) => "",
+            CloseReason::GoingAway => "server shutting down",
+            CloseReason::IdleTimeout => "idle timeout",
+            CloseReason::Protocol(why) => why,
+            CloseReason::InvalidUtf8 => "invalid UTF-8 in text message",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::TooBig => "message too big",
+        }
+    }
+
+    /// Whether frames already queued are delivered before the Close frame. A slow consumer's
+    /// backlog is what got it closed, and an idle peer is presumed gone: both are dropped.
+    pub fn drains_queue(&self) -> bool {
+        !matches!(self, CloseReason::SlowConsumer | CloseReason::IdleTimeout)
+    }
+
+    /// Whether to wait for the peer's own Close frame after sending ours. An idle peer has
+    /// stopped answering, so waiting for it would only hold the socket open.
+    pub fn awaits_peer(&self) -> bool {
+        !matches!(self, CloseReason::IdleTimeout)
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::Normal(_) => "normal",
+            CloseReason::GoingAway => "shutdown",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Protocol(_) => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::TooBig => "message_too_big",
+        }
+    }
+
+    /// The encoded Close frame.
+    pub fn frame(&self) -> Frame {
+        frame::close_frame(self.code(), self.text())
+    }
+}
+
+impl From<&DecodeError> for CloseReason {
+    fn from(e: &DecodeError) -> Self {
+        match e {
+            DecodeError::Protocol(why) => CloseReason::Protocol(why),
+            DecodeError::InvalidUtf8 => CloseReason::InvalidUtf8,
+            DecodeError::TooBig { .. } => CloseReason::TooBig,
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.label(), self.code())
+    }
+}

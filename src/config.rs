@@ -1,0 +1,185 @@
+//! Command-line configuration: every option is a flag and a `WSHUB_*` environment variable
+//! (flags win), with its default shown in `--help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::hub::HubConfig;
+
+/// wshub: a real-time WebSocket hub.
+#[derive(Debug, Parser)]
+#[command(name = "wshub", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub server.
+    Serve(ServeArgs),
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of `wshub serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "WSHUB_LISTEN", default_value = "127.0.0.1:5289")]
+    pub listen: SocketAddr,
+
+    /// Interval between keep-alive Pings to each client (e.g. 30s, 500ms).
+    #[arg(long, env = "WSHUB_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client that sends nothing (no frame, no Pong) for this long is closed and removed.
+    #[arg(long, env = "WSHUB_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Largest message a client may send on /ws (e.g. 65536, 64KiB, 1MiB); larger closes with 1009.
+    #[arg(long, env = "WSHUB_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
+    /// Largest message accepted on the /ws/echo diagnostics endpoint.
+    #[arg(long, env = "WSHUB_ECHO_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub echo_max_message_size: usize,
+
+    /// Frames a client may have queued for sending before it is closed as a slow consumer (1008).
+    #[arg(long, env = "WSHUB_SEND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub send_queue: u32,
+
+    /// Whether every join and leave is announced to all clients: `all` (as the original) or `none`.
+    #[arg(long, env = "WSHUB_ANNOUNCE", default_value = "all")]
+    pub announce: Announce,
+
+    /// How long a closing handshake may take before the socket is dropped.
+    #[arg(long, env = "WSHUB_CLOSE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to drain queues and finish closing handshakes before exiting.
+    #[arg(long, env = "WSHUB_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// How long a client may take to send its HTTP request headers.
+    #[arg(long, env = "WSHUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "WSHUB_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Join/leave announcements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Announce {
+    /// Every join and leave goes to every client (SPEC 1.2).
+    All,
+    /// No announcements (a connect storm of N clients otherwise costs N²/2 frames).
+    None,
+}
+
+impl ServeArgs {
+    /// The hub settings these options describe.
+    pub fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            max_message_size: self.max_message_size,
+            echo_max_message_size: self.echo_max_message_size,
+            send_queue: self.send_queue as usize,
+            close_timeout: self.close_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            announce: self.announce == Announce::All,
+        }
+    }
+}
+
+/// Parses a duration such as `30s`, `500ms`, `2m`; it must be positive.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}`: {e} (try 30s, 500ms)"))?;
+    if d.is_zero() {
+        return Err(format!("`{s}`: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// Parses a size such as `65536`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 10).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number of bytes such as 65536, 64KiB or 16MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("`{s}`: too large"))?;
+    if bytes == 0 {
+        return Err(format!("`{s}`: must be greater than zero"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1 MB"), Ok(1_000_000));
+        for bad in ["", "abc", "10XB", "0", "99999999999999999999GiB", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let cli = Cli::try_parse_from(["wshub", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.listen.to_string(), "127.0.0.1:5289");
+        let c = args.hub_config();
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.max_message_size, 64 * 1024);
+        assert_eq!(c.send_queue, 1024);
+        assert!(c.announce);
+    }
+}

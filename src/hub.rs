@@ -1,0 +1,268 @@
+//! The hub: the one place every message goes through, whichever way it came in.
+//!
+//! A client's text, a REST push and (later) a backplane delivery all end in a hub call that
+//! encodes the frame once and offers it to the matching connections' outboxes. The hub is a
+//! cheap `Clone` handle over shared state, usable from any task, and never waits on a socket.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::close::CloseReason;
+use crate::envelope::{self, Kind};
+use crate::frame::{self, Frame, OpCode};
+use crate::id::ConnId;
+use crate::manager::{ConnInfo, ConnectionManager, Delivery};
+use crate::outbox::Outbox;
+
+/// Settings that shape every connection's behaviour.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How often the server pings each connection.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (no frame, no Pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest message accepted on `/ws`; larger ones close the connection with 1009.
+    pub max_message_size: usize,
+    /// Largest message accepted on `/ws/echo` (conformance suites send up to 16 MiB).
+    pub echo_max_message_size: usize,
+    /// Frames a connection may have queued before it is closed as a slow consumer.
+    pub send_queue: usize,
+    /// How long a closing handshake (or flushing a Close to a slow peer) may take.
+    pub close_timeout: Duration,
+    /// How long shutdown waits for connections to drain and close.
+    pub shutdown_timeout: Duration,
+    /// Whether joins and leaves are announced to every client (SPEC 1.2).
+    pub announce: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_message_size: 64 * 1024,
+            echo_max_message_size: 16 * 1024 * 1024,
+            send_queue: 1024,
+            close_timeout: Duration::from_secs(3),
+            shutdown_timeout: Duration::from_secs(10),
+            announce: true,
+        }
+    }
+}
+
+/// Counters of what went through the hub since it started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted on `/ws`.
+    pub connections_opened: AtomicU64,
+    /// Connections on `/ws` that ended.
+    pub connections_closed: AtomicU64,
+    /// Data messages received from clients (all endpoints).
+    pub messages_in: AtomicU64,
+    /// Payload bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Frames queued for delivery (one per recipient).
+    pub deliveries: AtomicU64,
+    /// Connections closed because their outbound queue overflowed.
+    pub slow_consumers: AtomicU64,
+}
+
+struct Shared {
+    config: HubConfig,
+    manager: ConnectionManager<Outbox>,
+    stats: Stats,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A handle to the hub; clones share the same registry.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+/// A snapshot of one connection, for listings.
+#[derive(Debug, Clone)]
+pub struct ConnectionSnapshot {
+    /// Its id.
+    pub id: ConnId,
+    /// When it connected.
+    pub connected_at: SystemTime,
+    /// The peer address, when known.
+    pub remote_addr: Option<std::net::SocketAddr>,
+    /// Frames waiting in its outbound queue.
+    pub queued: usize,
+}
+
+impl Hub {
+    /// A hub with the given settings.
+    pub fn new(config: HubConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                manager: ConnectionManager::new(),
+                stats: Stats::default(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The hub's settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.shared.config
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Number of connections on `/ws`.
+    pub fn connection_count(&self) -> usize {
+        self.shared.manager.count()
+    }
+
+    /// A snapshot of every connection on `/ws`.
+    pub fn connections(&self) -> Vec<ConnectionSnapshot> {
+        let mut list: Vec<_> = self
+            .shared
+            .manager
+            .entries()
+            .into_iter()
+            .map(|e| ConnectionSnapshot {
+                id: e.id,
+                connected_at: e.info.connected_at,
+                remote_addr: e.info.remote_addr,
+                queued: e.sink.len(),
+            })
+            .collect();
+        list.sort_by_key(|c| (c.connected_at, c.id));
+        list
+    }
+
+    /// Sends `message` to every client as a `server-broadcast` envelope; returns how many
+    /// connections it was queued for.
+    pub fn broadcast_text(&self, message: &str) -> usize {
+        let frame = envelope::encode(Kind::ServerBroadcast, None, message);
+        self.broadcast_frame(&frame).delivered
+    }
+
+    /// Offers an already encoded frame to every connection.
+    pub fn broadcast_frame(&self, frame: &Frame) -> Delivery {
+        let d = self.shared.manager.broadcast(frame);
+        self.count_delivery(&d);
+        d
+    }
+
+    /// Offers an already encoded frame to one connection; `false` when it is unknown, closed,
+    /// or was just closed as a slow consumer.
+    pub fn send_frame(&self, id: ConnId, frame: &Frame) -> bool {
+        let ok = self.shared.manager.send(id, frame);
+        if ok {
+            self.shared.stats.deliveries.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Closes one connection with `reason`; `false` when it is unknown.
+    pub fn disconnect(&self, id: ConnId, reason: CloseReason) -> bool {
+        match self.shared.manager.get(id) {
+            Some(entry) => {
+                entry.sink.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts shutting down: every connection is sent Close 1001 after its queued frames.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    /// Waits until every connection task has ended, or `timeout` passed; returns whether all
+    /// ended.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        self.shared.tasks.close();
+        tokio::time::timeout(timeout, self.shared.tasks.wait())
+            .await
+            .is_ok()
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.shared.tasks
+    }
+
+    /// Registers a new `/ws` connection and announces it. Called before the 101 response is
+    /// sent, so no broadcast issued after the client sees the upgrade can miss it.
+    pub(crate) fn register(&self, info: ConnInfo) -> (ConnId, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(self.shared.config.send_queue));
+        let id = self.shared.manager.add(outbox.clone(), info);
+        self.shared
+            .stats
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        if self.shared.config.announce {
+            self.broadcast_frame(&envelope::joined(&id.short()));
+        }
+        (id, outbox)
+    }
+
+    /// Removes a `/ws` connection (if a failed send has not already) and announces its leaving.
+    /// Called exactly once per registered connection, by the task that owns it.
+    pub(crate) fn unregister(&self, id: ConnId) {
+        self.shared.manager.remove(id);
+        self.shared
+            .stats
+            .connections_closed
+            .fetch_add(1, Ordering::Relaxed);
+        if self.shared.config.announce {
+            self.broadcast_frame(&envelope::left(&id.short()));
+        }
+    }
+
+    /// A client's text message: an `echo` to the sender, then a `message` to everyone.
+    pub(crate) fn on_text(&self, from: ConnId, text: &str) {
+        self.count_in(text.len());
+        let short = from.short();
+        self.send_frame(from, &envelope::encode(Kind::Echo, Some(&short), text));
+        self.broadcast_frame(&envelope::encode(Kind::Message, Some(&short), text));
+    }
+
+    /// A client's binary message: relayed unchanged to the sender, then to everyone.
+    pub(crate) fn on_binary(&self, from: ConnId, data: &[u8]) {
+        self.count_in(data.len());
+        let frame = frame::encode(OpCode::Binary, data);
+        self.send_frame(from, &frame);
+        self.broadcast_frame(&frame);
+    }
+
+    pub(crate) fn count_in(&self, bytes: usize) {
+        let s = &self.shared.stats;
+        s.messages_in.fetch_add(1, Ordering::Relaxed);
+        s.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count_delivery(&self, d: &Delivery) {
+        let s = &self.shared.stats;
+        s.deliveries
+            .fetch_add(d.delivered as u64, Ordering::Relaxed);
+        if d.slow > 0 {
+            s.slow_consumers.fetch_add(d.slow as u64, Ordering::Relaxed);
+        }
+    }
+}

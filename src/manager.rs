@@ -1,0 +1,405 @@
+//! The connection manager: a thread-safe registry of live connections (SPEC 1.4).
+//!
+//! It is generic over a small [`Sink`] trait so it can be unit-tested without a network: a test
+//! double stands in for a real socket. In the server the sink is the connection's
+//! [`Outbox`](crate::outbox::Outbox).
+//!
+//! Sending never waits. A broadcast holds the read lock only while it offers the (already
+//! encoded, shared) frame to each sink; sinks that are closed or full are collected and removed
+//! afterwards under the write lock, and a full one is closed as a slow consumer. One slow or
+//! dead connection therefore never delays or fails a broadcast to the others.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::RwLock;
+
+use crate::close::CloseReason;
+use crate::frame::Frame;
+use crate::id::ConnId;
+use crate::outbox::SendError;
+
+/// Where the registry delivers frames for one connection.
+pub trait Sink: Send + Sync + 'static {
+    /// Offers a frame without waiting.
+    ///
+    /// # Errors
+    /// [`SendError::Full`] when the connection cannot keep up, [`SendError::Closed`] when it is
+    /// gone.
+    fn try_send(&self, frame: &Frame) -> Result<(), SendError>;
+
+    /// Asks the connection to close with `reason`.
+    fn close(&self, reason: CloseReason);
+
+    /// Whether the connection still accepts frames.
+    fn is_open(&self) -> bool;
+}
+
+/// What the registry knows about a connection besides its sink.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// When the connection was accepted.
+    pub connected_at: SystemTime,
+    /// The peer's address, when the server knows it.
+    pub remote_addr: Option<SocketAddr>,
+}
+
+impl ConnInfo {
+    /// Info for a connection accepted now from `remote_addr`.
+    pub fn now(remote_addr: Option<SocketAddr>) -> Self {
+        Self {
+            connected_at: SystemTime::now(),
+            remote_addr,
+        }
+    }
+}
+
+/// One registered connection.
+pub struct Entry<S> {
+    /// Its id.
+    pub id: ConnId,
+    /// Its metadata.
+    pub info: ConnInfo,
+    /// The sink frames are delivered to: the very instance that was added.
+    pub sink: Arc<S>,
+}
+
+/// The outcome of a broadcast.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Connections that accepted the frame.
+    pub delivered: usize,
+    /// Connections closed as slow consumers (their queue was full).
+    pub slow: usize,
+    /// Connections found already closed, and removed.
+    pub dead: usize,
+}
+
+/// A thread-safe registry of connections, keyed by [`ConnId`].
+pub struct ConnectionManager<S> {
+    map: RwLock<HashMap<ConnId, Arc<Entry<S>>>>,
+}
+
+impl<S: Sink> Default for ConnectionManager<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Sink> ConnectionManager<S> {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Registers `sink` under a new unique id and returns the id.
+    pub fn add(&self, sink: Arc<S>, info: ConnInfo) -> ConnId {
+        let mut map = self.map.write();
+        loop {
+            let id = ConnId::random();
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
+                slot.insert(Arc::new(Entry { id, info, sink }));
+                return id;
+            }
+        }
+    }
+
+    /// Removes a connection; returns its entry, or `None` when it was not registered.
+    pub fn remove(&self, id: ConnId) -> Option<Arc<Entry<S>>> {
+        self.map.write().remove(&id)
+    }
+
+    /// The entry registered under `id`.
+    pub fn get(&self, id: ConnId) -> Option<Arc<Entry<S>>> {
+        self.map.read().get(&id).cloned()
+    }
+
+    /// Number of registered connections.
+    pub fn count(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// The ids of all registered connections.
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.map.read().keys().copied().collect()
+    }
+
+    /// All registered entries (a snapshot).
+    pub fn entries(&self) -> Vec<Arc<Entry<S>>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    /// Sends a frame to one connection. Returns `false` when the id is unknown or the connection
+    /// is closed; a connection whose queue is full is closed as a slow consumer and removed.
+    pub fn send(&self, id: ConnId, frame: &Frame) -> bool {
+        let Some(entry) = self.get(id) else {
+            return false;
+        };
+        match entry.sink.try_send(frame) {
+            Ok(()) => true,
+            Err(e) => {
+                self.evict(&entry, e);
+                false
+            }
+        }
+    }
+
+    /// Offers a frame to every connection. Closed connections are skipped and removed; full
+    /// ones are closed as slow consumers and removed. Never waits on a connection.
+    pub fn broadcast(&self, frame: &Frame) -> Delivery {
+        let mut report = Delivery::default();
+        let mut failed: Vec<(Arc<Entry<S>>, SendError)> = Vec::new();
+        {
+            let map = self.map.read();
+            for entry in map.values() {
+                match entry.sink.try_send(frame) {
+                    Ok(()) => report.delivered += 1,
+                    Err(e) => failed.push((entry.clone(), e)),
+                }
+            }
+        }
+        for (entry, e) in failed {
+            match e {
+                SendError::Full => report.slow += 1,
+                SendError::Closed => report.dead += 1,
+            }
+            self.evict(&entry, e);
+        }
+        report
+    }
+
+    fn evict(&self, entry: &Arc<Entry<S>>, e: SendError) {
+        if e == SendError::Full {
+            tracing::warn!(conn = %entry.id, "slow consumer: outbound queue full, closing");
+            entry.sink.close(CloseReason::SlowConsumer);
+        }
+        let mut map = self.map.write();
+        // Only remove the very entry that failed (ids are never reused, but be exact).
+        if map.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            map.remove(&entry.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use parking_lot::Mutex;
+
+    /// A test double: records frames, can be closed, can be made full.
+    #[derive(Default)]
+    struct FakeSink {
+        frames: Mutex<Vec<Frame>>,
+        closed: Mutex<Option<CloseReason>>,
+        full: bool,
+    }
+
+    impl FakeSink {
+        fn full() -> Self {
+            Self {
+                full: true,
+                ..Self::default()
+            }
+        }
+        fn closed() -> Self {
+            let s = Self::default();
+            *s.closed.lock() = Some(CloseReason::Normal(1000));
+            s
+        }
+    }
+
+    impl Sink for FakeSink {
+        fn try_send(&self, frame: &Frame) -> Result<(), SendError> {
+            if self.closed.lock().is_some() {
+                return Err(SendError::Closed);
+            }
+            if self.full {
+                return Err(SendError::Full);
+            }
+            self.frames.lock().push(frame.clone());
+            Ok(())
+        }
+        fn close(&self, reason: CloseReason) {
+            self.closed.lock().get_or_insert(reason);
+        }
+        fn is_open(&self) -> bool {
+            self.closed.lock().is_none()
+        }
+    }
+
+    fn mgr() -> ConnectionManager<FakeSink> {
+        ConnectionManager::new()
+    }
+
+    fn info() -> ConnInfo {
+        ConnInfo::now(None)
+    }
+
+    #[test]
+    fn add_returns_unique_ids() {
+        let m = mgr();
+        let ids: std::collections::HashSet<_> = (0..1000)
+            .map(|_| m.add(Arc::new(FakeSink::default()), info()))
+            .collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn add_increments_count() {
+        let m = mgr();
+        assert_eq!(m.count(), 0);
+        m.add(Arc::new(FakeSink::default()), info());
+        assert_eq!(m.count(), 1);
+        m.add(Arc::new(FakeSink::default()), info());
+        assert_eq!(m.count(), 2);
+    }
+
+    #[test]
+    fn remove_decrements_count_and_returns_the_entry() {
+        let m = mgr();
+        let sink = Arc::new(FakeSink::default());
+        let id = m.add(sink.clone(), info());
+        let removed = m.remove(id).expect("entry");
+        assert!(Arc::ptr_eq(&removed.sink, &sink));
+        assert_eq!(m.count(), 0);
+    }
+
+    #[test]
+    fn remove_unknown_returns_none() {
+        let m = mgr();
+        m.add(Arc::new(FakeSink::default()), info());
+        assert!(m.remove(ConnId::random()).is_none());
+        assert_eq!(m.count(), 1);
+    }
+
+    #[test]
+    fn get_returns_the_registered_instance() {
+        let m = mgr();
+        let sink = Arc::new(FakeSink::default());
+        let id = m.add(sink.clone(), info());
+        let entry = m.get(id).expect("entry");
+        assert!(Arc::ptr_eq(&entry.sink, &sink));
+        assert_eq!(entry.id, id);
+    }
+
+    #[test]
+    fn get_unknown_returns_none() {
+        assert!(mgr().get(ConnId::random()).is_none());
+    }
+
+    #[test]
+    fn ids_lists_all() {
+        let m = mgr();
+        let mut added: Vec<_> = (0..5)
+            .map(|_| m.add(Arc::new(FakeSink::default()), info()))
+            .collect();
+        let mut ids = m.ids();
+        added.sort();
+        ids.sort();
+        assert_eq!(ids, added);
+    }
+
+    #[test]
+    fn send_to_unknown_returns_false() {
+        assert!(!mgr().send(ConnId::random(), &Bytes::from_static(b"x")));
+    }
+
+    #[test]
+    fn send_to_closed_returns_false_and_removes_it() {
+        let m = mgr();
+        let id = m.add(Arc::new(FakeSink::closed()), info());
+        assert!(!m.send(id, &Bytes::from_static(b"x")));
+        assert_eq!(m.count(), 0);
+    }
+
+    #[test]
+    fn send_to_open_delivers_the_frame() {
+        let m = mgr();
+        let sink = Arc::new(FakeSink::default());
+        let id = m.add(sink.clone(), info());
+        assert!(m.send(id, &Bytes::from_static(b"x")));
+        assert_eq!(sink.frames.lock().as_slice(), &[Bytes::from_static(b"x")]);
+    }
+
+    #[test]
+    fn broadcast_reaches_everyone_with_the_same_bytes() {
+        let m = mgr();
+        let sinks: Vec<_> = (0..3).map(|_| Arc::new(FakeSink::default())).collect();
+        for s in &sinks {
+            m.add(s.clone(), info());
+        }
+        let frame = Bytes::from(vec![1u8; 100]);
+        let d = m.broadcast(&frame);
+        assert_eq!(d.delivered, 3);
+        for s in &sinks {
+            let got = s.frames.lock();
+            // Encoded once: every recipient holds the very same buffer.
+            assert_eq!(got[0].as_ptr(), frame.as_ptr());
+        }
+    }
+
+    #[test]
+    fn broadcast_skips_and_removes_dead_connections() {
+        let m = mgr();
+        let live = Arc::new(FakeSink::default());
+        m.add(live.clone(), info());
+        m.add(Arc::new(FakeSink::closed()), info());
+        let d = m.broadcast(&Bytes::from_static(b"x"));
+        assert_eq!(
+            d,
+            Delivery {
+                delivered: 1,
+                slow: 0,
+                dead: 1
+            }
+        );
+        assert_eq!(m.count(), 1);
+        assert_eq!(live.frames.lock().len(), 1);
+    }
+
+    #[test]
+    fn broadcast_closes_slow_consumers_as_1008() {
+        let m = mgr();
+        let slow = Arc::new(FakeSink::full());
+        m.add(slow.clone(), info());
+        m.add(Arc::new(FakeSink::default()), info());
+        let d = m.broadcast(&Bytes::from_static(b"x"));
+        assert_eq!((d.delivered, d.slow), (1, 1));
+        assert_eq!(*slow.closed.lock(), Some(CloseReason::SlowConsumer));
+        assert_eq!(CloseReason::SlowConsumer.code(), 1008);
+        assert_eq!(m.count(), 1);
+    }
+
+    #[test]
+    fn broadcast_on_empty_registry_delivers_nothing() {
+        assert_eq!(mgr().broadcast(&Bytes::new()), Delivery::default());
+    }
+
+    #[test]
+    fn concurrent_adds_and_broadcasts_are_consistent() {
+        let m = Arc::new(mgr());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..250 {
+                        let id = m.add(Arc::new(FakeSink::default()), info());
+                        m.broadcast(&Bytes::from_static(b"x"));
+                        if m.get(id).is_none() {
+                            panic!("lost an entry");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(m.count(), 1000);
+    }
+}

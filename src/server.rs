@@ -1,0 +1,153 @@
+//! The accept loop: HTTP/1.1 with upgrades on a listener the caller bound, and graceful
+//! shutdown that reaches upgraded WebSockets too.
+//!
+//! Taking a bound listener rather than an address is what lets tests run on port 0.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use crate::hub::Hub;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// How long a client may take to send its request headers (slowloris guard).
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then shuts down gracefully: stops
+/// accepting, sends every WebSocket Close 1001 after its queued frames, and waits for them
+/// (and for in-flight HTTP requests) up to the hub's shutdown timeout.
+///
+/// # Errors
+/// Only if the listener's local address cannot be read; accept errors are logged and retried.
+pub async fn run(
+    listener: TcpListener,
+    hub: Hub,
+    app: Router,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!(%local, "listening");
+    let stop = CancellationToken::new();
+    let http_tasks = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.handshake_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener stays usable.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(remote));
+            let app = app.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    app.oneshot(req.map(axum::body::Body::new))
+                        .await
+                        .unwrap_or_else(|e| match e {}),
+                )
+            }
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        http_tasks.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.cancelled() => {
+                    // Finish the request in flight, then close; an upgrade already handed
+                    // its socket to the hub, which closes it with 1001.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let deadline = hub.config().shutdown_timeout;
+    tracing::info!(
+        connections = hub.connection_count(),
+        ?deadline,
+        "shutting down"
+    );
+    hub.shutdown();
+    stop.cancel();
+    http_tasks.close();
+    let (ws_done, http_done) = tokio::join!(
+        hub.wait_closed(deadline),
+        tokio::time::timeout(deadline, http_tasks.wait())
+    );
+    if !ws_done || http_done.is_err() {
+        tracing::warn!("shutdown deadline passed with connections still open; dropping them");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,8 @@
+//! WebSocket transport: the upgrade handshake ([`upgrade`]), the per-connection task
+//! (`connection`: reader, keep-alive, closing handshake) and its batched writer (`writer`).
+
+mod connection;
+pub mod upgrade;
+mod writer;
+
+pub use upgrade::{echo_handler, ws_handler};

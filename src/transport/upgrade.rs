@@ -1,0 +1,240 @@
+//! The HTTP side of a WebSocket: the RFC 6455 opening handshake, then the hand-over of the raw
+//! socket to a connection task.
+//!
+//! The handshake is done here rather than by a WebSocket library so that the connection task
+//! owns the plain TCP stream (split into halves, no lock between reader and writer, no
+//! library-owned buffers) and can write pre-encoded frames straight from the shared buffers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::Instrument as _;
+
+use crate::frame;
+use crate::hub::Hub;
+use crate::manager::ConnInfo;
+use crate::outbox::Outbox;
+use crate::problem::Problem;
+
+use super::connection::{self, Ending, Params, Role};
+
+/// What a valid upgrade request left us with.
+struct Handshake {
+    on_upgrade: OnUpgrade,
+    accept: String,
+    remote: Option<SocketAddr>,
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Why an upgrade request was refused; each has its own status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandshakeError {
+    /// Not an upgrade request at all (plain HTTP on a WebSocket endpoint): 400.
+    NotUpgrade,
+    /// `Sec-WebSocket-Version` missing or not 13: 426 with `Sec-WebSocket-Version: 13`.
+    Version,
+    /// `Sec-WebSocket-Key` missing or not 16 bytes of base64: 400.
+    Key,
+    /// The HTTP connection cannot be upgraded (HTTP/2, or a server without upgrades): 426.
+    NoUpgradeSupport,
+}
+
+impl IntoResponse for HandshakeError {
+    fn into_response(self) -> Response {
+        match self {
+            HandshakeError::NotUpgrade => Problem::bad_request(
+                "this endpoint expects a WebSocket upgrade request (GET with `Connection: Upgrade` and `Upgrade: websocket`)",
+            )
+            .into_response(),
+            HandshakeError::Version => {
+                let mut res = Problem::new(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "unsupported WebSocket version: `Sec-WebSocket-Version` must be 13",
+                )
+                .into_response();
+                res.headers_mut()
+                    .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                res
+            }
+            HandshakeError::Key => {
+                Problem::bad_request("`Sec-WebSocket-Key` must be 16 bytes in base64").into_response()
+            }
+            HandshakeError::NoUpgradeSupport => Problem::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "this connection cannot be upgraded (WebSocket needs HTTP/1.1)",
+            )
+            .into_response(),
+        }
+    }
+}
+
+/// Checks an upgrade request (RFC 6455 section 4.2.1).
+fn handshake(req: &mut Request) -> Result<Handshake, HandshakeError> {
+    let headers = req.headers();
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(HandshakeError::NotUpgrade);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(HandshakeError::Version);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().trim_ascii())
+        .filter(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .is_ok_and(|raw| raw.len() == 16)
+        })
+        .ok_or(HandshakeError::Key)?;
+    let accept = frame::accept_key(key);
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<OnUpgrade>()
+        .ok_or(HandshakeError::NoUpgradeSupport)?;
+    Ok(Handshake {
+        on_upgrade,
+        accept,
+        remote,
+    })
+}
+
+fn switching_protocols(accept: &str) -> Response {
+    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}
+
+fn unavailable() -> Response {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is shutting down",
+    )
+    .into_response()
+}
+
+fn params(hub: &Hub, max_message: usize) -> Params {
+    let c = hub.config();
+    Params {
+        max_message,
+        ping_interval: c.ping_interval,
+        idle_timeout: c.idle_timeout,
+        close_timeout: c.close_timeout,
+        shutdown_timeout: c.shutdown_timeout,
+    }
+}
+
+/// `GET /ws`: a client of the hub (SPEC 1.1).
+pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
+    let hs = match handshake(&mut req) {
+        Ok(hs) => hs,
+        Err(e) => return e.into_response(),
+    };
+    if hub.is_shutting_down() {
+        return unavailable();
+    }
+    // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade
+    // is queued for it, and flows as soon as the socket is ours.
+    let (id, outbox) = hub.register(ConnInfo::now(hs.remote));
+    let params = params(&hub, hub.config().max_message_size);
+    let span = tracing::info_span!("conn", id = %id, remote = ?hs.remote);
+    let role = Role::Hub {
+        hub: hub.clone(),
+        id,
+    };
+    hub.tasks()
+        .spawn(run_upgraded(hs.on_upgrade, outbox, role, params, hub.clone()).instrument(span));
+    switching_protocols(&hs.accept)
+}
+
+/// `GET /ws/echo`: raw RFC 6455 echo, for conformance testing and diagnostics.
+pub async fn echo_handler(State(hub): State<Hub>, mut req: Request) -> Response {
+    let hs = match handshake(&mut req) {
+        Ok(hs) => hs,
+        Err(e) => return e.into_response(),
+    };
+    if hub.is_shutting_down() {
+        return unavailable();
+    }
+    let outbox = Arc::new(Outbox::new(hub.config().send_queue));
+    let params = params(&hub, hub.config().echo_max_message_size);
+    let span = tracing::info_span!("echo", remote = ?hs.remote);
+    hub.tasks().spawn(
+        run_upgraded(hs.on_upgrade, outbox, Role::Echo, params, hub.clone()).instrument(span),
+    );
+    switching_protocols(&hs.accept)
+}
+
+async fn run_upgraded(
+    on_upgrade: OnUpgrade,
+    outbox: Arc<Outbox>,
+    role: Role,
+    params: Params,
+    hub: Hub,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            if let Role::Hub { hub, id } = &role {
+                hub.unregister(*id);
+            }
+            return;
+        }
+    };
+    tracing::debug!("connected");
+    let shutdown = hub.shutdown_token().clone();
+    let ending = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let tcp = parts.io.into_inner();
+            // Without it the echo and the broadcast copy, two small writes, wait ~40 ms on the
+            // client's delayed ACK.
+            let _ = tcp.set_nodelay(true);
+            let (r, w) = tcp.into_split();
+            connection::run(r, w, parts.read_buf, outbox, role, params, shutdown).await
+        }
+        Err(upgraded) => {
+            // Another transport (TLS, or an embedding app's own listener): same logic, generic I/O.
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            connection::run(r, w, Bytes::new(), outbox, role, params, shutdown).await
+        }
+    };
+    match ending {
+        Ending::Closed(reason) => tracing::debug!(%reason, "closed"),
+        Ending::Dropped => {
+            tracing::debug!("peer dropped the connection without a closing handshake")
+        }
+        Ending::Io(e) => tracing::debug!(error = %e, "socket error"),
+        Ending::TimedOut(reason) => tracing::debug!(%reason, "closing handshake timed out"),
+    }
+}
