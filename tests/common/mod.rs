@@ -1,0 +1,424 @@
+//! Test fixtures: a real server on 127.0.0.1:0, a real WebSocket client (tokio-tungstenite), a
+//! raw-socket client for malformed input, and a tiny HTTP client. Every wait has a timeout.
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wshub::{Hub, HubConfig};
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Default settings, but a short shutdown deadline: tests hold clients that do not read,
+    /// and shutdown waits for each client's Close reply up to that deadline.
+    pub async fn start() -> Self {
+        let config = HubConfig {
+            shutdown_timeout: Duration::from_secs(1),
+            ..HubConfig::default()
+        };
+        Self::with(config, wshub::server::ServerOptions::default()).await
+    }
+
+    pub async fn with_config(config: HubConfig) -> Self {
+        Self::with(config, wshub::server::ServerOptions::default()).await
+    }
+
+    pub async fn with(config: HubConfig, options: wshub::server::ServerOptions) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hub = Hub::new(config);
+        let app = wshub::router(hub.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(wshub::server::run(
+            listener,
+            hub.clone(),
+            app,
+            options,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        TestServer {
+            addr,
+            hub,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Stops the server and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Waits until the hub holds `n` connections.
+    pub async fn wait_count(&self, n: usize) {
+        let hub = self.hub.clone();
+        tokio::time::timeout(WAIT, async move {
+            while hub.connection_count() != n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("connection count never reached {n}"));
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connected client that has read its own "joined" announcement; returns it with its short id.
+pub async fn connect(url: &str) -> (Ws, String) {
+    let (mut ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    assert_eq!(res.status(), 101);
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["type"], "system", "{v}");
+    let msg = v["message"].as_str().unwrap();
+    let short = msg
+        .strip_prefix("Client ")
+        .and_then(|m| m.strip_suffix(" joined."))
+        .unwrap_or_else(|| panic!("first message should announce our join: {msg}"))
+        .to_owned();
+    (ws, short)
+}
+
+/// The next data message (pings and pongs skipped).
+pub async fn next_msg(ws: &mut Ws) -> Message {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
+                Some(Ok(m)) => return m,
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                None => panic!("websocket ended"),
+            }
+        }
+    })
+    .await
+    .expect("no message within the timeout")
+}
+
+/// The next text message, parsed as JSON.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    match next_msg(ws).await {
+        Message::Text(t) => serde_json::from_str(t.as_str()).expect("valid JSON"),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Skips messages until one satisfies `pred`.
+pub async fn next_json_where(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if pred(&v) {
+            return v;
+        }
+    }
+}
+
+/// Waits for the Close frame (or the end of the stream) and returns its code.
+pub async fn next_close(ws: &mut Ws) -> Option<u16> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("no close within the timeout")
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    tokio::time::timeout(WAIT, ws.send(Message::text(text)))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Asserts an RFC 3339 UTC timestamp with a `Z` suffix.
+pub fn assert_timestamp(v: &Value) {
+    let ts = v["timestamp"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no timestamp in {v}"));
+    let b = ts.as_bytes();
+    assert!(
+        b.len() == 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && b[19] == b'Z',
+        "not RFC 3339 UTC: {ts}"
+    );
+}
+
+/// A response from [`http`].
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection (`Connection: close`).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    tokio::time::timeout(WAIT, async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        parse_response(&raw)
+    })
+    .await
+    .expect("http request timed out")
+}
+
+fn parse_response(raw: &[u8]) -> HttpResponse {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = std::str::from_utf8(&raw[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
+        b = &b[nl + 2 + size + 2..];
+    }
+}
+
+pub async fn post_json(addr: SocketAddr, path: &str, body: &str) -> HttpResponse {
+    http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A WebSocket client on a raw socket, for sending what a well-behaved library never would.
+pub struct RawClient {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Performs the opening handshake by hand.
+    pub async fn connect(addr: SocketAddr, path: &str) -> RawClient {
+        tokio::time::timeout(WAIT, async {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            let end = loop {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "server closed during handshake");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+            buf.drain(..end);
+            RawClient { stream, buf }
+        })
+        .await
+        .expect("raw handshake timed out")
+    }
+
+    /// Sends one frame; `first` is the whole first byte (FIN, RSV, opcode).
+    pub async fn send_raw(&mut self, first: u8, payload: &[u8], masked: bool) {
+        let mut out = vec![first];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        let len = payload.len();
+        if len < 126 {
+            out.push(mask_bit | len as u8);
+        } else if len <= 0xFFFF {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        if masked {
+            let key = [0xA1, 0xB2, 0xC3, 0xD4];
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        self.send_raw(0x80 | opcode, payload, true).await;
+    }
+
+    /// Reads the next frame: (opcode, payload); `None` at EOF or reset.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some((op, payload, used)) = parse_server_frame(&self.buf) {
+                    self.buf.drain(..used);
+                    return Some((op, payload));
+                }
+                let mut chunk = [0u8; 8192];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .expect("no frame within the timeout")
+    }
+
+    /// Reads frames until a Close; returns its code (`None` if the stream ended without one).
+    pub async fn read_close(&mut self) -> Option<u16> {
+        loop {
+            match self.read_frame().await? {
+                (0x8, p) if p.len() >= 2 => return Some(u16::from_be_bytes([p[0], p[1]])),
+                (0x8, _) => return Some(1005),
+                _ => continue,
+            }
+        }
+    }
+}
+
+fn parse_server_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
+    let (len, h) = match b[1] & 0x7F {
+        126 => (u16::from_be_bytes([*b.get(2)?, *b.get(3)?]) as usize, 4),
+        127 => {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(b.get(2..10)?);
+            (u64::from_be_bytes(x) as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    if b.len() < h + len {
+        return None;
+    }
+    Some((b[0] & 0x0F, b[h..h + len].to_vec(), h + len))
+}
+
+/// A hub config with short timers, for tests.
+pub fn fast_config() -> HubConfig {
+    HubConfig {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        close_timeout: Duration::from_millis(500),
+        shutdown_timeout: Duration::from_secs(2),
+        ..HubConfig::default()
+    }
+}
