@@ -1,5 +1,7 @@
 //! Bad input and bad peers: each gets a specific close code or status, and nobody else notices.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

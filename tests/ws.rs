@@ -1,5 +1,7 @@
 //! End-to-end: the `/ws` flows of SPEC 1.1–1.2 over real sockets with a real client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -240,11 +242,9 @@ async fn first_frame_sent_right_behind_the_handshake_is_not_lost() {
     use tokio::io::AsyncWriteExt;
     let srv = TestServer::start().await;
     let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    let mut req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes();
+        .to_vec();
     let key = [1u8, 2, 3, 4];
     req.extend_from_slice(&[0x81, 0x80 | 5]);
     req.extend_from_slice(&key);

@@ -1,0 +1,169 @@
+//! Graceful shutdown of the real binary: SIGTERM → Close 1001 to every client → exit 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Starts `wshub serve` on a free port and returns it with its address.
+async fn spawn_server(extra: &[&str]) -> (Child, std::net::SocketAddr) {
+    // Bind port 0 to find a free port, then hand it to the binary.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["serve", "--listen", &addr.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait for the "listening" log line.
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("listening") {
+                return;
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server did not start");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn sigterm_sends_1001_to_every_client_and_exits_0() {
+    let (mut child, addr) = spawn_server(&["--shutdown-timeout", "5s"]).await;
+    let url = format!("ws://{addr}/ws");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect(&url).await.0);
+    }
+    // Something queued just before the signal is still delivered before the Close.
+    let res = post_json(
+        addr,
+        "/api/connections/broadcast",
+        r#"{"message":"last words"}"#,
+    )
+    .await;
+    assert_eq!(res.json()["recipients"], 5);
+    sigterm(&child);
+    for ws in clients.iter_mut() {
+        let v = next_json_where(ws, |v| v["type"] == "server-broadcast").await;
+        assert_eq!(v["message"], "last words");
+        assert_eq!(next_close(ws).await, Some(1001));
+    }
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn shutdown_deadline_bounds_a_client_that_never_answers() {
+    let (mut child, addr) = spawn_server(&["--shutdown-timeout", "500ms"]).await;
+    let mut stuck = RawClient::connect(addr, "/ws").await; // never answers the Close
+    stuck.read_frame().await.unwrap();
+    let started = std::time::Instant::now();
+    sigterm(&child);
+    assert_eq!(stuck.read_close().await, Some(1001));
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn bad_options_are_refused_at_startup() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["serve", "--max-message-size", "lots"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max-message-size"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["serve", "--help"])
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--listen",
+        "--ping-interval",
+        "--idle-timeout",
+        "--max-message-size",
+        "--send-queue",
+        "--shutdown-timeout",
+        "WSHUB_LISTEN",
+        "127.0.0.1:5289",
+    ] {
+        assert!(help.contains(opt), "--help lacks {opt}");
+    }
+}
+
+#[tokio::test]
+async fn environment_variables_configure_the_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .arg("serve")
+        .env("WSHUB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WSHUB_MAX_MESSAGE_SIZE", "16")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    tokio::time::timeout(WAIT, async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut raw = RawClient::connect(addr, "/ws").await;
+    raw.send(0x1, b"seventeen bytes!!").await;
+    assert_eq!(raw.read_close().await, Some(1009));
+    sigterm(&child);
+    assert!(tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .success());
+}
