@@ -15,7 +15,7 @@ use crate::close::CloseReason;
 use crate::envelope::{self, Kind};
 use crate::frame::{self, Frame, OpCode};
 use crate::id::ConnId;
-use crate::manager::{ConnInfo, ConnectionManager, Delivery};
+use crate::manager::{ConnInfo, ConnectionManager, Delivery, Undelivered};
 use crate::outbox::Outbox;
 
 /// Settings that shape every connection's behaviour.
@@ -162,11 +162,18 @@ impl Hub {
     /// Offers an already encoded frame to one connection; `false` when it is unknown, closed,
     /// or was just closed as a slow consumer.
     pub fn send_frame(&self, id: ConnId, frame: &Frame) -> bool {
-        let ok = self.shared.manager.send(id, frame);
-        if ok {
-            self.shared.stats.deliveries.fetch_add(1, Ordering::Relaxed);
+        let stats = &self.shared.stats;
+        match self.shared.manager.send_to(id, frame) {
+            Ok(()) => {
+                stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(Undelivered::SlowConsumer) => {
+                stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(_) => false,
         }
-        ok
     }
 
     /// Closes one connection with `reason`; `false` when it is unknown.

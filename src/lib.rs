@@ -62,5 +62,6 @@ pub fn router(hub: Hub) -> axum::Router {
         .route("/ws/echo", get(transport::echo_handler))
         .merge(api::routes())
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(hub)
 }

@@ -77,6 +77,20 @@ pub struct Delivery {
     pub dead: usize,
 }
 
+/// Why [`ConnectionManager::send_to`] did not deliver a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Undelivered {
+    /// No connection has that id.
+    #[error("unknown connection")]
+    Unknown,
+    /// The connection is closing or closed (it has now been removed).
+    #[error("connection closed")]
+    Closed,
+    /// Its queue was full: it has been closed as a slow consumer and removed.
+    #[error("slow consumer")]
+    SlowConsumer,
+}
+
 /// A thread-safe registry of connections, keyed by [`ConnId`].
 pub struct ConnectionManager<S> {
     map: RwLock<HashMap<ConnId, Arc<Entry<S>>>>,
@@ -136,16 +150,23 @@ impl<S: Sink> ConnectionManager<S> {
     /// Sends a frame to one connection. Returns `false` when the id is unknown or the connection
     /// is closed; a connection whose queue is full is closed as a slow consumer and removed.
     pub fn send(&self, id: ConnId, frame: &Frame) -> bool {
-        let Some(entry) = self.get(id) else {
-            return false;
-        };
-        match entry.sink.try_send(frame) {
-            Ok(()) => true,
-            Err(e) => {
-                self.evict(&entry, e);
-                false
+        self.send_to(id, frame).is_ok()
+    }
+
+    /// Like [`send`](Self::send), saying why a frame was not delivered.
+    ///
+    /// # Errors
+    /// [`Undelivered`] when the id is unknown, the connection closed, or it was just closed as
+    /// a slow consumer.
+    pub fn send_to(&self, id: ConnId, frame: &Frame) -> Result<(), Undelivered> {
+        let entry = self.get(id).ok_or(Undelivered::Unknown)?;
+        entry.sink.try_send(frame).map_err(|e| {
+            self.evict(&entry, e);
+            match e {
+                SendError::Full => Undelivered::SlowConsumer,
+                SendError::Closed => Undelivered::Closed,
             }
-        }
+        })
     }
 
     /// Offers a frame to every connection. Closed connections are skipped and removed; full

@@ -61,6 +61,15 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
     Problem::not_found(format!("no route for `{}`", uri.path())).into_response()
 }
 
+/// 405 for a known path with the wrong method.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("`{method}` is not allowed on `{}`", uri.path()),
+    )
+    .into_response()
+}
+
 /// Parses a JSON request body, with a precise problem for each way it can be wrong.
 pub(crate) fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,

@@ -144,6 +144,9 @@ where
         buf: BytesMut::from(&preread[..]),
         discard: false,
     };
+    // `preread` is a view into the HTTP layer's 8 KiB read buffer: keeping it would keep that
+    // whole buffer alive for the life of the connection.
+    drop(preread);
     let ending = {
         let write = writer::drive(&mut writer, &outbox);
         tokio::pin!(write);

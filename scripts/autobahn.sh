@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the Autobahn TestSuite (RFC 6455 conformance) against wshub's /ws/echo endpoint.
+#
+#   scripts/autobahn.sh [--quick] [OUTDIR]
+#
+# Needs ../shared/autobahn (or AUTOBAHN_DIR) from the workspace; installs the suite with its
+# install.sh when missing. Starts a release build of wshub on a free port, runs the suite,
+# prints the summary and exits 1 if any case FAILED, 2 on a usage or run error, 3 when the suite
+# could not be installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=()
+if [[ "${1:-}" == "--quick" ]]; then quick=(--quick); shift; fi
+out="${1:-target/autobahn}"
+ab="${AUTOBAHN_DIR:-../shared/autobahn}"
+if [[ ! -x "$ab/run.sh" && ! -f "$ab/run.sh" ]]; then
+  echo "autobahn: $ab/run.sh not found; set AUTOBAHN_DIR" >&2
+  exit 2
+fi
+if [[ ! -x /opt/autobahn/venv/bin/wstest ]]; then
+  if ! bash "$ab/install.sh"; then
+    echo "autobahn: installing the suite failed" >&2
+    exit 3
+  fi
+fi
+
+cargo build --release --quiet
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/release/wshub serve --listen "127.0.0.1:$port" --echo-max-message-size 16MiB >"$out.server.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  sleep 0.1
+done
+rm -rf "$out"
+bash "$ab/run.sh" "${quick[@]}" "ws://127.0.0.1:$port/ws/echo" "$out"
