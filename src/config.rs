@@ -4,25 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
 use crate::hub::HubConfig;
-
-/// wshub: a real-time WebSocket hub.
-#[derive(Debug, Parser)]
-#[command(name = "wshub", version, about, long_about = None)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the hub server.
-    Serve(ServeArgs),
-}
 
 /// Log output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -171,10 +155,16 @@ mod tests {
         assert!(parse_duration("soon").is_err());
     }
 
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
     #[test]
     fn defaults_match_the_documentation() {
-        let cli = Cli::try_parse_from(["wshub", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        use clap::Parser as _;
+        let args = Wrapper::try_parse_from(["wshub"]).unwrap().args;
         assert_eq!(args.listen.to_string(), "127.0.0.1:5289");
         let c = args.hub_config();
         assert_eq!(c.ping_interval, Duration::from_secs(30));

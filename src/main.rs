@@ -1,13 +1,42 @@
-//! The `wshub` binary: load the configuration, bind, serve until SIGINT/SIGTERM.
+//! The `wshub` binary: `wshub serve` loads the configuration, binds and serves until
+//! SIGINT/SIGTERM; `wshub bench` is the load generator.
 
-use clap::Parser;
-use tokio::net::TcpListener;
+mod bench;
+
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use wshub::config::{Cli, Command, LogFormat, ServeArgs};
+use wshub::config::{LogFormat, ServeArgs};
+
+/// wshub: a real-time WebSocket hub.
+#[derive(Debug, Parser)]
+#[command(name = "wshub", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub server.
+    Serve(ServeArgs),
+    /// Load generator: connect, fanout and echo benchmarks against a running server (loopback only).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Bench(cmd) => {
+            return match bench::run(cmd) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("wshub bench: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+    };
     init_logging(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -30,8 +59,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = wshub::server::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let hub = wshub::Hub::new(args.hub_config());
     let app = wshub::router(hub.clone());

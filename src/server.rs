@@ -35,6 +35,26 @@ impl Default for ServerOptions {
     }
 }
 
+/// The listen backlog. `TcpListener::bind` uses 128, which overflows under a connect storm:
+/// each dropped SYN costs the client a one-second retransmit.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (a restarted server can bind
+/// while old connections sit in TIME_WAIT).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then shuts down gracefully: stops
 /// accepting, sends every WebSocket Close 1001 after its queued frames, and waits for them
 /// (and for in-flight HTTP requests) up to the hub's shutdown timeout.

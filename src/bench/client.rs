@@ -1,0 +1,197 @@
+//! A lean WebSocket client for load generation: raw TCP, a hand-written handshake, masked
+//! client frames, and an in-place frame scanner that never allocates per frame.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A parsed `ws://host:port/path` URL (loopback only).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The server address.
+    pub addr: SocketAddr,
+    /// The request path.
+    pub path: String,
+}
+
+impl Target {
+    /// Parses a `ws://` URL whose host is a loopback address.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let hostport = hostport.replace("localhost", "127.0.0.1");
+        let addr: SocketAddr = hostport
+            .parse()
+            .map_err(|_| format!("`{url}`: expected ws://127.0.0.1:PORT/path"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "`{url}`: load is only ever sent to loopback addresses"
+            ));
+        }
+        Ok(Self {
+            addr,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The same server, another path.
+    pub fn with_path(&self, path: &str) -> Self {
+        Self {
+            addr: self.addr,
+            path: path.to_owned(),
+        }
+    }
+}
+
+/// Opens a TCP connection from `source` (any port) and completes the WebSocket handshake.
+/// Returns the stream and any bytes read past the response head.
+pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<(TcpStream, BytesMut)> {
+    let socket = if target.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let mut stream = socket.connect(target.addr).await?;
+    stream.set_nodelay(true)?;
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        target.path, target.addr
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during handshake",
+            ));
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                let line = String::from_utf8_lossy(&buf[..buf.len().min(60)]).into_owned();
+                return Err(io::Error::other(format!("upgrade refused: {line}")));
+            }
+            buf.advance(end + 4);
+            return Ok((stream, buf));
+        }
+        if buf.len() > 16 * 1024 {
+            return Err(io::Error::other("response head too large"));
+        }
+    }
+}
+
+/// Appends a masked client frame to `out`.
+pub fn encode_masked(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 0xFFFF {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
+/// Calls `f(opcode, payload)` for every complete server frame at the front of `buf`, then
+/// drops those bytes. Incomplete frames stay for the next read.
+pub fn scan_frames(buf: &mut BytesMut, mut f: impl FnMut(u8, &[u8])) {
+    let mut at = 0;
+    loop {
+        let b = &buf[at..];
+        if b.len() < 2 {
+            break;
+        }
+        let (len, h) = match b[1] & 0x7F {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => {
+                let mut x = [0u8; 8];
+                x.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(x) as usize, 10)
+            }
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if b.len() < h + len {
+            break;
+        }
+        f(b[0] & 0x0F, &b[h..h + len]);
+        at += h + len;
+    }
+    buf.advance(at);
+}
+
+/// Finds the `"message":"<tag>:` marker in an envelope and parses the two numbers after it:
+/// `"message":"b:SEQ:NANOS"` → `(SEQ, NANOS)`. Works on the raw bytes, no JSON parser.
+pub fn parse_marker(payload: &[u8], tag: u8) -> Option<(u64, u64)> {
+    const KEY: &[u8] = b"\"message\":\"";
+    let start = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = payload.get(start..)?;
+    if rest.first() != Some(&tag) || rest.get(1) != Some(&b':') {
+        return None;
+    }
+    let mut nums = [0u64; 2];
+    let mut i = 2;
+    for (k, n) in nums.iter_mut().enumerate() {
+        let begin = i;
+        while let Some(d) = rest.get(i).filter(|d| d.is_ascii_digit()) {
+            *n = *n * 10 + u64::from(d - b'0');
+            i += 1;
+        }
+        if i == begin || (k == 0 && rest.get(i) != Some(&b':')) {
+            return None;
+        }
+        i += 1;
+    }
+    Some((nums[0], nums[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_marker_inside_an_envelope() {
+        let env =
+            br#"{"type":"message","from":"abcd1234","message":"b:42:123456","timestamp":"x"}"#;
+        assert_eq!(parse_marker(env, b'b'), Some((42, 123456)));
+        assert_eq!(parse_marker(env, b'e'), None);
+        assert_eq!(parse_marker(br#"{"message":"b:x"}"#, b'b'), None);
+    }
+
+    #[test]
+    fn scans_split_frames() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0x81, 2, b'h', b'i', 0x82, 126, 0, 200]);
+        let mut seen = Vec::new();
+        scan_frames(&mut buf, |op, p| seen.push((op, p.len())));
+        assert_eq!(seen, vec![(1, 2)]);
+        buf.extend_from_slice(&[0u8; 200]);
+        scan_frames(&mut buf, |op, p| seen.push((op, p.len())));
+        assert_eq!(seen, vec![(1, 2), (2, 200)]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn refuses_non_loopback_targets() {
+        assert!(Target::parse("ws://10.0.0.1:80/ws").is_err());
+        assert!(Target::parse("ws://127.0.0.1:5289/ws").is_ok());
+        assert_eq!(Target::parse("ws://localhost:1/x").unwrap().path, "/x");
+    }
+}

@@ -1,0 +1,76 @@
+//! `wshub bench connect`: open N connections, hold them, measure the connect rate and the
+//! server's RSS per connection.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio::io::AsyncReadExt;
+
+use super::{client, connect_many, rss_bytes, Common, Report};
+
+/// Options of `bench connect`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to open (one process holds at most ~19,900 sockets).
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: usize,
+    /// How long to hold them before measuring the server's RSS.
+    #[arg(long, default_value = "2s", value_parser = wshub::config::parse_duration)]
+    pub hold: Duration,
+    /// The server's pid, to read its RSS from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "120s", value_parser = wshub::config::parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn run(a: ConnectArgs) -> Result<Report, String> {
+    if a.connections == 0 || a.connections > 19_900 {
+        return Err(
+            "--connections must be 1..19900 (the per-process open-file cap is 20,000)".into(),
+        );
+    }
+    let target = client::Target::parse(&a.common.url)?;
+    let rss_before = a.server_pid.and_then(rss_bytes);
+    let started = Instant::now();
+    let (conns, errors) = connect_many(&target, a.connections, &a.common, a.timeout).await;
+    let connect_secs = started.elapsed().as_secs_f64();
+    // Idle clients still read (and drop) what the server sends, as a real client would.
+    let mut holders = Vec::with_capacity(conns.len());
+    for (mut stream, _) in conns {
+        holders.push(tokio::spawn(async move {
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        }));
+    }
+    tokio::time::sleep(a.hold).await;
+    let rss_after = a.server_pid.and_then(rss_bytes);
+    let connected = holders.len();
+    for h in holders {
+        h.abort();
+    }
+    let rss_per_connection = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) / connected as f64),
+        _ => None,
+    };
+    Ok(Report {
+        bench: "connect".into(),
+        label: a.common.label.clone(),
+        connections: a.connections,
+        connected,
+        errors,
+        connect_secs,
+        connect_rate: connected as f64 / connect_secs.max(1e-9),
+        rss_before,
+        rss_after,
+        rss_per_connection,
+        settings: format!(
+            "n={} concurrency={} hold={:?}",
+            a.connections, a.common.concurrency, a.hold
+        ),
+        ..Report::default()
+    })
+}

@@ -1,0 +1,101 @@
+//! `wshub bench echo`: C clients each doing request/response on the echo endpoint.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::client::{self, encode_masked, scan_frames};
+use super::report::{histogram, Percentiles};
+use super::{connect_many, Common, Report};
+
+/// Options of `bench echo`.
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The echo endpoint's path (replaces the path of --url).
+    #[arg(long, default_value = "/ws/echo")]
+    pub path: String,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(short = 'c', long, default_value_t = 16)]
+    pub clients: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = wshub::config::parse_duration)]
+    pub duration: Duration,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+}
+
+pub async fn run(a: EchoArgs) -> Result<Report, String> {
+    if a.clients == 0 || a.clients > 10_000 {
+        return Err("--clients must be 1..10000".into());
+    }
+    if a.duration > Duration::from_secs(600) {
+        return Err("--duration is at most 600s".into());
+    }
+    let target = client::Target::parse(&a.common.url)?.with_path(&a.path);
+    let started = Instant::now();
+    let (conns, errors) =
+        connect_many(&target, a.clients, &a.common, Duration::from_secs(60)).await;
+    let connect_secs = started.elapsed().as_secs_f64();
+    let connected = conns.len();
+    let payload = vec![b'e'; a.size];
+    let begin = Instant::now();
+    let end = begin + a.duration;
+    let mut tasks = Vec::new();
+    for (mut stream, mut buf) in conns {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut out = Vec::with_capacity(payload.len() + 14);
+            while Instant::now() < end {
+                out.clear();
+                encode_masked(0x2, &payload, [1, 2, 3, 4], &mut out);
+                let t = Instant::now();
+                if stream.write_all(&out).await.is_err() {
+                    break;
+                }
+                let mut got = false;
+                while !got {
+                    buf.reserve(4096);
+                    match stream.read_buf(&mut buf).await {
+                        Ok(n) if n > 0 => {}
+                        _ => return h,
+                    }
+                    scan_frames(&mut buf, |op, _| got |= op == 0x2);
+                }
+                let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+            }
+            h
+        }));
+    }
+    let mut all = histogram();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = all.add(&h);
+        }
+    }
+    let secs = begin.elapsed().as_secs_f64();
+    let latency = Percentiles::from_histogram(&all);
+    Ok(Report {
+        bench: "echo".into(),
+        label: a.common.label.clone(),
+        connections: a.clients,
+        connected,
+        errors,
+        connect_secs,
+        connect_rate: connected as f64 / connect_secs.max(1e-9),
+        sent: latency.samples,
+        delivered: latency.samples,
+        secs,
+        per_sec: latency.samples as f64 / secs.max(1e-9),
+        latency,
+        settings: format!(
+            "clients={} size={} duration={:?} threads={}",
+            a.clients, a.size, a.duration, a.common.threads
+        ),
+        ..Report::default()
+    })
+}

@@ -1,0 +1,408 @@
+//! `wshub bench fanout`: N subscribers and one publisher. Every published message carries its
+//! sequence number and send time; each subscriber counts deliveries and records latency.
+//!
+//! Two modes: a fixed rate (`--rate R`, for latency under a stated load) or as fast as a window
+//! of messages in flight allows (`--rate 0 --window W`, for maximum deliveries per second;
+//! message k is sent once every subscriber has received message k − W).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{self, encode_masked, parse_marker, scan_frames};
+use super::report::{histogram, Percentiles};
+use super::{connect_many, Common, Report};
+
+/// How the publisher publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    /// As a WebSocket client on the same endpoint (its text is broadcast as `message`).
+    Ws,
+    /// Through `POST /api/connections/broadcast` on a keep-alive HTTP connection.
+    Rest,
+}
+
+/// Options of `bench fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Messages per second; 0 publishes as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Messages in flight (not yet received by every subscriber) when --rate is 0.
+    #[arg(long, default_value_t = 16)]
+    pub window: u64,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = wshub::config::parse_duration)]
+    pub duration: Duration,
+    /// Message text size in bytes (at least the ~24-byte marker).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// How the publisher publishes.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub via: Via,
+    /// After publishing stops, how long to wait for deliveries still in flight.
+    #[arg(long, default_value = "5s", value_parser = wshub::config::parse_duration)]
+    pub grace: Duration,
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "120s", value_parser = wshub::config::parse_duration)]
+    pub timeout: Duration,
+}
+
+struct Shared {
+    epoch: Instant,
+    delivered: AtomicU64,
+    last_delivery_ns: AtomicU64,
+    closed: AtomicU64,
+    progress: Notify,
+    hist: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn flush(&self, lats: &mut Vec<u64>) {
+        let mut h = self.hist.lock();
+        for &l in lats.iter() {
+            let _ = h.record(l.max(1));
+        }
+        lats.clear();
+    }
+}
+
+async fn subscriber(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut lats: Vec<u64> = Vec::with_capacity(512);
+    let mut out = Vec::new();
+    loop {
+        buf.reserve(16 * 1024);
+        tokio::select! {
+            r = stream.read_buf(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
+            () = stop.cancelled() => break,
+        }
+        let now = shared.now_ns();
+        let mut n = 0u64;
+        let mut closed = false;
+        scan_frames(&mut buf, |op, p| match op {
+            0x1 => {
+                if let Some((_, t)) = parse_marker(p, b'b') {
+                    n += 1;
+                    lats.push(now.saturating_sub(t) / 1000);
+                }
+            }
+            0x9 => encode_masked(0xA, p, [7, 7, 7, 7], &mut out),
+            0x8 => closed = true,
+            _ => {}
+        });
+        if n > 0 {
+            shared.delivered.fetch_add(n, Ordering::Relaxed);
+            shared.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
+            shared.progress.notify_one();
+            if lats.len() >= 512 {
+                shared.flush(&mut lats);
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        if closed {
+            shared.closed.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+    }
+    shared.flush(&mut lats);
+}
+
+fn message(seq: u64, t: u64, size: usize) -> String {
+    let mut m = format!("b:{seq}:{t}:");
+    while m.len() < size {
+        m.push('x');
+    }
+    m
+}
+
+/// Publishes through the WebSocket endpoint; `frames` messages per write.
+struct WsPublisher {
+    stream: tokio::net::tcp::OwnedWriteHalf,
+    _drain: tokio::task::JoinHandle<()>,
+    out: Vec<u8>,
+}
+
+impl WsPublisher {
+    async fn connect(target: &client::Target) -> Result<Self, String> {
+        let (stream, _) = client::connect(target, None)
+            .await
+            .map_err(|e| format!("publisher: {e}"))?;
+        let (mut r, w) = stream.into_split();
+        // The publisher receives its own echo and broadcast: read and drop them.
+        let drain = tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        Ok(Self {
+            stream: w,
+            _drain: drain,
+            out: Vec::new(),
+        })
+    }
+
+    fn queue(&mut self, text: &str) {
+        encode_masked(
+            0x1,
+            text.as_bytes(),
+            [0x11, 0x22, 0x33, 0x44],
+            &mut self.out,
+        );
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        let r = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        r.map_err(|e| format!("publisher write: {e}"))
+    }
+}
+
+/// Publishes through the REST API, one request at a time on a keep-alive connection.
+struct RestPublisher {
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
+    buf: BytesMut,
+    pending: Vec<String>,
+}
+
+impl RestPublisher {
+    async fn connect(target: &client::Target) -> Result<Self, String> {
+        let stream = TcpStream::connect(target.addr)
+            .await
+            .map_err(|e| format!("publisher: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self {
+            stream,
+            addr: target.addr,
+            buf: BytesMut::with_capacity(4096),
+            pending: Vec::new(),
+        })
+    }
+
+    fn queue(&mut self, text: &str) {
+        self.pending.push(text.to_owned());
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        for text in std::mem::take(&mut self.pending) {
+            let body = serde_json::json!({ "message": text }).to_string();
+            let req = format!(
+                "POST /api/connections/broadcast HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                self.addr,
+                body.len(),
+                body
+            );
+            self.stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("publisher write: {e}"))?;
+            self.read_response().await?;
+        }
+        Ok(())
+    }
+
+    async fn read_response(&mut self) -> Result<(), String> {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                if !head.starts_with("http/1.1 200") {
+                    return Err(format!(
+                        "broadcast refused: {}",
+                        head.lines().next().unwrap_or("")
+                    ));
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    let _ = self.buf.split_to(end + 4 + len);
+                    return Ok(());
+                }
+            }
+            if self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("server closed the REST connection".into());
+            }
+        }
+    }
+}
+
+enum Publisher {
+    Ws(WsPublisher),
+    Rest(RestPublisher),
+}
+
+impl Publisher {
+    fn queue(&mut self, text: &str) {
+        match self {
+            Publisher::Ws(p) => p.queue(text),
+            Publisher::Rest(p) => p.queue(text),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        match self {
+            Publisher::Ws(p) => p.flush().await,
+            Publisher::Rest(p) => p.flush().await,
+        }
+    }
+}
+
+pub async fn run(a: FanoutArgs) -> Result<Report, String> {
+    if a.subscribers == 0 || a.subscribers > 19_800 {
+        return Err(
+            "--subscribers must be 1..19800 (the per-process open-file cap is 20,000)".into(),
+        );
+    }
+    if a.duration > Duration::from_secs(600) {
+        return Err("--duration is at most 600s".into());
+    }
+    let target = client::Target::parse(&a.common.url)?;
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        delivered: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
+        closed: AtomicU64::new(0),
+        progress: Notify::new(),
+        hist: Mutex::new(histogram()),
+    });
+    let stop = CancellationToken::new();
+
+    let connect_started = Instant::now();
+    let (conns, errors) = connect_many(&target, a.subscribers, &a.common, a.timeout).await;
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    let n = conns.len() as u64;
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (stream, buf) in conns {
+        tasks.push(tokio::spawn(subscriber(
+            stream,
+            buf,
+            shared.clone(),
+            stop.clone(),
+        )));
+    }
+    let mut publisher = match a.via {
+        Via::Ws => Publisher::Ws(WsPublisher::connect(&target).await?),
+        Via::Rest => Publisher::Rest(RestPublisher::connect(&target).await?),
+    };
+    // Let join announcements and handshakes settle before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base_delivered = shared.delivered.load(Ordering::Relaxed);
+
+    let start_ns = shared.now_ns();
+    let end = Instant::now() + a.duration;
+    let mut sent = 0u64;
+    let mut ticker =
+        (a.rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate)));
+    let mut error = None;
+    while Instant::now() < end && n > 0 {
+        let batch = if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+            1
+        } else {
+            // Wait until message (sent − window) has reached everyone, then fill the window.
+            loop {
+                let done = (shared.delivered.load(Ordering::Relaxed) - base_delivered) / n;
+                if sent < done + a.window {
+                    break done + a.window - sent;
+                }
+                if tokio::time::timeout_at(end.into(), shared.progress.notified())
+                    .await
+                    .is_err()
+                {
+                    break 0;
+                }
+            }
+        };
+        for _ in 0..batch {
+            publisher.queue(&message(sent, shared.now_ns(), a.size));
+            sent += 1;
+        }
+        if let Err(e) = publisher.flush().await {
+            error = Some(e);
+            break;
+        }
+    }
+    // Wait for what is still in flight.
+    let expected = sent * n;
+    let grace_end = Instant::now() + a.grace;
+    while shared.delivered.load(Ordering::Relaxed) - base_delivered < expected
+        && Instant::now() < grace_end
+    {
+        let _ = tokio::time::timeout_at(grace_end.into(), shared.progress.notified()).await;
+    }
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let delivered = shared.delivered.load(Ordering::Relaxed) - base_delivered;
+    let last = shared
+        .last_delivery_ns
+        .load(Ordering::Relaxed)
+        .max(start_ns + 1);
+    let secs = (last - start_ns) as f64 / 1e9;
+    let latency = Percentiles::from_histogram(&shared.hist.lock());
+    let mut errors = errors;
+    errors.extend(error);
+    let mode = if a.rate > 0.0 {
+        format!("rate={}/s", a.rate)
+    } else {
+        format!("window={}", a.window)
+    };
+    Ok(Report {
+        bench: "fanout".into(),
+        label: a.common.label.clone(),
+        connections: a.subscribers,
+        connected: n as usize,
+        errors,
+        connect_secs,
+        connect_rate: n as f64 / connect_secs.max(1e-9),
+        sent,
+        expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        closed_by_server: shared.closed.load(Ordering::Relaxed),
+        secs,
+        per_sec: delivered as f64 / secs.max(1e-9),
+        latency,
+        settings: format!(
+            "subscribers={} {mode} size={} via={:?} duration={:?} threads={}",
+            a.subscribers, a.size, a.via, a.duration, a.common.threads
+        ),
+        ..Report::default()
+    })
+}

@@ -1,0 +1,139 @@
+//! `wshub bench`: the load generator (connect, fanout, echo). Loopback only, bounded in count
+//! and time, efficient enough not to be the bottleneck: raw TCP, masked frames written by hand,
+//! server frames scanned in place, latencies batched into one HDR histogram.
+
+mod client;
+mod connect;
+mod echo;
+mod fanout;
+mod report;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+pub use report::Report;
+
+/// `wshub bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Open and hold N connections; report the connect rate and the server's RSS per connection.
+    Connect(connect::ConnectArgs),
+    /// N subscribers, one publisher: deliveries/s and delivery latency.
+    Fanout(fanout::FanoutArgs),
+    /// Request/response round trips on /ws/echo: round trips/s and RTT.
+    Echo(echo::EchoArgs),
+}
+
+/// Options every benchmark shares.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// The server's WebSocket URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:5289/ws")]
+    pub url: String,
+    /// Source addresses to spread client connections over (past ~28k ports per address),
+    /// e.g. 127.0.0.1,127.0.0.2.
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<IpAddr>,
+    /// Worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Connections opened at once while connecting.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// A label for the report (e.g. the server's name).
+    #[arg(long, default_value = "wshub")]
+    pub label: String,
+}
+
+impl BenchCommand {
+    fn common(&self) -> &Common {
+        match self {
+            BenchCommand::Connect(a) => &a.common,
+            BenchCommand::Fanout(a) => &a.common,
+            BenchCommand::Echo(a) => &a.common,
+        }
+    }
+}
+
+/// Runs a benchmark on its own runtime and prints its report.
+pub fn run(cmd: BenchCommand) -> Result<(), String> {
+    // Sockets are files: take the hard limit (20,000 here; root cannot raise it further).
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("bench: cannot raise the open-file limit: {e}");
+    }
+    let common = cmd.common().clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(common.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = rt.block_on(async move {
+        match cmd {
+            BenchCommand::Connect(a) => connect::run(a).await,
+            BenchCommand::Fanout(a) => fanout::run(a).await,
+            BenchCommand::Echo(a) => echo::run(a).await,
+        }
+    })?;
+    if common.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("{}", report.human());
+    }
+    Ok(())
+}
+
+/// Connects `n` clients with at most `concurrency` handshakes in flight, spreading them over
+/// the source addresses. Returns the established streams (with leftover bytes) and the errors.
+async fn connect_many(
+    target: &client::Target,
+    n: usize,
+    common: &Common,
+    deadline: Duration,
+) -> (Vec<(tokio::net::TcpStream, bytes::BytesMut)>, Vec<String>) {
+    use futures_util::stream::{self, StreamExt};
+    let sources = common.sources.clone();
+    let results: Vec<_> = tokio::time::timeout(
+        deadline,
+        stream::iter(0..n)
+            .map(|i| {
+                let src = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+                let target = target.clone();
+                async move { client::connect(&target, src).await }
+            })
+            .buffer_unordered(common.concurrency.max(1))
+            .collect(),
+    )
+    .await
+    .unwrap_or_default();
+    let mut ok = Vec::with_capacity(n);
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(c) => ok.push(c),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if ok.len() + errors.len() < n {
+        errors.push(format!(
+            "{} connections not made within {deadline:?}",
+            n - ok.len() - errors.len()
+        ));
+    }
+    (ok, errors)
+}
+
+/// A server's resident set size in bytes, from /proc.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

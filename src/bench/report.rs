@@ -1,0 +1,139 @@
+//! Benchmark reports: one struct for every benchmark, printed for humans or as JSON.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Percentiles {
+    /// Samples recorded.
+    pub samples: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest sample.
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        Self {
+            samples: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+
+    fn human(&self) -> String {
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} samples)",
+            ms(self.p50_us),
+            ms(self.p90_us),
+            ms(self.p99_us),
+            ms(self.p999_us),
+            ms(self.max_us),
+            self.samples
+        )
+    }
+}
+
+/// What a benchmark measured. Fields that do not apply are absent from the JSON.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// `connect`, `fanout` or `echo`.
+    pub bench: String,
+    /// The label given on the command line.
+    pub label: String,
+    /// Connections requested.
+    pub connections: usize,
+    /// Connections that completed the handshake.
+    pub connected: usize,
+    /// Connection errors (first few messages).
+    pub errors: Vec<String>,
+    /// Seconds to open all connections.
+    pub connect_secs: f64,
+    /// Connections per second.
+    pub connect_rate: f64,
+    /// Server RSS before and after, and per connection (bytes), when a server pid was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_per_connection: Option<f64>,
+    /// Messages published (fanout) or round trips made (echo).
+    pub sent: u64,
+    /// Deliveries expected (sent × subscribers).
+    pub expected: u64,
+    /// Deliveries seen.
+    pub delivered: u64,
+    /// expected − delivered.
+    pub lost: u64,
+    /// Subscribers closed by the server during the run.
+    pub closed_by_server: u64,
+    /// Seconds the measurement ran.
+    pub secs: f64,
+    /// Deliveries (fanout) or round trips (echo) per second.
+    pub per_sec: f64,
+    /// Delivery latency (fanout) or round-trip time (echo).
+    pub latency: Percentiles,
+    /// The settings, for the record.
+    pub settings: String,
+}
+
+impl Report {
+    /// A readable summary.
+    pub fn human(&self) -> String {
+        let mut out = format!("{} [{}] {}\n", self.bench, self.label, self.settings);
+        out += &format!(
+            "  connections: {}/{} in {:.2} s ({:.0}/s)\n",
+            self.connected, self.connections, self.connect_secs, self.connect_rate
+        );
+        if let (Some(b), Some(a), Some(p)) =
+            (self.rss_before, self.rss_after, self.rss_per_connection)
+        {
+            out += &format!(
+                "  server RSS: {:.1} MiB -> {:.1} MiB = {:.0} bytes per connection\n",
+                b as f64 / 1048576.0,
+                a as f64 / 1048576.0,
+                p
+            );
+        }
+        if self.bench == "fanout" {
+            out += &format!(
+                "  sent {} messages; deliveries expected {}, delivered {}, lost {}; closed by server {}\n",
+                self.sent, self.expected, self.delivered, self.lost, self.closed_by_server
+            );
+            out += &format!(
+                "  {:.0} deliveries/s over {:.2} s\n",
+                self.per_sec, self.secs
+            );
+            out += &format!("  latency: {}\n", self.latency.human());
+        } else if self.bench == "echo" {
+            out += &format!(
+                "  {} round trips, {:.0}/s over {:.2} s\n",
+                self.sent, self.per_sec, self.secs
+            );
+            out += &format!("  rtt: {}\n", self.latency.human());
+        }
+        for e in self.errors.iter().take(5) {
+            out += &format!("  error: {e}\n");
+        }
+        out
+    }
+}
+
+/// A histogram of microseconds up to one minute, 3 significant figures.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|e| panic!("constant histogram bounds are valid: {e}"))
+}
