@@ -19,9 +19,6 @@ pub struct ConnectArgs {
     /// How long to hold them before measuring the server's RSS.
     #[arg(long, default_value = "2s", value_parser = wshub::config::parse_duration)]
     pub hold: Duration,
-    /// The server's pid, to read its RSS from /proc.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
     /// Give up connecting after this long.
     #[arg(long, default_value = "120s", value_parser = wshub::config::parse_duration)]
     pub timeout: Duration,
@@ -34,10 +31,12 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
         );
     }
     let target = client::Target::parse(&a.common.url)?;
-    let rss_before = a.server_pid.and_then(rss_bytes);
+    let rss_before = a.common.server_pid.and_then(rss_bytes);
+    let cpu = super::CpuMeter::start(a.common.server_pid);
     let started = Instant::now();
     let (conns, errors) = connect_many(&target, a.connections, &a.common, a.timeout).await;
     let connect_secs = started.elapsed().as_secs_f64();
+    let (server_cores, generator_cores) = cpu.stop();
     // Idle clients still read (and drop) what the server sends, as a real client would.
     let mut holders = Vec::with_capacity(conns.len());
     for (mut stream, _) in conns {
@@ -47,7 +46,7 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
         }));
     }
     tokio::time::sleep(a.hold).await;
-    let rss_after = a.server_pid.and_then(rss_bytes);
+    let rss_after = a.common.server_pid.and_then(rss_bytes);
     let connected = holders.len();
     for h in holders {
         h.abort();
@@ -67,6 +66,8 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
         rss_before,
         rss_after,
         rss_per_connection,
+        server_cores,
+        generator_cores,
         settings: format!(
             "n={} concurrency={} hold={:?}",
             a.connections, a.common.concurrency, a.hold

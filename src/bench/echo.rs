@@ -42,6 +42,7 @@ pub async fn run(a: EchoArgs) -> Result<Report, String> {
     let connect_secs = started.elapsed().as_secs_f64();
     let connected = conns.len();
     let payload = vec![b'e'; a.size];
+    let cpu = super::CpuMeter::start(a.common.server_pid);
     let begin = Instant::now();
     let end = begin + a.duration;
     let mut tasks = Vec::new();
@@ -78,6 +79,7 @@ pub async fn run(a: EchoArgs) -> Result<Report, String> {
         }
     }
     let secs = begin.elapsed().as_secs_f64();
+    let (server_cores, generator_cores) = cpu.stop();
     let latency = Percentiles::from_histogram(&all);
     Ok(Report {
         bench: "echo".into(),
@@ -92,6 +94,8 @@ pub async fn run(a: EchoArgs) -> Result<Report, String> {
         secs,
         per_sec: latency.samples as f64 / secs.max(1e-9),
         latency,
+        server_cores,
+        generator_cores,
         settings: format!(
             "clients={} size={} duration={:?} threads={}",
             a.clients, a.size, a.duration, a.common.threads

@@ -323,6 +323,7 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base_delivered = shared.delivered.load(Ordering::Relaxed);
 
+    let cpu = super::CpuMeter::start(a.common.server_pid);
     let start_ns = shared.now_ns();
     let end = Instant::now() + a.duration;
     let mut sent = 0u64;
@@ -365,6 +366,7 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     {
         let _ = tokio::time::timeout_at(grace_end.into(), shared.progress.notified()).await;
     }
+    let (server_cores, generator_cores) = cpu.stop();
     stop.cancel();
     for t in tasks {
         let _ = t.await;
@@ -399,6 +401,9 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
         secs,
         per_sec: delivered as f64 / secs.max(1e-9),
         latency,
+        server_cores,
+        generator_cores,
+        rss_after: a.common.server_pid.and_then(super::rss_bytes),
         settings: format!(
             "subscribers={} {mode} size={} via={:?} duration={:?} threads={}",
             a.subscribers, a.size, a.via, a.duration, a.common.threads

@@ -48,6 +48,9 @@ pub struct Common {
     /// A label for the report (e.g. the server's name).
     #[arg(long, default_value = "wshub")]
     pub label: String,
+    /// The server's pid: its RSS and CPU time are read from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 impl BenchCommand {
@@ -128,6 +131,49 @@ async fn connect_many(
         ));
     }
     (ok, errors)
+}
+
+/// CPU seconds (user + system) used so far by a process, from /proc.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Measures CPU used by the server and by this generator over a span of time.
+pub(crate) struct CpuMeter {
+    pid: Option<u32>,
+    server0: Option<f64>,
+    self0: Option<f64>,
+    started: std::time::Instant,
+}
+
+impl CpuMeter {
+    pub(crate) fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            server0: pid.and_then(cpu_secs),
+            self0: cpu_secs(std::process::id()),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// (server cores, generator cores) used on average since `start`.
+    pub(crate) fn stop(&self) -> (Option<f64>, Option<f64>) {
+        let wall = self.started.elapsed().as_secs_f64().max(1e-9);
+        let server = match (self.server0, self.pid.and_then(cpu_secs)) {
+            (Some(a), Some(b)) => Some((b - a) / wall),
+            _ => None,
+        };
+        let gen = match (self.self0, cpu_secs(std::process::id())) {
+            (Some(a), Some(b)) => Some((b - a) / wall),
+            _ => None,
+        };
+        (server, gen)
+    }
 }
 
 /// A server's resident set size in bytes, from /proc.

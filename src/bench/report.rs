@@ -86,6 +86,12 @@ pub struct Report {
     pub per_sec: f64,
     /// Delivery latency (fanout) or round-trip time (echo).
     pub latency: Percentiles,
+    /// Average CPU cores the server used while measuring (from /proc, when its pid was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cores: Option<f64>,
+    /// Average CPU cores this generator used while measuring.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_cores: Option<f64>,
     /// The settings, for the record.
     pub settings: String,
 }
@@ -124,6 +130,14 @@ impl Report {
                 self.sent, self.per_sec, self.secs
             );
             out += &format!("  rtt: {}\n", self.latency.human());
+        }
+        if self.server_cores.is_some() || self.generator_cores.is_some() {
+            let f = |c: Option<f64>| c.map_or("?".to_owned(), |c| format!("{c:.2}"));
+            out += &format!(
+                "  cpu: server {} cores, generator {} cores\n",
+                f(self.server_cores),
+                f(self.generator_cores)
+            );
         }
         for e in self.errors.iter().take(5) {
             out += &format!("  error: {e}\n");

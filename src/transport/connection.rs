@@ -152,6 +152,12 @@ where
         tokio::pin!(write);
         let tick = tokio::time::sleep(params.ping_interval);
         tokio::pin!(tick);
+        // Created once, not per loop turn: a fresh `cancelled()` future would register with the
+        // token shared by every connection (a global lock) on every wake-up.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let closing = outbox.closing();
+        tokio::pin!(closing);
 
         let mut last_seen = Instant::now();
         let mut deadline: Option<Instant> = None;
@@ -163,11 +169,11 @@ where
         let ending = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !shutdown_seen => {
+                _ = &mut cancelled, if !shutdown_seen => {
                     shutdown_seen = true;
                     outbox.close(CloseReason::GoingAway);
                 }
-                _ = outbox.closing(), if deadline.is_none() => {
+                _ = &mut closing, if deadline.is_none() => {
                     let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
                     let limit = if reason == CloseReason::GoingAway {
                         params.shutdown_timeout

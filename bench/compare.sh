@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Runs wshub and the Node.js `ws` peer one after another under the same load, on this machine,
+# with the project's generator (`wshub bench`), and prints a markdown comparison table.
+#
+#   bench/compare.sh [OUTDIR]        # ~4 minutes
+#
+# Every server is started fresh for every measurement (idle memory is measured from a clean
+# process), on a free loopback port, and stopped afterwards. Results: OUTDIR/*.json, table on
+# stdout and in OUTDIR/table.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-target/bench-results}"
+mkdir -p "$out"
+dur="${DURATION:-5s}"
+
+cargo build --release --quiet
+bin=./target/release/wshub
+if [[ ! -d bench/peers/node-ws/node_modules/ws ]]; then
+  (cd bench/peers/node-ws && npm ci --no-audit --no-fund --silent)
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+pid=""
+start() { # start NAME ANNOUNCE
+  local port; port=$(free_port)
+  url="ws://127.0.0.1:$port/ws"
+  if [[ $1 == wshub ]]; then
+    $bin serve --listen "127.0.0.1:$port" --announce "$2" >"$out/$1.log" 2>&1 &
+  else
+    (cd bench/peers/node-ws && PORT=$port ANNOUNCE=$2 exec node server.js) >"$out/$1.log" 2>&1 &
+  fi
+  pid=$!
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  sleep 0.3
+}
+stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; sleep 1; }
+trap stop EXIT
+
+run() { # run SERVER ANNOUNCE NAME bench-args...
+  local server=$1 announce=$2 name=$3; shift 3
+  start "$server" "$announce"
+  echo "== $server $name" >&2
+  $bin bench "$@" --url "$url" --server-pid "$pid" --label "$server" --json >"$out/$server-$name.json" \
+    || echo '{"error":"failed"}' >"$out/$server-$name.json"
+  stop
+}
+
+for s in wshub node; do
+  run $s none idle10k   connect -n 10000 --hold 3s
+  run $s none idle15k   connect -n 15000 --hold 3s
+  run $s all  storm2k   connect -n 2000 --hold 1s
+  run $s none fan1k-max fanout -n 1000 --window 16 --duration "$dur"
+  run $s none fan1k-100 fanout -n 1000 --rate 100 --duration "$dur"
+  run $s none fan10k-max fanout -n 10000 --window 16 --duration "$dur"
+  run $s none fan10k-20 fanout -n 10000 --rate 20 --duration "$dur"
+  run $s none echo16    echo -c 16 --duration "$dur"
+done
+
+python3 - "$out" <<'PY' | tee "$out/table.md"
+import json, sys, os
+out = sys.argv[1]
+def get(server, name):
+    try:
+        with open(os.path.join(out, f"{server}-{name}.json")) as f:
+            return json.load(f)
+    except Exception:
+        return {}
+def fmt(v, unit=""):
+    if v is None: return "n/a"
+    if isinstance(v, float) and v >= 1000: return f"{v:,.0f}{unit}"
+    if isinstance(v, float): return f"{v:.2f}{unit}"
+    return f"{v}{unit}"
+rows = [
+    ("idle memory per connection, 10k conns", "idle10k", lambda r: r.get("rss_per_connection") and f"{r['rss_per_connection']/1024:.2f} KiB"),
+    ("idle memory per connection, 15k conns", "idle15k", lambda r: r.get("rss_per_connection") and f"{r['rss_per_connection']/1024:.2f} KiB"),
+    ("connect rate, 15k conns, no announcements", "idle15k", lambda r: r.get("connect_rate") and f"{r['connect_rate']:,.0f}/s"),
+    ("connect rate, 2k conns, announce all (N²/2 frames)", "storm2k", lambda r: r.get("connect_rate") and f"{r['connect_rate']:,.0f}/s"),
+    ("fan-out 1k subs, max (16 in flight): deliveries/s", "fan1k-max", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
+    ("fan-out 1k subs, max: p99 latency", "fan1k-max", lambda r: r.get("latency") and f"{r['latency']['p99_us']/1000:.1f} ms"),
+    ("fan-out 1k subs × 100 msg/s: p99 latency", "fan1k-100", lambda r: r.get("latency") and f"{r['latency']['p99_us']/1000:.1f} ms"),
+    ("fan-out 10k subs, max (16 in flight): deliveries/s", "fan10k-max", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
+    ("fan-out 10k subs × 20 msg/s: p50 / p99 latency", "fan10k-20", lambda r: r.get("latency") and f"{r['latency']['p50_us']/1000:.1f} / {r['latency']['p99_us']/1000:.1f} ms"),
+    ("echo, 16 clients: round trips/s", "echo16", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
+    ("echo, 16 clients: p99 RTT", "echo16", lambda r: r.get("latency") and f"{r['latency']['p99_us']/1000:.2f} ms"),
+]
+print("| measurement | wshub | Node `ws` 8.23 |")
+print("|---|---|---|")
+for label, name, f in rows:
+    cells = []
+    for s in ("wshub", "node"):
+        r = get(s, name)
+        v = f(r) if r else None
+        lost = r.get("lost") if r else None
+        cpu = r.get("server_cores") if r else None
+        extra = []
+        if lost: extra.append(f"lost {lost}")
+        if cpu is not None and name.startswith(("fan", "echo")) and "latency" not in label: extra.append(f"server {cpu:.2f} cores")
+        cells.append((v or "n/a") + (f" ({', '.join(extra)})" if extra else ""))
+    print(f"| {label} | {cells[0]} | {cells[1]} |")
+PY
