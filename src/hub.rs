@@ -15,7 +15,7 @@ use crate::close::CloseReason;
 use crate::envelope::{self, Kind};
 use crate::frame::{self, Frame, OpCode};
 use crate::id::ConnId;
-use crate::manager::{ConnInfo, ConnectionManager, Delivery, Undelivered};
+use crate::manager::{ConnInfo, ConnectionManager, Cork, Delivery, Undelivered};
 use crate::outbox::Outbox;
 
 /// Settings that shape every connection's behaviour.
@@ -78,6 +78,9 @@ struct Shared {
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
+
+/// Connections waiting for a flush after frames were offered to them.
+pub(crate) type HubCork = Cork<Outbox>;
 
 /// A handle to the hub; clones share the same registry.
 #[derive(Clone)]
@@ -154,16 +157,30 @@ impl Hub {
 
     /// Offers an already encoded frame to every connection.
     pub fn broadcast_frame(&self, frame: &Frame) -> Delivery {
-        let d = self.shared.manager.broadcast(frame);
-        self.count_delivery(&d);
+        let mut cork = Cork::new();
+        let d = self.broadcast_corked(frame, &mut cork);
+        cork.flush();
         d
     }
 
     /// Offers an already encoded frame to one connection; `false` when it is unknown, closed,
     /// or was just closed as a slow consumer.
     pub fn send_frame(&self, id: ConnId, frame: &Frame) -> bool {
+        let mut cork = Cork::new();
+        let ok = self.send_corked(id, frame, &mut cork);
+        cork.flush();
+        ok
+    }
+
+    fn broadcast_corked(&self, frame: &Frame, cork: &mut HubCork) -> Delivery {
+        let d = self.shared.manager.broadcast_corked(frame, cork);
+        self.count_delivery(&d);
+        d
+    }
+
+    fn send_corked(&self, id: ConnId, frame: &Frame, cork: &mut HubCork) -> bool {
         let stats = &self.shared.stats;
-        match self.shared.manager.send_to(id, frame) {
+        match self.shared.manager.send_corked(id, frame, cork) {
             Ok(()) => {
                 stats.deliveries.fetch_add(1, Ordering::Relaxed);
                 true
@@ -242,20 +259,25 @@ impl Hub {
         }
     }
 
-    /// A client's text message: an `echo` to the sender, then a `message` to everyone.
-    pub(crate) fn on_text(&self, from: ConnId, text: &str) {
+    /// A client's text message: an `echo` to the sender, then a `message` to everyone. The
+    /// writes happen when the caller flushes `cork` (after the whole burst it read).
+    pub(crate) fn on_text(&self, from: ConnId, text: &str, cork: &mut HubCork) {
         self.count_in(text.len());
         let short = from.short();
-        self.send_frame(from, &envelope::encode(Kind::Echo, Some(&short), text));
-        self.broadcast_frame(&envelope::encode(Kind::Message, Some(&short), text));
+        self.send_corked(
+            from,
+            &envelope::encode(Kind::Echo, Some(&short), text),
+            cork,
+        );
+        self.broadcast_corked(&envelope::encode(Kind::Message, Some(&short), text), cork);
     }
 
     /// A client's binary message: relayed unchanged to the sender, then to everyone.
-    pub(crate) fn on_binary(&self, from: ConnId, data: &[u8]) {
+    pub(crate) fn on_binary(&self, from: ConnId, data: &[u8], cork: &mut HubCork) {
         self.count_in(data.len());
         let frame = frame::encode(OpCode::Binary, data);
-        self.send_frame(from, &frame);
-        self.broadcast_frame(&frame);
+        self.send_corked(from, &frame, cork);
+        self.broadcast_corked(&frame, cork);
     }
 
     pub(crate) fn count_in(&self, bytes: usize) {

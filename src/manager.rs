@@ -19,16 +19,20 @@ use parking_lot::RwLock;
 use crate::close::CloseReason;
 use crate::frame::Frame;
 use crate::id::ConnId;
-use crate::outbox::SendError;
+use crate::outbox::{Queued, SendError};
 
 /// Where the registry delivers frames for one connection.
 pub trait Sink: Send + Sync + 'static {
-    /// Offers a frame without waiting.
+    /// Offers a frame without waiting. [`Queued::NeedsFlush`] asks the caller to call
+    /// [`flush`](Self::flush) once everything published together has been offered.
     ///
     /// # Errors
     /// [`SendError::Full`] when the connection cannot keep up, [`SendError::Closed`] when it is
     /// gone.
-    fn try_send(&self, frame: &Frame) -> Result<(), SendError>;
+    fn try_send(&self, frame: &Frame) -> Result<Queued, SendError>;
+
+    /// Starts writing what was offered (see [`Queued::NeedsFlush`]).
+    fn flush(&self) {}
 
     /// Asks the connection to close with `reason`.
     fn close(&self, reason: CloseReason);
@@ -89,6 +93,70 @@ pub enum Undelivered {
     /// Its queue was full: it has been closed as a slow consumer and removed.
     #[error("slow consumer")]
     SlowConsumer,
+}
+
+/// Connections with frames offered but not yet flushed. Frames published together (a burst of
+/// client messages, one broadcast) are all offered first and flushed once, so each connection
+/// gets them in one write.
+pub struct Cork<S: Sink> {
+    entries: Vec<Arc<Entry<S>>>,
+}
+
+/// Above this many connections, a flush is split between the calling thread and another
+/// worker, so one broadcast's system calls run on both cores.
+const PARALLEL_FLUSH: usize = 2048;
+
+impl<S: Sink> Default for Cork<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Sink> Cork<S> {
+    /// An empty cork.
+    pub fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Whether nothing waits for a flush.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn add(&mut self, entry: Arc<Entry<S>>) {
+        self.entries.push(entry);
+    }
+
+    /// Flushes every connection that was offered frames.
+    pub fn flush(&mut self) {
+        if self.entries.len() >= PARALLEL_FLUSH {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let half = self.entries.split_off(self.entries.len() / 2);
+                rt.spawn(async move {
+                    for e in half {
+                        e.sink.flush();
+                    }
+                });
+            }
+        }
+        for e in self.entries.drain(..) {
+            e.sink.flush();
+        }
+        if self.entries.capacity() > 64 {
+            self.entries = Vec::new();
+        }
+    }
+}
+
+impl<S: Sink> Drop for Cork<S> {
+    /// Nothing offered is ever left unflushed, even on an early return.
+    fn drop(&mut self) {
+        for e in self.entries.drain(..) {
+            e.sink.flush();
+        }
+    }
 }
 
 /// A thread-safe registry of connections, keyed by [`ConnId`].
@@ -159,26 +227,63 @@ impl<S: Sink> ConnectionManager<S> {
     /// [`Undelivered`] when the id is unknown, the connection closed, or it was just closed as
     /// a slow consumer.
     pub fn send_to(&self, id: ConnId, frame: &Frame) -> Result<(), Undelivered> {
-        let entry = self.get(id).ok_or(Undelivered::Unknown)?;
-        entry.sink.try_send(frame).map_err(|e| {
-            self.evict(&entry, e);
-            match e {
-                SendError::Full => Undelivered::SlowConsumer,
-                SendError::Closed => Undelivered::Closed,
-            }
-        })
+        let mut cork = Cork::new();
+        let r = self.send_corked(id, frame, &mut cork);
+        cork.flush();
+        r
     }
 
-    /// Offers a frame to every connection. Closed connections are skipped and removed; full
-    /// ones are closed as slow consumers and removed. Never waits on a connection.
+    /// Like [`send_to`](Self::send_to), leaving the flush to the caller's `cork`.
+    ///
+    /// # Errors
+    /// As [`send_to`](Self::send_to).
+    pub fn send_corked(
+        &self,
+        id: ConnId,
+        frame: &Frame,
+        cork: &mut Cork<S>,
+    ) -> Result<(), Undelivered> {
+        let entry = self.get(id).ok_or(Undelivered::Unknown)?;
+        match entry.sink.try_send(frame) {
+            Ok(Queued::NeedsFlush) => {
+                cork.add(entry);
+                Ok(())
+            }
+            Ok(Queued::Done) => Ok(()),
+            Err(e) => {
+                self.evict(&entry, e);
+                Err(match e {
+                    SendError::Full => Undelivered::SlowConsumer,
+                    SendError::Closed => Undelivered::Closed,
+                })
+            }
+        }
+    }
+
+    /// Offers a frame to every connection, then flushes. Closed connections are skipped and
+    /// removed; full ones are closed as slow consumers and removed. Never waits on a
+    /// connection.
     pub fn broadcast(&self, frame: &Frame) -> Delivery {
+        let mut cork = Cork::new();
+        let d = self.broadcast_corked(frame, &mut cork);
+        cork.flush();
+        d
+    }
+
+    /// Like [`broadcast`](Self::broadcast), leaving the flush to the caller's `cork`.
+    pub fn broadcast_corked(&self, frame: &Frame, cork: &mut Cork<S>) -> Delivery {
         let mut report = Delivery::default();
         let mut failed: Vec<(Arc<Entry<S>>, SendError)> = Vec::new();
         {
             let map = self.map.read();
             for entry in map.values() {
                 match entry.sink.try_send(frame) {
-                    Ok(()) => report.delivered += 1,
+                    Ok(q) => {
+                        report.delivered += 1;
+                        if q == Queued::NeedsFlush {
+                            cork.add(entry.clone());
+                        }
+                    }
                     Err(e) => failed.push((entry.clone(), e)),
                 }
             }
@@ -235,7 +340,7 @@ mod tests {
     }
 
     impl Sink for FakeSink {
-        fn try_send(&self, frame: &Frame) -> Result<(), SendError> {
+        fn try_send(&self, frame: &Frame) -> Result<Queued, SendError> {
             if self.closed.lock().is_some() {
                 return Err(SendError::Closed);
             }
@@ -243,7 +348,7 @@ mod tests {
                 return Err(SendError::Full);
             }
             self.frames.lock().push(frame.clone());
-            Ok(())
+            Ok(Queued::Done)
         }
         fn close(&self, reason: CloseReason) {
             self.closed.lock().get_or_insert(reason);

@@ -3,15 +3,27 @@
 //!
 //! Producers (a broadcast, an echo, a pong) call [`Outbox::push`], which never waits: a full
 //! queue is an answer ([`SendError::Full`]), and the caller closes the slow consumer instead of
-//! stalling everyone else. The connection's writer takes the whole queue at once
-//! ([`Outbox::take`]) and writes it with vectored writes, so a burst of frames costs one system
-//! call rather than one per frame.
+//! stalling everyone else.
 //!
-//! An idle outbox holds no buffer: the queue is taken by the writer, not copied, and starts empty.
+//! Frames leave by one of two ways, and exactly one writer owns the socket at a time
+//! ([`Owner`]):
+//! - **write-through** (plain TCP): once the connection has attached its socket
+//!   ([`Outbox::attach`]), whoever queued frames into an idle outbox flushes it right away with
+//!   one non-blocking `writev` of everything queued ([`Outbox::flush`]). A broadcast pushes to
+//!   every recipient first and flushes afterwards, so frames published together ("corked")
+//!   leave in one system call, and no task is woken for a socket that can take the bytes now.
+//! - **the writer task**: when the socket cannot take everything (it would block), the rest is
+//!   handed to the connection's writer task, which waits for the socket to be writable. Without
+//!   an attached socket (TLS, before the upgrade) every frame goes this way.
+//!
+//! An idle outbox holds no buffer: queues are taken, not copied, and start empty.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use bytes::Buf;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -29,16 +41,86 @@ pub enum SendError {
     Closed,
 }
 
-/// Where frames for one connection wait for its writer. Implements the registry's sink.
+/// What [`Outbox::push`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued; a writer already owns the socket, or the writer task was woken.
+    Done,
+    /// Queued into an idle outbox with an attached socket: call [`Outbox::flush`] once the
+    /// frames published together are all pushed.
+    NeedsFlush,
+}
+
+/// A socket that accepts non-blocking vectored writes from any thread.
+pub trait DirectWrite: Send + Sync + 'static {
+    /// Writes what the socket takes now without waiting.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::WouldBlock`] when it takes nothing now; any other socket error.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl DirectWrite for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+}
+
+/// Frames handed to one vectored write (Linux accepts up to 1024).
+pub const MAX_SLICES: usize = 64;
+
+/// Fills `slices` with the front frames of `batch`; returns how many.
+pub fn fill_slices<'a>(
+    batch: &'a VecDeque<Frame>,
+    slices: &mut [IoSlice<'a>; MAX_SLICES],
+) -> usize {
+    let mut n = 0;
+    for (slot, frame) in slices.iter_mut().zip(batch.iter()) {
+        *slot = IoSlice::new(frame);
+        n += 1;
+    }
+    n
+}
+
+/// Drops `written` bytes from the front of `batch`; returns whether the new front frame is
+/// partly written.
+pub fn advance(batch: &mut VecDeque<Frame>, mut written: usize) -> bool {
+    while written > 0 {
+        let Some(front) = batch.front_mut() else {
+            return false;
+        };
+        if written >= front.len() {
+            written -= front.len();
+            batch.pop_front();
+        } else {
+            front.advance(written);
+            return true;
+        }
+    }
+    false
+}
+
+/// Who may write to the socket right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// Nobody is writing.
+    Idle,
+    /// A producer is flushing with a non-blocking write.
+    Flusher,
+    /// The connection's writer task (waiting for the socket, or writing).
+    Writer,
+}
+
+/// Where frames for one connection wait for the socket. Implements the registry's sink.
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the writer: frames or a close request arrived. Only the writer waits on it.
+    /// Wakes the writer task: work was handed to it, or a close was requested.
     wake: Notify,
     /// Wakes the connection's supervisor when a close is requested, so it can start the
     /// close deadline even while the writer is blocked on a full socket.
     closing: Notify,
-    /// Set when queued frames must be dropped (a slow consumer): the writer stops writing
-    /// frames it has not started.
+    /// Set when queued frames must be dropped (a slow consumer): writers stop writing frames
+    /// they have not started.
     discard: AtomicBool,
     capacity: usize,
 }
@@ -48,13 +130,19 @@ struct State {
     close: Option<CloseReason>,
     /// Whether the writer has taken the close request.
     close_taken: bool,
+    owner: Owner,
+    /// Whether the front of `queue` is a frame already partly on the wire.
+    front_partial: bool,
+    /// The socket, for write-through; absent before the upgrade and on non-TCP transports.
+    socket: Option<Arc<dyn DirectWrite>>,
 }
 
-/// What the writer got from [`Outbox::take`].
+/// What the writer task got from [`Outbox::take`].
 #[derive(Debug)]
 pub enum Take {
-    /// Frames were moved into the batch.
-    Frames,
+    /// Frames were moved into the batch; the writer owns the socket until [`Outbox::release`].
+    /// The flag says whether the first frame is already partly written.
+    Frames(bool),
     /// Nothing is left to send but this Close frame; the writer sends it and stops.
     Close(Frame),
     /// The close was already taken: nothing more will ever come.
@@ -69,6 +157,9 @@ impl Outbox {
                 queue: VecDeque::new(),
                 close: None,
                 close_taken: false,
+                owner: Owner::Idle,
+                front_partial: false,
+                socket: None,
             }),
             wake: Notify::new(),
             closing: Notify::new(),
@@ -77,46 +168,115 @@ impl Outbox {
         }
     }
 
+    /// Enables write-through to `socket`. Frames queued before are handed to the writer task.
+    pub fn attach(&self, socket: Arc<dyn DirectWrite>) {
+        self.state.lock().socket = Some(socket);
+        self.wake.notify_one();
+    }
+
+    /// Drops the socket reference (the connection is over).
+    pub fn detach(&self) {
+        self.state.lock().socket = None;
+    }
+
     /// Queues a data frame without waiting.
     ///
     /// # Errors
     /// [`SendError::Full`] at capacity, [`SendError::Closed`] once a close was requested.
-    pub fn push(&self, frame: Frame) -> Result<(), SendError> {
-        let was_empty = {
-            let mut st = self.state.lock();
-            if st.close.is_some() {
-                return Err(SendError::Closed);
-            }
-            if st.queue.len() >= self.capacity {
-                return Err(SendError::Full);
-            }
-            st.queue.push_back(frame);
-            st.queue.len() == 1
-        };
-        // The writer empties the queue whenever it wakes, so only the push that makes the queue
-        // non-empty needs to wake it.
-        if was_empty {
-            self.wake.notify_one();
-        }
-        Ok(())
+    pub fn push(&self, frame: Frame) -> Result<Queued, SendError> {
+        self.enqueue(frame, self.capacity)
     }
 
     /// Queues a control frame (a pong). Control frames may exceed the capacity by a small margin
     /// so that a busy connection still answers pings; past that margin they are dropped, which
     /// RFC 6455 allows (only the latest ping needs an answer).
-    pub fn push_control(&self, frame: Frame) -> bool {
-        let was_empty = {
+    ///
+    /// # Errors
+    /// As [`push`](Self::push).
+    pub fn push_control(&self, frame: Frame) -> Result<Queued, SendError> {
+        self.enqueue(frame, self.capacity + 8)
+    }
+
+    fn enqueue(&self, frame: Frame, limit: usize) -> Result<Queued, SendError> {
+        let wake_writer = {
             let mut st = self.state.lock();
-            if st.close.is_some() || st.queue.len() >= self.capacity + 8 {
-                return false;
+            if st.close.is_some() {
+                return Err(SendError::Closed);
+            }
+            if st.queue.len() >= limit {
+                return Err(SendError::Full);
             }
             st.queue.push_back(frame);
-            st.queue.len() == 1
+            if st.owner != Owner::Idle || st.queue.len() > 1 {
+                // A writer owns the socket and re-checks the queue before letting go, or the
+                // frames before this one already asked for a flush.
+                return Ok(Queued::Done);
+            }
+            if st.socket.is_some() {
+                return Ok(Queued::NeedsFlush);
+            }
+            true
         };
-        if was_empty {
+        if wake_writer {
             self.wake.notify_one();
         }
-        true
+        Ok(Queued::Done)
+    }
+
+    /// Writes what is queued with one non-blocking vectored write, if nobody else is writing.
+    /// What the socket does not take now is handed to the writer task.
+    pub fn flush(&self) {
+        loop {
+            let (socket, mut batch, mut partial) = {
+                let mut st = self.state.lock();
+                if st.owner != Owner::Idle || st.queue.is_empty() {
+                    return;
+                }
+                let Some(socket) = st.socket.clone() else {
+                    return;
+                };
+                st.owner = Owner::Flusher;
+                let partial = std::mem::take(&mut st.front_partial);
+                (socket, std::mem::take(&mut st.queue), partial)
+            };
+            let result = {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let n = fill_slices(&batch, &mut slices);
+                socket.try_write_vectored(&slices[..n])
+            };
+            let handed_over = match result {
+                Ok(n) => {
+                    partial = advance(&mut batch, n) || (partial && n == 0);
+                    !batch.is_empty()
+                }
+                // Would block, or a socket error the writer task will meet and report.
+                Err(_) => true,
+            };
+            let mut st = self.state.lock();
+            if handed_over {
+                // Put the rest back in front of anything queued meanwhile.
+                if self.discarding() {
+                    batch.truncate(usize::from(partial));
+                }
+                batch.append(&mut st.queue);
+                st.queue = batch;
+                st.front_partial = partial;
+                st.owner = Owner::Writer;
+                drop(st);
+                self.wake.notify_one();
+                return;
+            }
+            st.owner = Owner::Idle;
+            if st.queue.is_empty() {
+                let close_pending = st.close.is_some();
+                drop(st);
+                if close_pending {
+                    self.wake.notify_one();
+                }
+                return;
+            }
+            // More frames arrived while we wrote: go again.
+        }
     }
 
     /// Asks for the connection to be closed with `reason`. The first request wins; later ones
@@ -128,7 +288,11 @@ impl Outbox {
                 return false;
             }
             if !reason.drains_queue() {
-                st.queue = VecDeque::new();
+                let keep = usize::from(st.front_partial);
+                st.queue.truncate(keep);
+                if st.queue.is_empty() {
+                    st.queue = VecDeque::new();
+                }
                 self.discard.store(true, Ordering::Release);
             }
             st.close = Some(reason);
@@ -163,9 +327,11 @@ impl Outbox {
         self.discard.load(Ordering::Acquire)
     }
 
-    /// Waits until frames or a close request are available and moves them out.
+    /// The writer task waits here until it owns work: frames handed over by a flusher, frames
+    /// queued while no socket is attached, or the Close frame once nothing else is left.
     ///
-    /// `batch` must be empty; on [`Take::Frames`] it holds every queued frame in order.
+    /// `batch` must be empty; on [`Take::Frames`] it holds the frames in order and the writer
+    /// owns the socket until it calls [`release`](Self::release).
     ///
     /// # Cancel safety
     /// Cancel safe: frames are moved only in the poll that returns them.
@@ -173,22 +339,44 @@ impl Outbox {
         loop {
             {
                 let mut st = self.state.lock();
-                if !st.queue.is_empty() {
+                let mine = match st.owner {
+                    Owner::Writer => true,
+                    Owner::Idle => !st.queue.is_empty(),
+                    Owner::Flusher => false,
+                };
+                if mine && !st.queue.is_empty() {
+                    st.owner = Owner::Writer;
                     std::mem::swap(&mut st.queue, batch);
-                    return Take::Frames;
+                    return Take::Frames(std::mem::take(&mut st.front_partial));
                 }
-                if st.close_taken {
-                    return Take::Finished;
-                }
-                if let Some(reason) = &st.close {
-                    let frame = reason.frame();
-                    st.close_taken = true;
-                    return Take::Close(frame);
+                if st.owner != Owner::Flusher {
+                    st.owner = Owner::Idle;
+                    if st.close_taken {
+                        return Take::Finished;
+                    }
+                    if let Some(reason) = &st.close {
+                        let frame = reason.frame();
+                        st.close_taken = true;
+                        st.owner = Owner::Writer;
+                        return Take::Close(frame);
+                    }
                 }
             }
-            // notify_one stores a permit when nobody waits, so a push between the check above
-            // and this await is not lost.
+            // notify_one stores a permit when nobody waits, so a hand-over between the check
+            // above and this await is not lost.
             self.wake.notified().await;
+        }
+    }
+
+    /// The writer task finished its batch. Returns whether more frames are queued (the writer
+    /// keeps the socket and should call [`take`](Self::take) again right away).
+    pub fn release(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.queue.is_empty() {
+            st.owner = Owner::Idle;
+            false
+        } else {
+            true
         }
     }
 
@@ -207,8 +395,12 @@ impl Outbox {
 }
 
 impl crate::manager::Sink for Outbox {
-    fn try_send(&self, frame: &Frame) -> Result<(), SendError> {
+    fn try_send(&self, frame: &Frame) -> Result<Queued, SendError> {
         self.push(frame.clone())
+    }
+
+    fn flush(&self) {
+        Outbox::flush(self);
     }
 
     fn close(&self, reason: CloseReason) {
@@ -232,7 +424,7 @@ mod tests {
             o.push(Bytes::from(vec![i])).unwrap();
         }
         let mut batch = VecDeque::new();
-        assert!(matches!(o.take(&mut batch).await, Take::Frames));
+        assert!(matches!(o.take(&mut batch).await, Take::Frames(false)));
         assert_eq!(
             batch.iter().map(|b| b[0]).collect::<Vec<_>>(),
             vec![0, 1, 2]
@@ -247,7 +439,7 @@ mod tests {
         o.push(Bytes::new()).unwrap();
         assert_eq!(o.push(Bytes::new()), Err(SendError::Full));
         // Pongs get a small margin past capacity.
-        assert!(o.push_control(Bytes::new()));
+        assert!(o.push_control(Bytes::new()).is_ok());
     }
 
     #[tokio::test]
@@ -258,7 +450,7 @@ mod tests {
         assert!(!o.close(CloseReason::SlowConsumer), "first close wins");
         assert_eq!(o.push(Bytes::new()), Err(SendError::Closed));
         let mut batch = VecDeque::new();
-        assert!(matches!(o.take(&mut batch).await, Take::Frames));
+        assert!(matches!(o.take(&mut batch).await, Take::Frames(false)));
         batch.clear();
         match o.take(&mut batch).await {
             Take::Close(f) => assert_eq!(&f[2..4], &1001u16.to_be_bytes()),

@@ -8,7 +8,7 @@
 //! disconnect, shutdown) asks the outbox to close; this task then sends the Close frame, waits
 //! for the peer's within a deadline, and drops the socket.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,17 +16,15 @@ use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
 use crate::frame::{self, DecodeError, Decoder, Message, OpCode};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubCork};
 use crate::id::ConnId;
-use crate::outbox::{Outbox, SendError};
-
-use super::writer;
+use crate::outbox::{Outbox, Queued, SendError};
 
 /// Bytes read from the socket per read call. The buffer lives on the stack of the poll, so an
 /// idle connection holds no read buffer at all.
@@ -85,6 +83,17 @@ enum ReadError {
 }
 
 impl Reader {
+    /// The next message already complete in the buffer, without reading the socket.
+    fn buffered(&mut self) -> Result<Option<Message>, ReadError> {
+        if self.discard {
+            self.buf.clear();
+            return Ok(None);
+        }
+        self.decoder
+            .decode(&mut self.buf)
+            .map_err(ReadError::Decode)
+    }
+
     /// Reads until one message is complete. `Ok(None)` is EOF.
     ///
     /// # Cancel safety
@@ -94,13 +103,7 @@ impl Reader {
         r: &mut R,
     ) -> Result<Option<Message>, ReadError> {
         loop {
-            if self.discard {
-                self.buf.clear();
-            } else if let Some(msg) = self
-                .decoder
-                .decode(&mut self.buf)
-                .map_err(ReadError::Decode)?
-            {
+            if let Some(msg) = self.buffered()? {
                 return Ok(Some(msg));
             }
             if self.buf.is_empty() && self.buf.capacity() > 0 {
@@ -124,11 +127,123 @@ impl Reader {
     }
 }
 
-/// Runs the connection until it is closed. `preread` holds bytes the HTTP layer read past the
-/// upgrade request (a client may send its first frame right behind the handshake).
-pub(crate) async fn run<R, W>(
+/// What handling one read result decided.
+enum Step {
+    /// Keep going.
+    Continue,
+    /// The connection is over.
+    End(Ending),
+}
+
+/// The per-connection state the select loop works on.
+struct Conn<'a> {
+    outbox: &'a Outbox,
+    role: &'a Role,
+    last_seen: Instant,
+    reading: bool,
+    peer_closed: bool,
+    close_sent: bool,
+    /// Closing has begun (our Close is queued): data from the peer is no longer dispatched.
+    closing: bool,
+    /// Connections (the hub's, this one included) offered frames and not yet flushed.
+    cork: HubCork,
+    /// This connection's own outbox was offered a frame outside the hub (echo, pong).
+    own_dirty: bool,
+}
+
+impl Conn<'_> {
+    fn queued(&mut self, r: Result<Queued, SendError>) {
+        match r {
+            Ok(Queued::NeedsFlush) => self.own_dirty = true,
+            Ok(Queued::Done) | Err(SendError::Closed) => {}
+            Err(SendError::Full) => {
+                self.outbox.close(CloseReason::SlowConsumer);
+            }
+        }
+    }
+
+    /// Writes everything the last burst of messages produced.
+    fn flush(&mut self) {
+        self.cork.flush();
+        if std::mem::take(&mut self.own_dirty) {
+            self.outbox.flush();
+        }
+    }
+
+    fn on_read(&mut self, r: Result<Option<Message>, ReadError>, rd: &mut Reader) -> Step {
+        match r {
+            Ok(Some(msg)) => {
+                self.last_seen = Instant::now();
+                self.on_message(msg)
+            }
+            Ok(None) => Step::End(match self.outbox.close_reason() {
+                // EOF after our Close: the peer is done.
+                Some(reason) => Ending::Closed(reason),
+                None => Ending::Dropped,
+            }),
+            Err(ReadError::Decode(e)) => {
+                tracing::debug!(error = %e, "closing: bad frame from peer");
+                rd.discard = true;
+                self.outbox.close(CloseReason::from(&e));
+                Step::Continue
+            }
+            Err(ReadError::Io(e)) => Step::End(Ending::Io(e)),
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) -> Step {
+        match msg {
+            Message::Text(b) | Message::Binary(b) if self.closing => drop(b),
+            Message::Text(b) => match self.role {
+                Role::Hub { hub, id } => match std::str::from_utf8(&b) {
+                    Ok(text) => hub.on_text(*id, text, &mut self.cork),
+                    // The decoder validated it; never trust that with a panic.
+                    Err(_) => {
+                        self.outbox.close(CloseReason::InvalidUtf8);
+                    }
+                },
+                Role::Echo => {
+                    let r = self.outbox.push(frame::encode(OpCode::Text, &b));
+                    self.queued(r);
+                }
+            },
+            Message::Binary(b) => match self.role {
+                Role::Hub { hub, id } => hub.on_binary(*id, &b, &mut self.cork),
+                Role::Echo => {
+                    let r = self.outbox.push(frame::encode(OpCode::Binary, &b));
+                    self.queued(r);
+                }
+            },
+            Message::Ping(p) => {
+                let r = self.outbox.push_control(frame::encode(OpCode::Pong, &p));
+                self.queued(r);
+            }
+            Message::Pong(_) => {}
+            Message::Close(c) => {
+                self.peer_closed = true;
+                self.reading = false;
+                let code = c.map_or(1000, |(code, _)| code);
+                // Answer with the peer's code, unless we had asked to close first.
+                self.outbox.close(CloseReason::Normal(code));
+                if self.close_sent {
+                    let reason = self
+                        .outbox
+                        .close_reason()
+                        .unwrap_or(CloseReason::Normal(code));
+                    return Step::End(Ending::Closed(reason));
+                }
+            }
+        }
+        Step::Continue
+    }
+}
+
+/// Runs the connection until it is closed. `write` is the connection's writer (see
+/// `writer`); `preread` holds bytes the HTTP layer read past the upgrade request (a client may
+/// send its first frame right behind the handshake).
+pub(crate) async fn run<R, F>(
     mut reader: R,
-    mut writer: W,
+    write: F,
     preread: Bytes,
     outbox: Arc<Outbox>,
     role: Role,
@@ -137,7 +252,7 @@ pub(crate) async fn run<R, W>(
 ) -> Ending
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    F: Future<Output = io::Result<()>>,
 {
     let mut rd = Reader {
         decoder: Decoder::new(params.max_message),
@@ -147,8 +262,18 @@ where
     // `preread` is a view into the HTTP layer's 8 KiB read buffer: keeping it would keep that
     // whole buffer alive for the life of the connection.
     drop(preread);
+    let mut c = Conn {
+        outbox: &outbox,
+        role: &role,
+        last_seen: Instant::now(),
+        reading: true,
+        peer_closed: false,
+        close_sent: false,
+        closing: false,
+        cork: HubCork::new(),
+        own_dirty: false,
+    };
     let ending = {
-        let write = writer::drive(&mut writer, &outbox);
         tokio::pin!(write);
         let tick = tokio::time::sleep(params.ping_interval);
         tokio::pin!(tick);
@@ -158,15 +283,10 @@ where
         tokio::pin!(cancelled);
         let closing = outbox.closing();
         tokio::pin!(closing);
-
-        let mut last_seen = Instant::now();
         let mut deadline: Option<Instant> = None;
         let mut shutdown_seen = false;
-        let mut reading = true;
-        let mut peer_closed = false;
-        let mut close_sent = false;
 
-        let ending = loop {
+        loop {
             tokio::select! {
                 biased;
                 _ = &mut cancelled, if !shutdown_seen => {
@@ -174,6 +294,7 @@ where
                     outbox.close(CloseReason::GoingAway);
                 }
                 _ = &mut closing, if deadline.is_none() => {
+                    c.closing = true;
                     let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
                     let limit = if reason == CloseReason::GoingAway {
                         params.shutdown_timeout
@@ -185,100 +306,55 @@ where
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     break Ending::TimedOut(outbox.close_reason().unwrap_or(CloseReason::GoingAway));
                 }
-                w = &mut write, if !close_sent => {
-                    close_sent = true;
+                w = &mut write, if !c.close_sent => {
+                    c.close_sent = true;
                     let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
                     match w {
-                        Ok(()) if peer_closed || !reason.awaits_peer() => break Ending::Closed(reason),
+                        Ok(()) if c.peer_closed || !reason.awaits_peer() => break Ending::Closed(reason),
                         // Our Close is out: keep reading until the peer's Close or EOF.
                         Ok(()) => {}
                         Err(e) => break Ending::Io(e),
                     }
                 }
-                r = rd.next(&mut reader), if reading => match r {
-                    Ok(Some(msg)) => {
-                        last_seen = Instant::now();
-                        match msg {
-                            Message::Text(b) | Message::Binary(b) if deadline.is_some() => drop(b),
-                            Message::Text(b) => on_text(&role, &outbox, b),
-                            Message::Binary(b) => on_binary(&role, &outbox, b),
-                            Message::Ping(p) => {
-                                outbox.push_control(frame::encode(OpCode::Pong, &p));
-                            }
-                            Message::Pong(_) => {}
-                            Message::Close(c) => {
-                                peer_closed = true;
-                                reading = false;
-                                let code = c.map_or(1000, |(code, _)| code);
-                                // Answer with the peer's code, unless we had asked to close first.
-                                outbox.close(CloseReason::Normal(code));
-                                if close_sent {
-                                    break Ending::Closed(outbox.close_reason().unwrap_or(CloseReason::Normal(code)));
-                                }
-                            }
+                r = rd.next(&mut reader), if c.reading => {
+                    // Handle the whole burst already read, then write what it produced: frames
+                    // published together leave together.
+                    let mut step = c.on_read(r, &mut rd);
+                    while matches!(step, Step::Continue) && c.reading && !rd.discard {
+                        match rd.buffered() {
+                            Ok(None) => break,
+                            r => step = c.on_read(r, &mut rd),
                         }
                     }
-                    Ok(None) => {
-                        if outbox.is_closed() {
-                            // EOF after our Close: the peer is done.
-                            break Ending::Closed(outbox.close_reason().unwrap_or(CloseReason::Normal(1000)));
-                        }
-                        break Ending::Dropped;
+                    c.flush();
+                    if let Step::End(ending) = step {
+                        break ending;
                     }
-                    Err(ReadError::Decode(e)) => {
-                        tracing::debug!(error = %e, "closing: bad frame from peer");
-                        rd.discard = true;
-                        outbox.close(CloseReason::from(&e));
-                    }
-                    Err(ReadError::Io(e)) => break Ending::Io(e),
-                },
+                }
                 _ = &mut tick, if deadline.is_none() => {
                     let now = Instant::now();
-                    let silent = now.duration_since(last_seen);
+                    let silent = now.duration_since(c.last_seen);
                     if silent >= params.idle_timeout {
                         tracing::debug!(?silent, "closing: idle timeout");
                         outbox.close(CloseReason::IdleTimeout);
                     } else {
-                        outbox.push_control(Bytes::from_static(PING));
-                        let next = (now + params.ping_interval).min(last_seen + params.idle_timeout);
+                        let r = outbox.push_control(Bytes::from_static(PING));
+                        c.queued(r);
+                        c.flush();
+                        let next = (now + params.ping_interval).min(c.last_seen + params.idle_timeout);
                         tick.as_mut().reset(next);
                     }
                 }
             }
-        };
-        ending
+        }
     };
+    c.flush();
+    drop(c);
     // Close the socket before announcing the departure.
-    drop(writer);
+    outbox.detach();
     drop(reader);
     if let Role::Hub { hub, id } = &role {
         hub.unregister(*id);
     }
     ending
-}
-
-fn on_text(role: &Role, outbox: &Outbox, payload: Bytes) {
-    match role {
-        Role::Hub { hub, id } => match std::str::from_utf8(&payload) {
-            Ok(text) => hub.on_text(*id, text),
-            // The decoder validated it; this cannot happen, but never trust that with a panic.
-            Err(_) => {
-                outbox.close(CloseReason::InvalidUtf8);
-            }
-        },
-        Role::Echo => echo(outbox, frame::encode(OpCode::Text, &payload)),
-    }
-}
-
-fn on_binary(role: &Role, outbox: &Outbox, payload: Bytes) {
-    match role {
-        Role::Hub { hub, id } => hub.on_binary(*id, &payload),
-        Role::Echo => echo(outbox, frame::encode(OpCode::Binary, &payload)),
-    }
-}
-
-fn echo(outbox: &Outbox, frame: crate::frame::Frame) {
-    if outbox.push(frame) == Err(SendError::Full) {
-        outbox.close(CloseReason::SlowConsumer);
-    }
 }

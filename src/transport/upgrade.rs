@@ -25,6 +25,7 @@ use crate::outbox::Outbox;
 use crate::problem::Problem;
 
 use super::connection::{self, Ending, Params, Role};
+use super::writer;
 
 /// What a valid upgrade request left us with.
 struct Handshake {
@@ -221,12 +222,16 @@ async fn run_upgraded(
             // client's delayed ACK.
             let _ = tcp.set_nodelay(true);
             let (r, w) = tcp.into_split();
-            connection::run(r, w, parts.read_buf, outbox, role, params, shutdown).await
+            let w = Arc::new(w);
+            outbox.attach(w.clone());
+            let write = writer::drive(writer::Direct(w), outbox.clone());
+            connection::run(r, write, parts.read_buf, outbox, role, params, shutdown).await
         }
         Err(upgraded) => {
             // Another transport (TLS, or an embedding app's own listener): same logic, generic I/O.
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            connection::run(r, w, Bytes::new(), outbox, role, params, shutdown).await
+            let write = writer::drive(writer::Generic(w), outbox.clone());
+            connection::run(r, write, Bytes::new(), outbox, role, params, shutdown).await
         }
     };
     match ending {
