@@ -172,6 +172,14 @@ impl Hub {
         ok
     }
 
+    /// A join/leave announcement: broadcast with a deferred flush, so that a connect storm's
+    /// N²/2 announcements leave many to a write instead of one.
+    fn announce(&self, frame: &Frame) {
+        let mut cork = Cork::new();
+        self.broadcast_corked(frame, &mut cork);
+        cork.flush_deferred();
+    }
+
     fn broadcast_corked(&self, frame: &Frame, cork: &mut HubCork) -> Delivery {
         let d = self.shared.manager.broadcast_corked(frame, cork);
         self.count_delivery(&d);
@@ -241,7 +249,7 @@ impl Hub {
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
         if self.shared.config.announce {
-            self.broadcast_frame(&envelope::joined(&id.short()));
+            self.announce(&envelope::joined(&id.short()));
         }
         (id, outbox)
     }
@@ -255,7 +263,7 @@ impl Hub {
             .connections_closed
             .fetch_add(1, Ordering::Relaxed);
         if self.shared.config.announce {
-            self.broadcast_frame(&envelope::left(&id.short()));
+            self.announce(&envelope::left(&id.short()));
         }
     }
 

@@ -102,9 +102,11 @@ pub struct Cork<S: Sink> {
     entries: Vec<Arc<Entry<S>>>,
 }
 
-/// Above this many connections, a flush is split between the calling thread and another
-/// worker, so one broadcast's system calls run on both cores.
-const PARALLEL_FLUSH: usize = 2048;
+/// From this many connections on, [`Cork::flush`] shares the work with another worker.
+const PARALLEL_FLUSH: usize = 1024;
+
+/// Connections per task in a deferred flush.
+const FLUSH_CHUNK: usize = 1024;
 
 impl<S: Sink> Default for Cork<S> {
     fn default() -> Self {
@@ -129,7 +131,9 @@ impl<S: Sink> Cork<S> {
         self.entries.push(entry);
     }
 
-    /// Flushes every connection that was offered frames.
+    /// Flushes every connection that was offered frames, now. A large flush is split in two:
+    /// one half is handed to another worker, the other written here, so one broadcast's
+    /// system calls (several microseconds each on loopback) run on two cores.
     pub fn flush(&mut self) {
         if self.entries.len() >= PARALLEL_FLUSH {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -146,6 +150,26 @@ impl<S: Sink> Cork<S> {
         }
         if self.entries.capacity() > 64 {
             self.entries = Vec::new();
+        }
+    }
+
+    /// Hands the flush to tasks (of [`FLUSH_CHUNK`] connections each) instead of doing it now.
+    /// For traffic where a few hundred microseconds do not matter and volume does: frames
+    /// offered to the same connections before those tasks run (a storm of join announcements)
+    /// find their predecessors still queued and leave in the same writes. Flushes inline when
+    /// there is no Tokio runtime.
+    pub fn flush_deferred(&mut self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self.flush();
+        };
+        while !self.entries.is_empty() {
+            let at = self.entries.len().saturating_sub(FLUSH_CHUNK);
+            let chunk = self.entries.split_off(at);
+            rt.spawn(async move {
+                for e in chunk {
+                    e.sink.flush();
+                }
+            });
         }
     }
 }

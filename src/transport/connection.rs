@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
@@ -283,7 +283,6 @@ where
         tokio::pin!(cancelled);
         let closing = outbox.closing();
         tokio::pin!(closing);
-        let mut deadline: Option<Instant> = None;
         let mut shutdown_seen = false;
 
         loop {
@@ -293,7 +292,7 @@ where
                     shutdown_seen = true;
                     outbox.close(CloseReason::GoingAway);
                 }
-                _ = &mut closing, if deadline.is_none() => {
+                _ = &mut closing, if !c.closing => {
                     c.closing = true;
                     let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
                     let limit = if reason == CloseReason::GoingAway {
@@ -301,10 +300,8 @@ where
                     } else {
                         params.close_timeout
                     };
-                    deadline = Some(Instant::now() + limit);
-                }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    break Ending::TimedOut(outbox.close_reason().unwrap_or(CloseReason::GoingAway));
+                    // From here on the keep-alive timer is the closing deadline.
+                    tick.as_mut().reset(Instant::now() + limit);
                 }
                 w = &mut write, if !c.close_sent => {
                     c.close_sent = true;
@@ -331,7 +328,10 @@ where
                         break ending;
                     }
                 }
-                _ = &mut tick, if deadline.is_none() => {
+                _ = &mut tick => {
+                    if c.closing {
+                        break Ending::TimedOut(outbox.close_reason().unwrap_or(CloseReason::GoingAway));
+                    }
                     let now = Instant::now();
                     let silent = now.duration_since(c.last_seen);
                     if silent >= params.idle_timeout {
