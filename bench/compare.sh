@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 out="${1:-target/bench-results}"
 mkdir -p "$out"
 dur="${DURATION:-5s}"
+# Connect benchmarks spread their client ports over several loopback addresses: one address's
+# ephemeral ports fill with TIME_WAIT entries from earlier runs and slow connect() down.
+sources="${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4}"
 
 cargo build --release --quiet
 bin=./target/release/wshub
@@ -50,9 +53,9 @@ run() { # run SERVER ANNOUNCE NAME bench-args...
 }
 
 for s in wshub node; do
-  run $s none idle10k   connect -n 10000 --hold 3s
-  run $s none idle15k   connect -n 15000 --hold 3s
-  run $s all  storm2k   connect -n 2000 --hold 1s
+  run $s none idle10k   connect -n 10000 --hold 3s --sources "$sources"
+  run $s none idle15k   connect -n 15000 --hold 3s --sources "$sources"
+  run $s all  storm2k   connect -n 2000 --hold 1s --sources "$sources"
   run $s none fan1k-max fanout -n 1000 --window 16 --duration "$dur"
   run $s none fan1k-100 fanout -n 1000 --rate 100 --duration "$dur"
   run $s none fan10k-max fanout -n 10000 --window 16 --duration "$dur"
