@@ -4,7 +4,8 @@
 //!
 //! | reason | code | queued frames |
 //! |---|---|---|
-//! | [`CloseReason::Normal`] (peer closed first, or `DELETE /api/connections/{id}`) | 1000 (or the peer's code, echoed) | delivered first |
+//! | [`CloseReason::Normal`] (the peer closed first) | 1000 (or the peer's code, echoed) | delivered first |
+//! | [`CloseReason::Disconnected`] (`DELETE /api/connections/{id}`) | the code asked for (1000 by default) | delivered first |
 //! | [`CloseReason::GoingAway`] (server shutdown) | 1001 | delivered first, within the shutdown deadline |
 //! | [`CloseReason::IdleTimeout`] (no frame within the idle timeout) | 1001 | dropped |
 //! | [`CloseReason::Protocol`] (RFC 6455 violation) | 1002 | delivered first |
@@ -19,6 +20,13 @@ use crate::frame::{self, DecodeError, Frame};
 pub enum CloseReason {
     /// A normal closure; carries the code to send (the peer's own code when echoing its Close).
     Normal(u16),
+    /// Closed through the API, with the code and reason it asked for.
+    Disconnected {
+        /// 1000, or an application code 3000–4999.
+        code: u16,
+        /// The reason text (at most 123 bytes are sent).
+        reason: std::sync::Arc<str>,
+    },
     /// The server is shutting down.
     GoingAway,
     /// The peer sent nothing (not even a Pong) within the idle timeout.
@@ -38,6 +46,7 @@ impl CloseReason {
     pub fn code(&self) -> u16 {
         match self {
             CloseReason::Normal(code) => *code,
+            CloseReason::Disconnected { code, .. } => *code,
             CloseReason::GoingAway | CloseReason::IdleTimeout => 1001,
             CloseReason::Protocol(_) => 1002,
             CloseReason::InvalidUtf8 => 1007,
@@ -47,9 +56,10 @@ impl CloseReason {
     }
 
     /// The reason text sent to the peer.
-    pub fn text(&self) -> &'static str {
+    pub fn text(&self) -> &str {
         match self {
             CloseReason::Normal(_) => "",
+            CloseReason::Disconnected { reason, .. } => reason,
             CloseReason::GoingAway => "server shutting down",
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::Protocol(why) => why,
@@ -75,6 +85,7 @@ impl CloseReason {
     pub fn label(&self) -> &'static str {
         match self {
             CloseReason::Normal(_) => "normal",
+            CloseReason::Disconnected { .. } => "disconnected",
             CloseReason::GoingAway => "shutdown",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Protocol(_) => "protocol_error",

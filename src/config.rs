@@ -48,6 +48,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_ANNOUNCE", default_value = "all")]
     pub announce: Announce,
 
+    /// Groups one connection may be a member of at once.
+    #[arg(long, env = "WSHUB_MAX_GROUPS_PER_CONNECTION", default_value_t = 1000)]
+    pub max_groups_per_connection: usize,
+
     /// How long a closing handshake may take before the socket is dropped.
     #[arg(long, env = "WSHUB_CLOSE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub close_timeout: Duration,
@@ -86,6 +90,7 @@ impl ServeArgs {
             close_timeout: self.close_timeout,
             shutdown_timeout: self.shutdown_timeout,
             announce: self.announce == Announce::All,
+            max_groups_per_connection: self.max_groups_per_connection,
         }
     }
 }

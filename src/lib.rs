@@ -11,7 +11,8 @@
 //!   buffer ([`frame::Frame`]) and handed to every recipient; client frames are decoded
 //!   incrementally.
 //! - [`id`], [`close`], [`envelope`], [`problem`]: leaf types: connection ids, close reasons and
-//!   their codes, the JSON envelopes, RFC 9457 errors.
+//!   their codes, the JSON envelopes of SPEC 1.2, RFC 9457 errors.
+//! - [`protocol`]: the `wshub.v1` subprotocol: commands, acks, errors, group envelopes.
 //! - [`outbox`]: a connection's bounded outbound queue. Pushing never waits; a full queue makes
 //!   the connection a slow consumer, closed with 1008.
 //! - [`manager`]: the thread-safe registry of connections, generic over a sink trait.
@@ -42,6 +43,7 @@ pub mod id;
 pub mod manager;
 pub mod outbox;
 pub mod problem;
+pub mod protocol;
 pub mod server;
 pub mod transport;
 

@@ -41,6 +41,15 @@ pub trait Sink: Send + Sync + 'static {
     fn is_open(&self) -> bool;
 }
 
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// No subprotocol: the behaviour of SPEC section 1 (global join/leave announcements).
+    Plain,
+    /// `wshub.v1`: commands with acks; join/leave announcements scoped to groups.
+    V1,
+}
+
 /// What the registry knows about a connection besides its sink.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -48,14 +57,34 @@ pub struct ConnInfo {
     pub connected_at: SystemTime,
     /// The peer's address, when the server knows it.
     pub remote_addr: Option<SocketAddr>,
+    /// The authenticated user, if any.
+    pub user: Option<Arc<str>>,
+    /// The negotiated protocol.
+    pub protocol: Protocol,
+    /// Group patterns this connection may join (exact names, or prefixes ending in `*`);
+    /// `None` allows every group.
+    pub allowed_groups: Option<Arc<[String]>>,
 }
 
 impl ConnInfo {
-    /// Info for a connection accepted now from `remote_addr`.
+    /// Whether the connection may join `group`.
+    pub fn may_join(&self, group: &str) -> bool {
+        self.allowed_groups.as_ref().is_none_or(|patterns| {
+            patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => group.starts_with(prefix),
+                None => p == group,
+            })
+        })
+    }
+
+    /// Info for an anonymous plain connection accepted now from `remote_addr`.
     pub fn now(remote_addr: Option<SocketAddr>) -> Self {
         Self {
             connected_at: SystemTime::now(),
             remote_addr,
+            user: None,
+            protocol: Protocol::Plain,
+            allowed_groups: None,
         }
     }
 }
@@ -68,6 +97,49 @@ pub struct Entry<S> {
     pub info: ConnInfo,
     /// The sink frames are delivered to: the very instance that was added.
     pub sink: Arc<S>,
+    /// The groups it is a member of (kept under the registry's write lock).
+    groups: parking_lot::Mutex<Vec<Arc<str>>>,
+}
+
+impl<S> Entry<S> {
+    /// The groups this connection is a member of, in joining order.
+    pub fn groups(&self) -> Vec<Arc<str>> {
+        self.groups.lock().clone()
+    }
+}
+
+/// Who a publication is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Audience<'a> {
+    /// Every connection.
+    All,
+    /// Every connection without a subprotocol (SPEC 1 announcements).
+    Plain,
+    /// The members of a group.
+    Group(&'a str),
+    /// The members of a group but one.
+    GroupExcept(&'a str, ConnId),
+    /// Every connection of a user.
+    User(&'a str),
+}
+
+/// Why a join failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// No connection has that id.
+    #[error("unknown connection")]
+    Unknown,
+    /// The connection is already in as many groups as allowed.
+    #[error("too many groups for one connection (limit {0})")]
+    TooManyGroups(usize),
+}
+
+type Members<S> = HashMap<ConnId, Arc<Entry<S>>>;
+
+struct Inner<S> {
+    conns: Members<S>,
+    groups: HashMap<Arc<str>, Members<S>>,
+    users: HashMap<Arc<str>, Members<S>>,
 }
 
 /// The outcome of a broadcast.
@@ -153,7 +225,7 @@ impl<S: Sink> Cork<S> {
         }
     }
 
-    /// Hands the flush to tasks (of [`FLUSH_CHUNK`] connections each) instead of doing it now.
+    /// Hands the flush to tasks (of 1,024 connections each) instead of doing it now.
     /// For traffic where a few hundred microseconds do not matter and volume does: frames
     /// offered to the same connections before those tasks run (a storm of join announcements)
     /// find their predecessors still queued and leave in the same writes. Flushes inline when
@@ -183,9 +255,13 @@ impl<S: Sink> Drop for Cork<S> {
     }
 }
 
-/// A thread-safe registry of connections, keyed by [`ConnId`].
+/// A thread-safe registry of connections, keyed by [`ConnId`], with group and user indexes.
+///
+/// Every index maps straight to the entries, so a broadcast to a group of 10,000 walks that
+/// group's map and nothing else. Joins and leaves take the write lock briefly; sending only the
+/// read lock.
 pub struct ConnectionManager<S> {
-    map: RwLock<HashMap<ConnId, Arc<Entry<S>>>>,
+    inner: RwLock<Inner<S>>,
 }
 
 impl<S: Sink> Default for ConnectionManager<S> {
@@ -198,45 +274,177 @@ impl<S: Sink> ConnectionManager<S> {
     /// An empty registry.
     pub fn new() -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            inner: RwLock::new(Inner {
+                conns: HashMap::new(),
+                groups: HashMap::new(),
+                users: HashMap::new(),
+            }),
         }
     }
 
     /// Registers `sink` under a new unique id and returns the id.
     pub fn add(&self, sink: Arc<S>, info: ConnInfo) -> ConnId {
-        let mut map = self.map.write();
+        self.add_entry(sink, info).id
+    }
+
+    /// Registers `sink` under a new unique id and returns its entry.
+    pub fn add_entry(&self, sink: Arc<S>, info: ConnInfo) -> Arc<Entry<S>> {
+        let mut inner = self.inner.write();
         loop {
             let id = ConnId::random();
-            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
-                slot.insert(Arc::new(Entry { id, info, sink }));
-                return id;
+            if inner.conns.contains_key(&id) {
+                continue;
             }
+            let user = info.user.clone();
+            let entry = Arc::new(Entry {
+                id,
+                info,
+                sink,
+                groups: parking_lot::Mutex::new(Vec::new()),
+            });
+            if let Some(user) = user {
+                inner
+                    .users
+                    .entry(user)
+                    .or_default()
+                    .insert(id, entry.clone());
+            }
+            inner.conns.insert(id, entry.clone());
+            return entry;
         }
     }
 
-    /// Removes a connection; returns its entry, or `None` when it was not registered.
+    /// Removes a connection from the registry and from every group and user index; returns its
+    /// entry, or `None` when it was not registered. Groups left empty disappear.
     pub fn remove(&self, id: ConnId) -> Option<Arc<Entry<S>>> {
-        self.map.write().remove(&id)
+        let mut inner = self.inner.write();
+        let entry = inner.conns.remove(&id)?;
+        // The entry keeps its group list, so whoever holds it can still tell the groups it left.
+        for g in entry.groups.lock().iter() {
+            if let Some(members) = inner.groups.get_mut(g) {
+                members.remove(&id);
+                if members.is_empty() {
+                    inner.groups.remove(g);
+                }
+            }
+        }
+        if let Some(user) = &entry.info.user {
+            if let Some(conns) = inner.users.get_mut(user) {
+                conns.remove(&id);
+                if conns.is_empty() {
+                    inner.users.remove(user);
+                }
+            }
+        }
+        Some(entry)
     }
 
     /// The entry registered under `id`.
     pub fn get(&self, id: ConnId) -> Option<Arc<Entry<S>>> {
-        self.map.read().get(&id).cloned()
+        self.inner.read().conns.get(&id).cloned()
     }
 
     /// Number of registered connections.
     pub fn count(&self) -> usize {
-        self.map.read().len()
+        self.inner.read().conns.len()
     }
 
     /// The ids of all registered connections.
     pub fn ids(&self) -> Vec<ConnId> {
-        self.map.read().keys().copied().collect()
+        self.inner.read().conns.keys().copied().collect()
     }
 
     /// All registered entries (a snapshot).
     pub fn entries(&self) -> Vec<Arc<Entry<S>>> {
-        self.map.read().values().cloned().collect()
+        self.inner.read().conns.values().cloned().collect()
+    }
+
+    /// Adds a connection to a group (created on first join). Returns `Ok(false)` when it was
+    /// already a member. At most `limit` groups per connection.
+    ///
+    /// # Errors
+    /// [`JoinError`] for an unknown connection or one at its group limit.
+    pub fn join(&self, id: ConnId, group: &str, limit: usize) -> Result<bool, JoinError> {
+        let mut inner = self.inner.write();
+        let entry = inner.conns.get(&id).cloned().ok_or(JoinError::Unknown)?;
+        let mut groups = entry.groups.lock();
+        if groups.iter().any(|g| &**g == group) {
+            return Ok(false);
+        }
+        if groups.len() >= limit {
+            return Err(JoinError::TooManyGroups(limit));
+        }
+        let name: Arc<str> = match inner.groups.get_key_value(group) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(group),
+        };
+        groups.push(name.clone());
+        drop(groups);
+        inner.groups.entry(name).or_default().insert(id, entry);
+        Ok(true)
+    }
+
+    /// Removes a connection from a group; `false` when it was not a member. A group left
+    /// empty disappears.
+    pub fn leave(&self, id: ConnId, group: &str) -> bool {
+        let mut inner = self.inner.write();
+        let Some(entry) = inner.conns.get(&id).cloned() else {
+            return false;
+        };
+        let mut groups = entry.groups.lock();
+        let Some(at) = groups.iter().position(|g| &**g == group) else {
+            return false;
+        };
+        groups.remove(at);
+        drop(groups);
+        if let Some(members) = inner.groups.get_mut(group) {
+            members.remove(&id);
+            if members.is_empty() {
+                inner.groups.remove(group);
+            }
+        }
+        true
+    }
+
+    /// Whether `id` is a member of `group`.
+    pub fn is_member(&self, id: ConnId, group: &str) -> bool {
+        self.inner
+            .read()
+            .groups
+            .get(group)
+            .is_some_and(|m| m.contains_key(&id))
+    }
+
+    /// Every group with its member count, sorted by name.
+    pub fn groups(&self) -> Vec<(Arc<str>, usize)> {
+        let mut list: Vec<_> = self
+            .inner
+            .read()
+            .groups
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// The members of a group, or `None` when the group does not exist (it has no members).
+    pub fn group_members(&self, group: &str) -> Option<Vec<Arc<Entry<S>>>> {
+        self.inner
+            .read()
+            .groups
+            .get(group)
+            .map(|m| m.values().cloned().collect())
+    }
+
+    /// The connections of a user (empty when it has none).
+    pub fn user_connections(&self, user: &str) -> Vec<Arc<Entry<S>>> {
+        self.inner
+            .read()
+            .users
+            .get(user)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Sends a frame to one connection. Returns `false` when the id is unknown or the connection
@@ -289,18 +497,44 @@ impl<S: Sink> ConnectionManager<S> {
     /// connection.
     pub fn broadcast(&self, frame: &Frame) -> Delivery {
         let mut cork = Cork::new();
-        let d = self.broadcast_corked(frame, &mut cork);
+        let d = self.publish_corked(Audience::All, frame, &mut cork);
         cork.flush();
         d
     }
 
     /// Like [`broadcast`](Self::broadcast), leaving the flush to the caller's `cork`.
     pub fn broadcast_corked(&self, frame: &Frame, cork: &mut Cork<S>) -> Delivery {
+        self.publish_corked(Audience::All, frame, cork)
+    }
+
+    /// Offers a frame to an audience; the flush is left to `cork`. An unknown group or user is
+    /// an empty audience.
+    pub fn publish_corked(
+        &self,
+        audience: Audience<'_>,
+        frame: &Frame,
+        cork: &mut Cork<S>,
+    ) -> Delivery {
         let mut report = Delivery::default();
         let mut failed: Vec<(Arc<Entry<S>>, SendError)> = Vec::new();
         {
-            let map = self.map.read();
-            for entry in map.values() {
+            let inner = self.inner.read();
+            let members = match audience {
+                Audience::All | Audience::Plain => Some(&inner.conns),
+                Audience::Group(g) | Audience::GroupExcept(g, _) => inner.groups.get(g),
+                Audience::User(u) => inner.users.get(u),
+            };
+            let plain_only = matches!(audience, Audience::Plain);
+            let except = match audience {
+                Audience::GroupExcept(_, id) => Some(id),
+                _ => None,
+            };
+            for entry in members.into_iter().flat_map(|m| m.values()) {
+                if (plain_only && entry.info.protocol != Protocol::Plain)
+                    || except == Some(entry.id)
+                {
+                    continue;
+                }
                 match entry.sink.try_send(frame) {
                     Ok(q) => {
                         report.delivered += 1;
@@ -327,11 +561,8 @@ impl<S: Sink> ConnectionManager<S> {
             tracing::warn!(conn = %entry.id, "slow consumer: outbound queue full, closing");
             entry.sink.close(CloseReason::SlowConsumer);
         }
-        let mut map = self.map.write();
-        // Only remove the very entry that failed (ids are never reused, but be exact).
-        if map.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-            map.remove(&entry.id);
-        }
+        // Ids are never reused, so removing by id removes this very entry.
+        self.remove(entry.id);
     }
 }
 

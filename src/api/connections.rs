@@ -67,7 +67,7 @@ pub struct BroadcastResult {
 )]
 pub async fn list(State(hub): State<Hub>) -> Json<ConnectionList> {
     let connections: Vec<Connection> = hub
-        .connections()
+        .connections(None, None)
         .into_iter()
         .map(|c| Connection {
             id: c.id.to_string(),

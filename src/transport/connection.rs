@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
 use crate::frame::{self, DecodeError, Decoder, Message, OpCode};
-use crate::hub::{Hub, HubCork};
-use crate::id::ConnId;
+use crate::hub::{Hub, HubCork, HubEntry};
+use crate::manager::Protocol;
 use crate::outbox::{Outbox, Queued, SendError};
 
 /// Bytes read from the socket per read call. The buffer lives on the stack of the poll, so an
@@ -39,8 +39,8 @@ pub(crate) enum Role {
     Hub {
         /// The hub.
         hub: Hub,
-        /// This connection's id in the hub.
-        id: ConnId,
+        /// This connection's registry entry.
+        entry: HubEntry,
     },
     /// A `/ws/echo` client: every message comes back unchanged.
     Echo,
@@ -195,8 +195,11 @@ impl Conn<'_> {
         match msg {
             Message::Text(b) | Message::Binary(b) if self.closing => drop(b),
             Message::Text(b) => match self.role {
-                Role::Hub { hub, id } => match std::str::from_utf8(&b) {
-                    Ok(text) => hub.on_text(*id, text, &mut self.cork),
+                Role::Hub { hub, entry } => match std::str::from_utf8(&b) {
+                    Ok(text) if entry.info.protocol == Protocol::V1 => {
+                        hub.on_command(entry, text, &mut self.cork)
+                    }
+                    Ok(text) => hub.on_text(entry.id, text, &mut self.cork),
                     // The decoder validated it; never trust that with a panic.
                     Err(_) => {
                         self.outbox.close(CloseReason::InvalidUtf8);
@@ -208,7 +211,10 @@ impl Conn<'_> {
                 }
             },
             Message::Binary(b) => match self.role {
-                Role::Hub { hub, id } => hub.on_binary(*id, &b, &mut self.cork),
+                Role::Hub { hub, entry } if entry.info.protocol == Protocol::V1 => {
+                    hub.on_v1_binary(entry, &mut self.cork)
+                }
+                Role::Hub { hub, entry } => hub.on_binary(entry.id, &b, &mut self.cork),
                 Role::Echo => {
                     let r = self.outbox.push(frame::encode(OpCode::Binary, &b));
                     self.queued(r);
@@ -353,8 +359,8 @@ where
     // Close the socket before announcing the departure.
     outbox.detach();
     drop(reader);
-    if let Role::Hub { hub, id } = &role {
-        hub.unregister(*id);
+    if let Role::Hub { hub, entry } = &role {
+        hub.unregister(entry);
     }
     ending
 }

@@ -20,9 +20,10 @@ use tracing::Instrument as _;
 
 use crate::frame;
 use crate::hub::Hub;
-use crate::manager::ConnInfo;
+use crate::manager::{ConnInfo, Protocol};
 use crate::outbox::Outbox;
 use crate::problem::Problem;
+use crate::protocol;
 
 use super::connection::{self, Ending, Params, Role};
 use super::writer;
@@ -32,6 +33,8 @@ struct Handshake {
     on_upgrade: OnUpgrade,
     accept: String,
     remote: Option<SocketAddr>,
+    /// Whether the client offered `wshub.v1` in `Sec-WebSocket-Protocol`.
+    v1: bool,
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
@@ -118,20 +121,36 @@ fn handshake(req: &mut Request) -> Result<Handshake, HandshakeError> {
         .extensions_mut()
         .remove::<OnUpgrade>()
         .ok_or(HandshakeError::NoUpgradeSupport)?;
+    let v1 = has_token(
+        headers_of(req),
+        header::SEC_WEBSOCKET_PROTOCOL,
+        protocol::V1,
+    );
     Ok(Handshake {
         on_upgrade,
         accept,
         remote,
+        v1,
     })
 }
 
-fn switching_protocols(accept: &str) -> Response {
+fn headers_of(req: &Request) -> &HeaderMap {
+    req.headers()
+}
+
+fn switching_protocols(accept: &str, v1: bool) -> Response {
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if v1 {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol::V1),
+        );
     }
     res
 }
@@ -166,7 +185,13 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     }
     // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade
     // is queued for it, and flows as soon as the socket is ours.
-    let (id, outbox) = hub.register(ConnInfo::now(hs.remote));
+    let mut info = ConnInfo::now(hs.remote);
+    if hs.v1 {
+        info.protocol = Protocol::V1;
+    }
+    let entry = hub.register(info);
+    let id = entry.id;
+    let outbox = entry.sink.clone();
     let params = params(&hub, hub.config().max_message_size);
     // A debug-level span: at the default `info` level an enabled span per connection costs
     // ~480 bytes of subscriber state (measured at 15k connections); nothing inside a
@@ -174,11 +199,11 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     let span = tracing::debug_span!("conn", id = %id, remote = ?hs.remote);
     let role = Role::Hub {
         hub: hub.clone(),
-        id,
+        entry,
     };
     hub.tasks()
         .spawn(run_upgraded(hs.on_upgrade, outbox, role, params, hub.clone()).instrument(span));
-    switching_protocols(&hs.accept)
+    switching_protocols(&hs.accept, hs.v1)
 }
 
 /// `GET /ws/echo`: raw RFC 6455 echo, for conformance testing and diagnostics.
@@ -196,7 +221,7 @@ pub async fn echo_handler(State(hub): State<Hub>, mut req: Request) -> Response 
     hub.tasks().spawn(
         run_upgraded(hs.on_upgrade, outbox, Role::Echo, params, hub.clone()).instrument(span),
     );
-    switching_protocols(&hs.accept)
+    switching_protocols(&hs.accept, false)
 }
 
 async fn run_upgraded(
@@ -210,8 +235,8 @@ async fn run_upgraded(
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
-            if let Role::Hub { hub, id } = &role {
-                hub.unregister(*id);
+            if let Role::Hub { hub, entry } = &role {
+                hub.unregister(entry);
             }
             return;
         }

@@ -11,12 +11,20 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod commands;
+mod routing;
+
+pub use routing::MembershipError;
+
 use crate::close::CloseReason;
 use crate::envelope::{self, Kind};
 use crate::frame::{self, Frame, OpCode};
 use crate::id::ConnId;
-use crate::manager::{ConnInfo, ConnectionManager, Cork, Delivery, Undelivered};
+use crate::manager::{
+    Audience, ConnInfo, ConnectionManager, Cork, Delivery, Entry, Protocol, Undelivered,
+};
 use crate::outbox::Outbox;
+use crate::protocol::v1;
 
 /// Settings that shape every connection's behaviour.
 #[derive(Debug, Clone)]
@@ -37,6 +45,8 @@ pub struct HubConfig {
     pub shutdown_timeout: Duration,
     /// Whether joins and leaves are announced to every client (SPEC 1.2).
     pub announce: bool,
+    /// Groups one connection may be a member of at once.
+    pub max_groups_per_connection: usize,
 }
 
 impl Default for HubConfig {
@@ -50,6 +60,7 @@ impl Default for HubConfig {
             close_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(10),
             announce: true,
+            max_groups_per_connection: 1000,
         }
     }
 }
@@ -88,6 +99,9 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// A registered `/ws` connection, as the hub keeps it.
+pub(crate) type HubEntry = Arc<Entry<Outbox>>;
+
 /// A snapshot of one connection, for listings.
 #[derive(Debug, Clone)]
 pub struct ConnectionSnapshot {
@@ -99,6 +113,26 @@ pub struct ConnectionSnapshot {
     pub remote_addr: Option<std::net::SocketAddr>,
     /// Frames waiting in its outbound queue.
     pub queued: usize,
+    /// The authenticated user, if any.
+    pub user: Option<Arc<str>>,
+    /// The groups it is a member of.
+    pub groups: Vec<Arc<str>>,
+    /// The negotiated protocol.
+    pub protocol: Protocol,
+}
+
+impl ConnectionSnapshot {
+    fn of(e: &Entry<Outbox>) -> Self {
+        Self {
+            id: e.id,
+            connected_at: e.info.connected_at,
+            remote_addr: e.info.remote_addr,
+            queued: e.sink.len(),
+            user: e.info.user.clone(),
+            groups: e.groups(),
+            protocol: e.info.protocol,
+        }
+    }
 }
 
 impl Hub {
@@ -130,22 +164,30 @@ impl Hub {
         self.shared.manager.count()
     }
 
-    /// A snapshot of every connection on `/ws`.
-    pub fn connections(&self) -> Vec<ConnectionSnapshot> {
-        let mut list: Vec<_> = self
-            .shared
-            .manager
-            .entries()
-            .into_iter()
-            .map(|e| ConnectionSnapshot {
-                id: e.id,
-                connected_at: e.info.connected_at,
-                remote_addr: e.info.remote_addr,
-                queued: e.sink.len(),
-            })
+    /// A snapshot of every connection on `/ws`, oldest first; optionally only the members of a
+    /// group and/or the connections of a user.
+    pub fn connections(&self, group: Option<&str>, user: Option<&str>) -> Vec<ConnectionSnapshot> {
+        let m = &self.shared.manager;
+        let entries = match (group, user) {
+            (Some(g), _) => m.group_members(g).unwrap_or_default(),
+            (None, Some(u)) => m.user_connections(u),
+            (None, None) => m.entries(),
+        };
+        let mut list: Vec<_> = entries
+            .iter()
+            .filter(|e| user.is_none_or(|u| e.info.user.as_deref() == Some(u)))
+            .map(|e| ConnectionSnapshot::of(e))
             .collect();
         list.sort_by_key(|c| (c.connected_at, c.id));
         list
+    }
+
+    /// One connection.
+    pub fn connection(&self, id: ConnId) -> Option<ConnectionSnapshot> {
+        self.shared
+            .manager
+            .get(id)
+            .map(|e| ConnectionSnapshot::of(&e))
     }
 
     /// Sends `message` to every client as a `server-broadcast` envelope; returns how many
@@ -176,12 +218,21 @@ impl Hub {
     /// N²/2 announcements leave many to a write instead of one.
     fn announce(&self, frame: &Frame) {
         let mut cork = Cork::new();
-        self.broadcast_corked(frame, &mut cork);
+        self.publish_corked(Audience::Plain, frame, &mut cork);
         cork.flush_deferred();
     }
 
     fn broadcast_corked(&self, frame: &Frame, cork: &mut HubCork) -> Delivery {
-        let d = self.shared.manager.broadcast_corked(frame, cork);
+        self.publish_corked(Audience::All, frame, cork)
+    }
+
+    fn publish_corked(
+        &self,
+        audience: Audience<'_>,
+        frame: &Frame,
+        cork: &mut HubCork,
+    ) -> Delivery {
+        let d = self.shared.manager.publish_corked(audience, frame, cork);
         self.count_delivery(&d);
         d
     }
@@ -240,30 +291,48 @@ impl Hub {
     }
 
     /// Registers a new `/ws` connection and announces it. Called before the 101 response is
-    /// sent, so no broadcast issued after the client sees the upgrade can miss it.
-    pub(crate) fn register(&self, info: ConnInfo) -> (ConnId, Arc<Outbox>) {
+    /// sent, so no broadcast issued after the client sees the upgrade can miss it. A `wshub.v1`
+    /// connection's first frame is its `welcome`.
+    pub(crate) fn register(&self, info: ConnInfo) -> HubEntry {
         let outbox = Arc::new(Outbox::new(self.shared.config.send_queue));
-        let id = self.shared.manager.add(outbox.clone(), info);
+        let protocol = info.protocol;
+        let entry = self.shared.manager.add_entry(outbox.clone(), info);
+        let id = entry.id;
         self.shared
             .stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
+        if protocol == Protocol::V1 {
+            let _ = outbox.push(v1::welcome(
+                &id.to_string(),
+                &id.short(),
+                entry.info.user.as_deref(),
+            ));
+        }
         if self.shared.config.announce {
             self.announce(&envelope::joined(&id.short()));
         }
-        (id, outbox)
+        entry
     }
 
-    /// Removes a `/ws` connection (if a failed send has not already) and announces its leaving.
-    /// Called exactly once per registered connection, by the task that owns it.
-    pub(crate) fn unregister(&self, id: ConnId) {
-        self.shared.manager.remove(id);
+    /// Removes a `/ws` connection (if a failed send has not already) and announces its leaving:
+    /// to every plain client (SPEC 1.2), and to the members of each group it was in. Called
+    /// exactly once per registered connection, by the task that owns it.
+    pub(crate) fn unregister(&self, entry: &HubEntry) {
+        self.shared.manager.remove(entry.id);
         self.shared
             .stats
             .connections_closed
             .fetch_add(1, Ordering::Relaxed);
+        let short = entry.id.short();
+        let mut cork = Cork::new();
+        for group in entry.groups() {
+            let frame = v1::membership(false, &group, &short, entry.info.user.as_deref());
+            self.publish_corked(Audience::Group(&group), &frame, &mut cork);
+        }
+        cork.flush_deferred();
         if self.shared.config.announce {
-            self.announce(&envelope::left(&id.short()));
+            self.announce(&envelope::left(&short));
         }
     }
 

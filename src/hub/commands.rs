@@ -1,0 +1,157 @@
+//! `wshub.v1` commands from a connection: parse, check, act through the registry, reply.
+
+use serde_json::value::RawValue;
+
+use super::{Hub, HubCork, HubEntry};
+use crate::id::ConnId;
+use crate::manager::{Audience, JoinError};
+use crate::protocol::v1::{self, AckExtra, Command, ErrorCode, Target};
+
+impl Hub {
+    /// Handles one text frame of a `wshub.v1` connection. Every command gets an `ack` or an
+    /// `error` with its `id`; nothing a client sends closes the connection here.
+    pub(crate) fn on_command(&self, me: &HubEntry, text: &str, cork: &mut HubCork) {
+        self.count_in(text.len());
+        let reply = match v1::parse(text) {
+            Ok((id, cmd)) => match self.run(me, cmd, cork) {
+                Ok(extra) => v1::ack(id, extra),
+                Err((code, message)) => v1::error(Some(id), code, &message),
+            },
+            Err(rejected) => v1::error(rejected.id, rejected.code, &rejected.message),
+        };
+        self.send_corked(me.id, &reply, cork);
+    }
+
+    /// A binary frame on a `wshub.v1` connection: not a command.
+    pub(crate) fn on_v1_binary(&self, me: &HubEntry, cork: &mut HubCork) {
+        let reply = v1::error(
+            None,
+            ErrorCode::BinaryUnsupported,
+            "wshub.v1 commands are JSON text frames",
+        );
+        self.send_corked(me.id, &reply, cork);
+    }
+
+    fn run<'a>(
+        &self,
+        me: &HubEntry,
+        cmd: Command<'a>,
+        cork: &mut HubCork,
+    ) -> Result<AckExtra<'static>, (ErrorCode, String)> {
+        let short = me.id.short();
+        let user = me.info.user.as_deref();
+        match cmd {
+            Command::Join { group } => {
+                if !me.info.may_join(&group) {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("this connection's token does not allow group `{group}`"),
+                    ));
+                }
+                let changed = self.join_and_announce(me.id, &group, &short, user, cork)?;
+                Ok(AckExtra {
+                    members: self.shared.manager.group_members(&group).map(|m| m.len()),
+                    changed: Some(changed),
+                    ..AckExtra::default()
+                })
+            }
+            Command::Leave { group } => {
+                let changed = self.leave_and_announce(me.id, &group, &short, user, cork);
+                Ok(AckExtra {
+                    changed: Some(changed),
+                    ..AckExtra::default()
+                })
+            }
+            Command::Publish { group, message } => {
+                if !self.shared.manager.is_member(me.id, &group) {
+                    return Err((
+                        ErrorCode::NotMember,
+                        format!("join `{group}` before publishing to it"),
+                    ));
+                }
+                let frame = v1::delivery("message", Some(&group), Some(&short), user, message);
+                let d = self.publish_corked(Audience::Group(&group), &frame, cork);
+                Ok(AckExtra {
+                    recipients: Some(d.delivered),
+                    ..AckExtra::default()
+                })
+            }
+            Command::Send { to, message } => {
+                let n = self.direct(to, Some(&short), user, message, cork);
+                if n == 0 {
+                    return Err((
+                        ErrorCode::NotFound,
+                        "no such connection or user online".into(),
+                    ));
+                }
+                Ok(AckExtra {
+                    recipients: Some(n),
+                    ..AckExtra::default()
+                })
+            }
+            Command::Ping => Ok(AckExtra::default()),
+        }
+    }
+
+    /// Joins `id` to `group` and, when that changed anything, tells the other members.
+    pub(super) fn join_and_announce(
+        &self,
+        id: ConnId,
+        group: &str,
+        short: &str,
+        user: Option<&str>,
+        cork: &mut HubCork,
+    ) -> Result<bool, (ErrorCode, String)> {
+        let limit = self.shared.config.max_groups_per_connection;
+        match self.shared.manager.join(id, group, limit) {
+            Ok(true) => {
+                let frame = v1::membership(true, group, short, user);
+                self.publish_corked(Audience::GroupExcept(group, id), &frame, cork);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(JoinError::Unknown) => Err((ErrorCode::NotFound, "connection is gone".into())),
+            Err(e @ JoinError::TooManyGroups(_)) => Err((ErrorCode::TooManyGroups, e.to_string())),
+        }
+    }
+
+    /// Removes `id` from `group` and, when it was a member, tells the remaining members.
+    pub(super) fn leave_and_announce(
+        &self,
+        id: ConnId,
+        group: &str,
+        short: &str,
+        user: Option<&str>,
+        cork: &mut HubCork,
+    ) -> bool {
+        let changed = self.shared.manager.leave(id, group);
+        if changed {
+            let frame = v1::membership(false, group, short, user);
+            self.publish_corked(Audience::Group(group), &frame, cork);
+        }
+        changed
+    }
+
+    /// Sends a `direct` envelope to a connection or to every connection of a user; returns how
+    /// many connections it reached.
+    pub(super) fn direct(
+        &self,
+        to: Target<'_>,
+        from: Option<&str>,
+        user: Option<&str>,
+        message: &RawValue,
+        cork: &mut HubCork,
+    ) -> usize {
+        let frame = v1::delivery("direct", None, from, user, message);
+        match to {
+            Target::Connection(c) => match c.parse::<ConnId>() {
+                Ok(id) => usize::from(self.send_corked(id, &frame, cork)),
+                Err(_) => 0,
+            },
+            Target::User(u) => {
+                self.publish_corked(Audience::User(&u), &frame, cork)
+                    .delivered
+            }
+        }
+    }
+}

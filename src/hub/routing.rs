@@ -1,0 +1,117 @@
+//! Groups, users and direct messages as the REST API (and embedding applications) use them.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::{Hub, HubCork};
+use crate::close::CloseReason;
+use crate::id::ConnId;
+use crate::manager::Audience;
+use crate::protocol::v1::{self, ErrorCode, Target};
+
+/// Why a group membership change through the API failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// No connection has that id.
+    #[error("no connection with that id")]
+    UnknownConnection,
+    /// The connection is in as many groups as allowed.
+    #[error("{0}")]
+    TooManyGroups(String),
+}
+
+impl Hub {
+    /// Every group with its member count, sorted by name.
+    pub fn groups(&self) -> Vec<(Arc<str>, usize)> {
+        self.shared.manager.groups()
+    }
+
+    /// The ids of a group's members, or `None` when the group does not exist.
+    pub fn group_members(&self, group: &str) -> Option<Vec<ConnId>> {
+        self.shared
+            .manager
+            .group_members(group)
+            .map(|m| m.iter().map(|e| e.id).collect())
+    }
+
+    /// Publishes `message` (any JSON value) to a group's members as a `message` envelope with
+    /// no sender; returns how many connections it reached (0 for an unknown group).
+    pub fn publish_to_group(&self, group: &str, message: &RawValue) -> usize {
+        let frame = v1::delivery("message", Some(group), None, None, message);
+        let mut cork = HubCork::new();
+        let d = self.publish_corked(Audience::Group(group), &frame, &mut cork);
+        cork.flush();
+        d.delivered
+    }
+
+    /// Sends `message` to one connection as a `direct` envelope; `false` when it is unknown.
+    pub fn send_to_connection(&self, id: ConnId, message: &RawValue) -> bool {
+        let frame = v1::delivery("direct", None, None, None, message);
+        self.send_frame(id, &frame)
+    }
+
+    /// Sends `message` to every connection of a user; returns how many it reached.
+    pub fn send_to_user(&self, user: &str, message: &RawValue) -> usize {
+        let mut cork = HubCork::new();
+        let n = self.direct(Target::User(user.into()), None, None, message, &mut cork);
+        cork.flush();
+        n
+    }
+
+    /// Adds a connection to a group (telling the other members); `Ok(false)` when it already
+    /// was a member.
+    ///
+    /// # Errors
+    /// [`MembershipError`] for an unknown connection or one at its group limit.
+    pub fn add_to_group(&self, id: ConnId, group: &str) -> Result<bool, MembershipError> {
+        let entry = self
+            .shared
+            .manager
+            .get(id)
+            .ok_or(MembershipError::UnknownConnection)?;
+        let mut cork = HubCork::new();
+        let r = self.join_and_announce(
+            id,
+            group,
+            &id.short(),
+            entry.info.user.as_deref(),
+            &mut cork,
+        );
+        cork.flush();
+        r.map_err(|(code, message)| match code {
+            ErrorCode::TooManyGroups => MembershipError::TooManyGroups(message),
+            _ => MembershipError::UnknownConnection,
+        })
+    }
+
+    /// Removes a connection from a group (telling the remaining members); `false` when it was
+    /// not a member.
+    pub fn remove_from_group(&self, id: ConnId, group: &str) -> bool {
+        let Some(entry) = self.shared.manager.get(id) else {
+            return false;
+        };
+        let mut cork = HubCork::new();
+        let r = self.leave_and_announce(
+            id,
+            group,
+            &id.short(),
+            entry.info.user.as_deref(),
+            &mut cork,
+        );
+        cork.flush();
+        r
+    }
+
+    /// Closes a connection with a close code (1000 or 3000–4999) and reason; `false` when it
+    /// is unknown.
+    pub fn close_connection(&self, id: ConnId, code: u16, reason: &str) -> bool {
+        self.disconnect(
+            id,
+            CloseReason::Disconnected {
+                code,
+                reason: Arc::from(reason),
+            },
+        )
+    }
+}

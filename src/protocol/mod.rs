@@ -1,0 +1,35 @@
+//! What travels inside the frames: the `wshub.v1` commands and envelopes.
+
+pub mod v1;
+
+/// The subprotocol name negotiated with `Sec-WebSocket-Protocol`.
+pub const V1: &str = "wshub.v1";
+
+/// Whether a group name is acceptable: 1 to 128 characters from `A-Z a-z 0-9 _ - . : @ /`.
+pub fn valid_group_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names() {
+        for ok in [
+            "a",
+            "room-1",
+            "chat:general",
+            "org/team.a@x",
+            &"g".repeat(128),
+        ] {
+            assert!(valid_group_name(ok), "{ok}");
+        }
+        for bad in ["", " ", "a b", "é", "a\n", &"g".repeat(129), "a*"] {
+            assert!(!valid_group_name(bad), "{bad:?}");
+        }
+    }
+}
