@@ -1,8 +1,8 @@
 //! `/api/connections`: list the live connections, push a broadcast (SPEC 1.3).
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,13 @@ pub struct Connection {
     pub remote_addr: Option<String>,
     /// Frames waiting in the connection's outbound queue.
     pub queued: usize,
+    /// The authenticated user (the token's `sub`), if any.
+    pub user: Option<String>,
+    /// The groups it is a member of.
+    pub groups: Vec<String>,
+    /// `plain` (SPEC 1 behaviour) or `wshub.v1`.
+    #[schema(example = "wshub.v1")]
+    pub protocol: String,
 }
 
 /// Every live connection.
@@ -58,24 +65,19 @@ pub struct BroadcastResult {
     pub recipients: usize,
 }
 
-/// List active connections.
+/// List active connections, optionally only a group's members or a user's connections.
 #[utoipa::path(
     get,
     path = "/api/connections",
     tag = "connections",
+    params(ListFilter),
     responses((status = 200, description = "The active connections", body = ConnectionList))
 )]
-pub async fn list(State(hub): State<Hub>) -> Json<ConnectionList> {
+pub async fn list(State(hub): State<Hub>, Query(f): Query<ListFilter>) -> Json<ConnectionList> {
     let connections: Vec<Connection> = hub
-        .connections(None, None)
+        .connections(f.group.as_deref(), f.user.as_deref())
         .into_iter()
-        .map(|c| Connection {
-            id: c.id.to_string(),
-            short_id: c.id.short(),
-            connected_at: Timestamp::from(c.connected_at).as_str().to_owned(),
-            remote_addr: c.remote_addr.map(|a| a.to_string()),
-            queued: c.queued,
-        })
+        .map(connection_dto)
         .collect();
     Json(ConnectionList {
         count: connections.len(),
@@ -112,4 +114,166 @@ pub async fn broadcast(
     }
     let recipients = hub.broadcast_text(&message);
     Ok(Json(BroadcastResult { recipients }))
+}
+
+/// Filters of `GET /api/connections`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListFilter {
+    /// Only the members of this group.
+    pub group: Option<String>,
+    /// Only the connections of this user.
+    pub user: Option<String>,
+}
+
+/// Options of `DELETE /api/connections/{id}`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CloseParams {
+    /// The close code: 1000 (default) or an application code 3000–4999.
+    pub code: Option<u16>,
+    /// The close reason (at most 123 bytes are sent).
+    pub reason: Option<String>,
+}
+
+/// A message for one connection, a group or a user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"message": {"text": "hello", "n": 1}}))]
+pub struct MessageBody {
+    /// Any JSON value; a string must not be empty or whitespace.
+    #[schema(value_type = Object)]
+    pub message: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl MessageBody {
+    /// The message, checked.
+    pub(crate) fn into_message(self) -> Result<Box<serde_json::value::RawValue>, Problem> {
+        let m = self
+            .message
+            .ok_or_else(|| Problem::bad_request("`message` is required"))?;
+        match m.get().trim() {
+            "null" => Err(Problem::bad_request("`message` must not be null")),
+            t if t.starts_with('"')
+                && serde_json::from_str::<String>(t).is_ok_and(|s| s.trim().is_empty()) =>
+            {
+                Err(Problem::bad_request(
+                    "`message` must not be empty or whitespace",
+                ))
+            }
+            _ => Ok(m),
+        }
+    }
+}
+
+/// How many connections a message reached.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Recipients {
+    /// Connections the message was queued for.
+    pub recipients: usize,
+}
+
+pub(crate) fn parse_id(id: &str) -> Result<crate::id::ConnId, Problem> {
+    id.parse().map_err(|_| {
+        Problem::bad_request(format!(
+            "`{id}` is not a connection id (32 hexadecimal characters)"
+        ))
+    })
+}
+
+pub(crate) fn connection_dto(c: crate::hub::ConnectionSnapshot) -> Connection {
+    Connection {
+        id: c.id.to_string(),
+        short_id: c.id.short(),
+        connected_at: Timestamp::from(c.connected_at).as_str().to_owned(),
+        remote_addr: c.remote_addr.map(|a| a.to_string()),
+        queued: c.queued,
+        user: c.user.map(|u| u.to_string()),
+        groups: c.groups.iter().map(|g| g.to_string()).collect(),
+        protocol: match c.protocol {
+            crate::manager::Protocol::Plain => "plain".into(),
+            crate::manager::Protocol::V1 => crate::protocol::V1.into(),
+        },
+    }
+}
+
+/// One connection.
+#[utoipa::path(
+    get,
+    path = "/api/connections/{id}",
+    tag = "connections",
+    params(("id" = String, Path, description = "Connection id (32 hex characters)")),
+    responses(
+        (status = 200, description = "The connection", body = Connection),
+        (status = 400, description = "Not a connection id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_one(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<Json<Connection>, Problem> {
+    let id = parse_id(&id)?;
+    hub.connection(id)
+        .map(|c| Json(connection_dto(c)))
+        .ok_or_else(|| Problem::not_found(format!("no connection `{id}`")))
+}
+
+/// Disconnect a connection with a close code and reason.
+#[utoipa::path(
+    delete,
+    path = "/api/connections/{id}",
+    tag = "connections",
+    params(("id" = String, Path, description = "Connection id"), CloseParams),
+    responses(
+        (status = 204, description = "Closing: the Close frame follows what is already queued"),
+        (status = 400, description = "Bad id or close code", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_one(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    query: Result<Query<CloseParams>, QueryRejection>,
+) -> Result<StatusCode, Problem> {
+    let id = parse_id(&id)?;
+    let Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let code = p.code.unwrap_or(1000);
+    if !(code == 1000 || (3000..=4999).contains(&code)) {
+        return Err(Problem::bad_request(
+            "`code` must be 1000 or an application code 3000–4999",
+        ));
+    }
+    if hub.close_connection(id, code, p.reason.as_deref().unwrap_or("")) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!("no connection `{id}`")))
+    }
+}
+
+/// Send a message to one connection, as a `direct` envelope.
+#[utoipa::path(
+    post,
+    path = "/api/connections/{id}/send",
+    tag = "connections",
+    params(("id" = String, Path, description = "Connection id")),
+    request_body(content = MessageBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Queued", body = Recipients),
+        (status = 400, description = "Bad id or body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn send_one(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Recipients>, Problem> {
+    let id = parse_id(&id)?;
+    let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
+    if hub.send_to_connection(id, &message) {
+        Ok(Json(Recipients { recipients: 1 }))
+    } else {
+        Err(Problem::not_found(format!("no connection `{id}`")))
+    }
 }

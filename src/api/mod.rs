@@ -4,11 +4,12 @@
 //! problem document. The OpenAPI document is generated from the handlers themselves.
 
 pub mod connections;
+pub mod groups;
 
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -25,15 +26,27 @@ use crate::problem::Problem;
         title = "wshub",
         description = "REST companion API of the wshub WebSocket hub: list connections and push messages to clients."
     ),
-    paths(connections::list, connections::broadcast, health),
+    paths(
+        connections::list, connections::broadcast, connections::get_one, connections::delete_one,
+        connections::send_one, groups::list, groups::get_one, groups::broadcast, groups::add_member,
+        groups::remove_member, groups::send_to_user, health
+    ),
     components(schemas(
         connections::Connection,
         connections::ConnectionList,
         connections::BroadcastRequest,
         connections::BroadcastResult,
+        connections::MessageBody,
+        connections::Recipients,
+        groups::GroupSummary,
+        groups::GroupList,
+        groups::GroupDetail,
+        groups::Membership,
         Problem
     )),
     tags((name = "connections", description = "Connected WebSocket clients"),
+         (name = "groups", description = "Groups (rooms, channels) and their members"),
+         (name = "users", description = "Every connection of an authenticated user"),
          (name = "operations", description = "Health"))
 )]
 pub struct ApiDoc;
@@ -43,6 +56,19 @@ pub fn routes() -> Router<Hub> {
     let api = Router::new()
         .route("/api/connections", get(connections::list))
         .route("/api/connections/broadcast", post(connections::broadcast))
+        .route(
+            "/api/connections/{id}",
+            get(connections::get_one).delete(connections::delete_one),
+        )
+        .route("/api/connections/{id}/send", post(connections::send_one))
+        .route("/api/groups", get(groups::list))
+        .route("/api/groups/{group}", get(groups::get_one))
+        .route("/api/groups/{group}/broadcast", post(groups::broadcast))
+        .route(
+            "/api/groups/{group}/members/{connection_id}",
+            put(groups::add_member).delete(groups::remove_member),
+        )
+        .route("/api/users/{user}/send", post(groups::send_to_user))
         .route("/healthz", get(health));
     let docs: Router<Hub> =
         Router::from(SwaggerUi::new("/swagger").url("/openapi.json", ApiDoc::openapi()));

@@ -1,0 +1,203 @@
+//! `/api/groups` and `/api/users`: group membership and messages to groups and users.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::connections::{parse_id, MessageBody, Recipients};
+use super::json_body;
+use crate::hub::{Hub, MembershipError};
+use crate::problem::Problem;
+use crate::protocol::valid_group_name;
+
+/// A group and its size.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupSummary {
+    /// The group name.
+    #[schema(example = "room-1")]
+    pub name: String,
+    /// How many connections are members.
+    pub members: usize,
+}
+
+/// Every group (groups exist while they have members).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupList {
+    /// How many groups there are.
+    pub count: usize,
+    /// The groups, by name.
+    pub groups: Vec<GroupSummary>,
+}
+
+/// One group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupDetail {
+    /// The group name.
+    pub name: String,
+    /// How many connections are members.
+    pub members: usize,
+    /// The members' connection ids.
+    pub connections: Vec<String>,
+}
+
+/// The outcome of a membership change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Membership {
+    /// The group.
+    pub group: String,
+    /// The connection.
+    pub connection: String,
+    /// Whether anything changed (false: it already was a member).
+    pub changed: bool,
+    /// Members after the change.
+    pub members: usize,
+}
+
+fn check_group(group: &str) -> Result<(), Problem> {
+    if valid_group_name(group) {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(
+            "a group name is 1 to 128 characters from A-Z a-z 0-9 _ - . : @ /",
+        ))
+    }
+}
+
+/// List groups with their member counts.
+#[utoipa::path(get, path = "/api/groups", tag = "groups",
+    responses((status = 200, description = "Every group", body = GroupList)))]
+pub async fn list(State(hub): State<Hub>) -> Json<GroupList> {
+    let groups: Vec<GroupSummary> = hub
+        .groups()
+        .into_iter()
+        .map(|(name, members)| GroupSummary {
+            name: name.to_string(),
+            members,
+        })
+        .collect();
+    Json(GroupList {
+        count: groups.len(),
+        groups,
+    })
+}
+
+/// One group and its members.
+#[utoipa::path(get, path = "/api/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "Group name")),
+    responses(
+        (status = 200, description = "The group", body = GroupDetail),
+        (status = 400, description = "Invalid group name", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (no members)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_one(
+    State(hub): State<Hub>,
+    Path(group): Path<String>,
+) -> Result<Json<GroupDetail>, Problem> {
+    check_group(&group)?;
+    let mut ids = hub.group_members(&group).ok_or_else(|| {
+        Problem::not_found(format!(
+            "no group `{group}` (groups exist while they have members)"
+        ))
+    })?;
+    ids.sort();
+    Ok(Json(GroupDetail {
+        members: ids.len(),
+        connections: ids.iter().map(|i| i.to_string()).collect(),
+        name: group,
+    }))
+}
+
+/// Publish a message to a group's members, as a `message` envelope with the group and no sender.
+#[utoipa::path(post, path = "/api/groups/{group}/broadcast", tag = "groups",
+    params(("group" = String, Path, description = "Group name")),
+    request_body(content = MessageBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Queued for every member (0 for a group with no members)", body = Recipients),
+        (status = 400, description = "Invalid group name or body", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn broadcast(
+    State(hub): State<Hub>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Recipients>, Problem> {
+    check_group(&group)?;
+    let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
+    Ok(Json(Recipients {
+        recipients: hub.publish_to_group(&group, &message),
+    }))
+}
+
+/// Add a connection to a group (its other members get a `joined` event).
+#[utoipa::path(put, path = "/api/groups/{group}/members/{connection_id}", tag = "groups",
+    params(("group" = String, Path, description = "Group name"), ("connection_id" = String, Path, description = "Connection id")),
+    responses(
+        (status = 200, description = "A member now", body = Membership),
+        (status = 400, description = "Invalid group name or connection id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The connection is in too many groups", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_member(
+    State(hub): State<Hub>,
+    Path((group, connection)): Path<(String, String)>,
+) -> Result<Json<Membership>, Problem> {
+    check_group(&group)?;
+    let id = parse_id(&connection)?;
+    let changed = hub.add_to_group(id, &group).map_err(|e| match e {
+        MembershipError::UnknownConnection => Problem::not_found(format!("no connection `{id}`")),
+        MembershipError::TooManyGroups(m) => Problem::new(StatusCode::CONFLICT, m),
+    })?;
+    Ok(Json(Membership {
+        members: hub.group_members(&group).map_or(0, |m| m.len()),
+        group,
+        connection: id.to_string(),
+        changed,
+    }))
+}
+
+/// Remove a connection from a group (the remaining members get a `left` event).
+#[utoipa::path(delete, path = "/api/groups/{group}/members/{connection_id}", tag = "groups",
+    params(("group" = String, Path, description = "Group name"), ("connection_id" = String, Path, description = "Connection id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Invalid group name or connection id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or not a member", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn remove_member(
+    State(hub): State<Hub>,
+    Path((group, connection)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    check_group(&group)?;
+    let id = parse_id(&connection)?;
+    if hub.remove_from_group(id, &group) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!(
+            "connection `{id}` is not a member of `{group}`"
+        )))
+    }
+}
+
+/// Send a message to every connection of a user, as a `direct` envelope.
+#[utoipa::path(post, path = "/api/users/{user}/send", tag = "users",
+    params(("user" = String, Path, description = "User id (the token's `sub`)")),
+    request_body(content = MessageBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Queued for each of the user's connections (0 when offline)", body = Recipients),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn send_to_user(
+    State(hub): State<Hub>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Recipients>, Problem> {
+    let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
+    Ok(Json(Recipients {
+        recipients: hub.send_to_user(&user, &message),
+    }))
+}
