@@ -64,6 +64,22 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// REST API key: every /api/* call then needs `Authorization: Bearer <key>`.
+    #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// HS256 secret (at least 16 bytes): WebSocket upgrades then need a valid JWT.
+    #[arg(long, env = "WSHUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with an RSA or EC P-256 public key: WebSocket upgrades then need a valid RS256/ES256 JWT.
+    #[arg(long, env = "WSHUB_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Origins allowed to open WebSockets (comma-separated, e.g. https://app.example.com); others get 403.
+    #[arg(long, env = "WSHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "WSHUB_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -79,6 +95,26 @@ pub enum Announce {
 }
 
 impl ServeArgs {
+    /// The security settings these options describe (reads the public key file).
+    ///
+    /// # Errors
+    /// When the public key file cannot be read.
+    pub fn auth_settings(&self) -> Result<crate::auth::AuthSettings, String> {
+        let jwt_public_key_pem = match &self.jwt_public_key {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(crate::auth::AuthSettings {
+            api_key: self.api_key.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            jwt_public_key_pem,
+            allowed_origins: self.allowed_origins.clone(),
+        })
+    }
+
     /// The hub settings these options describe.
     pub fn hub_config(&self) -> HubConfig {
         HubConfig {

@@ -20,6 +20,7 @@
 //! - [`transport`]: the upgrade handshake and the per-connection task (reader, batched
 //!   writer, keep-alive, closing handshake).
 //! - [`api`]: the REST companion API, OpenAPI document and Swagger UI.
+//! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
 //! - [`config`], [`server`]: command-line options and the accept loop with graceful shutdown.
 //!
 //! # Embedding
@@ -34,6 +35,7 @@
 //! ```
 
 pub mod api;
+pub mod auth;
 pub mod close;
 pub mod config;
 pub mod envelope;
@@ -62,7 +64,7 @@ pub fn router(hub: Hub) -> axum::Router {
     axum::Router::new()
         .route("/ws", get(transport::ws_handler))
         .route("/ws/echo", get(transport::echo_handler))
-        .merge(api::routes())
+        .merge(api::routes(hub.clone()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(hub)

@@ -61,7 +61,14 @@ fn main() -> std::process::ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let listener = wshub::server::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let hub = wshub::Hub::new(args.hub_config());
+    let auth = wshub::auth::Auth::new(&args.auth_settings()?)?;
+    if !auth.requires_token() {
+        tracing::warn!("connection authentication is OFF: anyone who reaches /ws connects anonymously (set --jwt-secret or --jwt-public-key)");
+    }
+    if !auth.requires_api_key() {
+        tracing::warn!("the REST API is open: anyone who reaches /api can push to every client (set --api-key)");
+    }
+    let hub = wshub::Hub::with_auth(args.hub_config(), auth);
     let app = wshub::router(hub.clone());
     let options = wshub::server::ServerOptions {
         handshake_timeout: args.handshake_timeout,

@@ -51,8 +51,27 @@ use crate::problem::Problem;
 )]
 pub struct ApiDoc;
 
+/// Every `/api/*` route needs the API key when one is configured.
+async fn require_api_key(
+    axum::extract::State(hub): axum::extract::State<Hub>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match hub.auth().check_api_key(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(problem) => {
+            let mut res = problem.into_response();
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            res
+        }
+    }
+}
+
 /// The REST routes, `/openapi.json`, `/swagger` and the health checks.
-pub fn routes() -> Router<Hub> {
+pub fn routes(hub: Hub) -> Router<Hub> {
     let api = Router::new()
         .route("/api/connections", get(connections::list))
         .route("/api/connections/broadcast", post(connections::broadcast))
@@ -69,6 +88,7 @@ pub fn routes() -> Router<Hub> {
             put(groups::add_member).delete(groups::remove_member),
         )
         .route("/api/users/{user}/send", post(groups::send_to_user))
+        .route_layer(axum::middleware::from_fn_with_state(hub, require_api_key))
         .route("/healthz", get(health));
     let docs: Router<Hub> =
         Router::from(SwaggerUi::new("/swagger").url("/openapi.json", ApiDoc::openapi()));

@@ -84,6 +84,7 @@ pub struct Stats {
 
 struct Shared {
     config: HubConfig,
+    auth: crate::auth::Auth,
     manager: ConnectionManager<Outbox>,
     stats: Stats,
     shutdown: CancellationToken,
@@ -136,11 +137,17 @@ impl ConnectionSnapshot {
 }
 
 impl Hub {
-    /// A hub with the given settings.
+    /// A hub with the given settings and no authentication (anyone may connect and use the API).
     pub fn new(config: HubConfig) -> Self {
+        Self::with_auth(config, crate::auth::Auth::none())
+    }
+
+    /// A hub with the given settings and security checks.
+    pub fn with_auth(config: HubConfig, auth: crate::auth::Auth) -> Self {
         Self {
             shared: Arc::new(Shared {
                 config,
+                auth,
                 manager: ConnectionManager::new(),
                 stats: Stats::default(),
                 shutdown: CancellationToken::new(),
@@ -152,6 +159,11 @@ impl Hub {
     /// The hub's settings.
     pub fn config(&self) -> &HubConfig {
         &self.shared.config
+    }
+
+    /// The hub's security checks.
+    pub fn auth(&self) -> &crate::auth::Auth {
+        &self.shared.auth
     }
 
     /// The hub's counters.

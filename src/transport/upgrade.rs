@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
+use crate::auth::Identity;
 use crate::frame;
 use crate::hub::Hub;
 use crate::manager::{ConnInfo, Protocol};
@@ -155,6 +156,24 @@ fn switching_protocols(accept: &str, v1: bool) -> Response {
     res
 }
 
+/// The Origin allow-list, then the connection token.
+fn admit(hub: &Hub, req: &Request) -> Result<Identity, Problem> {
+    let auth = hub.auth();
+    auth.check_origin(req.headers())?;
+    if !auth.requires_token() {
+        return Ok(Identity::default());
+    }
+    let query: Option<axum::extract::Query<TokenQuery>> =
+        axum::extract::Query::try_from_uri(req.uri()).ok();
+    let token = query.as_ref().and_then(|q| q.access_token.as_deref());
+    auth.authenticate(req.headers(), token)
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
+}
+
 fn unavailable() -> Response {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -183,12 +202,18 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     if hub.is_shutting_down() {
         return unavailable();
     }
+    let identity = match admit(&hub, &req) {
+        Ok(identity) => identity,
+        Err(problem) => return problem.into_response(),
+    };
     // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade
     // is queued for it, and flows as soon as the socket is ours.
     let mut info = ConnInfo::now(hs.remote);
     if hs.v1 {
         info.protocol = Protocol::V1;
     }
+    info.user = identity.user;
+    info.allowed_groups = identity.allowed_groups;
     let entry = hub.register(info);
     let id = entry.id;
     let outbox = entry.sink.clone();
@@ -214,6 +239,9 @@ pub async fn echo_handler(State(hub): State<Hub>, mut req: Request) -> Response 
     };
     if hub.is_shutting_down() {
         return unavailable();
+    }
+    if let Err(problem) = admit(&hub, &req) {
+        return problem.into_response();
     }
     let outbox = Arc::new(Outbox::new(hub.config().send_queue));
     let params = params(&hub, hub.config().echo_max_message_size);

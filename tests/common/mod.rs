@@ -40,9 +40,25 @@ impl TestServer {
     }
 
     pub async fn with(config: HubConfig, options: wshub::server::ServerOptions) -> Self {
+        Self::with_hub(Hub::new(config), options).await
+    }
+
+    pub async fn with_auth(settings: wshub::auth::AuthSettings) -> Self {
+        let config = HubConfig {
+            shutdown_timeout: Duration::from_secs(1),
+            ..HubConfig::default()
+        };
+        let auth = wshub::auth::Auth::new(&settings).unwrap();
+        Self::with_hub(
+            Hub::with_auth(config, auth),
+            wshub::server::ServerOptions::default(),
+        )
+        .await
+    }
+
+    pub async fn with_hub(hub: Hub, options: wshub::server::ServerOptions) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hub = Hub::new(config);
         let app = wshub::router(hub.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(wshub::server::run(
