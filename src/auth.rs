@@ -39,6 +39,17 @@ pub struct Auth {
     origins: Option<Vec<String>>,
 }
 
+impl std::fmt::Debug for Auth {
+    /// Never prints a secret: only which checks are on.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("jwt_keys", &self.keys.len())
+            .field("origins", &self.origins)
+            .finish()
+    }
+}
+
 /// What a connection's token says about it.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {

@@ -76,7 +76,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<std::path::PathBuf>,
 
-    /// Origins allowed to open WebSockets (comma-separated, e.g. https://app.example.com); others get 403.
+    /// Origins allowed to open WebSockets (comma-separated, e.g. `https://app.example.com`); others get 403.
     #[arg(long, env = "WSHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
