@@ -234,48 +234,66 @@ async fn groups_claim_restricts_joins() {
     srv.stop().await;
 }
 
-#[tokio::test]
-async fn es256_tokens_with_a_public_key() {
-    let dir = std::env::temp_dir().join(format!("wshub-es256-{}", std::process::id()));
+/// Generates a key pair with openssl: (private PKCS#8 PEM, public PEM).
+fn keypair(kind: &str) -> (Vec<u8>, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("wshub-{kind}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("key.pem");
     let pubkey = dir.join("pub.pem");
-    let gen = std::process::Command::new("sh")
+    let gen = match kind {
+        "ec" => "openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out {k} && openssl ec -in {k} -pubout -out {p}",
+        _ => "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {k} && openssl pkey -in {k} -pubout -out {p}",
+    }
+    .replace("{k}", &key.display().to_string())
+    .replace("{p}", &pubkey.display().to_string());
+    let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out {k} && openssl ec -in {k} -pubout -out {p}",
-            k = key.display(),
-            p = pubkey.display()
-        ))
+        .arg(gen)
         .output()
         .expect("openssl is needed for this test (.ci/run installs it)");
     assert!(
-        gen.status.success(),
+        out.status.success(),
         "{}",
-        String::from_utf8_lossy(&gen.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
-    let srv = TestServer::with_auth(AuthSettings {
-        jwt_public_key_pem: Some(std::fs::read(&pubkey).unwrap()),
-        ..AuthSettings::default()
-    })
-    .await;
-    let signing = EncodingKey::from_ec_pem(&std::fs::read(&key).unwrap()).unwrap();
-    let t = encode(
-        &Header::new(Algorithm::ES256),
-        &json!({"sub":"dave","exp":exp()}),
-        &signing,
-    )
-    .unwrap();
-    let (_ws, w) = connect_v1_with(&format!("{}?access_token={t}", srv.ws_url())).await;
-    assert_eq!(w["user"], "dave");
-    // An HS256 token is not accepted by an ES256-only server.
-    let hs = hs256(json!({"sub":"dave","exp":exp()}));
-    assert_eq!(
-        upgrade_status(&format!("{}?access_token={hs}", srv.ws_url()), &[]).await,
-        401
+    let pair = (
+        std::fs::read(&key).unwrap(),
+        std::fs::read(&pubkey).unwrap(),
     );
-    srv.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+    pair
+}
+
+#[tokio::test]
+async fn es256_and_rs256_tokens_with_a_public_key() {
+    for (kind, alg) in [("ec", Algorithm::ES256), ("rsa", Algorithm::RS256)] {
+        let (private, public) = keypair(kind);
+        let srv = TestServer::with_auth(AuthSettings {
+            jwt_public_key_pem: Some(public),
+            ..AuthSettings::default()
+        })
+        .await;
+        let signing = match kind {
+            "ec" => EncodingKey::from_ec_pem(&private).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&private).unwrap(),
+        };
+        let t = encode(
+            &Header::new(alg),
+            &json!({"sub":"dave","exp":exp()}),
+            &signing,
+        )
+        .unwrap();
+        let (_ws, w) = connect_v1_with(&format!("{}?access_token={t}", srv.ws_url())).await;
+        assert_eq!(w["user"], "dave", "{kind}");
+        // An HS256 token is not accepted by a public-key-only server.
+        let hs = hs256(json!({"sub":"dave","exp":exp()}));
+        assert_eq!(
+            upgrade_status(&format!("{}?access_token={hs}", srv.ws_url()), &[]).await,
+            401,
+            "{kind}"
+        );
+        srv.stop().await;
+    }
 }
 
 #[tokio::test]
