@@ -55,6 +55,7 @@ pub struct ConnectionList {
 #[schema(example = json!({"message": "Server is restarting in 5 minutes."}))]
 pub struct BroadcastRequest {
     /// The text; must not be empty or whitespace only.
+    #[schema(value_type = String, required = true, min_length = 1, pattern = "\\S")]
     pub message: Option<String>,
 }
 
@@ -130,7 +131,8 @@ pub struct ListFilter {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CloseParams {
-    /// The close code: 1000 (default) or an application code 3000–4999.
+    /// The close code (default 1000): 1000–1003, 1007–1014, or an application code 3000–4999.
+    #[param(schema_with = close_code_schema)]
     pub code: Option<u16>,
     /// The close reason (at most 123 bytes are sent).
     pub reason: Option<String>,
@@ -140,9 +142,40 @@ pub struct CloseParams {
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"message": {"text": "hello", "n": 1}}))]
 pub struct MessageBody {
-    /// Any JSON value; a string must not be empty or whitespace.
-    #[schema(value_type = Object)]
+    /// Any JSON value but `null`, forwarded verbatim.
+    #[schema(schema_with = any_but_null, required = true)]
     pub message: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// The close codes that may be sent: 1000–1003, 1007–1014, 3000–4999.
+fn close_code_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let mut one_of = OneOfBuilder::new();
+    for (lo, hi) in [(1000, 1003), (1007, 1014), (3000, 4999)] {
+        one_of = one_of.item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(lo))
+                .maximum(Some(hi)),
+        );
+    }
+    one_of.build().into()
+}
+
+/// The schema of a message payload: any JSON value except `null`.
+fn any_but_null() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let mut one_of = OneOfBuilder::new();
+    for t in [
+        Type::Object,
+        Type::Array,
+        Type::String,
+        Type::Number,
+        Type::Boolean,
+    ] {
+        one_of = one_of.item(ObjectBuilder::new().schema_type(t));
+    }
+    one_of.build().into()
 }
 
 impl MessageBody {
@@ -151,17 +184,10 @@ impl MessageBody {
         let m = self
             .message
             .ok_or_else(|| Problem::bad_request("`message` is required"))?;
-        match m.get().trim() {
-            "null" => Err(Problem::bad_request("`message` must not be null")),
-            t if t.starts_with('"')
-                && serde_json::from_str::<String>(t).is_ok_and(|s| s.trim().is_empty()) =>
-            {
-                Err(Problem::bad_request(
-                    "`message` must not be empty or whitespace",
-                ))
-            }
-            _ => Ok(m),
+        if m.get().trim() == "null" {
+            return Err(Problem::bad_request("`message` must not be null"));
         }
+        Ok(m)
     }
 }
 
@@ -201,7 +227,7 @@ pub(crate) fn connection_dto(c: crate::hub::ConnectionSnapshot) -> Connection {
     get,
     path = "/api/connections/{id}",
     tag = "connections",
-    params(("id" = String, Path, description = "Connection id (32 hex characters)")),
+    params(("id" = String, Path, description = "Connection id (32 hex characters)", pattern = "^[0-9a-fA-F]{32}$")),
     responses(
         (status = 200, description = "The connection", body = Connection),
         (status = 400, description = "Not a connection id", body = Problem, content_type = "application/problem+json"),
@@ -223,7 +249,7 @@ pub async fn get_one(
     delete,
     path = "/api/connections/{id}",
     tag = "connections",
-    params(("id" = String, Path, description = "Connection id"), CloseParams),
+    params(("id" = String, Path, description = "Connection id (32 hex characters)", pattern = "^[0-9a-fA-F]{32}$"), CloseParams),
     responses(
         (status = 204, description = "Closing: the Close frame follows what is already queued"),
         (status = 400, description = "Bad id or close code", body = Problem, content_type = "application/problem+json"),
@@ -238,9 +264,9 @@ pub async fn delete_one(
     let id = parse_id(&id)?;
     let Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let code = p.code.unwrap_or(1000);
-    if !(code == 1000 || (3000..=4999).contains(&code)) {
+    if !crate::frame::is_valid_close_code(code) {
         return Err(Problem::bad_request(
-            "`code` must be 1000 or an application code 3000–4999",
+            "`code` must be a close code that may be sent: 1000–1003, 1007–1014 or 3000–4999",
         ));
     }
     if hub.close_connection(id, code, p.reason.as_deref().unwrap_or("")) {
@@ -255,7 +281,7 @@ pub async fn delete_one(
     post,
     path = "/api/connections/{id}/send",
     tag = "connections",
-    params(("id" = String, Path, description = "Connection id")),
+    params(("id" = String, Path, description = "Connection id (32 hex characters)", pattern = "^[0-9a-fA-F]{32}$")),
     request_body(content = MessageBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Queued", body = Recipients),

@@ -87,7 +87,7 @@ pub async fn list(State(hub): State<Hub>) -> Json<GroupList> {
 
 /// One group and its members.
 #[utoipa::path(get, path = "/api/groups/{group}", tag = "groups",
-    params(("group" = String, Path, description = "Group name")),
+    params(("group" = String, Path, description = "Group name", pattern = "^[A-Za-z0-9_.:@/-]{1,128}$")),
     responses(
         (status = 200, description = "The group", body = GroupDetail),
         (status = 400, description = "Invalid group name", body = Problem, content_type = "application/problem+json"),
@@ -113,7 +113,7 @@ pub async fn get_one(
 
 /// Publish a message to a group's members, as a `message` envelope with the group and no sender.
 #[utoipa::path(post, path = "/api/groups/{group}/broadcast", tag = "groups",
-    params(("group" = String, Path, description = "Group name")),
+    params(("group" = String, Path, description = "Group name", pattern = "^[A-Za-z0-9_.:@/-]{1,128}$")),
     request_body(content = MessageBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Queued for every member (0 for a group with no members)", body = Recipients),
@@ -134,7 +134,7 @@ pub async fn broadcast(
 
 /// Add a connection to a group (its other members get a `joined` event).
 #[utoipa::path(put, path = "/api/groups/{group}/members/{connection_id}", tag = "groups",
-    params(("group" = String, Path, description = "Group name"), ("connection_id" = String, Path, description = "Connection id")),
+    params(("group" = String, Path, description = "Group name", pattern = "^[A-Za-z0-9_.:@/-]{1,128}$"), ("connection_id" = String, Path, description = "Connection id (32 hex characters)", pattern = "^[0-9a-fA-F]{32}$")),
     responses(
         (status = 200, description = "A member now", body = Membership),
         (status = 400, description = "Invalid group name or connection id", body = Problem, content_type = "application/problem+json"),
@@ -161,7 +161,7 @@ pub async fn add_member(
 
 /// Remove a connection from a group (the remaining members get a `left` event).
 #[utoipa::path(delete, path = "/api/groups/{group}/members/{connection_id}", tag = "groups",
-    params(("group" = String, Path, description = "Group name"), ("connection_id" = String, Path, description = "Connection id")),
+    params(("group" = String, Path, description = "Group name", pattern = "^[A-Za-z0-9_.:@/-]{1,128}$"), ("connection_id" = String, Path, description = "Connection id (32 hex characters)", pattern = "^[0-9a-fA-F]{32}$")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "Invalid group name or connection id", body = Problem, content_type = "application/problem+json"),

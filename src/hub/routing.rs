@@ -103,7 +103,7 @@ impl Hub {
         r
     }
 
-    /// Closes a connection with a close code (1000 or 3000–4999) and reason; `false` when it
+    /// Closes a connection with a close code (see [`crate::frame::is_valid_close_code`]) and reason; `false` when it
     /// is unknown.
     pub fn close_connection(&self, id: ConnId, code: u16, reason: &str) -> bool {
         self.disconnect(
