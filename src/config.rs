@@ -52,6 +52,14 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_MAX_GROUPS_PER_CONNECTION", default_value_t = 1000)]
     pub max_groups_per_connection: usize,
 
+    /// Connections on /ws beyond which upgrades are refused with 503 (default: no limit).
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Largest REST request body (larger gets 413).
+    #[arg(long, env = "WSHUB_MAX_REQUEST_BODY", default_value = "1MiB", value_parser = parse_size)]
+    pub max_request_body: usize,
+
     /// How long a closing handshake may take before the socket is dropped.
     #[arg(long, env = "WSHUB_CLOSE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub close_timeout: Duration,
@@ -127,6 +135,8 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             announce: self.announce == Announce::All,
             max_groups_per_connection: self.max_groups_per_connection,
+            max_connections: self.max_connections,
+            max_request_body: self.max_request_body,
         }
     }
 }

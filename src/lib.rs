@@ -21,6 +21,7 @@
 //!   writer, keep-alive, closing handshake).
 //! - [`api`]: the REST companion API, OpenAPI document and Swagger UI.
 //! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
+//! - [`metrics`]: Prometheus metrics of one hub.
 //! - [`config`], [`server`]: command-line options and the accept loop with graceful shutdown.
 //!
 //! # Embedding
@@ -43,6 +44,7 @@ pub mod frame;
 pub mod hub;
 pub mod id;
 pub mod manager;
+pub mod metrics;
 pub mod outbox;
 pub mod problem;
 pub mod protocol;

@@ -29,7 +29,7 @@ use crate::problem::Problem;
     paths(
         connections::list, connections::broadcast, connections::get_one, connections::delete_one,
         connections::send_one, groups::list, groups::get_one, groups::broadcast, groups::add_member,
-        groups::remove_member, groups::send_to_user, health
+        groups::remove_member, groups::send_to_user, health, ready, metrics
     ),
     components(schemas(
         connections::Connection,
@@ -47,7 +47,7 @@ use crate::problem::Problem;
     tags((name = "connections", description = "Connected WebSocket clients"),
          (name = "groups", description = "Groups (rooms, channels) and their members"),
          (name = "users", description = "Every connection of an authenticated user"),
-         (name = "operations", description = "Health"))
+         (name = "operations", description = "Health, readiness and metrics"))
 )]
 pub struct ApiDoc;
 
@@ -88,11 +88,75 @@ pub fn routes(hub: Hub) -> Router<Hub> {
             put(groups::add_member).delete(groups::remove_member),
         )
         .route("/api/users/{user}/send", post(groups::send_to_user))
-        .route_layer(axum::middleware::from_fn_with_state(hub, require_api_key))
-        .route("/healthz", get(health));
+        .route_layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            require_api_key,
+        ))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            count_requests,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            hub.config().max_request_body,
+        ));
     let docs: Router<Hub> =
         Router::from(SwaggerUi::new("/swagger").url("/openapi.json", ApiDoc::openapi()));
     api.merge(docs)
+}
+
+/// Counts every routed request by route template, method and status.
+async fn count_requests(
+    axum::extract::State(hub): axum::extract::State<Hub>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    hub.metrics()
+        .http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            route,
+            method,
+            status: res.status().as_u16(),
+        })
+        .inc();
+    res
+}
+
+/// Readiness: 200 while the hub accepts connections, 503 while it shuts down.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = String, example = "ready"),
+        (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn ready(axum::extract::State(hub): axum::extract::State<Hub>) -> Response {
+    if hub.is_shutting_down() {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+/// Prometheus metrics (OpenMetrics text format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
+pub async fn metrics(axum::extract::State(hub): axum::extract::State<Hub>) -> Response {
+    let mut res = hub.metrics().render().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    res
 }
 
 /// Process liveness.

@@ -4,7 +4,6 @@
 //! encodes the frame once and offers it to the matching connections' outboxes. The hub is a
 //! cheap `Clone` handle over shared state, usable from any task, and never waits on a socket.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +22,7 @@ use crate::id::ConnId;
 use crate::manager::{
     Audience, ConnInfo, ConnectionManager, Cork, Delivery, Entry, Protocol, Undelivered,
 };
+use crate::metrics::{Metrics, Reason};
 use crate::outbox::Outbox;
 use crate::protocol::v1;
 
@@ -47,6 +47,10 @@ pub struct HubConfig {
     pub announce: bool,
     /// Groups one connection may be a member of at once.
     pub max_groups_per_connection: usize,
+    /// Connections on `/ws` beyond which upgrades get 503 (`None`: no limit but the OS's).
+    pub max_connections: Option<usize>,
+    /// Largest REST request body.
+    pub max_request_body: usize,
 }
 
 impl Default for HubConfig {
@@ -61,32 +65,17 @@ impl Default for HubConfig {
             shutdown_timeout: Duration::from_secs(10),
             announce: true,
             max_groups_per_connection: 1000,
+            max_connections: None,
+            max_request_body: 1024 * 1024,
         }
     }
-}
-
-/// Counters of what went through the hub since it started.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted on `/ws`.
-    pub connections_opened: AtomicU64,
-    /// Connections on `/ws` that ended.
-    pub connections_closed: AtomicU64,
-    /// Data messages received from clients (all endpoints).
-    pub messages_in: AtomicU64,
-    /// Payload bytes received from clients.
-    pub bytes_in: AtomicU64,
-    /// Frames queued for delivery (one per recipient).
-    pub deliveries: AtomicU64,
-    /// Connections closed because their outbound queue overflowed.
-    pub slow_consumers: AtomicU64,
 }
 
 struct Shared {
     config: HubConfig,
     auth: crate::auth::Auth,
     manager: ConnectionManager<Outbox>,
-    stats: Stats,
+    metrics: Metrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -149,7 +138,7 @@ impl Hub {
                 config,
                 auth,
                 manager: ConnectionManager::new(),
-                stats: Stats::default(),
+                metrics: Metrics::new(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -166,9 +155,9 @@ impl Hub {
         &self.shared.auth
     }
 
-    /// The hub's counters.
-    pub fn stats(&self) -> &Stats {
-        &self.shared.stats
+    /// The hub's metrics (rendered at `GET /metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// Number of connections on `/ws`.
@@ -211,9 +200,10 @@ impl Hub {
 
     /// Offers an already encoded frame to every connection.
     pub fn broadcast_frame(&self, frame: &Frame) -> Delivery {
+        let started = std::time::Instant::now();
         let mut cork = Cork::new();
         let d = self.broadcast_corked(frame, &mut cork);
-        cork.flush();
+        self.flush(&mut cork, started);
         d
     }
 
@@ -245,22 +235,28 @@ impl Hub {
         cork: &mut HubCork,
     ) -> Delivery {
         let d = self.shared.manager.publish_corked(audience, frame, cork);
-        self.count_delivery(&d);
+        self.shared
+            .metrics
+            .delivered(frame.len(), d.delivered, d.slow, d.dead);
         d
     }
 
     fn send_corked(&self, id: ConnId, frame: &Frame, cork: &mut HubCork) -> bool {
-        let stats = &self.shared.stats;
+        let m = &self.shared.metrics;
         match self.shared.manager.send_corked(id, frame, cork) {
             Ok(()) => {
-                stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                m.delivered(frame.len(), 1, 0, 0);
                 true
             }
             Err(Undelivered::SlowConsumer) => {
-                stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                m.delivered(frame.len(), 0, 1, 0);
                 false
             }
-            Err(_) => false,
+            Err(Undelivered::Closed) => {
+                m.delivered(frame.len(), 0, 0, 1);
+                false
+            }
+            Err(Undelivered::Unknown) => false,
         }
     }
 
@@ -310,10 +306,8 @@ impl Hub {
         let protocol = info.protocol;
         let entry = self.shared.manager.add_entry(outbox.clone(), info);
         let id = entry.id;
-        self.shared
-            .stats
-            .connections_opened
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.connects.inc();
+        self.shared.metrics.connections.inc();
         if protocol == Protocol::V1 {
             let _ = outbox.push(v1::welcome(
                 &id.to_string(),
@@ -330,12 +324,15 @@ impl Hub {
     /// Removes a `/ws` connection (if a failed send has not already) and announces its leaving:
     /// to every plain client (SPEC 1.2), and to the members of each group it was in. Called
     /// exactly once per registered connection, by the task that owns it.
-    pub(crate) fn unregister(&self, entry: &HubEntry) {
-        self.shared.manager.remove(entry.id);
+    pub(crate) fn unregister(&self, entry: &HubEntry, reason: &'static str) {
+        // Metrics first: whoever sees the connection gone from the registry also sees it counted.
+        self.shared.metrics.connections.dec();
         self.shared
-            .stats
-            .connections_closed
-            .fetch_add(1, Ordering::Relaxed);
+            .metrics
+            .disconnects
+            .get_or_create(&Reason { reason })
+            .inc();
+        self.shared.manager.remove(entry.id);
         let short = entry.id.short();
         let mut cork = Cork::new();
         for group in entry.groups() {
@@ -370,17 +367,16 @@ impl Hub {
     }
 
     pub(crate) fn count_in(&self, bytes: usize) {
-        let s = &self.shared.stats;
-        s.messages_in.fetch_add(1, Ordering::Relaxed);
-        s.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        let m = &self.shared.metrics;
+        m.messages_in.inc();
+        m.bytes_in.inc_by(bytes as u64);
     }
 
-    fn count_delivery(&self, d: &Delivery) {
-        let s = &self.shared.stats;
-        s.deliveries
-            .fetch_add(d.delivered as u64, Ordering::Relaxed);
-        if d.slow > 0 {
-            s.slow_consumers.fetch_add(d.slow as u64, Ordering::Relaxed);
+    /// Flushes a cork, timing the fan-out.
+    pub(crate) fn flush(&self, cork: &mut HubCork, started: std::time::Instant) {
+        if !cork.is_empty() {
+            cork.flush();
+            self.shared.metrics.fanout(started.elapsed());
         }
     }
 }

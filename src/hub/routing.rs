@@ -39,9 +39,10 @@ impl Hub {
     /// no sender; returns how many connections it reached (0 for an unknown group).
     pub fn publish_to_group(&self, group: &str, message: &RawValue) -> usize {
         let frame = v1::delivery("message", Some(group), None, None, message);
+        let started = std::time::Instant::now();
         let mut cork = HubCork::new();
         let d = self.publish_corked(Audience::Group(group), &frame, &mut cork);
-        cork.flush();
+        self.flush(&mut cork, started);
         d.delivered
     }
 

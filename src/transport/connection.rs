@@ -69,6 +69,18 @@ pub(crate) enum Ending {
     TimedOut(CloseReason),
 }
 
+impl Ending {
+    /// The `reason` label of the disconnect metric.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Ending::Closed(reason) => reason.label(),
+            Ending::Dropped => "dropped",
+            Ending::Io(_) => "io_error",
+            Ending::TimedOut(_) => "close_timeout",
+        }
+    }
+}
+
 struct Reader {
     decoder: Decoder,
     buf: BytesMut,
@@ -149,6 +161,8 @@ struct Conn<'a> {
     cork: HubCork,
     /// This connection's own outbox was offered a frame outside the hub (echo, pong).
     own_dirty: bool,
+    /// When the current burst of messages started being handled (for the fan-out metric).
+    burst_started: std::time::Instant,
 }
 
 impl Conn<'_> {
@@ -164,7 +178,10 @@ impl Conn<'_> {
 
     /// Writes everything the last burst of messages produced.
     fn flush(&mut self) {
-        self.cork.flush();
+        match self.role {
+            Role::Hub { hub, .. } => hub.flush(&mut self.cork, self.burst_started),
+            Role::Echo => self.cork.flush(),
+        }
         if std::mem::take(&mut self.own_dirty) {
             self.outbox.flush();
         }
@@ -278,6 +295,7 @@ where
         closing: false,
         cork: HubCork::new(),
         own_dirty: false,
+        burst_started: std::time::Instant::now(),
     };
     let ending = {
         tokio::pin!(write);
@@ -322,6 +340,7 @@ where
                 r = rd.next(&mut reader), if c.reading => {
                     // Handle the whole burst already read, then write what it produced: frames
                     // published together leave together.
+                    c.burst_started = std::time::Instant::now();
                     let mut step = c.on_read(r, &mut rd);
                     while matches!(step, Step::Continue) && c.reading && !rd.discard {
                         match rd.buffered() {
@@ -360,7 +379,7 @@ where
     outbox.detach();
     drop(reader);
     if let Role::Hub { hub, entry } = &role {
-        hub.unregister(entry);
+        hub.unregister(entry, ending.label());
     }
     ending
 }

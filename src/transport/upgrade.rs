@@ -206,6 +206,18 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
         Ok(identity) => identity,
         Err(problem) => return problem.into_response(),
     };
+    if let Some(max) = hub.config().max_connections {
+        if hub.connection_count() >= max {
+            let mut res = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("connection limit reached ({max}); try again later"),
+            )
+            .into_response();
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return res;
+        }
+    }
     // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade
     // is queued for it, and flows as soon as the socket is ours.
     let mut info = ConnInfo::now(hs.remote);
@@ -264,7 +276,7 @@ async fn run_upgraded(
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             if let Role::Hub { hub, entry } = &role {
-                hub.unregister(entry);
+                hub.unregister(entry, "upgrade_failed");
             }
             return;
         }

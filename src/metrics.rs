@@ -1,0 +1,222 @@
+//! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format.
+//!
+//! Every metric is an atomic updated on the hot path (a relaxed add); rendering walks the
+//! registry. One [`Metrics`] per hub, no global recorder, so several hubs (tests, embedding
+//! applications) never mix their numbers.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why (a close reason's label, `dropped`, `io_error`, …).
+    pub reason: &'static str,
+}
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template, e.g. `/api/groups/{group}`.
+    pub route: String,
+    /// The method.
+    pub method: String,
+    /// The status code.
+    pub status: u16,
+}
+
+/// The hub's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Open `/ws` connections.
+    pub connections: Gauge,
+    /// `/ws` connections accepted.
+    pub connects: Counter,
+    /// `/ws` connections ended, by reason.
+    pub disconnects: Family<Reason, Counter>,
+    /// Data messages received from clients (all endpoints).
+    pub messages_in: Counter,
+    /// Payload bytes received from clients.
+    pub bytes_in: Counter,
+    /// Frames queued for delivery (one per recipient).
+    pub deliveries: Counter,
+    /// Bytes queued for delivery.
+    pub bytes_out: Counter,
+    /// Frames not delivered, by reason (`slow_consumer`, `closed`).
+    pub drops: Family<Reason, Counter>,
+    /// Connections closed because their outbound queue overflowed.
+    pub slow_consumers: Counter,
+    /// REST requests by route, method and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// 1 while the backplane is reachable (always 1 for the in-memory backplane).
+    pub backplane_up: Gauge,
+    /// Time from a publication entering the hub to its frames being written to every
+    /// connection that could take them at once (frames that had to wait for a slow socket are
+    /// not in it).
+    pub fanout_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under the `wshub_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wshub");
+        let m = Self {
+            connections: Gauge::default(),
+            connects: Counter::default(),
+            disconnects: Family::default(),
+            messages_in: Counter::default(),
+            bytes_in: Counter::default(),
+            deliveries: Counter::default(),
+            bytes_out: Counter::default(),
+            drops: Family::default(),
+            slow_consumers: Counter::default(),
+            http_requests: Family::default(),
+            backplane_up: Gauge::default(),
+            // 10 µs … ~5 s
+            fanout_seconds: Histogram::new(exponential_buckets(0.000_01, 3.0, 13)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket connections on /ws",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connects",
+            "WebSocket connections accepted on /ws",
+            m.connects.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "WebSocket connections ended, by reason",
+            m.disconnects.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Data messages received from clients",
+            m.messages_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Payload bytes received from clients",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Frames queued for delivery, one per recipient",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Bytes queued for delivery",
+            m.bytes_out.clone(),
+        );
+        registry.register("drops", "Frames not delivered, by reason", m.drops.clone());
+        registry.register(
+            "slow_consumer_closes",
+            "Connections closed because their outbound queue overflowed",
+            m.slow_consumers.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "REST requests by route, method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "backplane_up",
+            "1 while the backplane is reachable",
+            m.backplane_up.clone(),
+        );
+        registry.register(
+            "fanout_seconds",
+            "Time from a publication entering the hub to its frames being written to every connection that could take them",
+            m.fanout_seconds.clone(),
+        );
+        m.backplane_up.set(1);
+        Self { registry, ..m }
+    }
+
+    /// Counts a frame offered to `delivered` connections, of `dropped_slow` and `dropped_closed`
+    /// that could not take it.
+    pub fn delivered(
+        &self,
+        frame_len: usize,
+        delivered: usize,
+        dropped_slow: usize,
+        dropped_closed: usize,
+    ) {
+        if delivered > 0 {
+            self.deliveries.inc_by(delivered as u64);
+            self.bytes_out.inc_by((frame_len * delivered) as u64);
+        }
+        if dropped_slow > 0 {
+            self.slow_consumers.inc_by(dropped_slow as u64);
+            self.drops
+                .get_or_create(&Reason {
+                    reason: "slow_consumer",
+                })
+                .inc_by(dropped_slow as u64);
+        }
+        if dropped_closed > 0 {
+            self.drops
+                .get_or_create(&Reason { reason: "closed" })
+                .inc_by(dropped_closed as u64);
+        }
+    }
+
+    /// Records a fan-out's duration.
+    pub fn fanout(&self, took: Duration) {
+        self.fanout_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::error!("metrics encoding failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.connects.inc();
+        m.delivered(100, 3, 1, 1);
+        m.fanout(Duration::from_micros(50));
+        m.disconnects
+            .get_or_create(&Reason { reason: "normal" })
+            .inc();
+        let text = m.render();
+        for needle in [
+            "wshub_connects_total 1",
+            "wshub_deliveries_total 3",
+            "wshub_bytes_out_total 300",
+            "wshub_slow_consumer_closes_total 1",
+            "wshub_drops_total{reason=\"closed\"} 1",
+            "wshub_disconnects_total{reason=\"normal\"} 1",
+            "wshub_backplane_up 1",
+            "wshub_fanout_seconds_count 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in:\n{text}");
+        }
+    }
+}
