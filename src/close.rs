@@ -11,6 +11,7 @@
 //! | [`CloseReason::Protocol`] (RFC 6455 violation) | 1002 | delivered first |
 //! | [`CloseReason::InvalidUtf8`] | 1007 | delivered first |
 //! | [`CloseReason::SlowConsumer`] (outbound queue overflowed) | 1008 | dropped |
+//! | [`CloseReason::RateLimited`] (inbound rate limit, when set to close) | 1008 | delivered first |
 //! | [`CloseReason::TooBig`] (message over the size limit) | 1009 | delivered first |
 
 use crate::frame::{self, DecodeError, Frame};
@@ -37,6 +38,8 @@ pub enum CloseReason {
     InvalidUtf8,
     /// The connection's outbound queue overflowed: it does not read fast enough.
     SlowConsumer,
+    /// The client sent messages faster than its rate limit (with `--rate-limit-action close`).
+    RateLimited,
     /// A message exceeded the maximum message size.
     TooBig,
 }
@@ -50,7 +53,7 @@ impl CloseReason {
             CloseReason::GoingAway | CloseReason::IdleTimeout => 1001,
             CloseReason::Protocol(_) => 1002,
             CloseReason::InvalidUtf8 => 1007,
-            CloseReason::SlowConsumer => 1008,
+            CloseReason::SlowConsumer | CloseReason::RateLimited => 1008,
             CloseReason::TooBig => 1009,
         }
     }
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::Protocol(why) => why,
             CloseReason::InvalidUtf8 => "invalid UTF-8 in text message",
             CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::RateLimited => "rate limit exceeded",
             CloseReason::TooBig => "message too big",
         }
     }
@@ -91,6 +95,7 @@ impl CloseReason {
             CloseReason::Protocol(_) => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_utf8",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::RateLimited => "rate_limited",
             CloseReason::TooBig => "message_too_big",
         }
     }

@@ -56,6 +56,18 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Inbound messages per second allowed per /ws connection (token bucket; default: unlimited).
+    #[arg(long, env = "WSHUB_MAX_MESSAGES_PER_SECOND")]
+    pub max_messages_per_second: Option<f64>,
+
+    /// Messages a connection may send in a burst above the rate (default: the rate, at least 1).
+    #[arg(long, env = "WSHUB_BURST")]
+    pub burst: Option<u32>,
+
+    /// What happens to a message over the rate: `error` (dropped, error frame) or `close` (1008).
+    #[arg(long, env = "WSHUB_RATE_LIMIT_ACTION", default_value = "error")]
+    pub rate_limit_action: RateAction,
+
     /// Largest REST request body (larger gets 413).
     #[arg(long, env = "WSHUB_MAX_REQUEST_BODY", default_value = "1MiB", value_parser = parse_size)]
     pub max_request_body: usize,
@@ -91,6 +103,15 @@ pub struct ServeArgs {
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "WSHUB_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// What happens to a message over the rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateAction {
+    /// Drop it and answer with an error frame.
+    Error,
+    /// Close the connection with 1008.
+    Close,
 }
 
 /// Join/leave announcements.
@@ -137,6 +158,17 @@ impl ServeArgs {
             max_groups_per_connection: self.max_groups_per_connection,
             max_connections: self.max_connections,
             max_request_body: self.max_request_body,
+            rate_limit: self
+                .max_messages_per_second
+                .filter(|r| *r > 0.0)
+                .map(|per_second| crate::hub::RateLimit {
+                    per_second,
+                    burst: self.burst.unwrap_or(per_second.ceil() as u32).max(1),
+                    action: match self.rate_limit_action {
+                        RateAction::Error => crate::hub::RateLimitAction::Error,
+                        RateAction::Close => crate::hub::RateLimitAction::Close,
+                    },
+                }),
         }
     }
 }

@@ -157,3 +157,59 @@ async fn request_body_limit_is_configurable() {
     );
     srv.stop().await;
 }
+
+fn limited(action: wshub::hub::RateLimitAction) -> HubConfig {
+    HubConfig {
+        rate_limit: Some(wshub::hub::RateLimit {
+            per_second: 1.0,
+            burst: 3,
+            action,
+        }),
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_error_drops_the_excess_and_keeps_the_connection() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let srv = TestServer::with_config(limited(wshub::hub::RateLimitAction::Error)).await;
+    let mut req = srv.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "wshub.v1".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    next_json(&mut ws).await; // welcome
+    for i in 0..8 {
+        send_text(&mut ws, &format!(r#"{{"id":{i},"type":"ping"}}"#)).await;
+    }
+    let mut acks = 0;
+    let mut limited = 0;
+    for i in 0..8 {
+        let v = next_json(&mut ws).await;
+        assert_eq!(v["id"], i, "replies keep their order and ids: {v}");
+        match v["type"].as_str() {
+            Some("ack") => acks += 1,
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited");
+                limited += 1;
+            }
+            _ => panic!("{v}"),
+        }
+    }
+    assert_eq!((acks, limited), (3, 5));
+    let m = http(srv.addr, "GET", "/metrics", &[], b"").await;
+    assert!(String::from_utf8(m.body)
+        .unwrap()
+        .contains("wshub_drops_total{reason=\"rate_limited\"} 5"));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_close_closes_with_1008() {
+    let srv = TestServer::with_config(limited(wshub::hub::RateLimitAction::Close)).await;
+    let (mut ws, _) = connect(&srv.ws_url()).await;
+    for _ in 0..6 {
+        send_text(&mut ws, "spam").await;
+    }
+    assert_eq!(next_close(&mut ws).await, Some(1008));
+    srv.stop().await;
+}

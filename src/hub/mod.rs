@@ -51,6 +51,28 @@ pub struct HubConfig {
     pub max_connections: Option<usize>,
     /// Largest REST request body.
     pub max_request_body: usize,
+    /// Inbound message rate limit per `/ws` connection (`None`: unlimited).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// An inbound rate limit: a token bucket per connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Messages per second, sustained.
+    pub per_second: f64,
+    /// Messages allowed in a burst above the sustained rate.
+    pub burst: u32,
+    /// What happens to a message over the limit.
+    pub action: RateLimitAction,
+}
+
+/// What happens to a message over the rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitAction {
+    /// Drop it and answer with an `error` frame (`code: rate_limited`); the connection stays.
+    Error,
+    /// Close the connection with 1008.
+    Close,
 }
 
 impl Default for HubConfig {
@@ -67,6 +89,7 @@ impl Default for HubConfig {
             max_groups_per_connection: 1000,
             max_connections: None,
             max_request_body: 1024 * 1024,
+            rate_limit: None,
         }
     }
 }

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     TooManyGroups,
     /// Binary frames carry no commands in `wshub.v1`.
     BinaryUnsupported,
+    /// The message was dropped: the connection sends faster than its rate limit.
+    RateLimited,
 }
 
 /// A parsed command. Borrowed from the frame's text.
@@ -99,6 +101,16 @@ struct Wire<'a> {
     connection: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     user: Option<Cow<'a, str>>,
+}
+
+/// The `id` of a command, if the text is a JSON object with one (for replies to commands that
+/// are not executed).
+pub fn command_id(text: &str) -> Option<Box<RawValue>> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<Box<RawValue>>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok()?.id
 }
 
 /// Parses one command frame.

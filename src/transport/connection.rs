@@ -22,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
 use crate::frame::{self, DecodeError, Decoder, Message, OpCode};
-use crate::hub::{Hub, HubCork, HubEntry};
+use crate::hub::{Hub, HubCork, HubEntry, RateLimit, RateLimitAction};
 use crate::manager::Protocol;
 use crate::outbox::{Outbox, Queued, SendError};
+use crate::protocol::v1;
 
 /// Bytes read from the socket per read call. The buffer lives on the stack of the poll, so an
 /// idle connection holds no read buffer at all.
@@ -54,6 +55,38 @@ pub(crate) struct Params {
     pub idle_timeout: Duration,
     pub close_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `per_second` tokens a second, at most `burst` saved up.
+struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            tokens: f64::from(limit.burst.max(1)),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token; `false` when the bucket is empty.
+    fn take(&mut self, now: Instant) -> bool {
+        let burst = f64::from(self.limit.burst.max(1));
+        let earned = now.duration_since(self.last).as_secs_f64() * self.limit.per_second;
+        self.tokens = (self.tokens + earned).min(burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// How the connection ended, for logs.
@@ -163,6 +196,8 @@ struct Conn<'a> {
     own_dirty: bool,
     /// When the current burst of messages started being handled (for the fan-out metric).
     burst_started: std::time::Instant,
+    /// The inbound rate limit, for hub connections that have one.
+    bucket: Option<Bucket>,
 }
 
 impl Conn<'_> {
@@ -208,9 +243,43 @@ impl Conn<'_> {
         }
     }
 
+    /// Whether the rate limit lets one more message through.
+    fn allowed(&mut self) -> bool {
+        self.bucket.as_mut().is_none_or(|b| b.take(self.last_seen))
+    }
+
+    /// A message over the rate limit: dropped, answered or closed for, as configured.
+    fn over_limit(&mut self, payload: &[u8]) {
+        let Role::Hub { hub, .. } = self.role else {
+            return;
+        };
+        hub.metrics()
+            .drops
+            .get_or_create(&crate::metrics::Reason {
+                reason: "rate_limited",
+            })
+            .inc();
+        match self.bucket.as_ref().map(|b| b.limit.action) {
+            Some(RateLimitAction::Close) => {
+                self.outbox.close(CloseReason::RateLimited);
+            }
+            _ => {
+                let id = std::str::from_utf8(payload).ok().and_then(v1::command_id);
+                let frame = v1::error(
+                    id.as_deref(),
+                    v1::ErrorCode::RateLimited,
+                    "message dropped: over this connection's rate limit",
+                );
+                let r = self.outbox.push_control(frame);
+                self.queued(r);
+            }
+        }
+    }
+
     fn on_message(&mut self, msg: Message) -> Step {
         match msg {
             Message::Text(b) | Message::Binary(b) if self.closing => drop(b),
+            Message::Text(b) | Message::Binary(b) if !self.allowed() => self.over_limit(&b),
             Message::Text(b) => match self.role {
                 Role::Hub { hub, entry } => match std::str::from_utf8(&b) {
                     Ok(text) if entry.info.protocol == Protocol::V1 => {
@@ -296,6 +365,10 @@ where
         cork: HubCork::new(),
         own_dirty: false,
         burst_started: std::time::Instant::now(),
+        bucket: match &role {
+            Role::Hub { .. } => params.rate_limit.map(Bucket::new),
+            Role::Echo => None,
+        },
     };
     let ending = {
         tokio::pin!(write);

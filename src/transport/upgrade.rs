@@ -190,6 +190,7 @@ fn params(hub: &Hub, max_message: usize) -> Params {
         idle_timeout: c.idle_timeout,
         close_timeout: c.close_timeout,
         shutdown_timeout: c.shutdown_timeout,
+        rate_limit: c.rate_limit,
     }
 }
 
