@@ -9,7 +9,8 @@ use clap::{Args, ValueEnum};
 use crate::hub::HubConfig;
 
 /// Log output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -17,27 +18,43 @@ pub enum LogFormat {
     Json,
 }
 
-/// Options of `wshub serve`.
-#[derive(Debug, Clone, Args)]
+/// Options of `wshub serve`. Each is a flag, a `WSHUB_*` variable and a key of the
+/// configuration file (`max_message_size` or `max-message-size`), in that precedence.
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct ServeArgs {
+    /// A TOML file with any of these options (flags and environment variables win over it).
+    #[arg(long, env = "WSHUB_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+
     /// Address and port to listen on.
     #[arg(long, env = "WSHUB_LISTEN", default_value = "127.0.0.1:5289")]
+    #[serde(serialize_with = "ser_display")]
     pub listen: SocketAddr,
 
     /// Interval between keep-alive Pings to each client (e.g. 30s, 500ms).
     #[arg(long, env = "WSHUB_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
     pub ping_interval: Duration,
 
     /// A client that sends nothing (no frame, no Pong) for this long is closed and removed.
     #[arg(long, env = "WSHUB_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
 
     /// Largest message a client may send on /ws (e.g. 65536, 64KiB, 1MiB); larger closes with 1009.
     #[arg(long, env = "WSHUB_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_size")]
     pub max_message_size: usize,
 
     /// Largest message accepted on the /ws/echo diagnostics endpoint.
     #[arg(long, env = "WSHUB_ECHO_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_size")]
     pub echo_max_message_size: usize,
 
     /// Frames a client may have queued for sending before it is closed as a slow consumer (1008).
@@ -70,26 +87,32 @@ pub struct ServeArgs {
 
     /// Largest REST request body (larger gets 413).
     #[arg(long, env = "WSHUB_MAX_REQUEST_BODY", default_value = "1MiB", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_size")]
     pub max_request_body: usize,
 
     /// How long a closing handshake may take before the socket is dropped.
     #[arg(long, env = "WSHUB_CLOSE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
     pub close_timeout: Duration,
 
     /// On SIGINT/SIGTERM, how long to drain queues and finish closing handshakes before exiting.
     #[arg(long, env = "WSHUB_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
     pub shutdown_timeout: Duration,
 
     /// How long a client may take to send its HTTP request headers.
     #[arg(long, env = "WSHUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
 
     /// REST API key: every /api/* call then needs `Authorization: Bearer <key>`.
     #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
+    #[serde(serialize_with = "ser_secret")]
     pub api_key: Option<String>,
 
     /// HS256 secret (at least 16 bytes): WebSocket upgrades then need a valid JWT.
     #[arg(long, env = "WSHUB_JWT_SECRET", hide_env_values = true)]
+    #[serde(serialize_with = "ser_secret")]
     pub jwt_secret: Option<String>,
 
     /// PEM file with an RSA or EC P-256 public key: WebSocket upgrades then need a valid RS256/ES256 JWT.
@@ -106,7 +129,8 @@ pub struct ServeArgs {
 }
 
 /// What happens to a message over the rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RateAction {
     /// Drop it and answer with an error frame.
     Error,
@@ -115,7 +139,8 @@ pub enum RateAction {
 }
 
 /// Join/leave announcements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Announce {
     /// Every join and leave goes to every client (SPEC 1.2).
     All,
@@ -171,6 +196,82 @@ impl ServeArgs {
                 }),
         }
     }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn ser_size<S: serde::Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(*n as u64)
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn ser_secret<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("***"),
+        None => s.serialize_none(),
+    }
+}
+
+impl ServeArgs {
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+}
+
+/// Turns a configuration file into extra command-line arguments for the options that neither a
+/// flag nor an environment variable set, so the precedence is flags > environment > file >
+/// defaults. `is_set` says whether an option (by id) was given by a flag or the environment.
+///
+/// # Errors
+/// A message naming the file and the key for unreadable files, TOML syntax errors, unknown keys
+/// and values that are not strings, numbers, booleans or arrays of those.
+pub fn file_args(
+    path: &std::path::Path,
+    known: &[String],
+    is_set: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        if !known.contains(&id) || id == "config" || id == "print_config" {
+            return Err(format!("{}: unknown key `{key}`", path.display()));
+        }
+        if is_set(&id) {
+            continue;
+        }
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            _ => Err(format!(
+                "{}: `{key}` must be a string, number or boolean",
+                path.display()
+            )),
+        };
+        let v = match &value {
+            // An empty list is the default: nothing to add.
+            toml::Value::Array(items) if items.is_empty() => continue,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            other => scalar(other)?,
+        };
+        out.push(format!("--{}={v}", id.replace('_', "-")));
+    }
+    Ok(out)
 }
 
 /// Parses a duration such as `30s`, `500ms`, `2m`; it must be positive.

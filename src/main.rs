@@ -25,9 +25,13 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = match Cli::parse().command {
-        Command::Serve(args) => args,
-        Command::Bench(cmd) => {
+    let args = match parse_cli() {
+        Ok(Command::Serve(args)) => args,
+        Err(e) => {
+            eprintln!("wshub: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        Ok(Command::Bench(cmd)) => {
             return match bench::run(cmd) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
@@ -37,6 +41,10 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
+    if args.print_config {
+        print!("{}", args.to_toml());
+        return std::process::ExitCode::SUCCESS;
+    }
     init_logging(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -56,6 +64,48 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line; for `serve --config FILE`, parses again with the file's options
+/// added wherever no flag or environment variable set them.
+fn parse_cli() -> Result<Command, String> {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let (Command::Serve(args), Some(("serve", sub))) = (&cli.command, matches.subcommand()) else {
+        return Ok(cli.command);
+    };
+    let Some(path) = &args.config else {
+        return Ok(cli.command);
+    };
+    let known: Vec<String> = Cli::command()
+        .find_subcommand("serve")
+        .map(|c| {
+            c.get_arguments()
+                .map(|a| a.get_id().as_str().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let is_set = |id: &str| {
+        matches!(
+            sub.value_source(id),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        )
+    };
+    let extra = wshub::config::file_args(path, &known, is_set)?;
+    let mut argv = argv;
+    argv.extend(extra.into_iter().map(Into::into));
+    let matches = Cli::command().try_get_matches_from(&argv).map_err(|e| {
+        format!(
+            "{} (from {})",
+            e.render().to_string().trim(),
+            path.display()
+        )
+    })?;
+    Cli::from_arg_matches(&matches)
+        .map(|c| c.command)
+        .map_err(|e| e.to_string())
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {

@@ -1,0 +1,107 @@
+//! The configuration file: precedence flags > environment > file > defaults, unknown keys and
+//! bad values refused at startup naming the key, and `--print-config` with secrets masked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn wshub(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wshub"));
+    cmd.args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WSHUB_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wshub-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn flags_beat_environment_beat_file_beat_defaults() {
+    let path = file(
+        "precedence.toml",
+        "listen = \"127.0.0.1:6000\"\nping-interval = \"5s\"\nmax_message_size = \"1MiB\"\nidle_timeout = \"90s\"\napi_key = \"topsecret\"\nallowed_origins = [\"https://a.example\"]\n",
+    );
+    let p = path.to_str().unwrap();
+    let (ok, out, err) = wshub(
+        &[
+            "serve",
+            "--config",
+            p,
+            "--ping-interval",
+            "7s",
+            "--print-config",
+        ],
+        &[
+            ("WSHUB_LISTEN", "127.0.0.1:7000"),
+            ("WSHUB_IDLE_TIMEOUT", "2m"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let cfg: toml::Table = out.parse().unwrap();
+    assert_eq!(
+        cfg["listen"].as_str(),
+        Some("127.0.0.1:7000"),
+        "env beats file"
+    );
+    assert_eq!(cfg["ping_interval"].as_str(), Some("7s"), "flag beats file");
+    assert_eq!(cfg["idle_timeout"].as_str(), Some("2m"), "env beats file");
+    assert_eq!(
+        cfg["max_message_size"].as_integer(),
+        Some(1 << 20),
+        "file beats default"
+    );
+    assert_eq!(cfg["send_queue"].as_integer(), Some(1024), "default");
+    assert_eq!(cfg["api_key"].as_str(), Some("***"), "secrets are masked");
+    assert!(!out.contains("topsecret"));
+    assert_eq!(cfg["allowed_origins"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused_naming_the_key() {
+    let p = file("unknown.toml", "max_mesage_size = 10\n");
+    let (ok, _, err) = wshub(&["serve", "--config", p.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("unknown key `max_mesage_size`"), "{err}");
+    let p = file("badvalue.toml", "ping_interval = \"soon\"\n");
+    let (ok, _, err) = wshub(&["serve", "--config", p.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("ping-interval") && err.contains("badvalue.toml"),
+        "{err}"
+    );
+    let p = file("syntax.toml", "listen = \n");
+    let (ok, _, err) = wshub(&["serve", "--config", p.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("syntax.toml"), "{err}");
+    let (ok, _, err) = wshub(&["serve", "--config", "/nonexistent/wshub.toml"], &[]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/wshub.toml"), "{err}");
+}
+
+#[test]
+fn printed_configuration_is_a_valid_configuration_file() {
+    let (ok, out, _) = wshub(&["serve", "--print-config"], &[]);
+    assert!(ok);
+    let p = file("roundtrip.toml", &out);
+    let (ok, again, err) = wshub(
+        &["serve", "--config", p.to_str().unwrap(), "--print-config"],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, again);
+}
