@@ -123,6 +123,14 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// PEM certificate chain: serve https:// and wss:// on the same port (with --tls-key).
+    #[arg(long, env = "WSHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "WSHUB_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,

@@ -22,7 +22,7 @@
 //! - [`api`]: the REST companion API, OpenAPI document and Swagger UI.
 //! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
 //! - [`metrics`]: Prometheus metrics of one hub.
-//! - [`config`], [`server`]: command-line options and the accept loop with graceful shutdown.
+//! - [`config`], [`server`], [`tls`]: options, the accept loop with graceful shutdown, TLS.
 //!
 //! # Embedding
 //! ```no_run
@@ -49,6 +49,7 @@ pub mod outbox;
 pub mod problem;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 pub mod transport;
 
 pub use close::CloseReason;

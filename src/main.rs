@@ -109,6 +109,11 @@ fn parse_cli() -> Result<Command, String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(wshub::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     let listener = wshub::server::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let auth = wshub::auth::Auth::new(&args.auth_settings()?)?;
@@ -122,6 +127,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let app = wshub::router(hub.clone());
     let options = wshub::server::ServerOptions {
         handshake_timeout: args.handshake_timeout,
+        tls,
     };
     wshub::server::run(
         listener,

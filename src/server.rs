@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -23,14 +24,18 @@ use crate::hub::Hub;
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// How long a client may take to send its request headers (slowloris guard).
+    /// How long a client may take to send its request headers (slowloris guard), and to
+    /// complete a TLS handshake.
     pub handshake_timeout: Duration,
+    /// TLS: serve `https://` and `wss://` (see [`crate::tls::server_config`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -70,6 +75,7 @@ pub async fn run(
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(%local, "listening");
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let stop = CancellationToken::new();
     let http_tasks = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -103,25 +109,33 @@ pub async fn run(
                 )
             }
         });
-        let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
+        let http = http.clone();
         let stop = stop.clone();
-        http_tasks.spawn(async move {
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stop.cancelled() => {
-                    // Finish the request in flight, then close; an upgrade already handed
-                    // its socket to the hub, which closes it with 1001.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%remote, error = %e, "http connection ended with an error");
+        match &tls {
+            None => {
+                http_tasks.spawn(serve_connection(
+                    http,
+                    TokioIo::new(tcp),
+                    service,
+                    stop,
+                    remote,
+                ));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let limit = options.handshake_timeout;
+                http_tasks.spawn(async move {
+                    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(http, TokioIo::new(stream), service, stop, remote)
+                                .await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let deadline = hub.config().shutdown_timeout;
@@ -142,6 +156,35 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves one HTTP/1.1 connection (with upgrades) until it ends or `stop` asks it to finish.
+async fn serve_connection<I, S>(
+    http: hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    stop: CancellationToken,
+    remote: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = axum::body::Body> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stop.cancelled() => {
+            // Finish the request in flight, then close; an upgrade already handed its socket
+            // to the hub, which closes it with 1001.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "http connection ended with an error");
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -128,6 +128,7 @@ async fn tcp_eof_without_close_frame_is_cleaned_up() {
 async fn clients_that_never_send_the_request_are_dropped() {
     let options = wshub::server::ServerOptions {
         handshake_timeout: Duration::from_millis(300),
+        ..Default::default()
     };
     let srv = TestServer::with(fast_config(), options).await;
     let (mut good, _) = connect(&srv.ws_url()).await;

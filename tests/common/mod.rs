@@ -111,6 +111,10 @@ impl TestServer {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// What a WebSocket client can run over (plain TCP or TLS).
+pub trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> IoStream for T {}
+
 /// A connected client that has read its own "joined" announcement; returns it with its short id.
 pub async fn connect(url: &str) -> (Ws, String) {
     let (mut ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
@@ -130,7 +134,7 @@ pub async fn connect(url: &str) -> (Ws, String) {
 }
 
 /// The next data message (pings and pongs skipped).
-pub async fn next_msg(ws: &mut Ws) -> Message {
+pub async fn next_msg<S: IoStream>(ws: &mut WebSocketStream<S>) -> Message {
     tokio::time::timeout(WAIT, async {
         loop {
             match ws.next().await {
@@ -146,7 +150,7 @@ pub async fn next_msg(ws: &mut Ws) -> Message {
 }
 
 /// The next text message, parsed as JSON.
-pub async fn next_json(ws: &mut Ws) -> Value {
+pub async fn next_json<S: IoStream>(ws: &mut WebSocketStream<S>) -> Value {
     match next_msg(ws).await {
         Message::Text(t) => serde_json::from_str(t.as_str()).expect("valid JSON"),
         other => panic!("expected a text message, got {other:?}"),
@@ -154,7 +158,10 @@ pub async fn next_json(ws: &mut Ws) -> Value {
 }
 
 /// Skips messages until one satisfies `pred`.
-pub async fn next_json_where(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Value {
+pub async fn next_json_where<S: IoStream>(
+    ws: &mut WebSocketStream<S>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     loop {
         let v = next_json(ws).await;
         if pred(&v) {
@@ -164,7 +171,7 @@ pub async fn next_json_where(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Valu
 }
 
 /// Waits for the Close frame (or the end of the stream) and returns its code.
-pub async fn next_close(ws: &mut Ws) -> Option<u16> {
+pub async fn next_close<S: IoStream>(ws: &mut WebSocketStream<S>) -> Option<u16> {
     tokio::time::timeout(WAIT, async {
         loop {
             match ws.next().await {
@@ -178,7 +185,7 @@ pub async fn next_close(ws: &mut Ws) -> Option<u16> {
     .expect("no close within the timeout")
 }
 
-pub async fn send_text(ws: &mut Ws, text: &str) {
+pub async fn send_text<S: IoStream>(ws: &mut WebSocketStream<S>, text: &str) {
     tokio::time::timeout(WAIT, ws.send(Message::text(text)))
         .await
         .unwrap()
