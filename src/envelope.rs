@@ -186,3 +186,29 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text a client sends comes back byte-identical inside `message`.
+        #[test]
+        fn any_string_survives_the_envelope(s in any::<String>(), from in "[0-9a-f]{8}") {
+            let f = encode(Kind::Message, Some(&from), &s);
+            let hlen = match f[1] { 126 => 4, 127 => 10, _ => 2 };
+            let v: serde_json::Value = serde_json::from_slice(&f[hlen..]).unwrap();
+            prop_assert_eq!(v["message"].as_str().unwrap(), s.as_str());
+            prop_assert_eq!(v["from"].as_str().unwrap(), from.as_str());
+            // The header declares exactly the payload that follows.
+            let declared = match hlen {
+                2 => usize::from(f[1]),
+                4 => usize::from(u16::from_be_bytes([f[2], f[3]])),
+                _ => u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+            };
+            prop_assert_eq!(declared, f.len() - hlen);
+            prop_assert_eq!(f[0], 0x81);
+        }
+    }
+}

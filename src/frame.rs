@@ -620,3 +620,79 @@ mod tests {
         assert!(std::str::from_utf8(&f[4..]).is_ok());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn masked(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    proptest! {
+        /// Any message, split into any fragments, delivered to the decoder in any chunks,
+        /// comes out whole and unchanged.
+        #[test]
+        fn fragmented_messages_reassemble(
+            text in any::<String>(),
+            cuts in proptest::collection::vec(0usize..64, 0..6),
+            chunk in 1usize..50,
+            mask in any::<[u8; 4]>(),
+        ) {
+            let bytes = text.as_bytes();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut wire = Vec::new();
+            let mut start = 0;
+            let mut first = true;
+            for p in points.into_iter().chain(std::iter::once(bytes.len())) {
+                if p < start { continue; }
+                let last = p == bytes.len();
+                wire.extend(masked(last, if first { 1 } else { 0 }, &bytes[start..p], mask));
+                first = false;
+                start = p;
+                if last { break; }
+            }
+            let mut d = Decoder::new(1 << 20);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for piece in wire.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(m) = d.decode(&mut buf).unwrap() {
+                    got.push(m);
+                }
+            }
+            prop_assert_eq!(got, vec![Message::Text(Bytes::copy_from_slice(bytes))]);
+        }
+
+        /// Arbitrary bytes never panic the decoder: they decode, wait for more, or fail with a
+        /// close code.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut d = Decoder::new(1024);
+            let mut buf = BytesMut::from(&data[..]);
+            for _ in 0..64 {
+                match d.decode(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => {
+                        prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -293,3 +293,88 @@ async fn garbage_before_the_handshake_gets_400_and_no_crash() {
     assert_unaffected(&srv, &mut good).await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn ping_flood_from_a_client_that_never_reads_is_bounded() {
+    let srv = TestServer::with_config(HubConfig {
+        send_queue: 64,
+        close_timeout: Duration::from_millis(300),
+        shutdown_timeout: Duration::from_secs(1),
+        ..HubConfig::default()
+    })
+    .await;
+    let (mut good, _) = connect(&srv.ws_url()).await;
+    let mut flooder = RawClient::connect(srv.addr, "/ws").await;
+    // 20,000 pings with 100-byte payloads, never reading a pong: ~2.6 MB of pongs owed.
+    let mut burst = Vec::new();
+    for _ in 0..20_000 {
+        burst.push(0x89u8);
+        burst.push(0x80 | 100);
+        burst.extend_from_slice(&[0, 0, 0, 0]);
+        burst.extend_from_slice(&[b'p'; 100]);
+    }
+    let _ = tokio::time::timeout(WAIT, flooder.stream.write_all(&burst)).await;
+    // The server either keeps answering within its queue bound or drops the flooder as a slow
+    // consumer; either way the others are unaffected and memory stays bounded.
+    assert_unaffected(&srv, &mut good).await;
+    let queued: usize = srv
+        .hub
+        .connections(None, None)
+        .iter()
+        .map(|c| c.queued)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        queued <= 64 + 8,
+        "outbound queue grew past its bound: {queued}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn thousands_of_incomplete_handshakes_cost_a_bounded_time() {
+    let options = wshub::server::ServerOptions {
+        handshake_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let srv = TestServer::with(fast_config(), options).await;
+    let (mut good, _) = connect(&srv.ws_url()).await;
+    let mut half = Vec::new();
+    for _ in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            .await;
+        half.push(s);
+    }
+    assert_unaffected(&srv, &mut good).await;
+    // Every one of them is closed by the server after the handshake timeout.
+    for mut s in half {
+        let mut buf = [0u8; 256];
+        let r = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("left open");
+        if let Ok(n) = r {
+            assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
+        }
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn deeply_nested_rest_json_costs_nothing_and_crashes_nothing() {
+    let srv = TestServer::with_config(fast_config()).await;
+    let nested = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let body = format!(r#"{{"message":{nested}}}"#);
+    // A group message is opaque JSON, validated without recursion and forwarded verbatim.
+    let r = post_json(srv.addr, "/api/groups/g/broadcast", &body).await;
+    assert_eq!(r.status, 200);
+    // The plain broadcast wants a string: refused.
+    let r = post_json(srv.addr, "/api/connections/broadcast", &body).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        http(srv.addr, "GET", "/healthz", &[], b"").await.status,
+        200
+    );
+    srv.stop().await;
+}
