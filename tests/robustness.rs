@@ -21,6 +21,19 @@ async fn assert_unaffected(srv: &TestServer, ws: &mut Ws) {
     );
 }
 
+/// Each socket is closed by the server (a bare close or a 408), never left hanging.
+async fn expect_server_closes(sockets: Vec<tokio::net::TcpStream>) {
+    for mut s in sockets {
+        let mut buf = [0u8; 512];
+        let r = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("server should close the idle socket");
+        if let Ok(n) = r {
+            assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
+        }
+    }
+}
+
 async fn expect_close(srv: &TestServer, first: u8, payload: &[u8], masked: bool, code: u16) {
     let (mut good, _) = connect(&srv.ws_url()).await;
     let mut bad = RawClient::connect(srv.addr, "/ws").await;
@@ -140,18 +153,7 @@ async fn clients_that_never_send_the_request_are_dropped() {
     let mut dribbler = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
     dribbler.write_all(b"GET /ws HT").await.unwrap();
     idle.push(dribbler);
-    for mut s in idle {
-        let mut buf = [0u8; 512];
-        let r = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("server should close the idle socket");
-        // Either a bare close or a 408 response; never a hang.
-        if let Ok(n) = r {
-            if n > 0 {
-                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
-            }
-        }
-    }
+    expect_server_closes(idle).await;
     assert_unaffected(&srv, &mut good).await;
     srv.stop().await;
 }
@@ -349,15 +351,7 @@ async fn thousands_of_incomplete_handshakes_cost_a_bounded_time() {
     }
     assert_unaffected(&srv, &mut good).await;
     // Every one of them is closed by the server after the handshake timeout.
-    for mut s in half {
-        let mut buf = [0u8; 256];
-        let r = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("left open");
-        if let Ok(n) = r {
-            assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
-        }
-    }
+    expect_server_closes(half).await;
     srv.stop().await;
 }
 
