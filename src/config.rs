@@ -245,6 +245,19 @@ pub fn file_args(
     is_set: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file_args_from_str(&text, path, known, is_set)
+}
+
+/// [`file_args`] on the text of a file that was already read (`path` only names it in errors).
+///
+/// # Errors
+/// As [`file_args`].
+pub fn file_args_from_str(
+    text: &str,
+    path: &std::path::Path,
+    known: &[String],
+    is_set: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, String> {
     let table: toml::Table = text
         .parse()
         .map_err(|e| format!("{}: {e}", path.display()))?;

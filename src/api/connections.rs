@@ -180,7 +180,10 @@ fn any_but_null() -> utoipa::openapi::schema::Schema {
 
 impl MessageBody {
     /// The message, checked.
-    pub(crate) fn into_message(self) -> Result<Box<serde_json::value::RawValue>, Problem> {
+    ///
+    /// # Errors
+    /// 400 when it is missing or `null`.
+    pub fn into_message(self) -> Result<Box<serde_json::value::RawValue>, Problem> {
         let m = self
             .message
             .ok_or_else(|| Problem::bad_request("`message` is required"))?;

@@ -204,6 +204,12 @@ pub(crate) fn json_body<T: DeserializeOwned>(
             "the request body is empty; expected a JSON object",
         ));
     }
+    // serde would also read a struct from a JSON array; the API takes objects only.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(Problem::bad_request(
+            "malformed JSON body: expected a JSON object",
+        ));
+    }
     serde_json::from_slice(&body).map_err(|e| {
         let status = StatusCode::BAD_REQUEST;
         Problem::new(status, format!("malformed JSON body: {e}"))

@@ -118,6 +118,18 @@ pub fn command_id(text: &str) -> Option<Box<RawValue>> {
 /// # Errors
 /// A [`Rejected`] describing the problem; the connection stays usable.
 pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
+    // serde would also read a struct from an array (`[1,"ping"]`); commands are objects only.
+    if !text.trim_start().starts_with('{') {
+        return Err(Rejected {
+            id: None,
+            code: if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                ErrorCode::Invalid
+            } else {
+                ErrorCode::Malformed
+            },
+            message: "a command is a JSON object with `id` and `type`".into(),
+        });
+    }
     let mut wire: Wire<'_> = serde_json::from_str(text).map_err(|e| Rejected {
         id: None,
         code: if e.is_data() {
@@ -450,6 +462,9 @@ mod tests {
                 Some("7"),
             ),
             (r#"{"id":7,"type":42}"#, ErrorCode::Invalid, None),
+            // Found by fuzzing: serde reads structs from arrays too; commands are objects only.
+            (r#"[1,"ping"]"#, ErrorCode::Invalid, None),
+            (r#"[1e99999]"#, ErrorCode::Invalid, None),
         ];
         for (text, code, id) in cases {
             let r = parse(text).unwrap_err();
