@@ -162,6 +162,63 @@ pub fn parse_marker(payload: &[u8], tag: u8) -> Option<(u64, u64)> {
     Some((nums[0], nums[1]))
 }
 
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns the status and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let body = json.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| io::Error::other("no response head"))?;
+    let status = std::str::from_utf8(&raw[..end])
+        .ok()
+        .and_then(|h| h.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other("bad status line"))?;
+    Ok((status, raw[end + 4..].to_vec()))
+}
+
+/// Connects with the `wshub.v1` subprotocol.
+pub async fn connect_v1(target: &Target) -> io::Result<(TcpStream, BytesMut)> {
+    let mut stream = TcpStream::connect(target.addr).await?;
+    stream.set_nodelay(true)?;
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: wshub.v1\r\n\r\n",
+        target.path, target.addr
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during handshake",
+            ));
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                return Err(io::Error::other("upgrade refused"));
+            }
+            buf.advance(end + 4);
+            return Ok((stream, buf));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

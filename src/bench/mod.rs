@@ -7,6 +7,7 @@ mod connect;
 mod echo;
 mod fanout;
 mod report;
+mod soak;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub enum BenchCommand {
     Fanout(fanout::FanoutArgs),
     /// Request/response round trips on /ws/echo: round trips/s and RTT.
     Echo(echo::EchoArgs),
+    /// A bounded soak: churn, groups, broadcasts; then checks the server returned to baseline.
+    Soak(soak::SoakArgs),
 }
 
 /// Options every benchmark shares.
@@ -59,6 +62,7 @@ impl BenchCommand {
             BenchCommand::Connect(a) => &a.common,
             BenchCommand::Fanout(a) => &a.common,
             BenchCommand::Echo(a) => &a.common,
+            BenchCommand::Soak(a) => &a.common,
         }
     }
 }
@@ -75,11 +79,24 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    if let BenchCommand::Soak(a) = cmd {
+        let r = rt.block_on(soak::run(a))?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+        );
+        return if r.pass {
+            Ok(())
+        } else {
+            Err(format!("soak failed: {}", r.problems.join("; ")))
+        };
+    }
     let report = rt.block_on(async move {
         match cmd {
             BenchCommand::Connect(a) => connect::run(a).await,
             BenchCommand::Fanout(a) => fanout::run(a).await,
             BenchCommand::Echo(a) => echo::run(a).await,
+            BenchCommand::Soak(_) => Err("unreachable: the soak is handled above".into()),
         }
     })?;
     if common.json {
