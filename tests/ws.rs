@@ -194,9 +194,10 @@ async fn rest_broadcast_reaches_every_client() {
 async fn server_pings_and_a_responsive_client_stays() {
     let srv = TestServer::with_config(fast_config()).await;
     let mut raw = RawClient::connect(srv.addr, "/ws").await;
-    raw.read_frame().await.unwrap(); // joined
-                                     // Answer three pings; we stay well past the 400 ms idle timeout.
-    for _ in 0..6 {
+    // The first frame is our own join; then answer 15 pings (100 ms apart): we stay well past
+    // the 1 s idle timeout.
+    raw.read_frame().await.unwrap();
+    for _ in 0..15 {
         let (op, payload) = raw.read_frame().await.expect("a ping");
         assert_eq!(op, 0x9);
         raw.send(0xA, &payload).await;
