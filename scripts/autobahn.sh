@@ -26,13 +26,7 @@ if [[ ! -x /opt/autobahn/venv/bin/wstest ]]; then
 fi
 
 cargo build --release --quiet
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/wshub serve --listen "127.0.0.1:$port" --echo-max-message-size 16MiB >"$out.server.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  sleep 0.1
-done
+source scripts/lib.sh
+start_wshub ./target/release/wshub "$out.server.log" --echo-max-message-size 16MiB
 rm -rf "$out"
 bash "$ab/run.sh" "${quick[@]}" "ws://127.0.0.1:$port/ws/echo" "$out"

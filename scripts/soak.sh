@@ -8,12 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-600s}"; shift || true
 cargo build --release --quiet
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/wshub serve --listen "127.0.0.1:$port" >target/soak-server.log 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  sleep 0.1
-done
+source scripts/lib.sh
+start_wshub ./target/release/wshub target/soak-server.log
 ./target/release/wshub bench soak --url "ws://127.0.0.1:$port/ws" --server-pid "$pid" --duration "$duration" "$@"

@@ -54,6 +54,20 @@ impl Target {
 /// Opens a TCP connection from `source` (any port) and completes the WebSocket handshake.
 /// Returns the stream and any bytes read past the response head.
 pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<(TcpStream, BytesMut)> {
+    connect_with(target, source, None).await
+}
+
+/// Connects with the `wshub.v1` subprotocol.
+pub async fn connect_v1(target: &Target) -> io::Result<(TcpStream, BytesMut)> {
+    connect_with(target, None, Some("wshub.v1")).await
+}
+
+/// [`connect`], optionally asking for a subprotocol.
+async fn connect_with(
+    target: &Target,
+    source: Option<IpAddr>,
+    protocol: Option<&str>,
+) -> io::Result<(TcpStream, BytesMut)> {
     let socket = if target.addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -64,9 +78,12 @@ pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<(Tcp
     }
     let mut stream = socket.connect(target.addr).await?;
     stream.set_nodelay(true)?;
+    let protocol = protocol.map_or(String::new(), |p| {
+        format!("Sec-WebSocket-Protocol: {p}\r\n")
+    });
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
         target.path, target.addr
     );
     stream.write_all(req.as_bytes()).await?;
@@ -188,35 +205,6 @@ pub async fn http_request(
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| io::Error::other("bad status line"))?;
     Ok((status, raw[end + 4..].to_vec()))
-}
-
-/// Connects with the `wshub.v1` subprotocol.
-pub async fn connect_v1(target: &Target) -> io::Result<(TcpStream, BytesMut)> {
-    let mut stream = TcpStream::connect(target.addr).await?;
-    stream.set_nodelay(true)?;
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: wshub.v1\r\n\r\n",
-        target.path, target.addr
-    );
-    stream.write_all(req.as_bytes()).await?;
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed during handshake",
-            ));
-        }
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            if !buf.starts_with(b"HTTP/1.1 101") {
-                return Err(io::Error::other("upgrade refused"));
-            }
-            buf.advance(end + 4);
-            return Ok((stream, buf));
-        }
-    }
 }
 
 #[cfg(test)]
