@@ -11,31 +11,36 @@ use common::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Starts `wshub serve` on a free port and returns it with its address.
-async fn spawn_server(extra: &[&str]) -> (Child, std::net::SocketAddr) {
-    // Bind port 0 to find a free port, then hand it to the binary.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(["serve", "--listen", &addr.to_string()])
+/// Starts `wshub serve` on port 0 with `extra` options and environment, and returns it with the
+/// address it reports in its "listening" log line (no free-port race with other tests).
+async fn spawn_server_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wshub"));
+    cmd.arg("serve");
+    if !env.iter().any(|(k, _)| *k == "WSHUB_LISTEN") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Wait for the "listening" log line.
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    tokio::time::timeout(WAIT, async {
+    let addr = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("listening") {
-                return;
+            if let Some(at) = line.find("local=") {
+                let rest = &line[at + "local=".len()..];
+                let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+                let clean: String = rest[..end].chars().filter(|c| !c.is_control()).collect();
+                let clean = clean.trim_end_matches("[0m").trim_end_matches('\u{1b}');
+                return clean
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap_or_else(|e| panic!("{line}: {e}"));
             }
         }
         panic!("server exited before listening");
@@ -44,6 +49,10 @@ async fn spawn_server(extra: &[&str]) -> (Child, std::net::SocketAddr) {
     .expect("server did not start");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr)
+}
+
+async fn spawn_server(extra: &[&str]) -> (Child, std::net::SocketAddr) {
+    spawn_server_env(extra, &[]).await
 }
 
 fn sigterm(child: &Child) {
@@ -135,32 +144,19 @@ async fn bad_options_are_refused_at_startup() {
 
 #[tokio::test]
 async fn environment_variables_configure_the_server() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .arg("serve")
-        .env("WSHUB_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WSHUB_MAX_MESSAGE_SIZE", "16")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    tokio::time::timeout(WAIT, async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let (child, addr) = spawn_server_env(
+        &[],
+        &[
+            ("WSHUB_LISTEN", "127.0.0.1:0"),
+            ("WSHUB_MAX_MESSAGE_SIZE", "16"),
+        ],
+    )
+    .await;
     let mut raw = RawClient::connect(addr, "/ws").await;
     raw.send(0x1, b"seventeen bytes!!").await;
     assert_eq!(raw.read_close().await, Some(1009));
     sigterm(&child);
+    let mut child = child;
     assert!(tokio::time::timeout(WAIT, child.wait())
         .await
         .unwrap()
