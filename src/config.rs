@@ -85,6 +85,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_RATE_LIMIT_ACTION", default_value = "error")]
     pub rate_limit_action: RateAction,
 
+    /// Messages kept per group (and for the all-clients stream) so reconnecting clients recover what they missed; 0 keeps none.
+    #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// How long a message stays in history.
+    #[arg(long, env = "WSHUB_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub history_ttl: Duration,
+
     /// Largest REST request body (larger gets 413).
     #[arg(long, env = "WSHUB_MAX_REQUEST_BODY", default_value = "1MiB", value_parser = parse_size)]
     #[serde(serialize_with = "ser_size")]
@@ -191,6 +200,10 @@ impl ServeArgs {
             max_groups_per_connection: self.max_groups_per_connection,
             max_connections: self.max_connections,
             max_request_body: self.max_request_body,
+            history: crate::history::HistoryConfig {
+                size: self.history_size,
+                ttl: self.history_ttl,
+            },
             rate_limit: self
                 .max_messages_per_second
                 .filter(|r| *r > 0.0)

@@ -42,6 +42,8 @@ struct Envelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     from: Option<&'a str>,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
     timestamp: &'a str,
 }
 
@@ -52,11 +54,28 @@ pub fn encode(kind: Kind, from: Option<&str>, message: &str) -> Frame {
 
 /// Encodes an envelope as a finished text frame, stamped with `at`.
 pub fn encode_at(kind: Kind, from: Option<&str>, message: &str, at: SystemTime) -> Frame {
+    encode_full(kind, from, message, None, at)
+}
+
+/// Encodes an envelope carrying its `offset` in the all-clients stream (the form `wshub.v1`
+/// clients get; plain clients get exactly SPEC 1.2, without it).
+pub fn encode_with_offset(kind: Kind, from: Option<&str>, message: &str, offset: u64) -> Frame {
+    encode_full(kind, from, message, Some(offset), SystemTime::now())
+}
+
+fn encode_full(
+    kind: Kind,
+    from: Option<&str>,
+    message: &str,
+    offset: Option<u64>,
+    at: SystemTime,
+) -> Frame {
     let ts = Timestamp::from(at);
     let env = Envelope {
         kind: kind.as_str(),
         from,
         message,
+        offset,
         timestamp: ts.as_str(),
     };
     // Room for the fixed fields plus the message; escaping may grow it, Vec handles that.

@@ -41,6 +41,7 @@ pub mod close;
 pub mod config;
 pub mod envelope;
 pub mod frame;
+pub mod history;
 pub mod hub;
 pub mod id;
 pub mod manager;

@@ -515,6 +515,18 @@ impl<S: Sink> ConnectionManager<S> {
         frame: &Frame,
         cork: &mut Cork<S>,
     ) -> Delivery {
+        self.publish_by_protocol(audience, frame, frame, cork)
+    }
+
+    /// Like [`publish_corked`](Self::publish_corked), with one frame for plain connections and
+    /// another for `wshub.v1` ones (which carry stream offsets).
+    pub fn publish_by_protocol(
+        &self,
+        audience: Audience<'_>,
+        plain: &Frame,
+        v1: &Frame,
+        cork: &mut Cork<S>,
+    ) -> Delivery {
         let mut report = Delivery::default();
         let mut failed: Vec<(Arc<Entry<S>>, SendError)> = Vec::new();
         {
@@ -535,6 +547,10 @@ impl<S: Sink> ConnectionManager<S> {
                 {
                     continue;
                 }
+                let frame = match entry.info.protocol {
+                    Protocol::Plain => plain,
+                    Protocol::V1 => v1,
+                };
                 match entry.sink.try_send(frame) {
                     Ok(q) => {
                         report.delivered += 1;

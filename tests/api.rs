@@ -84,7 +84,8 @@ async fn broadcast_valid_with_no_clients_is_200_with_0_recipients() {
     .await;
     assert_eq!(s, StatusCode::OK);
     let v: Value = serde_json::from_slice(&b).unwrap();
-    assert_eq!(v, serde_json::json!({"recipients": 0}));
+    // SPEC 1.3's `recipients`, plus the message's offset in the all-clients stream.
+    assert_eq!(v, serde_json::json!({"recipients": 0, "offset": 1}));
 }
 
 #[tokio::test]

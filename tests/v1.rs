@@ -10,38 +10,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A `wshub.v1` client with its connection id (from the welcome).
-async fn connect_v1(url: &str) -> (Ws, String) {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "wshub.v1".parse().unwrap());
-    let (mut ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        res.headers().get("sec-websocket-protocol").unwrap(),
-        "wshub.v1"
-    );
-    let welcome = next_json(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    assert_eq!(welcome["protocol"], "wshub.v1");
-    let id = welcome["connectionId"].as_str().unwrap().to_owned();
-    assert_eq!(welcome["shortId"].as_str().unwrap(), &id[..8]);
-    (ws, id)
-}
-
-async fn cmd(ws: &mut Ws, c: Value) -> Value {
-    send_text(ws, &c.to_string()).await;
-    let id = c["id"].clone();
-    next_json_where(ws, |v| {
-        (v["type"] == "ack" || v["type"] == "error") && v["id"] == id
-    })
-    .await
-}
 
 /// Asserts that nothing but the ack of a ping arrives: proves no stray delivery came first.
 async fn assert_quiet(ws: &mut Ws) {
@@ -82,7 +51,13 @@ async fn group_messages_reach_members_only() {
     let (mut b, _) = connect_v1(&url).await;
     let (mut c, _) = connect_v1(&url).await;
     let ack = cmd(&mut a, json!({"id":1,"type":"join","group":"room"})).await;
-    assert_eq!(ack, json!({"type":"ack","id":1,"members":1,"changed":true}));
+    let epoch = ack["epoch"]
+        .as_str()
+        .expect("a join tells the group stream's epoch");
+    assert_eq!(
+        ack,
+        json!({"type":"ack","id":1,"members":1,"changed":true,"epoch":epoch,"offset":0})
+    );
     assert_eq!(
         cmd(&mut b, json!({"id":"b1","type":"join","group":"room"})).await["members"],
         2
@@ -108,8 +83,9 @@ async fn group_messages_reach_members_only() {
     let own = next_json(&mut a).await;
     assert_eq!(own["type"], "message");
     let ack = next_json(&mut a).await;
-    assert_eq!(ack, json!({"type":"ack","id":2,"recipients":2}));
+    assert_eq!(ack, json!({"type":"ack","id":2,"recipients":2,"offset":1}));
     assert_eq!(own["message"], json!({"text":"hi","n":[1,2]}));
+    assert_eq!(own["offset"], 1);
     for ws in [&mut b] {
         let m = next_json_where(ws, |v| v["type"] == "message").await;
         assert_eq!(m["group"], "room");

@@ -64,6 +64,8 @@ pub struct BroadcastRequest {
 pub struct BroadcastResult {
     /// How many connections the message was queued for.
     pub recipients: usize,
+    /// Its offset in the all-clients stream (see `GET /api/history`).
+    pub offset: u64,
 }
 
 /// List active connections, optionally only a group's members or a user's connections.
@@ -113,8 +115,8 @@ pub async fn broadcast(
             "`message` must not be empty or whitespace",
         ));
     }
-    let recipients = hub.broadcast_text(&message);
-    Ok(Json(BroadcastResult { recipients }))
+    let (recipients, offset) = hub.broadcast_text_at(&message);
+    Ok(Json(BroadcastResult { recipients, offset }))
 }
 
 /// Filters of `GET /api/connections`.

@@ -57,7 +57,7 @@ pub struct Membership {
     pub members: usize,
 }
 
-fn check_group(group: &str) -> Result<(), Problem> {
+pub(crate) fn check_group(group: &str) -> Result<(), Problem> {
     if valid_group_name(group) {
         Ok(())
     } else {
@@ -111,12 +111,22 @@ pub async fn get_one(
     }))
 }
 
-/// Publish a message to a group's members, as a `message` envelope with the group and no sender.
+/// A message published to a group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Published {
+    /// Connections the message was queued for.
+    pub recipients: usize,
+    /// Its offset in the group's stream.
+    pub offset: u64,
+}
+
+/// Publish a message to a group's members, as a `message` envelope with the group and no
+/// sender. It is kept in the group's history even when nobody is a member right now.
 #[utoipa::path(post, path = "/api/groups/{group}/broadcast", tag = "groups",
     params(("group" = String, Path, description = "Group name", pattern = "^[A-Za-z0-9_.:@/-]{1,128}$")),
     request_body(content = MessageBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Queued for every member (0 for a group with no members)", body = Recipients),
+        (status = 200, description = "Queued for every member (0 for a group with no members)", body = Published),
         (status = 400, description = "Invalid group name or body", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn broadcast(
@@ -124,12 +134,11 @@ pub async fn broadcast(
     Path(group): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Recipients>, Problem> {
+) -> Result<Json<Published>, Problem> {
     check_group(&group)?;
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
-    Ok(Json(Recipients {
-        recipients: hub.publish_to_group(&group, &message),
-    }))
+    let (recipients, offset) = hub.publish_to_group_at(&group, &message);
+    Ok(Json(Published { recipients, offset }))
 }
 
 /// Add a connection to a group (its other members get a `joined` event).

@@ -5,6 +5,7 @@
 
 pub mod connections;
 pub mod groups;
+pub mod history;
 
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -29,7 +30,7 @@ use crate::problem::Problem;
     paths(
         connections::list, connections::broadcast, connections::get_one, connections::delete_one,
         connections::send_one, groups::list, groups::get_one, groups::broadcast, groups::add_member,
-        groups::remove_member, groups::send_to_user, health, ready, metrics
+        groups::remove_member, groups::send_to_user, history::group, history::all, health, ready, metrics
     ),
     components(schemas(
         connections::Connection,
@@ -42,6 +43,8 @@ use crate::problem::Problem;
         groups::GroupList,
         groups::GroupDetail,
         groups::Membership,
+        groups::Published,
+        history::HistoryPage,
         Problem
     )),
     tags((name = "connections", description = "Connected WebSocket clients"),
@@ -83,6 +86,8 @@ pub fn routes(hub: Hub) -> Router<Hub> {
         .route("/api/groups", get(groups::list))
         .route("/api/groups/{group}", get(groups::get_one))
         .route("/api/groups/{group}/broadcast", post(groups::broadcast))
+        .route("/api/groups/{group}/history", get(history::group))
+        .route("/api/history", get(history::all))
         .route(
             "/api/groups/{group}/members/{connection_id}",
             put(groups::add_member).delete(groups::remove_member),

@@ -3,9 +3,20 @@
 use serde_json::value::RawValue;
 
 use super::{Hub, HubCork, HubEntry};
+use crate::history::Position;
 use crate::id::ConnId;
 use crate::manager::{Audience, JoinError};
 use crate::protocol::v1::{self, AckExtra, Command, ErrorCode, Target};
+
+/// What a join did.
+pub(crate) struct Joined {
+    /// Whether the connection was not a member before.
+    pub changed: bool,
+    /// The group stream's position when the join took effect.
+    pub at: Position,
+    /// With `since`: whether everything missed was replayed.
+    pub recovered: Option<bool>,
+}
 
 impl Hub {
     /// Handles one text frame of a `wshub.v1` connection. Every command gets an `ack` or an
@@ -41,17 +52,21 @@ impl Hub {
         let short = me.id.short();
         let user = me.info.user.as_deref();
         match cmd {
-            Command::Join { group } => {
+            Command::Join { group, since } => {
                 if !me.info.may_join(&group) {
                     return Err((
                         ErrorCode::Forbidden,
                         format!("this connection's token does not allow group `{group}`"),
                     ));
                 }
-                let changed = self.join_and_announce(me.id, &group, &short, user, cork)?;
+                let joined =
+                    self.join_and_announce(me.id, &group, &short, user, since.as_ref(), cork)?;
                 Ok(AckExtra {
                     members: self.shared.manager.group_members(&group).map(|m| m.len()),
-                    changed: Some(changed),
+                    changed: Some(joined.changed),
+                    epoch: Some(joined.at.epoch.to_string()),
+                    offset: Some(joined.at.offset),
+                    recovered: joined.recovered,
                     ..AckExtra::default()
                 })
             }
@@ -69,10 +84,22 @@ impl Hub {
                         format!("join `{group}` before publishing to it"),
                     ));
                 }
-                let frame = v1::delivery("message", Some(&group), Some(&short), user, message);
-                let d = self.publish_corked(Audience::Group(&group), &frame, cork);
+                let (d, offset) = self.publish_group(
+                    &group,
+                    |offset| {
+                        v1::delivery(
+                            "message",
+                            Some((&group, offset)),
+                            Some(&short),
+                            user,
+                            message,
+                        )
+                    },
+                    cork,
+                );
                 Ok(AckExtra {
                     recipients: Some(d.delivered),
+                    offset: Some(offset),
                     ..AckExtra::default()
                 })
             }
@@ -93,26 +120,51 @@ impl Hub {
         }
     }
 
-    /// Joins `id` to `group` and, when that changed anything, tells the other members.
+    /// Joins `id` to `group` and, when that changed anything, tells the other members. With
+    /// `since`, what the connection missed after that position is queued for it first (only
+    /// when it was not a member already: a member has had everything live).
     pub(super) fn join_and_announce(
         &self,
         id: ConnId,
         group: &str,
         short: &str,
         user: Option<&str>,
+        since: Option<&Position>,
         cork: &mut HubCork,
-    ) -> Result<bool, (ErrorCode, String)> {
+    ) -> Result<Joined, (ErrorCode, String)> {
         let limit = self.shared.config.max_groups_per_connection;
-        match self.shared.manager.join(id, group, limit) {
-            Ok(true) => {
-                let frame = v1::membership(true, group, short, user);
-                self.publish_corked(Audience::GroupExcept(group, id), &frame, cork);
-                Ok(true)
+        let stream = self.shared.history.stream(group);
+        // Joined and replayed under the stream's lock: each publication is in the replay or
+        // delivered live, never both, never neither (see `crate::history`).
+        let mut s = stream.lock();
+        let changed = match self.shared.manager.join(id, group, limit) {
+            Ok(changed) => changed,
+            Err(JoinError::Unknown) => {
+                return Err((ErrorCode::NotFound, "connection is gone".into()))
             }
-            Ok(false) => Ok(false),
-            Err(JoinError::Unknown) => Err((ErrorCode::NotFound, "connection is gone".into())),
-            Err(e @ JoinError::TooManyGroups(_)) => Err((ErrorCode::TooManyGroups, e.to_string())),
+            Err(e @ JoinError::TooManyGroups(_)) => {
+                return Err((ErrorCode::TooManyGroups, e.to_string()))
+            }
+        };
+        let at = s.position();
+        let mut recovered = None;
+        if let (true, Some(since)) = (changed, since) {
+            let replay = s.replay(since, self.replay_limit());
+            recovered = Some(replay.recovered);
+            for frame in &replay.frames {
+                self.send_corked(id, frame, cork);
+            }
         }
+        drop(s);
+        if changed {
+            let frame = v1::membership(true, group, short, user);
+            self.publish_corked(Audience::GroupExcept(group, id), &frame, cork);
+        }
+        Ok(Joined {
+            changed,
+            at,
+            recovered,
+        })
     }
 
     /// Removes `id` from `group` and, when it was a member, tells the remaining members.

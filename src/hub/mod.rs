@@ -18,6 +18,7 @@ pub use routing::MembershipError;
 use crate::close::CloseReason;
 use crate::envelope::{self, Kind};
 use crate::frame::{self, Frame, OpCode};
+use crate::history::{History, HistoryConfig, Position, StreamRef};
 use crate::id::ConnId;
 use crate::manager::{
     Audience, ConnInfo, ConnectionManager, Cork, Delivery, Entry, Protocol, Undelivered,
@@ -53,6 +54,8 @@ pub struct HubConfig {
     pub max_request_body: usize,
     /// Inbound message rate limit per `/ws` connection (`None`: unlimited).
     pub rate_limit: Option<RateLimit>,
+    /// How much history each group and the all-clients stream keep for recovery.
+    pub history: HistoryConfig,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -90,6 +93,7 @@ impl Default for HubConfig {
             max_connections: None,
             max_request_body: 1024 * 1024,
             rate_limit: None,
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -98,6 +102,7 @@ struct Shared {
     config: HubConfig,
     auth: crate::auth::Auth,
     manager: ConnectionManager<Outbox>,
+    history: History,
     metrics: Metrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -156,8 +161,9 @@ impl Hub {
 
     /// A hub with the given settings and security checks.
     pub fn with_auth(config: HubConfig, auth: crate::auth::Auth) -> Self {
-        Self {
+        let hub = Self {
             shared: Arc::new(Shared {
+                history: History::new(config.history),
                 config,
                 auth,
                 manager: ConnectionManager::new(),
@@ -165,7 +171,43 @@ impl Hub {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
-        }
+        };
+        hub.spawn_history_sweeper();
+        hub
+    }
+
+    /// Expires old history in the background (when created inside a Tokio runtime; the task
+    /// ends with the hub).
+    fn spawn_history_sweeper(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.shared);
+        let ttl = self.shared.config.history.ttl;
+        let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        // A stream's epoch is kept this long after it last saw anything, so a client that comes
+        // back within it to a quiet group still recovers.
+        let idle = ttl.max(Duration::from_secs(3600));
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                shared.history.sweep(idle);
+            }
+        });
+    }
+
+    /// The hub's message history.
+    pub fn history(&self) -> &History {
+        &self.shared.history
+    }
+
+    /// How many frames one replay may queue: a replay must never make its own connection a
+    /// slow consumer.
+    fn replay_limit(&self) -> usize {
+        self.shared.config.send_queue.saturating_sub(64).max(1)
     }
 
     /// The hub's settings.
@@ -217,8 +259,58 @@ impl Hub {
     /// Sends `message` to every client as a `server-broadcast` envelope; returns how many
     /// connections it was queued for.
     pub fn broadcast_text(&self, message: &str) -> usize {
-        let frame = envelope::encode(Kind::ServerBroadcast, None, message);
-        self.broadcast_frame(&frame).delivered
+        self.broadcast_text_at(message).0
+    }
+
+    /// Like [`broadcast_text`](Self::broadcast_text), also returning the message's offset in
+    /// the all-clients stream.
+    pub fn broadcast_text_at(&self, message: &str) -> (usize, u64) {
+        let started = std::time::Instant::now();
+        let mut cork = Cork::new();
+        let (d, offset) = self.publish_all(Kind::ServerBroadcast, None, message, &mut cork);
+        self.flush(&mut cork, started);
+        (d.delivered, offset)
+    }
+
+    /// A text envelope to every connection, recorded in the all-clients stream: `wshub.v1`
+    /// connections get it with its `offset`, plain ones exactly as SPEC 1.2 has it.
+    fn publish_all(
+        &self,
+        kind: Kind,
+        from: Option<&str>,
+        text: &str,
+        cork: &mut HubCork,
+    ) -> (Delivery, u64) {
+        let plain = envelope::encode(kind, from, text);
+        let mut all = self.shared.history.all().lock();
+        let v1 = envelope::encode_with_offset(kind, from, text, all.next_offset());
+        let offset = all.append(v1.clone());
+        let d = self
+            .shared
+            .manager
+            .publish_by_protocol(Audience::All, &plain, &v1, cork);
+        drop(all);
+        self.shared
+            .metrics
+            .delivered(plain.len(), d.delivered, d.slow, d.dead);
+        (d, offset)
+    }
+
+    /// Publishes to a group's stream: the frame `build` makes for the next offset is recorded
+    /// and offered to the members, all under the stream's lock (see [`crate::history`]).
+    pub(crate) fn publish_group(
+        &self,
+        group: &str,
+        build: impl FnOnce(u64) -> Frame,
+        cork: &mut HubCork,
+    ) -> (Delivery, u64) {
+        let stream: StreamRef = self.shared.history.stream(group);
+        let mut s = stream.lock();
+        let frame = build(s.next_offset());
+        let offset = s.append(frame.clone());
+        let d = self.publish_corked(Audience::Group(group), &frame, cork);
+        drop(s);
+        (d, offset)
     }
 
     /// Offers an already encoded frame to every connection.
@@ -324,20 +416,38 @@ impl Hub {
     /// Registers a new `/ws` connection and announces it. Called before the 101 response is
     /// sent, so no broadcast issued after the client sees the upgrade can miss it. A `wshub.v1`
     /// connection's first frame is its `welcome`.
-    pub(crate) fn register(&self, info: ConnInfo) -> HubEntry {
+    ///
+    /// With `recover` (the last position a `wshub.v1` client saw in the all-clients stream),
+    /// what it missed is queued right after the welcome, before anything live.
+    pub(crate) fn register(&self, info: ConnInfo, recover: Option<&Position>) -> HubEntry {
         let outbox = Arc::new(Outbox::new(self.shared.config.send_queue));
         let protocol = info.protocol;
+        // Registered under the all-clients stream's lock: every broadcast is either before
+        // (in the replay) or after (queued live), never both.
+        let mut all = self.shared.history.all().lock();
         let entry = self.shared.manager.add_entry(outbox.clone(), info);
         let id = entry.id;
         self.shared.metrics.connects.inc();
         self.shared.metrics.connections.inc();
         if protocol == Protocol::V1 {
+            let replay = recover.map(|at| all.replay(at, self.replay_limit()));
+            let at = all.position();
+            let state = v1::StreamState {
+                epoch: &at.epoch,
+                offset: at.offset,
+                recovered: replay.as_ref().map(|r| r.recovered),
+            };
             let _ = outbox.push(v1::welcome(
                 &id.to_string(),
                 &id.short(),
                 entry.info.user.as_deref(),
+                state,
             ));
+            for frame in replay.into_iter().flat_map(|r| r.frames) {
+                let _ = outbox.push(frame);
+            }
         }
+        drop(all);
         if self.shared.config.announce {
             self.announce(&envelope::joined(&id.short()));
         }
@@ -378,7 +488,7 @@ impl Hub {
             &envelope::encode(Kind::Echo, Some(&short), text),
             cork,
         );
-        self.broadcast_corked(&envelope::encode(Kind::Message, Some(&short), text), cork);
+        self.publish_all(Kind::Message, Some(&short), text, cork);
     }
 
     /// A client's binary message: relayed unchanged to the sender, then to everyone.

@@ -7,7 +7,6 @@ use serde_json::value::RawValue;
 use super::{Hub, HubCork};
 use crate::close::CloseReason;
 use crate::id::ConnId;
-use crate::manager::Audience;
 use crate::protocol::v1::{self, ErrorCode, Target};
 
 /// Why a group membership change through the API failed.
@@ -38,12 +37,22 @@ impl Hub {
     /// Publishes `message` (any JSON value) to a group's members as a `message` envelope with
     /// no sender; returns how many connections it reached (0 for an unknown group).
     pub fn publish_to_group(&self, group: &str, message: &RawValue) -> usize {
-        let frame = v1::delivery("message", Some(group), None, None, message);
+        self.publish_to_group_at(group, message).0
+    }
+
+    /// Like [`publish_to_group`](Self::publish_to_group), also returning the message's offset
+    /// in the group's stream. The message is kept in the group's history even when the group
+    /// has no members right now (they may be reconnecting).
+    pub fn publish_to_group_at(&self, group: &str, message: &RawValue) -> (usize, u64) {
         let started = std::time::Instant::now();
         let mut cork = HubCork::new();
-        let d = self.publish_corked(Audience::Group(group), &frame, &mut cork);
+        let (d, offset) = self.publish_group(
+            group,
+            |offset| v1::delivery("message", Some((group, offset)), None, None, message),
+            &mut cork,
+        );
         self.flush(&mut cork, started);
-        d.delivered
+        (d.delivered, offset)
     }
 
     /// Sends `message` to one connection as a `direct` envelope; `false` when it is unknown.
@@ -77,10 +86,11 @@ impl Hub {
             group,
             &id.short(),
             entry.info.user.as_deref(),
+            None,
             &mut cork,
         );
         cork.flush();
-        r.map_err(|(code, message)| match code {
+        r.map(|j| j.changed).map_err(|(code, message)| match code {
             ErrorCode::TooManyGroups => MembershipError::TooManyGroups(message),
             _ => MembershipError::UnknownConnection,
         })

@@ -39,10 +39,12 @@ pub enum ErrorCode {
 /// A parsed command. Borrowed from the frame's text.
 #[derive(Debug)]
 pub enum Command<'a> {
-    /// Join a group.
+    /// Join a group, optionally recovering what was missed since a position.
     Join {
         /// The group.
         group: Cow<'a, str>,
+        /// The last position the client saw in this group (`since`), to replay what followed.
+        since: Option<crate::history::Position>,
     },
     /// Leave a group.
     Leave {
@@ -101,6 +103,15 @@ struct Wire<'a> {
     connection: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Since {
+    epoch: String,
+    offset: u64,
 }
 
 /// The `id` of a command, if the text is a JSON object with one (for replies to commands that
@@ -183,6 +194,21 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
     let cmd = match &*kind {
         "join" | "subscribe" => Command::Join {
             group: group(&kind)?,
+            since: match wire.since.take() {
+                None => None,
+                Some(raw) => match serde_json::from_str::<Since>(raw.get()) {
+                    Ok(s) => Some(crate::history::Position {
+                        epoch: s.epoch.into(),
+                        offset: s.offset,
+                    }),
+                    Err(_) => {
+                        return Err(reject(
+                            ErrorCode::Invalid,
+                            "`since` is `{\"epoch\": <string>, \"offset\": <integer ≥ 0>}`, the last position you saw in the group".into(),
+                        ))
+                    }
+                },
+            },
         },
         "leave" | "unsubscribe" => Command::Leave {
             group: group(&kind)?,
@@ -265,6 +291,15 @@ pub struct AckExtra<'a> {
     /// Whether a join changed anything (false: already a member) or a leave did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
+    /// The group stream's epoch, after a join.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The group stream's last offset when the join took effect, or a publication's offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// After a join with `since`: whether everything missed was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
 }
 
 /// `{"type":"error","id":…,"code":…,"message":…}`.
@@ -288,9 +323,26 @@ pub fn error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Frame {
     )
 }
 
-/// `{"type":"welcome","connectionId":…,"shortId":…,"user":…,"timestamp":…}`, the first frame
-/// of a `wshub.v1` connection.
-pub fn welcome(connection_id: &str, short_id: &str, user: Option<&str>) -> Frame {
+/// Where a stream stood, as told to a client.
+#[derive(Debug, Serialize)]
+pub struct StreamState<'a> {
+    /// The stream's epoch.
+    pub epoch: &'a str,
+    /// Its last offset.
+    pub offset: u64,
+    /// Whether what was missed was replayed (only when recovery was asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// `{"type":"welcome","connectionId":…,"shortId":…,"user":…,"all":{"epoch":…,"offset":…},…}`,
+/// the first frame of a `wshub.v1` connection. `all` is the all-clients stream's position.
+pub fn welcome(
+    connection_id: &str,
+    short_id: &str,
+    user: Option<&str>,
+    all: StreamState<'_>,
+) -> Frame {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Welcome<'a> {
@@ -300,6 +352,7 @@ pub fn welcome(connection_id: &str, short_id: &str, user: Option<&str>) -> Frame
         short_id: &'a str,
         user: Option<&'a str>,
         protocol: &'static str,
+        all: StreamState<'a>,
         timestamp: &'a str,
     }
     let ts = now();
@@ -310,9 +363,10 @@ pub fn welcome(connection_id: &str, short_id: &str, user: Option<&str>) -> Frame
             short_id,
             user,
             protocol: super::V1,
+            all,
             timestamp: ts.as_str(),
         },
-        64,
+        96,
     )
 }
 
@@ -325,6 +379,9 @@ pub struct Delivery<'a> {
     /// The group, for group messages.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<&'a str>,
+    /// The message's offset in its group's stream, for group messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
     /// The sender's short id; absent when the server (REST) sent it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a str>,
@@ -340,7 +397,7 @@ pub struct Delivery<'a> {
 /// Encodes a [`Delivery`] stamped now.
 pub fn delivery(
     kind: &'static str,
-    group: Option<&str>,
+    group: Option<(&str, u64)>,
     from: Option<&str>,
     user: Option<&str>,
     message: &RawValue,
@@ -349,7 +406,8 @@ pub fn delivery(
     encode(
         &Delivery {
             kind,
-            group,
+            group: group.map(|g| g.0),
+            offset: group.map(|g| g.1),
             from,
             user,
             message,
@@ -398,7 +456,7 @@ mod tests {
     fn parses_every_command() {
         let (id, c) = parse(r#"{"id":1,"type":"join","group":"room"}"#).unwrap();
         assert_eq!(id.get(), "1");
-        assert!(matches!(c, Command::Join { ref group } if group == "room"));
+        assert!(matches!(c, Command::Join { ref group, .. } if group == "room"));
         let (id, c) =
             parse(r#"{"id":"a","type":"publish","group":"g","message":{"x":[1,2]}}"#).unwrap();
         assert_eq!(id.get(), r#""a""#);
@@ -417,7 +475,7 @@ mod tests {
         // Escaped strings are fine (some encoders escape '/').
         assert!(matches!(
             parse(r#"{"id":4,"type":"join","group":"a\/b"}"#).unwrap().1,
-            Command::Join { ref group } if group == "a/b"
+            Command::Join { ref group, .. } if group == "a/b"
         ));
         assert!(matches!(
             parse(r#"{"id":3,"type":"unsubscribe","group":"g"}"#)
@@ -488,15 +546,22 @@ mod tests {
         let msg = RawValue::from_string("{\"a\":1}".into()).unwrap();
         let d = json(&delivery(
             "message",
-            Some("g"),
+            Some(("g", 7)),
             Some("abcd1234"),
             None,
             &msg,
         ));
         assert_eq!(d["message"], serde_json::json!({"a":1}));
         assert_eq!(d["group"], "g");
+        assert_eq!(d["offset"], 7);
         assert!(d.get("user").is_none());
-        let w = json(&welcome(&"a".repeat(32), "aaaaaaaa", Some("alice")));
+        let all = StreamState {
+            epoch: "e1",
+            offset: 3,
+            recovered: None,
+        };
+        let w = json(&welcome(&"a".repeat(32), "aaaaaaaa", Some("alice"), all));
+        assert_eq!(w["all"], serde_json::json!({"epoch":"e1","offset":3}));
         assert_eq!(w["type"], "welcome");
         assert_eq!(w["user"], "alice");
     }

@@ -20,6 +20,7 @@ use tracing::Instrument as _;
 
 use crate::auth::Identity;
 use crate::frame;
+use crate::history::Position;
 use crate::hub::Hub;
 use crate::manager::{ConnInfo, Protocol};
 use crate::outbox::Outbox;
@@ -174,6 +175,26 @@ struct TokenQuery {
     access_token: Option<String>,
 }
 
+/// `?recover=<epoch>:<offset>`: the last position a `wshub.v1` client saw in the all-clients
+/// stream; what it missed is replayed right after the welcome.
+fn recover_param(req: &Request) -> Result<Option<Position>, Problem> {
+    #[derive(serde::Deserialize)]
+    struct RecoverQuery {
+        recover: Option<String>,
+    }
+    let Ok(q) = axum::extract::Query::<RecoverQuery>::try_from_uri(req.uri()) else {
+        return Ok(None);
+    };
+    match q.0.recover.as_deref() {
+        None => Ok(None),
+        Some(text) => Position::parse(text).map(Some).ok_or_else(|| {
+            Problem::bad_request(
+                "`recover` is `<epoch>:<offset>`: the epoch and last offset of the all-clients stream this client saw",
+            )
+        }),
+    }
+}
+
 fn unavailable() -> Response {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -207,6 +228,10 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
         Ok(identity) => identity,
         Err(problem) => return problem.into_response(),
     };
+    let recover = match recover_param(&req) {
+        Ok(r) => r,
+        Err(problem) => return problem.into_response(),
+    };
     if let Some(max) = hub.config().max_connections {
         if hub.connection_count() >= max {
             let mut res = Problem::new(
@@ -227,7 +252,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     }
     info.user = identity.user;
     info.allowed_groups = identity.allowed_groups;
-    let entry = hub.register(info);
+    let entry = hub.register(info, recover.as_ref());
     let id = entry.id;
     let outbox = entry.sink.clone();
     let params = params(&hub, hub.config().max_message_size);

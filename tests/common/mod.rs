@@ -446,3 +446,41 @@ pub fn fast_config() -> HubConfig {
         ..HubConfig::default()
     }
 }
+
+/// A `wshub.v1` client at `url` (query included) with its `welcome`.
+pub async fn connect_v1_welcome(url: &str) -> (Ws, Value) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "wshub.v1".parse().unwrap());
+    let (mut ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    assert_eq!(
+        res.headers().get("sec-websocket-protocol").unwrap(),
+        "wshub.v1"
+    );
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["protocol"], "wshub.v1");
+    (ws, welcome)
+}
+
+/// A `wshub.v1` client with its connection id (from the welcome).
+pub async fn connect_v1(url: &str) -> (Ws, String) {
+    let (ws, welcome) = connect_v1_welcome(url).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_owned();
+    assert_eq!(welcome["shortId"].as_str().unwrap(), &id[..8]);
+    (ws, id)
+}
+
+/// Sends a `wshub.v1` command and returns its ack or error (skipping other frames).
+pub async fn cmd(ws: &mut Ws, c: Value) -> Value {
+    send_text(ws, &c.to_string()).await;
+    let id = c["id"].clone();
+    next_json_where(ws, |v| {
+        (v["type"] == "ack" || v["type"] == "error") && v["id"] == id
+    })
+    .await
+}
