@@ -22,6 +22,9 @@
 //! - [`api`]: the REST companion API, OpenAPI document and Swagger UI.
 //! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
 //! - [`metrics`]: Prometheus metrics of one hub.
+//! - [`history`]: offsets, epochs and bounded history per group and for the all-clients
+//!   stream: what lets a reconnecting client recover what it missed.
+//! - [`web`]: the demo page at `/` and the JavaScript client at `/client.js`, from the binary.
 //! - [`config`], [`server`], [`tls`]: options, the accept loop with graceful shutdown, TLS.
 //!
 //! # Embedding
@@ -52,6 +55,7 @@ pub mod protocol;
 pub mod server;
 pub mod tls;
 pub mod transport;
+pub mod web;
 
 pub use close::CloseReason;
 pub use hub::{Hub, HubConfig};
@@ -60,7 +64,8 @@ pub use id::ConnId;
 use axum::routing::get;
 
 /// Every wshub route, ready to serve or to merge into another application: `/ws`, `/ws/echo`,
-/// `/api/*`, `/openapi.json`, `/swagger`, `/healthz`, and a problem+json 404 fallback.
+/// `/api/*`, `/openapi.json`, `/swagger`, `/healthz`, the demo page `/`, `/client.js`, and a
+/// problem+json 404 fallback.
 ///
 /// Serve it with [`server::run`], or with `axum::serve` using
 /// `into_make_service_with_connect_info::<SocketAddr>()` so connections know their peer.
@@ -68,6 +73,9 @@ pub fn router(hub: Hub) -> axum::Router {
     axum::Router::new()
         .route("/ws", get(transport::ws_handler))
         .route("/ws/echo", get(transport::echo_handler))
+        .route("/", get(web::index))
+        .route("/client.js", get(web::client_js))
+        .route("/client.d.ts", get(web::client_dts))
         .merge(api::routes(hub.clone()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

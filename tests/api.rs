@@ -223,3 +223,32 @@ async fn rest_over_a_real_socket_counts_recipients() {
     assert_eq!(res.json()["count"], 1);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_page_and_the_js_client_are_served_from_the_binary() {
+    for (path, ctype, needle) in [
+        (
+            "/",
+            "text/html; charset=utf-8",
+            "import { WshubClient } from \"/client.js\"",
+        ),
+        (
+            "/client.js",
+            "text/javascript; charset=utf-8",
+            "export class WshubClient",
+        ),
+        (
+            "/client.d.ts",
+            "application/typescript; charset=utf-8",
+            "export interface ClientOptions",
+        ),
+    ] {
+        let (s, ct, b) = call(Request::get(path).body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert_eq!(ct.as_deref(), Some(ctype), "{path}");
+        assert!(String::from_utf8_lossy(&b).contains(needle), "{path}");
+    }
+    // Nothing else at the root is served: problem+json 404 as before.
+    let (s, ct, b) = call(Request::get("/index.php").body(Body::empty()).unwrap()).await;
+    assert_problem(s, ct, &b, StatusCode::NOT_FOUND);
+}

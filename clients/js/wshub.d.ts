@@ -1,0 +1,99 @@
+// Types for wshub.js (the wshub.v1 JavaScript client).
+
+/** A position in a stream: the last offset seen, in the stream's epoch. */
+export interface Position {
+  epoch: string;
+  offset: number;
+}
+
+export interface ClientOptions {
+  /** A JWT, or a function returning one (called before every connection attempt). */
+  token?: string | (() => string | Promise<string>);
+  /** Reconnect after a drop (default true). */
+  reconnect?: boolean;
+  /** First retry delay in ms (default 250). */
+  minDelay?: number;
+  /** Longest retry delay in ms (default 10000). */
+  maxDelay?: number;
+  /** Growth of the delay per attempt (default 2). */
+  factor?: number;
+  /** Up to this fraction of each delay is taken off at random (default 0.5). */
+  jitter?: number;
+  /** How long a command waits for its ack, in ms (default 10000). */
+  commandTimeout?: number;
+  /** A WebSocket constructor, where there is no global one. */
+  WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
+}
+
+export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+export interface Welcome {
+  type: "welcome";
+  connectionId: string;
+  shortId: string;
+  user: string | null;
+  protocol: "wshub.v1";
+  all: Position & { recovered?: boolean };
+  timestamp: string;
+}
+
+export interface Ack {
+  type: "ack";
+  id: number;
+  members?: number;
+  recipients?: number;
+  changed?: boolean;
+  epoch?: string;
+  offset?: number;
+  recovered?: boolean;
+}
+
+export interface Envelope {
+  type: "message" | "server-broadcast" | "direct" | "joined" | "left";
+  group?: string;
+  offset?: number;
+  from?: string;
+  user?: string;
+  connection?: string;
+  message?: unknown;
+  timestamp: string;
+}
+
+export interface ClientEvents {
+  state: CustomEvent<{ state: State }>;
+  welcome: CustomEvent<Welcome>;
+  message: CustomEvent<Envelope>;
+  broadcast: CustomEvent<Envelope>;
+  direct: CustomEvent<Envelope>;
+  joined: CustomEvent<Envelope>;
+  left: CustomEvent<Envelope>;
+  recovered: CustomEvent<{ group: string | null; recovered: boolean }>;
+  close: CustomEvent<{ code: number; reason: string; willReconnect: boolean }>;
+  error: CustomEvent<{ type: "error"; id: null; code: string; message: string }>;
+}
+
+/** A command the server refused. */
+export class WshubError extends Error {
+  code: string;
+}
+
+export class WshubClient extends EventTarget {
+  constructor(url: string, options?: ClientOptions);
+  readonly state: State;
+  readonly groups: string[];
+  connectionId: string | null;
+  user: string | null;
+  position(group?: string | null): Position | null;
+  connect(): Promise<Welcome>;
+  close(code?: number, reason?: string): void;
+  join(group: string): Promise<Ack>;
+  leave(group: string): Promise<Ack>;
+  publish(group: string, message: unknown): Promise<Ack>;
+  send(to: { user: string } | { connection: string }, message: unknown): Promise<Ack>;
+  ping(): Promise<Ack>;
+  addEventListener<K extends keyof ClientEvents>(
+    type: K,
+    listener: (ev: ClientEvents[K]) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+}

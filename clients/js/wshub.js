@@ -1,0 +1,386 @@
+// wshub JavaScript client: an ES module with no dependencies, for browsers and Node.js (>= 22,
+// or 20 with --experimental-websocket, or any WebSocket implementation passed as an option).
+//
+// It speaks wshub.v1 (docs/PROTOCOL.md): commands return promises settled by the server's ack
+// or error; it reconnects on its own with exponential backoff and jitter, rejoins its groups and
+// recovers what it missed from the offsets it last saw (`join` with `since`, `?recover=` for the
+// all-clients stream). Types: wshub.d.ts next to this file.
+
+/** Close codes after which the client does not reconnect: it closed itself (1000 from the
+ * server means "go away for good"), or the server said 4400-4499 (don't come back). */
+function isFinal(code) {
+  return code === 1000 || (code >= 4400 && code <= 4499);
+}
+
+/** A command the server refused: `code` is the protocol's error code (`not_member`, …). */
+export class WshubError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "WshubError";
+    this.code = code;
+  }
+}
+
+const DEFAULTS = {
+  token: undefined,
+  reconnect: true,
+  minDelay: 250,
+  maxDelay: 10000,
+  factor: 2,
+  jitter: 0.5,
+  commandTimeout: 10000,
+  WebSocket: undefined,
+};
+
+/**
+ * A wshub connection that survives network drops.
+ *
+ * Events (CustomEvent, payload in `detail`): `state` ({state}), `welcome` (the welcome),
+ * `message` (a group message or a message to everyone), `broadcast` (a server-broadcast),
+ * `direct`, `joined`, `left`, `recovered` ({group, recovered}: group is null for the
+ * all-clients stream), `close` ({code, reason, willReconnect}), `error` (an unsolicited
+ * error frame).
+ */
+export class WshubClient extends EventTarget {
+  /**
+   * @param {string} url ws:// or wss:// URL of the hub's /ws endpoint
+   * @param {object} [options]
+   */
+  constructor(url, options = {}) {
+    super();
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this._WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new Error("no WebSocket implementation: pass one as options.WebSocket");
+    }
+    this._state = "idle";
+    this._ws = null;
+    this._nextId = 1;
+    this._pending = new Map(); // id -> {resolve, reject, timer, kind, group}
+    this._queue = []; // commands waiting for an open connection
+    this._groups = new Map(); // group -> {epoch, offset} | null (no position yet)
+    this._joining = new Set(); // groups whose join ack is outstanding on this connection
+    this._joiningSeen = new Map(); // group -> highest offset seen while its join was outstanding
+    this._all = null; // {epoch, offset} of the all-clients stream
+    this._attempt = 0;
+    this._timer = null;
+    this._closedByUser = false;
+    this.connectionId = null;
+    this.user = null;
+  }
+
+  /** `idle`, `connecting`, `open`, `reconnecting` or `closed`. */
+  get state() {
+    return this._state;
+  }
+
+  /** Groups this client is (or will be, once connected) a member of. */
+  get groups() {
+    return [...this._groups.keys()];
+  }
+
+  /** The last position seen in a group (or the all-clients stream with `null`). */
+  position(group = null) {
+    const p = group === null ? this._all : this._groups.get(group);
+    return p ? { ...p } : null;
+  }
+
+  /** Connects; resolves with the welcome of the first connection. */
+  connect() {
+    this._closedByUser = false;
+    const welcomed = new Promise((resolve, reject) => {
+      const onWelcome = (e) => {
+        this.removeEventListener("close", onClose);
+        resolve(e.detail);
+      };
+      const onClose = (e) => {
+        if (!e.detail.willReconnect) {
+          this.removeEventListener("welcome", onWelcome);
+          reject(new Error(`connection closed (${e.detail.code})`));
+        }
+      };
+      this.addEventListener("welcome", onWelcome, { once: true });
+      this.addEventListener("close", onClose);
+    });
+    if (this._state === "idle" || this._state === "closed") this._open();
+    return welcomed;
+  }
+
+  /** Closes for good (no reconnection); pending commands are rejected. */
+  close(code = 1000, reason = "") {
+    this._closedByUser = true;
+    clearTimeout(this._timer);
+    this._timer = null;
+    if (this._ws) this._ws.close(code, reason);
+    this._failPending(new Error("client closed"), true);
+    this._setState("closed");
+  }
+
+  /** Joins a group (kept across reconnects); resolves with the ack. */
+  join(group) {
+    if (!this._groups.has(group)) this._groups.set(group, null);
+    return this._command({ type: "join", group }, group);
+  }
+
+  /** Leaves a group; resolves with the ack. */
+  leave(group) {
+    this._groups.delete(group);
+    return this._command({ type: "leave", group }, group);
+  }
+
+  /** Publishes any JSON value to a group you joined; resolves with {recipients, offset}. */
+  publish(group, message) {
+    return this._command({ type: "publish", group, message });
+  }
+
+  /** Sends to `{user}` or `{connection}`; resolves with {recipients}. */
+  send(to, message) {
+    return this._command({ type: "send", ...to, message });
+  }
+
+  /** An application-level round trip. */
+  ping() {
+    return this._command({ type: "ping" });
+  }
+
+  // --- internals ---
+
+  _setState(state) {
+    if (this._state === state) return;
+    this._state = state;
+    this._emit("state", { state });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  async _url() {
+    const u = new URL(this.url);
+    const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
+    if (token) u.searchParams.set("access_token", token);
+    if (this._all) u.searchParams.set("recover", `${this._all.epoch}:${this._all.offset}`);
+    return u.toString();
+  }
+
+  async _open() {
+    this._setState(this._attempt === 0 ? "connecting" : "reconnecting");
+    let url;
+    try {
+      url = await this._url();
+    } catch (e) {
+      this._scheduleReconnect(4000, `token: ${e?.message ?? e}`);
+      return;
+    }
+    if (this._closedByUser) return;
+    const ws = new this._WebSocket(url, "wshub.v1");
+    this._ws = ws;
+    ws.onmessage = (ev) => this._onFrame(ev.data);
+    ws.onclose = (ev) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      this._onClose(ev.code, ev.reason);
+    };
+    // Browsers follow an error with a close event; Node 20's WebSocket does not when the
+    // connection never opened (and stays CONNECTING), so an error before open counts as closed.
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+    };
+    ws.onerror = () => {
+      setTimeout(() => {
+        if (this._ws === ws && (!opened || ws.readyState === 3)) {
+          this._ws = null;
+          this._onClose(1006, "");
+        }
+      }, 0);
+    };
+  }
+
+  _onClose(code, reason) {
+    this._joining.clear();
+    this._joiningSeen.clear();
+    this._failPending(new Error(`connection lost (${code})`), false);
+    const willReconnect = !this._closedByUser && this.options.reconnect && !isFinal(code);
+    this._emit("close", { code, reason, willReconnect });
+    if (willReconnect) this._scheduleReconnect(code, reason);
+    else this._setState("closed");
+  }
+
+  /** Exponential backoff with jitter: the n-th retry waits min*factor^n, capped, minus up to
+   * `jitter` of it at random, so a thousand clients of a restarted server do not come back in
+   * the same millisecond. */
+  _delay() {
+    const o = this.options;
+    const base = Math.min(o.maxDelay, o.minDelay * Math.pow(o.factor, this._attempt));
+    return Math.round(base * (1 - o.jitter * Math.random()));
+  }
+
+  _scheduleReconnect() {
+    this._setState("reconnecting");
+    const delay = this._delay();
+    this._attempt += 1;
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      if (!this._closedByUser) this._open();
+    }, delay);
+  }
+
+  _onFrame(data) {
+    if (typeof data !== "string") return; // wshub.v1 frames are text
+    let m;
+    try {
+      m = JSON.parse(data);
+    } catch {
+      return;
+    }
+    switch (m.type) {
+      case "welcome":
+        return this._onWelcome(m);
+      case "ack":
+      case "error":
+        return this._onReply(m);
+      case "message":
+        if (m.group !== undefined) {
+          if (!this._advance(m.group, m.offset)) return;
+        } else if (typeof m.offset === "number" && this._all) {
+          if (m.offset <= this._all.offset) return;
+          this._all.offset = m.offset;
+        }
+        return this._emit("message", m);
+      case "server-broadcast":
+        if (typeof m.offset === "number" && this._all) {
+          if (m.offset <= this._all.offset) return;
+          this._all.offset = m.offset;
+        }
+        return this._emit("broadcast", m);
+      case "direct":
+      case "joined":
+      case "left":
+        return this._emit(m.type, m);
+      default:
+        return this._emit("unknown", m);
+    }
+  }
+
+  /** Records a group message's offset; false for one already seen (never sent twice by the
+   * server, but a client must not double-count if it ever were). */
+  _advance(group, offset) {
+    if (typeof offset !== "number" || !this._groups.has(group)) return true;
+    const pos = this._groups.get(group);
+    if (this._joining.has(group) || !pos) {
+      // Until the join's ack tells the epoch, offsets cannot be compared: keep the highest.
+      this._joiningSeen.set(group, Math.max(this._joiningSeen.get(group) ?? 0, offset));
+      return true;
+    }
+    if (offset <= pos.offset) return false;
+    pos.offset = offset;
+    return true;
+  }
+
+  _onWelcome(w) {
+    const asked = this._all;
+    this.connectionId = w.connectionId;
+    this.user = w.user ?? null;
+    if (w.all) {
+      const ok = asked !== null && w.all.recovered === true && asked.epoch === w.all.epoch;
+      // Recovered: the replayed broadcasts follow and advance our offset.
+      if (!ok) this._all = { epoch: w.all.epoch, offset: w.all.offset };
+      if (asked) this._emit("recovered", { group: null, recovered: ok });
+    }
+    this._attempt = 0;
+    this._setState("open");
+    this._emit("welcome", w);
+    // Rejoin first (recovering each group), then what was queued while offline.
+    for (const [group, pos] of this._groups) {
+      const alreadyQueued = this._queue.some((q) => q.frame.type === "join" && q.frame.group === group);
+      if (alreadyQueued) continue;
+      const frame = { type: "join", group };
+      if (pos) frame.since = { epoch: pos.epoch, offset: pos.offset };
+      this._transmit({ frame, resolve: () => {}, reject: () => {}, group });
+    }
+    const queued = this._queue;
+    this._queue = [];
+    for (const q of queued) {
+      if (q.frame.type === "join" && q.group !== undefined && this._groups.has(q.group)) {
+        const pos = this._groups.get(q.group);
+        if (pos) q.frame.since = { epoch: pos.epoch, offset: pos.offset };
+      }
+      this._transmit(q);
+    }
+  }
+
+  _onReply(m) {
+    const p = this._pending.get(m.id);
+    if (!p) {
+      if (m.type === "error") this._emit("error", m);
+      return;
+    }
+    this._pending.delete(m.id);
+    clearTimeout(p.timer);
+    if (p.frame.type === "join" && p.group !== undefined) this._onJoinReply(p.group, p.frame, m);
+    if (m.type === "ack") p.resolve(m);
+    else p.reject(new WshubError(m.code, m.message));
+  }
+
+  _onJoinReply(group, frame, m) {
+    this._joining.delete(group);
+    const seen = this._joiningSeen.get(group) ?? 0;
+    this._joiningSeen.delete(group);
+    if (m.type !== "ack") {
+      this._groups.delete(group);
+      return;
+    }
+    if (!this._groups.has(group)) return; // left meanwhile
+    const offset = Math.max(m.offset ?? 0, seen);
+    this._groups.set(group, { epoch: m.epoch, offset });
+    if (frame.since) this._emit("recovered", { group, recovered: m.recovered === true });
+  }
+
+  _command(frame, group) {
+    return new Promise((resolve, reject) => {
+      const q = { frame, resolve, reject, group };
+      if (this._state === "open" && this._ws) this._transmit(q);
+      else if (this._state === "closed" && this._closedByUser) reject(new Error("client closed"));
+      else this._queue.push(q);
+    });
+  }
+
+  _transmit(q) {
+    const id = this._nextId++;
+    q.frame = { id, ...q.frame };
+    q.timer = setTimeout(() => {
+      if (this._pending.delete(id)) q.reject(new Error(`no reply to ${q.frame.type} within ${this.options.commandTimeout} ms`));
+    }, this.options.commandTimeout);
+    this._pending.set(id, q);
+    if (q.frame.type === "join") this._joining.add(q.frame.group);
+    try {
+      this._ws.send(JSON.stringify(q.frame));
+    } catch (e) {
+      this._pending.delete(id);
+      clearTimeout(q.timer);
+      q.reject(e);
+    }
+  }
+
+  /** Rejects what was in flight: its outcome is unknown. A join stays wanted (the group is
+   * rejoined on reconnect) and its promise waits for that ack, unless the client is closing. */
+  _failPending(err, all) {
+    for (const [id, p] of this._pending) {
+      clearTimeout(p.timer);
+      if (!all && p.frame.type === "join" && p.group !== undefined && this._groups.has(p.group)) {
+        const { id: _drop, since: _since, ...frame } = p.frame;
+        this._queue.push({ frame, resolve: p.resolve, reject: p.reject, group: p.group });
+      } else {
+        p.reject(err);
+      }
+      this._pending.delete(id);
+    }
+    if (all) {
+      for (const q of this._queue) q.reject(err);
+      this._queue = [];
+    }
+  }
+}

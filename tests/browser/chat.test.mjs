@@ -1,0 +1,106 @@
+// The demo page in Debian's Chromium, headless, driven by Playwright: two pages chat; the
+// network drops in the middle of a stream of messages and comes back; the server is killed and
+// restarted. Every message is counted.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { chromium } from "playwright-core";
+import { startServer, until } from "../../clients/js/test/server.mjs";
+import { startProxy } from "./proxy.mjs";
+
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const SHOTS = new URL("../../target/browser/", import.meta.url).pathname;
+let srv, proxy, browser;
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  srv = await startServer();
+  proxy = await startProxy(srv.port);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await proxy?.close();
+  await srv?.stop();
+});
+
+async function openChat(group) {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  await page.goto(`http://127.0.0.1:${proxy.port}/?group=${group}`);
+  await page.waitForSelector('#status[data-state="open"]', { timeout: 10000 });
+  await page.waitForSelector(`#groups li[data-group="${group}"]`, { timeout: 10000 });
+  return page;
+}
+
+const texts = (page) => page.$$eval("#messages li.msg .text", (els) => els.map((e) => e.textContent));
+const notes = (page) => page.$$eval("#messages li.note .text", (els) => els.map((e) => e.textContent));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+test("a message typed in one page appears in the other; the page shows status and id", async () => {
+  const a = await openChat("lobby");
+  const b = await openChat("lobby");
+  assert.match(await a.textContent("#me"), /^you are [0-9a-f]{8}$/);
+  await a.fill("#msg-input", "hello from A");
+  await a.click("#send-btn");
+  await b.waitForFunction(() => [...document.querySelectorAll("#messages li.msg .text")].some((e) => e.textContent === "hello from A"), null, { timeout: 10000 });
+  // A server broadcast from the page's form reaches both.
+  await b.fill("#broadcast-input", "attention all");
+  await b.click("#broadcast-btn");
+  await a.waitForSelector("#messages li.broadcast", { timeout: 10000 });
+  assert.equal(await a.textContent("#messages li.broadcast .text"), "attention all");
+  await a.screenshot({ path: SHOTS + "chat.png" });
+  await a.close();
+  await b.close();
+});
+
+test("a network drop mid-stream: the page reconnects and recovers every message, once, in order", async () => {
+  const page = await openChat("stream");
+  const other = await openChat("stream");
+  const N = 60;
+  const expected = Array.from({ length: N }, (_, i) => `s${i + 1}`);
+  for (let i = 1; i <= N; i++) {
+    if (i === 20) {
+      proxy.drop();
+      await page.waitForSelector('#status[data-state="reconnecting"]', { timeout: 10000 });
+    }
+    if (i === 40) proxy.restore();
+    const r = await srv.api("POST", "/api/groups/stream/broadcast", { message: `s${i}` });
+    assert.equal(r.status, 200);
+    await sleep(15);
+  }
+  for (const p of [page, other]) {
+    await until(async () => (await texts(p)).length >= N, 15000, "all stream messages in the page");
+    await sleep(200); // anything extra (a duplicate) would show up now
+    assert.deepEqual(await texts(p), expected);
+    assert.ok((await notes(p)).includes("reconnected: #stream recovered"), `notes: ${await notes(p)}`);
+    assert.equal(await p.getAttribute("#status", "data-state"), "open");
+  }
+  await page.screenshot({ path: SHOTS + "recovered.png" });
+  await page.close();
+  await other.close();
+});
+
+test("the server is killed and restarted: the pages reconnect, say history was lost, and chat again", async () => {
+  const a = await openChat("restart");
+  const b = await openChat("restart");
+  const port = srv.port;
+  await srv.stop();
+  await a.waitForSelector('#status[data-state="reconnecting"]', { timeout: 10000 });
+  srv = await startServer({ port });
+  for (const p of [a, b]) {
+    await p.waitForFunction(() => [...document.querySelectorAll("#messages li.note .text")].some((e) => e.textContent.includes("history of #restart was lost")), null, { timeout: 15000 });
+    await p.waitForSelector('#status[data-state="open"]', { timeout: 10000 });
+  }
+  await a.fill("#msg-input", "back again");
+  await a.click("#send-btn");
+  await b.waitForFunction(() => [...document.querySelectorAll("#messages li.msg .text")].some((e) => e.textContent === "back again"), null, { timeout: 10000 });
+  await b.screenshot({ path: SHOTS + "restarted.png" });
+  await a.close();
+  await b.close();
+});
