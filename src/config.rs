@@ -94,6 +94,20 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_duration")]
     pub history_ttl: Duration,
 
+    /// Where nodes meet: `memory` (a single node) or `redis://host:port[/db]` (several nodes share it).
+    #[arg(long, env = "WSHUB_BACKPLANE", default_value = "memory")]
+    #[serde(serialize_with = "ser_display")]
+    pub backplane: crate::backplane::BackplaneUrl,
+
+    /// This node's id in a cluster (default: random), shown in listings and metrics.
+    #[arg(long, env = "WSHUB_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How long a node's connection entries outlive its last heartbeat in the backplane.
+    #[arg(long, env = "WSHUB_NODE_TTL", default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub node_ttl: Duration,
+
     /// Largest REST request body (larger gets 413).
     #[arg(long, env = "WSHUB_MAX_REQUEST_BODY", default_value = "1MiB", value_parser = parse_size)]
     #[serde(serialize_with = "ser_size")]
@@ -200,6 +214,7 @@ impl ServeArgs {
             max_groups_per_connection: self.max_groups_per_connection,
             max_connections: self.max_connections,
             max_request_body: self.max_request_body,
+            node_id: self.node_id.clone(),
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,

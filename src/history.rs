@@ -78,6 +78,8 @@ pub struct Stream {
     entries: VecDeque<Stored>,
     touched: Instant,
     config: HistoryConfig,
+    /// In a cluster: this node does not know the stream's shared epoch and offset yet.
+    cold: bool,
 }
 
 /// What a recovery found.
@@ -97,6 +99,68 @@ impl Stream {
             entries: VecDeque::new(),
             touched: Instant::now(),
             config,
+            cold: false,
+        }
+    }
+
+    /// In a cluster: whether this node has yet to learn the stream's shared position.
+    pub fn is_cold(&self) -> bool {
+        self.cold
+    }
+
+    /// Takes the shared position (from the backplane) as this stream's; history kept under
+    /// another epoch is dropped.
+    pub fn set_position(&mut self, epoch: &str, top: u64) {
+        if *self.epoch != *epoch {
+            self.epoch = Arc::from(epoch);
+            self.entries.clear();
+        }
+        self.top = self.top.max(top);
+        self.cold = false;
+    }
+
+    /// Before appending a publication the backplane numbered: `false` when this node already
+    /// has it (a duplicate). Another epoch resets the stream to it; a gap is accepted (the
+    /// caller fetched what it could).
+    pub fn adopt(&mut self, epoch: &str, offset: u64) -> bool {
+        if *self.epoch != *epoch {
+            self.epoch = Arc::from(epoch);
+            self.entries.clear();
+            self.top = offset.saturating_sub(1);
+        } else if offset <= self.top && !self.cold {
+            return false;
+        }
+        self.cold = false;
+        if offset != self.top + 1 {
+            // History must stay contiguous: what came before the gap cannot be replayed.
+            self.entries.clear();
+            self.top = offset.saturating_sub(1);
+        }
+        true
+    }
+
+    /// The last offset this node has, when it has seen the stream (for gap detection).
+    pub fn known_top(&self, epoch: &str) -> Option<u64> {
+        (!self.cold && *self.epoch == *epoch).then_some(self.top)
+    }
+
+    /// Puts publications fetched from the shared history in front of what is kept (offsets
+    /// must end right before the oldest kept one); `age` is how old each one is.
+    pub fn prepend(&mut self, older: Vec<(u64, Duration, Frame)>) {
+        let now = Instant::now();
+        let mut expect = self.first_kept();
+        for (offset, age, frame) in older.into_iter().rev() {
+            if offset + 1 != expect
+                || (self.config.size > 0 && self.entries.len() >= self.config.size)
+            {
+                break;
+            }
+            self.entries.push_front(Stored {
+                offset,
+                at: now.checked_sub(age).unwrap_or(now),
+                frame,
+            });
+            expect = offset;
         }
     }
 
@@ -201,6 +265,8 @@ pub struct History {
     config: HistoryConfig,
     all: StreamRef,
     groups: Mutex<HashMap<Arc<str>, StreamRef>>,
+    /// Streams are shared through a backplane: new ones start cold.
+    clustered: std::sync::atomic::AtomicBool,
 }
 
 impl History {
@@ -210,6 +276,18 @@ impl History {
             config,
             all: Arc::new(Mutex::new(Stream::new(config))),
             groups: Mutex::new(HashMap::new()),
+            clustered: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// From now on streams are shared through a backplane: their epochs and offsets come from
+    /// it, so every stream starts cold.
+    pub fn set_clustered(&self) {
+        self.clustered
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.all.lock().cold = true;
+        for s in self.groups.lock().values() {
+            s.lock().cold = true;
         }
     }
 
@@ -229,7 +307,9 @@ impl History {
         if let Some(s) = groups.get(group) {
             return s.clone();
         }
-        let s = Arc::new(Mutex::new(Stream::new(self.config)));
+        let mut stream = Stream::new(self.config);
+        stream.cold = self.clustered.load(std::sync::atomic::Ordering::Acquire);
+        let s = Arc::new(Mutex::new(stream));
         groups.insert(Arc::from(group), s.clone());
         s
     }

@@ -24,6 +24,8 @@
 //! - [`metrics`]: Prometheus metrics of one hub.
 //! - [`history`]: offsets, epochs and bounded history per group and for the all-clients
 //!   stream: what lets a reconnecting client recover what it missed.
+//! - [`backplane`]: scale-out: publications, offsets, history and connection entries shared
+//!   by several nodes through Redis.
 //! - [`web`]: the demo page at `/` and the JavaScript client at `/client.js`, from the binary.
 //! - [`config`], [`server`], [`tls`]: options, the accept loop with graceful shutdown, TLS.
 //!
@@ -40,6 +42,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backplane;
 pub mod close;
 pub mod config;
 pub mod envelope;

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the hub server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load generator: connect, fanout and echo benchmarks against a running server (loopback only).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -56,7 +56,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(*args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -124,20 +124,34 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::warn!("the REST API is open: anyone who reaches /api can push to every client (set --api-key)");
     }
     let hub = wshub::Hub::with_auth(args.hub_config(), auth);
+    if args.backplane != wshub::backplane::BackplaneUrl::Memory {
+        hub.connect_backplane(wshub::backplane::BackplaneConfig {
+            url: args.backplane.clone(),
+            node_ttl: args.node_ttl,
+            heartbeat: (args.node_ttl / 5).max(std::time::Duration::from_millis(100)),
+            ..Default::default()
+        })?;
+        tracing::info!(node = %hub.node_id(), backplane = %args.backplane, "joining the cluster");
+    }
     let app = wshub::router(hub.clone());
     let options = wshub::server::ServerOptions {
         handshake_timeout: args.handshake_timeout,
         tls,
     };
-    wshub::server::run(
+    let result = wshub::server::run(
         listener,
-        hub,
+        hub.clone(),
         app,
         options,
         wshub::server::shutdown_signal(),
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string());
+    if let Some(c) = hub.cluster() {
+        // A clean stop takes this node's entries out of the listing at once.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), c.engine().leave()).await;
+    }
+    result
 }
 
 fn init_logging(format: LogFormat) {

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// 1 while the backplane is reachable (always 1 for the in-memory backplane).
     pub backplane_up: Gauge,
+    /// Always 1, labelled with this node's id.
+    pub node_info: Family<NodeLabel, Gauge>,
     /// Time from a publication entering the hub to its frames being written to every
     /// connection that could take them at once (frames that had to wait for a slow socket are
     /// not in it).
@@ -84,6 +86,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             http_requests: Family::default(),
             backplane_up: Gauge::default(),
+            node_info: Family::default(),
             // 10 µs … ~5 s
             fanout_seconds: Histogram::new(exponential_buckets(0.000_01, 3.0, 13)),
             registry: Registry::default(),
@@ -138,6 +141,11 @@ impl Metrics {
             "backplane_up",
             "1 while the backplane is reachable",
             m.backplane_up.clone(),
+        );
+        registry.register(
+            "node_info",
+            "This node's id in the cluster (value always 1)",
+            m.node_info.clone(),
         );
         registry.register(
             "fanout_seconds",
@@ -219,4 +227,11 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing in:\n{text}");
         }
     }
+}
+
+/// The `node` label of `wshub_node_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct NodeLabel {
+    /// The node id.
+    pub node: String,
 }

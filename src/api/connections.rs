@@ -39,6 +39,10 @@ pub struct Connection {
     /// `plain` (SPEC 1 behaviour) or `wshub.v1`.
     #[schema(example = "wshub.v1")]
     pub protocol: String,
+    /// The id of the node that holds the connection.
+    #[schema(example = "5d1e09aa")]
+    #[serde(default)]
+    pub node: String,
 }
 
 /// Every live connection.
@@ -76,16 +80,23 @@ pub struct BroadcastResult {
     params(ListFilter),
     responses((status = 200, description = "The active connections", body = ConnectionList))
 )]
-pub async fn list(State(hub): State<Hub>, Query(f): Query<ListFilter>) -> Json<ConnectionList> {
-    let connections: Vec<Connection> = hub
-        .connections(f.group.as_deref(), f.user.as_deref())
-        .into_iter()
-        .map(connection_dto)
-        .collect();
-    Json(ConnectionList {
+pub async fn list(
+    State(hub): State<Hub>,
+    Query(f): Query<ListFilter>,
+) -> Result<Json<ConnectionList>, Problem> {
+    let connections = hub
+        .list_connections(f.group.as_deref(), f.user.as_deref())
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(ConnectionList {
         count: connections.len(),
         connections,
-    })
+    }))
+}
+
+/// 503 for a backplane that cannot be read.
+pub(crate) fn unavailable(detail: String) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
 }
 
 /// Push a message to every connected client, as a `server-broadcast` envelope.
@@ -115,7 +126,10 @@ pub async fn broadcast(
             "`message` must not be empty or whitespace",
         ));
     }
-    let (recipients, offset) = hub.broadcast_text_at(&message);
+    let (recipients, offset) = hub
+        .broadcast_everywhere(&message)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(BroadcastResult { recipients, offset }))
 }
 
@@ -211,8 +225,9 @@ pub(crate) fn parse_id(id: &str) -> Result<crate::id::ConnId, Problem> {
     })
 }
 
-pub(crate) fn connection_dto(c: crate::hub::ConnectionSnapshot) -> Connection {
+pub(crate) fn connection_dto(c: crate::hub::ConnectionSnapshot, node: &str) -> Connection {
     Connection {
+        node: node.to_owned(),
         id: c.id.to_string(),
         short_id: c.id.short(),
         connected_at: Timestamp::from(c.connected_at).as_str().to_owned(),
@@ -244,8 +259,16 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Connection>, Problem> {
     let id = parse_id(&id)?;
-    hub.connection(id)
-        .map(|c| Json(connection_dto(c)))
+    if let Some(c) = hub.connection(id) {
+        return Ok(Json(connection_dto(c, hub.node_id())));
+    }
+    let text = id.to_string();
+    hub.list_connections(None, None)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .find(|c| c.id == text)
+        .map(Json)
         .ok_or_else(|| Problem::not_found(format!("no connection `{id}`")))
 }
 
@@ -274,7 +297,17 @@ pub async fn delete_one(
             "`code` must be a close code that may be sent: 1000–1003, 1007–1014 or 3000–4999",
         ));
     }
-    if hub.close_connection(id, code, p.reason.as_deref().unwrap_or("")) {
+    let reason = p.reason.unwrap_or_default();
+    let remote = crate::backplane::Publication::Disconnect {
+        to: id.to_string(),
+        code,
+        reason: reason.clone(),
+    };
+    let found = hub
+        .on_connection(id, |h| h.close_connection(id, code, &reason), remote)
+        .await
+        .map_err(unavailable)?;
+    if found {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!("no connection `{id}`")))
@@ -302,7 +335,17 @@ pub async fn send_one(
 ) -> Result<Json<Recipients>, Problem> {
     let id = parse_id(&id)?;
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
-    if hub.send_to_connection(id, &message) {
+    let remote = crate::backplane::Publication::Direct {
+        to: id.to_string(),
+        from: None,
+        user: None,
+        message: message.clone(),
+    };
+    let found = hub
+        .on_connection(id, |h| h.send_to_connection(id, &message), remote)
+        .await
+        .map_err(unavailable)?;
+    if found {
         Ok(Json(Recipients { recipients: 1 }))
     } else {
         Err(Problem::not_found(format!("no connection `{id}`")))

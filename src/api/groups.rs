@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::connections::{parse_id, MessageBody, Recipients};
+use super::connections::{parse_id, unavailable, MessageBody, Recipients};
 use super::json_body;
 use crate::hub::{Hub, MembershipError};
 use crate::problem::Problem;
@@ -70,19 +70,18 @@ pub(crate) fn check_group(group: &str) -> Result<(), Problem> {
 /// List groups with their member counts.
 #[utoipa::path(get, path = "/api/groups", tag = "groups",
     responses((status = 200, description = "Every group", body = GroupList)))]
-pub async fn list(State(hub): State<Hub>) -> Json<GroupList> {
+pub async fn list(State(hub): State<Hub>) -> Result<Json<GroupList>, Problem> {
     let groups: Vec<GroupSummary> = hub
-        .groups()
+        .list_groups()
+        .await
+        .map_err(unavailable)?
         .into_iter()
-        .map(|(name, members)| GroupSummary {
-            name: name.to_string(),
-            members,
-        })
+        .map(|(name, members)| GroupSummary { name, members })
         .collect();
-    Json(GroupList {
+    Ok(Json(GroupList {
         count: groups.len(),
         groups,
-    })
+    }))
 }
 
 /// One group and its members.
@@ -98,15 +97,22 @@ pub async fn get_one(
     Path(group): Path<String>,
 ) -> Result<Json<GroupDetail>, Problem> {
     check_group(&group)?;
-    let mut ids = hub.group_members(&group).ok_or_else(|| {
-        Problem::not_found(format!(
+    let mut ids: Vec<String> = hub
+        .list_connections(Some(&group), None)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if ids.is_empty() {
+        return Err(Problem::not_found(format!(
             "no group `{group}` (groups exist while they have members)"
-        ))
-    })?;
+        )));
+    }
     ids.sort();
     Ok(Json(GroupDetail {
         members: ids.len(),
-        connections: ids.iter().map(|i| i.to_string()).collect(),
+        connections: ids,
         name: group,
     }))
 }
@@ -137,7 +143,10 @@ pub async fn broadcast(
 ) -> Result<Json<Published>, Problem> {
     check_group(&group)?;
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
-    let (recipients, offset) = hub.publish_to_group_at(&group, &message);
+    let (recipients, offset) = hub
+        .publish_everywhere(&group, &message)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(Published { recipients, offset }))
 }
 
@@ -156,10 +165,28 @@ pub async fn add_member(
 ) -> Result<Json<Membership>, Problem> {
     check_group(&group)?;
     let id = parse_id(&connection)?;
-    let changed = hub.add_to_group(id, &group).map_err(|e| match e {
-        MembershipError::UnknownConnection => Problem::not_found(format!("no connection `{id}`")),
-        MembershipError::TooManyGroups(m) => Problem::new(StatusCode::CONFLICT, m),
-    })?;
+    let changed = match hub.add_to_group(id, &group) {
+        Ok(changed) => changed,
+        Err(MembershipError::TooManyGroups(m)) => {
+            return Err(Problem::new(StatusCode::CONFLICT, m))
+        }
+        Err(MembershipError::UnknownConnection) => {
+            // On another node, perhaps: asked there (its answer is not awaited).
+            let remote = crate::backplane::Publication::Member {
+                to: id.to_string(),
+                group: group.clone(),
+                add: true,
+            };
+            if !hub
+                .on_connection(id, |_| false, remote)
+                .await
+                .map_err(unavailable)?
+            {
+                return Err(Problem::not_found(format!("no connection `{id}`")));
+            }
+            true
+        }
+    };
     Ok(Json(Membership {
         members: hub.group_members(&group).map_or(0, |m| m.len()),
         group,
@@ -182,7 +209,16 @@ pub async fn remove_member(
 ) -> Result<StatusCode, Problem> {
     check_group(&group)?;
     let id = parse_id(&connection)?;
-    if hub.remove_from_group(id, &group) {
+    let remote = crate::backplane::Publication::Member {
+        to: id.to_string(),
+        group: group.clone(),
+        add: false,
+    };
+    let done = hub
+        .on_connection(id, |h| h.remove_from_group(id, &group), remote)
+        .await
+        .map_err(unavailable)?;
+    if done {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!(
@@ -207,6 +243,9 @@ pub async fn send_to_user(
 ) -> Result<Json<Recipients>, Problem> {
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
     Ok(Json(Recipients {
-        recipients: hub.send_to_user(&user, &message),
+        recipients: hub
+            .send_to_user_everywhere(&user, &message)
+            .await
+            .map_err(unavailable)?,
     }))
 }

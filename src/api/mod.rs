@@ -135,15 +135,22 @@ async fn count_requests(
     res
 }
 
-/// Readiness: 200 while the hub accepts connections, 503 while it shuts down.
+/// Readiness: 200 while the hub accepts connections, 503 while it shuts down or while its
+/// backplane is unreachable.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = String, example = "ready"),
-        (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the backplane is unreachable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn ready(axum::extract::State(hub): axum::extract::State<Hub>) -> Response {
     if hub.is_shutting_down() {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if hub.cluster().is_some_and(|c| !c.is_up()) {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backplane unreachable: this node serves its own connections only (no cross-node delivery) and is reconnecting",
+        )
+        .into_response()
     } else {
         "ready".into_response()
     }

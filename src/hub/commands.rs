@@ -84,22 +84,11 @@ impl Hub {
                         format!("join `{group}` before publishing to it"),
                     ));
                 }
-                let (d, offset) = self.publish_group(
-                    &group,
-                    |offset| {
-                        v1::delivery(
-                            "message",
-                            Some((&group, offset)),
-                            Some(&short),
-                            user,
-                            message,
-                        )
-                    },
-                    cork,
-                );
+                let sent = self.publish_group(&group, Some(&short), user, message, cork);
+                // In a cluster the backplane numbers it and delivers it: counts are unknown here.
                 Ok(AckExtra {
-                    recipients: Some(d.delivered),
-                    offset: Some(offset),
+                    recipients: sent.as_ref().map(|(d, _)| d.delivered),
+                    offset: sent.map(|(_, o)| o).filter(|o| *o > 0),
                     ..AckExtra::default()
                 })
             }
@@ -137,6 +126,9 @@ impl Hub {
         // Joined and replayed under the stream's lock: each publication is in the replay or
         // delivered live, never both, never neither (see `crate::history`).
         let mut s = stream.lock();
+        if self.cluster().is_some() {
+            self.fill(&mut s, crate::backplane::StreamName::Group(group), since);
+        }
         let changed = match self.shared.manager.join(id, group, limit) {
             Ok(changed) => changed,
             Err(JoinError::Unknown) => {
@@ -157,8 +149,8 @@ impl Hub {
         }
         drop(s);
         if changed {
-            let frame = v1::membership(true, group, short, user);
-            self.publish_corked(Audience::GroupExcept(group, id), &frame, cork);
+            self.entry_changed(id);
+            self.membership_event(true, group, short, user, Some(id), cork);
         }
         Ok(Joined {
             changed,
@@ -178,8 +170,8 @@ impl Hub {
     ) -> bool {
         let changed = self.shared.manager.leave(id, group);
         if changed {
-            let frame = v1::membership(false, group, short, user);
-            self.publish_corked(Audience::Group(group), &frame, cork);
+            self.entry_changed(id);
+            self.membership_event(false, group, short, user, None, cork);
         }
         changed
     }
@@ -194,7 +186,10 @@ impl Hub {
         message: &RawValue,
         cork: &mut HubCork,
     ) -> usize {
-        let frame = v1::delivery("direct", None, from, user, message);
+        if let Some(n) = self.direct_cluster(&to, from, user, message, cork) {
+            return n;
+        }
+        let frame = v1::delivery("direct", None, None, from, user, message);
         match to {
             Target::Connection(c) => match c.parse::<ConnId>() {
                 Ok(id) => usize::from(self.send_corked(id, &frame, cork)),

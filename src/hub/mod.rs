@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod cluster;
 mod commands;
 mod routing;
 
@@ -56,6 +57,8 @@ pub struct HubConfig {
     pub rate_limit: Option<RateLimit>,
     /// How much history each group and the all-clients stream keep for recovery.
     pub history: HistoryConfig,
+    /// This node's id (random when `None`), shown in listings and metrics.
+    pub node_id: Option<String>,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -94,11 +97,14 @@ impl Default for HubConfig {
             max_request_body: 1024 * 1024,
             rate_limit: None,
             history: HistoryConfig::default(),
+            node_id: None,
         }
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
+    node: Arc<str>,
+    cluster: std::sync::OnceLock<Arc<crate::backplane::Cluster>>,
     config: HubConfig,
     auth: crate::auth::Auth,
     manager: ConnectionManager<Outbox>,
@@ -163,6 +169,13 @@ impl Hub {
     pub fn with_auth(config: HubConfig, auth: crate::auth::Auth) -> Self {
         let hub = Self {
             shared: Arc::new(Shared {
+                node: Arc::from(
+                    config
+                        .node_id
+                        .clone()
+                        .unwrap_or_else(|| ConnId::random().short()),
+                ),
+                cluster: std::sync::OnceLock::new(),
                 history: History::new(config.history),
                 config,
                 auth,
@@ -172,6 +185,13 @@ impl Hub {
                 tasks: TaskTracker::new(),
             }),
         };
+        hub.shared
+            .metrics
+            .node_info
+            .get_or_create(&crate::metrics::NodeLabel {
+                node: hub.shared.node.to_string(),
+            })
+            .set(1);
         hub.spawn_history_sweeper();
         hub
     }
@@ -281,6 +301,9 @@ impl Hub {
         text: &str,
         cork: &mut HubCork,
     ) -> (Delivery, u64) {
+        if self.route_all(kind, from, text).is_some() {
+            return (Delivery::default(), 0);
+        }
         let plain = envelope::encode(kind, from, text);
         let mut all = self.shared.history.all().lock();
         let v1 = envelope::encode_with_offset(kind, from, text, all.next_offset());
@@ -296,21 +319,36 @@ impl Hub {
         (d, offset)
     }
 
-    /// Publishes to a group's stream: the frame `build` makes for the next offset is recorded
-    /// and offered to the members, all under the stream's lock (see [`crate::history`]).
+    /// Publishes a `message` to a group's stream: on a single node the frame for the next
+    /// offset is recorded and offered to the members, all under the stream's lock (see
+    /// [`crate::history`]); in a cluster it goes to the backplane, which numbers it and brings
+    /// it back to every node (`None`).
     pub(crate) fn publish_group(
         &self,
         group: &str,
-        build: impl FnOnce(u64) -> Frame,
+        from: Option<&str>,
+        user: Option<&str>,
+        message: &serde_json::value::RawValue,
         cork: &mut HubCork,
-    ) -> (Delivery, u64) {
+    ) -> Option<(Delivery, u64)> {
+        if self.route_group(group, from, user, message).is_some() {
+            return None;
+        }
         let stream: StreamRef = self.shared.history.stream(group);
         let mut s = stream.lock();
-        let frame = build(s.next_offset());
-        let offset = s.append(frame.clone());
+        let offset = if self.cluster().is_some() {
+            // A cluster whose backplane is down: delivered here only, without an offset.
+            None
+        } else {
+            Some(s.next_offset())
+        };
+        let frame = v1::delivery("message", Some(group), offset, from, user, message);
+        if offset.is_some() {
+            s.append(frame.clone());
+        }
         let d = self.publish_corked(Audience::Group(group), &frame, cork);
         drop(s);
-        (d, offset)
+        Some((d, offset.unwrap_or(0)))
     }
 
     /// Offers an already encoded frame to every connection.
@@ -333,9 +371,17 @@ impl Hub {
 
     /// A join/leave announcement: broadcast with a deferred flush, so that a connect storm's
     /// N²/2 announcements leave many to a write instead of one.
-    fn announce(&self, frame: &Frame) {
+    fn announce(&self, text: String) {
         let mut cork = Cork::new();
-        self.publish_corked(Audience::Plain, frame, &mut cork);
+        if self
+            .route(
+                crate::backplane::Publication::System { text: text.clone() },
+                &mut cork,
+            )
+            .is_none()
+        {
+            return;
+        }
         cork.flush_deferred();
     }
 
@@ -430,6 +476,9 @@ impl Hub {
         self.shared.metrics.connects.inc();
         self.shared.metrics.connections.inc();
         if protocol == Protocol::V1 {
+            if self.cluster().is_some() {
+                self.fill(&mut all, crate::backplane::StreamName::All, recover);
+            }
             let replay = recover.map(|at| all.replay(at, self.replay_limit()));
             let at = all.position();
             let state = v1::StreamState {
@@ -448,8 +497,9 @@ impl Hub {
             }
         }
         drop(all);
+        self.entry_changed(id);
         if self.shared.config.announce {
-            self.announce(&envelope::joined(&id.short()));
+            self.announce(format!("Client {} joined.", id.short()));
         }
         entry
     }
@@ -466,15 +516,22 @@ impl Hub {
             .get_or_create(&Reason { reason })
             .inc();
         self.shared.manager.remove(entry.id);
+        self.entry_changed(entry.id);
         let short = entry.id.short();
         let mut cork = Cork::new();
         for group in entry.groups() {
-            let frame = v1::membership(false, &group, &short, entry.info.user.as_deref());
-            self.publish_corked(Audience::Group(&group), &frame, &mut cork);
+            self.membership_event(
+                false,
+                &group,
+                &short,
+                entry.info.user.as_deref(),
+                None,
+                &mut cork,
+            );
         }
         cork.flush_deferred();
         if self.shared.config.announce {
-            self.announce(&envelope::left(&short));
+            self.announce(format!("Client {short} left."));
         }
     }
 
@@ -496,7 +553,37 @@ impl Hub {
         self.count_in(data.len());
         let frame = frame::encode(OpCode::Binary, data);
         self.send_corked(from, &frame, cork);
-        self.broadcast_corked(&frame, cork);
+        if !self.relay_binary(data, cork) {
+            self.broadcast_corked(&frame, cork);
+        }
+    }
+
+    /// A `joined`/`left` event to a group's members (all but `except`), on every node.
+    pub(crate) fn membership_event(
+        &self,
+        joined: bool,
+        group: &str,
+        short: &str,
+        user: Option<&str>,
+        except: Option<ConnId>,
+        cork: &mut HubCork,
+    ) {
+        if self.cluster().is_some() {
+            let p = crate::backplane::Publication::Membership {
+                group: group.to_owned(),
+                joined,
+                connection: short.to_owned(),
+                user: user.map(str::to_owned),
+                except: except.map(|e| e.to_string()),
+            };
+            self.route(p, cork);
+            return;
+        }
+        let frame = v1::membership(joined, group, short, user);
+        match except {
+            Some(id) => self.publish_corked(Audience::GroupExcept(group, id), &frame, cork),
+            None => self.publish_corked(Audience::Group(group), &frame, cork),
+        };
     }
 
     pub(crate) fn count_in(&self, bytes: usize) {

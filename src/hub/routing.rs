@@ -46,18 +46,14 @@ impl Hub {
     pub fn publish_to_group_at(&self, group: &str, message: &RawValue) -> (usize, u64) {
         let started = std::time::Instant::now();
         let mut cork = HubCork::new();
-        let (d, offset) = self.publish_group(
-            group,
-            |offset| v1::delivery("message", Some((group, offset)), None, None, message),
-            &mut cork,
-        );
+        let sent = self.publish_group(group, None, None, message, &mut cork);
         self.flush(&mut cork, started);
-        (d.delivered, offset)
+        sent.map_or((0, 0), |(d, offset)| (d.delivered, offset))
     }
 
     /// Sends `message` to one connection as a `direct` envelope; `false` when it is unknown.
     pub fn send_to_connection(&self, id: ConnId, message: &RawValue) -> bool {
-        let frame = v1::delivery("direct", None, None, None, message);
+        let frame = v1::delivery("direct", None, None, None, None, message);
         self.send_frame(id, &frame)
     }
 

@@ -397,7 +397,8 @@ pub struct Delivery<'a> {
 /// Encodes a [`Delivery`] stamped now.
 pub fn delivery(
     kind: &'static str,
-    group: Option<(&str, u64)>,
+    group: Option<&str>,
+    offset: Option<u64>,
     from: Option<&str>,
     user: Option<&str>,
     message: &RawValue,
@@ -406,8 +407,8 @@ pub fn delivery(
     encode(
         &Delivery {
             kind,
-            group: group.map(|g| g.0),
-            offset: group.map(|g| g.1),
+            group,
+            offset,
             from,
             user,
             message,
@@ -546,7 +547,8 @@ mod tests {
         let msg = RawValue::from_string("{\"a\":1}".into()).unwrap();
         let d = json(&delivery(
             "message",
-            Some(("g", 7)),
+            Some("g"),
+            Some(7),
             Some("abcd1234"),
             None,
             &msg,

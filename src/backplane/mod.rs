@@ -1,0 +1,430 @@
+//! Scale-out (SPEC section 4): several wshub nodes share an existing engine, Redis today, as
+//! their backplane. No home-made cluster protocol: the engine carries every publication to every
+//! node, assigns the offsets of group and all-clients streams, keeps their shared history, and
+//! holds each node's connection entries under a TTL.
+//!
+//! The data flow: a hub call that must reach connections anywhere (a broadcast, a group publish,
+//! a user or direct send, a join/leave event) becomes a [`Publication`], queued without waiting
+//! to this node's publisher task. That task sends it to the engine in order (pipelined batches);
+//! for a stream the engine atomically takes the next offset, appends to the stream's history and
+//! publishes on the bus. Every node's subscriber task, this one's included, receives each bus
+//! message once and hands it to its hub, which delivers it to the matching local connections
+//! with the same fan-out code as a single node. A node that sees a stream's offsets jump (it
+//! missed bus messages while disconnected) fetches the missing ones from the shared history
+//! before delivering, so its clients see no gap.
+//!
+//! When the engine is unreachable the node says so (`/readyz` 503, `wshub_backplane_up 0`, a
+//! warning in the log), keeps serving its own connections (publications are delivered locally,
+//! without offsets, and are not kept in history), and reconnects with backoff; cross-node
+//! delivery resumes by itself once the engine is back.
+
+pub mod redis;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+/// Which backplane a node uses, from `--backplane`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackplaneUrl {
+    /// Single node, nothing shared (the default).
+    Memory,
+    /// A Redis server: `redis://host:port[/db]`.
+    Redis(String),
+}
+
+impl std::str::FromStr for BackplaneUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "memory" {
+            Ok(Self::Memory)
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(Self::Redis(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}`: the backplane is `memory` or a `redis://host:port` URL"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for BackplaneUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Redis(u) => f.write_str(u),
+        }
+    }
+}
+
+/// Settings of a shared backplane.
+#[derive(Debug, Clone)]
+pub struct BackplaneConfig {
+    /// The engine.
+    pub url: BackplaneUrl,
+    /// Key and channel prefix, so several hubs can share one engine.
+    pub prefix: String,
+    /// How often this node renews its entries.
+    pub heartbeat: Duration,
+    /// How long a node's entries outlive its last heartbeat (a crashed node's connections
+    /// disappear from listings within this).
+    pub node_ttl: Duration,
+}
+
+impl Default for BackplaneConfig {
+    fn default() -> Self {
+        Self {
+            url: BackplaneUrl::Memory,
+            prefix: "wshub".into(),
+            heartbeat: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a node sends to every node. Frames are built by each receiving node (one encoding per
+/// node, shared by its recipients), so the bus carries the fields, not the frames.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Publication {
+    /// A group message (a stream: gets an offset).
+    Group {
+        /// The group.
+        group: String,
+        /// Sender's short id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// Sender's user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The payload.
+        message: Box<RawValue>,
+    },
+    /// A text envelope to everyone (the all-clients stream: gets an offset).
+    All {
+        /// `server-broadcast` or `message`.
+        kind: AllKind,
+        /// Sender's short id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// The text.
+        text: String,
+    },
+    /// A binary message relayed to everyone (base64; not kept in history).
+    Binary {
+        /// The bytes, base64.
+        data: String,
+    },
+    /// A SPEC 1.2 `system` announcement to every plain client.
+    System {
+        /// The text.
+        text: String,
+    },
+    /// A `joined`/`left` event to a group's members.
+    Membership {
+        /// The group.
+        group: String,
+        /// Joined (true) or left.
+        joined: bool,
+        /// The short id of who joined or left.
+        connection: String,
+        /// Their user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// A connection id not to tell (who joined).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except: Option<String>,
+    },
+    /// A `direct` envelope to every connection of a user.
+    User {
+        /// The user.
+        to: String,
+        /// Sender's short id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// Sender's user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The payload.
+        message: Box<RawValue>,
+    },
+    /// A `direct` envelope to one connection.
+    Direct {
+        /// The connection id.
+        to: String,
+        /// Sender's short id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// Sender's user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The payload.
+        message: Box<RawValue>,
+    },
+    /// Close a connection (REST `DELETE` on another node).
+    Disconnect {
+        /// The connection id.
+        to: String,
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// Add a connection to a group or remove it (REST on another node).
+    Member {
+        /// The connection id.
+        to: String,
+        /// The group.
+        group: String,
+        /// Add (true) or remove.
+        add: bool,
+    },
+}
+
+/// The kinds of text envelope sent to everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllKind {
+    /// A REST broadcast.
+    ServerBroadcast,
+    /// A plain client's text.
+    Message,
+}
+
+impl Publication {
+    /// The stream this publication belongs to, if it is kept in history.
+    pub fn stream(&self) -> Option<StreamName<'_>> {
+        match self {
+            Publication::Group { group, .. } => Some(StreamName::Group(group)),
+            Publication::All { .. } => Some(StreamName::All),
+            _ => None,
+        }
+    }
+}
+
+/// A stream: a group's, or the all-clients one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamName<'a> {
+    /// The all-clients stream.
+    All,
+    /// A group's stream.
+    Group(&'a str),
+}
+
+/// A publication as it travels on the bus, with the offset the engine gave it.
+#[derive(Debug, Deserialize)]
+pub struct BusMessage {
+    /// The node that published it.
+    #[serde(rename = "n")]
+    pub node: String,
+    /// The stream's epoch (streams only).
+    #[serde(rename = "e", default)]
+    pub epoch: Option<String>,
+    /// Its offset in the stream (streams only).
+    #[serde(rename = "o", default)]
+    pub offset: Option<u64>,
+    /// The publication.
+    #[serde(rename = "p")]
+    pub publication: Publication,
+}
+
+/// A stream publication read back from the shared history.
+#[derive(Debug)]
+pub struct Stored {
+    /// Its offset.
+    pub offset: u64,
+    /// When it was published (Unix milliseconds).
+    pub at_ms: u64,
+    /// The publication.
+    pub publication: Publication,
+}
+
+/// A change to this node's connection entries in the backplane.
+#[derive(Debug)]
+pub enum EntryChange {
+    /// A connection's entry (the REST `Connection` JSON), new or updated.
+    Put {
+        /// Its id.
+        id: String,
+        /// Its user, for the user index.
+        user: Option<String>,
+        /// The entry.
+        json: String,
+    },
+    /// A connection is gone.
+    Remove {
+        /// Its id.
+        id: String,
+        /// Its user, for the user index.
+        user: Option<String>,
+    },
+}
+
+/// A queued publication and who waits for its offset.
+pub(crate) struct Outgoing {
+    pub publication: Publication,
+    pub reply: Option<oneshot::Sender<Option<(String, u64)>>>,
+}
+
+/// This node's side of the backplane: a handle the hub calls without waiting.
+pub struct Cluster {
+    node: Arc<str>,
+    up: AtomicBool,
+    out: mpsc::UnboundedSender<Outgoing>,
+    entries: mpsc::UnboundedSender<EntryChange>,
+    engine: redis::RedisEngine,
+    config: BackplaneConfig,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the engine is reachable (cross-node delivery works).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_up(&self, up: bool) -> bool {
+        self.up.swap(up, Ordering::AcqRel)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &BackplaneConfig {
+        &self.config
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &redis::RedisEngine {
+        &self.engine
+    }
+
+    /// Queues a publication for every node; the receiver gets its stream position once the
+    /// engine took it (`None` when it was delivered locally only, during an outage).
+    pub(crate) fn publish(
+        &self,
+        publication: Publication,
+    ) -> oneshot::Receiver<Option<(String, u64)>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.out.send(Outgoing {
+            publication,
+            reply: Some(tx),
+        });
+        rx
+    }
+
+    /// Queues a publication for every node, nobody waiting.
+    pub(crate) fn publish_and_forget(&self, publication: Publication) {
+        let _ = self.out.send(Outgoing {
+            publication,
+            reply: None,
+        });
+    }
+
+    /// Queues a change of this node's connection entries.
+    pub(crate) fn entry(&self, change: EntryChange) {
+        let _ = self.entries.send(change);
+    }
+}
+
+/// Connects a hub to its backplane and starts the node's tasks (they end with the hub). The
+/// engine need not be reachable yet: the node starts degraded and connects in the background.
+///
+/// # Errors
+/// When the URL is not usable at all.
+pub(crate) fn start(
+    hub: &crate::hub::Hub,
+    config: BackplaneConfig,
+    node: Arc<str>,
+) -> Result<Arc<Cluster>, String> {
+    let BackplaneUrl::Redis(url) = &config.url else {
+        return Err("the memory backplane needs no cluster".into());
+    };
+    let engine = redis::RedisEngine::new(url, &config.prefix, &node)?;
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (entries_tx, entries_rx) = mpsc::unbounded_channel();
+    let cluster = Arc::new(Cluster {
+        node,
+        up: AtomicBool::new(false),
+        out: out_tx,
+        entries: entries_tx,
+        engine,
+        config,
+    });
+    redis::spawn_tasks(hub, cluster.clone(), out_rx, entries_rx);
+    Ok(cluster)
+}
+
+/// Backoff between reconnection attempts: 100 ms doubling to 5 s, with jitter.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5000);
+    let jitter = (uuid::Uuid::new_v4().as_u128() as u64) % (base / 2 + 1);
+    Duration::from_millis(base - jitter)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!("memory".parse::<BackplaneUrl>(), Ok(BackplaneUrl::Memory));
+        assert_eq!(
+            "redis://127.0.0.1:6379".parse::<BackplaneUrl>(),
+            Ok(BackplaneUrl::Redis("redis://127.0.0.1:6379".into()))
+        );
+        assert!("kafka://x".parse::<BackplaneUrl>().is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for a in 0..20 {
+            let d = backoff(a).as_millis() as u64;
+            let base = (100u64 << a.min(6)).min(5000);
+            assert!(d <= base && d >= base / 2, "{a}: {d}");
+        }
+    }
+
+    #[test]
+    fn publications_round_trip_on_the_bus() {
+        let p = Publication::Group {
+            group: "g".into(),
+            from: Some("abcd1234".into()),
+            user: None,
+            message: RawValue::from_string("{\"x\":1}".into()).unwrap(),
+        };
+        let text = format!(
+            "{{\"n\":\"node1\",\"e\":\"ep\",\"o\":7,\"p\":{}}}",
+            serde_json::to_string(&p).unwrap()
+        );
+        let m: BusMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!((m.node.as_str(), m.offset), ("node1", Some(7)));
+        assert!(matches!(
+            m.publication.stream(),
+            Some(StreamName::Group("g"))
+        ));
+    }
+}

@@ -1,0 +1,745 @@
+//! The hub's side of a shared backplane: turning hub calls into publications, delivering what
+//! arrives from the bus to local connections, keeping this node's entries, and filling a cold
+//! stream from the shared history when a client recovers on a node that has not seen it.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::value::RawValue;
+
+use super::{Hub, HubCork, Shared};
+use crate::backplane::{
+    self, AllKind, BackplaneConfig, BusMessage, Cluster, EntryChange, Publication, StreamName,
+};
+use crate::close::CloseReason;
+use crate::envelope::{self, Kind};
+use crate::frame::{self, Frame, OpCode};
+use crate::history::{Position, Stream};
+use crate::id::ConnId;
+use crate::manager::{Audience, Delivery};
+use crate::protocol::v1;
+
+/// How long a node waits for the shared history when a client recovers on it.
+const FILL_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Hub {
+    /// Connects this hub to a shared backplane (Redis). Must be called inside a Tokio runtime;
+    /// the engine need not be up yet (the node starts degraded and connects in the background).
+    ///
+    /// # Errors
+    /// When the URL is unusable, or a backplane is already attached.
+    pub fn connect_backplane(&self, config: BackplaneConfig) -> Result<(), String> {
+        let cluster = backplane::start(self, config, self.shared.node.clone())?;
+        self.shared.history.set_clustered();
+        self.shared.metrics.backplane_up.set(0);
+        self.shared
+            .cluster
+            .set(cluster)
+            .map_err(|_| "a backplane is already attached".to_owned())
+    }
+
+    /// The backplane, when this node is part of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.get()
+    }
+
+    /// This node's id (shown in connection listings and metrics).
+    pub fn node_id(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// The backplane if it is reachable now: publications go through it.
+    pub(crate) fn shared_bus(&self) -> Option<&Arc<Cluster>> {
+        self.cluster().filter(|c| c.is_up())
+    }
+
+    pub(crate) fn downgrade(&self) -> Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    pub(crate) fn upgrade(weak: &Weak<Shared>) -> Option<Hub> {
+        weak.upgrade().map(|shared| Hub { shared })
+    }
+
+    /// The engine became reachable or unreachable.
+    pub(crate) fn backplane_changed(&self, up: bool) {
+        let Some(c) = self.cluster() else { return };
+        if c.set_up(up) != up {
+            self.shared.metrics.backplane_up.set(i64::from(up));
+            if up {
+                tracing::info!(node = %self.node_id(), "backplane connected: cross-node delivery on");
+            } else {
+                tracing::warn!(node = %self.node_id(), "backplane unreachable: delivering to this node's connections only, reconnecting");
+            }
+        }
+    }
+
+    /// A message from the bus: delivered to the matching local connections. For a stream, a
+    /// jump in offsets (messages missed while the subscription was down) is filled from the
+    /// shared history first, so local clients see every offset in order.
+    pub(crate) async fn on_bus(&self, msg: BusMessage) {
+        let started = std::time::Instant::now();
+        let mut cork = HubCork::new();
+        match (msg.publication.stream(), msg.epoch.as_deref(), msg.offset) {
+            (Some(stream), Some(epoch), Some(offset)) => {
+                let top = self.stream_ref(stream).lock().known_top(epoch);
+                if let (Some(top), Some(c)) = (top, self.cluster()) {
+                    if offset > top + 1 {
+                        match c.engine().range(stream, top + 1, offset - 1).await {
+                            Ok(missed) => {
+                                tracing::info!(
+                                    n = missed.len(),
+                                    "filled a gap in a stream from the shared history"
+                                );
+                                for s in missed {
+                                    self.deliver(
+                                        &s.publication,
+                                        Some((epoch, s.offset)),
+                                        &mut cork,
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not fill a gap in a stream")
+                            }
+                        }
+                    }
+                }
+                self.deliver(&msg.publication, Some((epoch, offset)), &mut cork);
+            }
+            _ => {
+                self.deliver(&msg.publication, None, &mut cork);
+            }
+        }
+        self.flush(&mut cork, started);
+    }
+
+    /// Delivers a publication to this node's connections only (the backplane is down).
+    pub(crate) fn deliver_local_only(&self, p: &Publication) {
+        let started = std::time::Instant::now();
+        let mut cork = HubCork::new();
+        self.deliver(p, None, &mut cork);
+        self.flush(&mut cork, started);
+    }
+
+    fn stream_ref(&self, stream: StreamName<'_>) -> crate::history::StreamRef {
+        match stream {
+            StreamName::All => self.shared.history.all().clone(),
+            StreamName::Group(g) => self.shared.history.stream(g),
+        }
+    }
+
+    /// Builds the frame of a publication for `wshub.v1` clients (and plain ones, for the
+    /// all-clients stream).
+    fn frames(p: &Publication, offset: Option<u64>) -> Option<(Frame, Frame)> {
+        Some(match p {
+            Publication::Group {
+                group,
+                from,
+                user,
+                message,
+            } => {
+                let f = v1::delivery(
+                    "message",
+                    Some(group),
+                    offset,
+                    from.as_deref(),
+                    user.as_deref(),
+                    message,
+                );
+                (f.clone(), f)
+            }
+            Publication::All { kind, from, text } => {
+                let kind = match kind {
+                    AllKind::ServerBroadcast => Kind::ServerBroadcast,
+                    AllKind::Message => Kind::Message,
+                };
+                let plain = envelope::encode(kind, from.as_deref(), text);
+                let v1 = match offset {
+                    Some(o) => envelope::encode_with_offset(kind, from.as_deref(), text, o),
+                    None => plain.clone(),
+                };
+                (plain, v1)
+            }
+            _ => return None,
+        })
+    }
+
+    /// Delivers one publication to the local connections it is for; a stream publication with
+    /// its backplane-given position is recorded in the local history first (duplicates are
+    /// dropped), under the stream's lock like a single node's publish.
+    pub(crate) fn deliver(
+        &self,
+        p: &Publication,
+        at: Option<(&str, u64)>,
+        cork: &mut HubCork,
+    ) -> Delivery {
+        if let Some(stream) = p.stream() {
+            let audience = match stream {
+                StreamName::All => Audience::All,
+                StreamName::Group(g) => Audience::Group(g),
+            };
+            let Some((epoch, offset)) = at else {
+                let Some((plain, v1)) = Self::frames(p, None) else {
+                    return Delivery::default();
+                };
+                return self.publish_split(audience, &plain, &v1, cork);
+            };
+            let s = self.stream_ref(stream);
+            let mut s = s.lock();
+            if !s.adopt(epoch, offset) {
+                return Delivery::default();
+            }
+            let Some((plain, v1)) = Self::frames(p, Some(offset)) else {
+                return Delivery::default();
+            };
+            s.append(v1.clone());
+            return self.publish_split(audience, &plain, &v1, cork);
+        }
+        match p {
+            Publication::Binary { data } => match base64::engine::general_purpose::STANDARD
+                .decode(data)
+            {
+                Ok(bytes) => {
+                    self.publish_corked(Audience::All, &frame::encode(OpCode::Binary, &bytes), cork)
+                }
+                Err(_) => Delivery::default(),
+            },
+            Publication::System { text } => self.publish_corked(
+                Audience::Plain,
+                &envelope::encode(Kind::System, None, text),
+                cork,
+            ),
+            Publication::Membership {
+                group,
+                joined,
+                connection,
+                user,
+                except,
+            } => {
+                let f = v1::membership(*joined, group, connection, user.as_deref());
+                match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
+                    Some(id) => self.publish_corked(Audience::GroupExcept(group, id), &f, cork),
+                    None => self.publish_corked(Audience::Group(group), &f, cork),
+                }
+            }
+            Publication::User {
+                to,
+                from,
+                user,
+                message,
+            }
+            | Publication::Direct {
+                to,
+                from,
+                user,
+                message,
+            } => {
+                let f = v1::delivery(
+                    "direct",
+                    None,
+                    None,
+                    from.as_deref(),
+                    user.as_deref(),
+                    message,
+                );
+                if matches!(p, Publication::User { .. }) {
+                    return self.publish_corked(Audience::User(to), &f, cork);
+                }
+                let delivered = match to.parse::<ConnId>() {
+                    Ok(id) => usize::from(self.send_corked(id, &f, cork)),
+                    Err(_) => 0,
+                };
+                Delivery {
+                    delivered,
+                    ..Delivery::default()
+                }
+            }
+            Publication::Disconnect { to, code, reason } => {
+                if let Ok(id) = to.parse::<ConnId>() {
+                    self.disconnect(
+                        id,
+                        CloseReason::Disconnected {
+                            code: *code,
+                            reason: Arc::from(reason.as_str()),
+                        },
+                    );
+                }
+                Delivery::default()
+            }
+            Publication::Member { to, group, add } => {
+                if let Ok(id) = to.parse::<ConnId>() {
+                    if *add {
+                        let _ = self.add_to_group(id, group);
+                    } else {
+                        self.remove_from_group(id, group);
+                    }
+                }
+                Delivery::default()
+            }
+            Publication::Group { .. } | Publication::All { .. } => Delivery::default(),
+        }
+    }
+
+    fn publish_split(
+        &self,
+        audience: Audience<'_>,
+        plain: &Frame,
+        v1: &Frame,
+        cork: &mut HubCork,
+    ) -> Delivery {
+        let d = self
+            .shared
+            .manager
+            .publish_by_protocol(audience, plain, v1, cork);
+        self.shared
+            .metrics
+            .delivered(v1.len(), d.delivered, d.slow, d.dead);
+        d
+    }
+
+    /// Sends a publication through the backplane when it is up; otherwise delivers it here.
+    /// Returns `None` when it went to the backplane (delivered when it comes back on the bus).
+    pub(crate) fn route(&self, p: Publication, cork: &mut HubCork) -> Option<Delivery> {
+        match self.shared_bus() {
+            Some(c) => {
+                c.publish_and_forget(p);
+                None
+            }
+            None => Some(self.deliver(&p, None, cork)),
+        }
+    }
+
+    /// This node's connection entries, as the REST API shows them (for a full rewrite).
+    pub(crate) fn local_entries(&self) -> Vec<(String, String)> {
+        self.connections(None, None)
+            .into_iter()
+            .map(|c| {
+                let dto = crate::api::connections::connection_dto(c, self.node_id());
+                (
+                    dto.id.clone(),
+                    serde_json::to_string(&dto).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Tells the backplane a connection's entry changed (or is gone).
+    pub(crate) fn entry_changed(&self, id: ConnId) {
+        let Some(c) = self.cluster() else { return };
+        match self.connection(id) {
+            Some(snap) => {
+                let user = snap.user.as_deref().map(str::to_owned);
+                let dto = crate::api::connections::connection_dto(snap, self.node_id());
+                c.entry(EntryChange::Put {
+                    id: dto.id.clone(),
+                    user,
+                    json: serde_json::to_string(&dto).unwrap_or_default(),
+                });
+            }
+            None => c.entry(EntryChange::Remove {
+                id: id.to_string(),
+                user: None,
+            }),
+        }
+    }
+
+    /// Makes a cold or incomplete stream able to serve a recovery from `since`: learns its
+    /// shared position and fetches from the shared history what this node does not keep.
+    /// Waits (at most a second) for the backplane, on a multi-threaded runtime only; otherwise,
+    /// or when the backplane is down, the stream stays as it is and recovery is reported
+    /// incomplete where it is.
+    pub(crate) fn fill(&self, s: &mut Stream, stream: StreamName<'_>, since: Option<&Position>) {
+        let Some(c) = self.shared_bus() else { return };
+        let needs_meta = s.is_cold();
+        let needs_older = since.is_some_and(|p| {
+            !needs_meta
+                && *p.epoch == *s.position().epoch
+                && p.offset < s.position().offset
+                && p.offset + 1 < s.first_kept()
+        });
+        if !needs_meta && !needs_older {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().map_or(true, |h| {
+            h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
+        }) {
+            return;
+        }
+        let keep = self
+            .shared
+            .config
+            .history
+            .ttl
+            .max(Duration::from_secs(3600));
+        let engine = c.engine();
+        let fetched = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                tokio::time::timeout(FILL_TIMEOUT, async {
+                    if needs_meta {
+                        let (epoch, top) = engine.meta(stream, keep).await?;
+                        s.set_position(&epoch, top);
+                    }
+                    let at = s.position();
+                    let Some(since) =
+                        since.filter(|p| *p.epoch == *at.epoch && p.offset < at.offset)
+                    else {
+                        return Ok(Vec::new());
+                    };
+                    let to = s.first_kept().min(at.offset + 1) - 1;
+                    if since.offset + 1 > to {
+                        return Ok(Vec::new());
+                    }
+                    engine.range(stream, since.offset + 1, to).await
+                })
+                .await
+            })
+        });
+        match fetched {
+            Ok(Ok(older)) => {
+                let now = backplane::now_ms();
+                let ttl = self.shared.config.history.ttl;
+                let older = older
+                    .into_iter()
+                    .filter_map(|st| {
+                        let age = Duration::from_millis(now.saturating_sub(st.at_ms));
+                        if age >= ttl {
+                            return None;
+                        }
+                        let (_, v1) = Self::frames(&st.publication, Some(st.offset))?;
+                        Some((st.offset, age, v1))
+                    })
+                    .collect();
+                s.prepend(older);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "shared history unavailable for a recovery"),
+            Err(_) => tracing::warn!("shared history did not answer in time for a recovery"),
+        }
+    }
+
+    /// Every connection in the cluster (this node's from memory when it has no backplane),
+    /// oldest first, as the REST API shows them.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn cluster_connections(
+        &self,
+    ) -> Result<Vec<crate::api::connections::Connection>, String> {
+        let Some(c) = self.cluster() else {
+            return Ok(self
+                .connections(None, None)
+                .into_iter()
+                .map(|s| crate::api::connections::connection_dto(s, self.node_id()))
+                .collect());
+        };
+        let raw = c
+            .engine()
+            .entries(c.config().node_ttl)
+            .await
+            .map_err(|e| format!("the backplane could not be read: {e}"))?;
+        let mut list: Vec<crate::api::connections::Connection> = raw
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
+        list.sort_by(|a, b| (&a.connected_at, &a.id).cmp(&(&b.connected_at, &b.id)));
+        Ok(list)
+    }
+
+    /// Binary data from a plain client, relayed to everyone (through the backplane when there
+    /// is one).
+    pub(crate) fn relay_binary(&self, data: &[u8], cork: &mut HubCork) -> bool {
+        if self.shared_bus().is_none() {
+            return false;
+        }
+        let p = Publication::Binary {
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+        };
+        self.route(p, cork);
+        true
+    }
+
+    /// A group message through the backplane, when there is one up: `Some(receiver of its
+    /// position)`.
+    pub(crate) fn route_group(
+        &self,
+        group: &str,
+        from: Option<&str>,
+        user: Option<&str>,
+        message: &RawValue,
+    ) -> Option<tokio::sync::oneshot::Receiver<Option<(String, u64)>>> {
+        let c = self.shared_bus()?;
+        Some(c.publish(Publication::Group {
+            group: group.to_owned(),
+            from: from.map(str::to_owned),
+            user: user.map(str::to_owned),
+            message: message.to_owned(),
+        }))
+    }
+
+    /// A text to everyone through the backplane, when there is one up.
+    pub(crate) fn route_all(
+        &self,
+        kind: Kind,
+        from: Option<&str>,
+        text: &str,
+    ) -> Option<tokio::sync::oneshot::Receiver<Option<(String, u64)>>> {
+        let c = self.shared_bus()?;
+        let kind = match kind {
+            Kind::ServerBroadcast => AllKind::ServerBroadcast,
+            _ => AllKind::Message,
+        };
+        Some(c.publish(Publication::All {
+            kind,
+            from: from.map(str::to_owned),
+            text: text.to_owned(),
+        }))
+    }
+}
+
+impl Hub {
+    /// Runs a backplane call from synchronous code: on a multi-threaded runtime only, at most
+    /// [`FILL_TIMEOUT`]; `None` otherwise.
+    fn wait_for<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ::redis::RedisError>>,
+    ) -> Option<T> {
+        let h = tokio::runtime::Handle::try_current().ok()?;
+        if h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return None;
+        }
+        tokio::task::block_in_place(|| h.block_on(tokio::time::timeout(FILL_TIMEOUT, fut)))
+            .ok()?
+            .ok()
+    }
+
+    /// A `send` in a cluster whose backplane is up, to a target that is not (only) here: looks
+    /// the target up in the backplane and publishes through it. `None`: not a cluster matter
+    /// (no backplane, or the connection is local).
+    pub(super) fn direct_cluster(
+        &self,
+        to: &v1::Target<'_>,
+        from: Option<&str>,
+        user: Option<&str>,
+        message: &RawValue,
+        cork: &mut HubCork,
+    ) -> Option<usize> {
+        let c = self.shared_bus()?;
+        let ttl = c.config().node_ttl;
+        match to {
+            v1::Target::Connection(id) => {
+                if id
+                    .parse::<ConnId>()
+                    .is_ok_and(|id| self.shared.manager.get(id).is_some())
+                {
+                    return None;
+                }
+                let found = self.wait_for(c.engine().locate(id, ttl)).flatten();
+                if found.is_none() {
+                    return Some(0);
+                }
+                self.route(
+                    Publication::Direct {
+                        to: id.to_string(),
+                        from: from.map(str::to_owned),
+                        user: user.map(str::to_owned),
+                        message: message.to_owned(),
+                    },
+                    cork,
+                );
+                Some(1)
+            }
+            v1::Target::User(u) => {
+                let n = self
+                    .wait_for(c.engine().entries(ttl))
+                    .map(|all| count_user(&all, u))
+                    .unwrap_or(0);
+                if n > 0 {
+                    self.route(
+                        Publication::User {
+                            to: u.to_string(),
+                            from: from.map(str::to_owned),
+                            user: user.map(str::to_owned),
+                            message: message.to_owned(),
+                        },
+                        cork,
+                    );
+                }
+                Some(n)
+            }
+        }
+    }
+}
+
+/// How many of these connection entries belong to `user`.
+fn count_user(entries: &[String], user: &str) -> usize {
+    entries
+        .iter()
+        .filter_map(|j| serde_json::from_str::<crate::api::connections::Connection>(j).ok())
+        .filter(|c| c.user.as_deref() == Some(user))
+        .count()
+}
+
+/// What the REST API does on whichever node it is called: the same answers as a single node,
+/// computed from the backplane's entries when this node is part of a cluster.
+impl Hub {
+    /// Connections (optionally a group's members or a user's), cluster-wide.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn list_connections(
+        &self,
+        group: Option<&str>,
+        user: Option<&str>,
+    ) -> Result<Vec<crate::api::connections::Connection>, String> {
+        if self.cluster().is_none() {
+            return Ok(self
+                .connections(group, user)
+                .into_iter()
+                .map(|s| crate::api::connections::connection_dto(s, self.node_id()))
+                .collect());
+        }
+        let mut all = self.cluster_connections().await?;
+        all.retain(|c| {
+            group.is_none_or(|g| c.groups.iter().any(|x| x == g))
+                && user.is_none_or(|u| c.user.as_deref() == Some(u))
+        });
+        Ok(all)
+    }
+
+    /// Where connection `id` is: `Ok(true)` here, `Ok(false)` on another live node.
+    ///
+    /// # Errors
+    /// `Err(None)` when no node has it, `Err(Some(reason))` when the backplane cannot be read.
+    async fn whereis(&self, id: ConnId) -> Result<bool, Option<String>> {
+        if self.shared.manager.get(id).is_some() {
+            return Ok(true);
+        }
+        let Some(c) = self.shared_bus() else {
+            return Err(None);
+        };
+        match c
+            .engine()
+            .locate(&id.to_string(), c.config().node_ttl)
+            .await
+        {
+            Ok(Some(_)) => Ok(false),
+            Ok(None) => Err(None),
+            Err(e) => Err(Some(format!("the backplane could not be read: {e}"))),
+        }
+    }
+
+    /// Applies `publication` to connection `id` wherever it is: `local` here, or through the
+    /// backplane. `Ok(false)`: no such connection.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub(crate) async fn on_connection(
+        &self,
+        id: ConnId,
+        local: impl FnOnce(&Hub) -> bool,
+        publication: Publication,
+    ) -> Result<bool, String> {
+        match self.whereis(id).await {
+            Ok(true) => Ok(local(self)),
+            Ok(false) => {
+                let mut cork = HubCork::new();
+                self.route(publication, &mut cork);
+                cork.flush();
+                Ok(true)
+            }
+            Err(None) => Ok(false),
+            Err(Some(e)) => Err(e),
+        }
+    }
+
+    /// A REST broadcast: `(recipients, offset)`.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn broadcast_everywhere(&self, message: &str) -> Result<(usize, u64), String> {
+        let Some(rx) = self.route_all(Kind::ServerBroadcast, None, message) else {
+            return Ok(self.broadcast_text_at(message));
+        };
+        let offset = await_position(rx).await;
+        Ok((self.cluster_connections().await?.len(), offset))
+    }
+
+    /// A REST group publish: `(recipients, offset)`.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn publish_everywhere(
+        &self,
+        group: &str,
+        message: &RawValue,
+    ) -> Result<(usize, u64), String> {
+        let Some(rx) = self.route_group(group, None, None, message) else {
+            return Ok(self.publish_to_group_at(group, message));
+        };
+        let offset = await_position(rx).await;
+        Ok((
+            self.list_connections(Some(group), None).await?.len(),
+            offset,
+        ))
+    }
+
+    /// A REST send to a user: how many connections it reached.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn send_to_user_everywhere(
+        &self,
+        user: &str,
+        message: &RawValue,
+    ) -> Result<usize, String> {
+        if self.shared_bus().is_none() {
+            return Ok(self.send_to_user(user, message));
+        }
+        let n = self.list_connections(None, Some(user)).await?.len();
+        if n > 0 {
+            let mut cork = HubCork::new();
+            self.route(
+                Publication::User {
+                    to: user.to_owned(),
+                    from: None,
+                    user: None,
+                    message: message.to_owned(),
+                },
+                &mut cork,
+            );
+            cork.flush();
+        }
+        Ok(n)
+    }
+
+    /// Every group with its member count, cluster-wide.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn list_groups(&self) -> Result<Vec<(String, usize)>, String> {
+        if self.cluster().is_none() {
+            return Ok(self
+                .groups()
+                .into_iter()
+                .map(|(g, n)| (g.to_string(), n))
+                .collect());
+        }
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for c in self.cluster_connections().await? {
+            for g in c.groups {
+                *counts.entry(g).or_default() += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+}
+
+/// The offset the backplane gave a publication (0 when it was delivered locally only, or the
+/// answer took more than 3 seconds).
+async fn await_position(rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>) -> u64 {
+    match tokio::time::timeout(Duration::from_secs(3), rx).await {
+        Ok(Ok(Some((_, offset)))) => offset,
+        _ => 0,
+    }
+}

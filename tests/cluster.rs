@@ -1,0 +1,608 @@
+//! Scale-out over Redis (SPEC section 4): several nodes on one real `redis-server` (spawned
+//! here on a free port), clients spread over them, every delivery counted. Also: the
+//! cluster-wide listing, a node killed (its connections leave the listing), the backplane
+//! killed and restarted (local delivery goes on, `/readyz` says so, cross-node delivery comes
+//! back by itself), and recovery on a node the client was never on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use wshub::backplane::{BackplaneConfig, BackplaneUrl};
+use wshub::{Hub, HubConfig};
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+/// A `redis-server` of our own, on a free port, killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::on(port)
+    }
+
+    fn on(port: u16) -> Redis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (Debian package redis-server)");
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn backplane(redis: &Redis, prefix: &str) -> BackplaneConfig {
+    BackplaneConfig {
+        url: BackplaneUrl::Redis(redis.url()),
+        prefix: prefix.into(),
+        heartbeat: Duration::from_millis(100),
+        node_ttl: Duration::from_millis(1500),
+    }
+}
+
+/// A node: a hub with JWT auth on the shared backplane, served on its own port.
+async fn node(redis: &Redis, prefix: &str, id: &str) -> TestServer {
+    // `RUST_LOG=wshub=debug cargo test --test cluster -- --nocapture` shows what the nodes do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let config = HubConfig {
+        node_id: Some(id.into()),
+        announce: false,
+        shutdown_timeout: Duration::from_secs(1),
+        ..HubConfig::default()
+    };
+    let auth = wshub::auth::Auth::new(&wshub::auth::AuthSettings {
+        jwt_secret: Some(SECRET.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let hub = Hub::with_auth(config, auth);
+    hub.connect_backplane(backplane(redis, prefix)).unwrap();
+    let srv = TestServer::with_hub(hub, wshub::server::ServerOptions::default()).await;
+    wait_up(&srv.hub, true).await;
+    srv
+}
+
+async fn wait_up(hub: &Hub, up: bool) {
+    let hub = hub.clone();
+    tokio::time::timeout(3 * WAIT, async move {
+        while hub.cluster().unwrap().is_up() != up {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("backplane never became {}", if up { "up" } else { "down" }));
+}
+
+/// A `wshub.v1` client of `srv` as `user`.
+async fn client(srv: &TestServer, user: &str) -> (Ws, String) {
+    connect_v1(&format!("{}?access_token={}", srv.ws_url(), token(user))).await
+}
+
+async fn join(ws: &mut Ws, group: &str) -> Value {
+    let ack = cmd(ws, json!({"id":"j","type":"join","group":group})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    ack
+}
+
+/// Nothing else is queued for this client: a ping's ack is the very next frame (after a pause
+/// long enough for any stray cross-node delivery to have arrived).
+async fn assert_quiet(ws: &mut Ws) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_text(ws, r#"{"id":"quiet","type":"ping"}"#).await;
+    let v = next_json(ws).await;
+    assert_eq!(
+        v,
+        json!({"type":"ack","id":"quiet"}),
+        "unexpected frame (a duplicate?)"
+    );
+}
+
+/// Lets cross-node events of what was done so far (joined/left) arrive, and skips them.
+async fn settle(ws: &mut Ws) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cmd(ws, json!({"id":"settle","type":"ping"})).await;
+}
+
+async fn listed(srv: &TestServer, query: &str) -> Value {
+    let res = http(
+        srv.addr,
+        "GET",
+        &format!("/api/connections{query}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    res.json()
+}
+
+/// Polls the listing on `srv` until `pred` holds.
+async fn wait_listing(srv: &TestServer, query: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = listed(srv, query).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listing never matched: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_message_reaches_every_node_exactly_once() {
+    let redis = Redis::start();
+    let a = node(&redis, "t1", "node-a").await;
+    let b = node(&redis, "t1", "node-b").await;
+    let c = node(&redis, "t1", "node-c").await;
+    let (mut alice, _) = client(&a, "alice").await;
+    let (mut bob, bob_id) = client(&b, "bob").await;
+    let (mut carol, _) = client(&c, "carol").await;
+    let (mut carol2, _) = client(&a, "carol").await; // carol's second device, on another node
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        join(ws, "room").await;
+    }
+
+    // A client's publish on node A: every member, on every node, once, with the same offset.
+    cmd(
+        &mut alice,
+        json!({"id":1,"type":"publish","group":"room","message":{"text":"hi"}}),
+    )
+    .await;
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        let m = next_json_where(ws, |v| v["type"] == "message").await;
+        assert_eq!(
+            (m["group"].as_str(), m["offset"].as_u64()),
+            (Some("room"), Some(1))
+        );
+        assert_eq!(m["message"], json!({"text":"hi"}));
+        assert_eq!(m["user"], "alice");
+    }
+    // A REST publish on node B.
+    let r = post_json(
+        b.addr,
+        "/api/groups/room/broadcast",
+        r#"{"message":"from rest"}"#,
+    )
+    .await;
+    assert_eq!(r.json(), json!({"recipients":3,"offset":2}));
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        let m = next_json_where(ws, |v| v["type"] == "message").await;
+        assert_eq!(
+            (m["message"].as_str(), m["offset"].as_u64()),
+            (Some("from rest"), Some(2))
+        );
+    }
+    // A REST broadcast on node C reaches every connection (non-members too).
+    let r = post_json(
+        c.addr,
+        "/api/connections/broadcast",
+        r#"{"message":"everyone"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["recipients"], 4);
+    for ws in [&mut alice, &mut bob, &mut carol, &mut carol2] {
+        let m = next_json_where(ws, |v| v["type"] == "server-broadcast").await;
+        assert_eq!(
+            (m["message"].as_str(), m["offset"].as_u64()),
+            (Some("everyone"), Some(1))
+        );
+    }
+    // A user send from node B reaches both of carol's connections (nodes A and C).
+    let ack = cmd(
+        &mut bob,
+        json!({"id":2,"type":"send","user":"carol","message":"psst"}),
+    )
+    .await;
+    assert_eq!(ack["recipients"], 2, "{ack}");
+    for ws in [&mut carol, &mut carol2] {
+        let d = next_json_where(ws, |v| v["type"] == "direct").await;
+        assert_eq!(
+            (d["message"].as_str(), d["user"].as_str()),
+            (Some("psst"), Some("bob"))
+        );
+    }
+    // A direct send from node A to bob's connection on node B, by client and by REST.
+    let ack = cmd(
+        &mut alice,
+        json!({"id":3,"type":"send","connection":bob_id,"message":1}),
+    )
+    .await;
+    assert_eq!(ack["recipients"], 1, "{ack}");
+    assert_eq!(
+        next_json_where(&mut bob, |v| v["type"] == "direct").await["message"],
+        1
+    );
+    let r = post_json(
+        c.addr,
+        &format!("/api/connections/{bob_id}/send"),
+        r#"{"message":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        next_json_where(&mut bob, |v| v["type"] == "direct").await["message"],
+        2
+    );
+    // Unknown targets are still errors, cluster-wide.
+    let err = cmd(
+        &mut alice,
+        json!({"id":4,"type":"send","user":"nobody","message":1}),
+    )
+    .await;
+    assert_eq!(err["code"], "not_found");
+    let r = post_json(
+        c.addr,
+        &format!("/api/connections/{}/send", "0".repeat(32)),
+        r#"{"message":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    // And nothing arrived twice.
+    for ws in [&mut alice, &mut bob, &mut carol, &mut carol2] {
+        assert_quiet(ws).await;
+    }
+    for s in [a, b, c] {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_stay_ordered_and_gap_free_with_publishers_on_several_nodes() {
+    const N: usize = 150;
+    let redis = Redis::start();
+    let a = node(&redis, "t2", "a").await;
+    let b = node(&redis, "t2", "b").await;
+    let c = node(&redis, "t2", "c").await;
+    let (mut pa, _) = client(&a, "pa").await;
+    let (mut pb, _) = client(&b, "pb").await;
+    let (mut wa, _) = client(&a, "wa").await;
+    let (mut wc, _) = client(&c, "wc").await;
+    for ws in [&mut pa, &mut pb, &mut wa, &mut wc] {
+        join(ws, "g").await;
+    }
+    // Two publishers on two nodes, interleaving as fast as they can.
+    let send_all = |mut ws: Ws, tag: &'static str| async move {
+        for i in 0..N {
+            let c = json!({"id":i,"type":"publish","group":"g","message":format!("{tag}{i}")});
+            send_text(&mut ws, &c.to_string()).await;
+        }
+        ws
+    };
+    let (pa, pb) = tokio::join!(send_all(pa, "a"), send_all(pb, "b"));
+    let mut seen = Vec::new();
+    for ws in [&mut wa, &mut wc] {
+        let mut got = Vec::new();
+        while got.len() < 2 * N {
+            let m = next_json_where(ws, |v| v["type"] == "message").await;
+            got.push((
+                m["offset"].as_u64().unwrap(),
+                m["message"].as_str().unwrap().to_owned(),
+            ));
+        }
+        let offsets: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(
+            offsets,
+            (1..=2 * N as u64).collect::<Vec<_>>(),
+            "gap, duplicate or reorder"
+        );
+        seen.push(got);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "both nodes deliver the same message at each offset"
+    );
+    drop((pa, pb));
+    for s in [a, b, c] {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_groups_and_users_are_cluster_wide() {
+    let redis = Redis::start();
+    let a = node(&redis, "t3", "a").await;
+    let b = node(&redis, "t3", "b").await;
+    let (mut x, x_id) = client(&a, "xavier").await;
+    let (mut y, y_id) = client(&b, "yvonne").await;
+    join(&mut x, "shared").await;
+    join(&mut y, "shared").await;
+    for srv in [&a, &b] {
+        let v = wait_listing(srv, "", |v| v["count"] == 2).await;
+        let nodes: Vec<&str> = v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["node"].as_str().unwrap())
+            .collect();
+        assert!(nodes.contains(&"a") && nodes.contains(&"b"), "{v}");
+        let v = wait_listing(srv, "?group=shared", |v| v["count"] == 2).await;
+        assert_eq!(v["count"], 2);
+        let v = listed(srv, "?user=yvonne").await;
+        assert_eq!(v["connections"][0]["id"], y_id.as_str());
+    }
+    let g = http(a.addr, "GET", "/api/groups/shared", &[], b"")
+        .await
+        .json();
+    assert_eq!(g["members"], 2);
+    let one = http(a.addr, "GET", &format!("/api/connections/{y_id}"), &[], b"").await;
+    assert_eq!((one.status, one.json()["node"].clone()), (200, json!("b")));
+    // REST operations on a connection held by another node.
+    let r = http(
+        a.addr,
+        "PUT",
+        &format!("/api/groups/extra/members/{y_id}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    wait_listing(&a, "?group=extra", |v| v["count"] == 1).await;
+    let r = http(
+        b.addr,
+        "DELETE",
+        &format!("/api/connections/{x_id}?code=4001&reason=bye"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(next_close(&mut x).await, Some(4001));
+    wait_listing(&b, "", |v| v["count"] == 1).await;
+    for s in [a, b] {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_the_listing_within_its_ttl() {
+    let redis = Redis::start();
+    let a = node(&redis, "wshub", "survivor").await;
+    // Node "doomed" is a real process, killed with SIGKILL: no goodbye.
+    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backplane",
+            &redis.url(),
+            "--node-id",
+            "doomed",
+            "--node-ttl",
+            "1500ms",
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(doomed.stdout.take().unwrap()).await;
+    let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
+    wait_listing(&a, "", |v| {
+        v["count"] == 1 && v["connections"][0]["node"] == "doomed"
+    })
+    .await;
+    doomed.start_kill().unwrap();
+    let _ = doomed.wait().await;
+    let started = std::time::Instant::now();
+    wait_listing(&a, "", |v| v["count"] == 0).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(ws.close(None).await);
+    a.stop().await;
+}
+
+async fn listening_addr(stdout: tokio::process::ChildStdout) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if let Some(local) = v["fields"]["local"].as_str() {
+                    return local.to_owned();
+                }
+            }
+        }
+        panic!("the node exited before listening");
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_dies_and_comes_back() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let a = node(&redis, "t5", "a").await;
+    let b = node(&redis, "t5", "b").await;
+    let (mut on_a, _) = client(&a, "u1").await;
+    let (mut on_b, _) = client(&b, "u2").await;
+    join(&mut on_a, "g").await;
+    join(&mut on_b, "g").await;
+    settle(&mut on_a).await;
+    settle(&mut on_b).await;
+    let ready = |srv: &TestServer| {
+        let addr = srv.addr;
+        async move { http(addr, "GET", "/readyz", &[], b"").await.status }
+    };
+    assert_eq!(ready(&a).await, 200);
+
+    redis.kill();
+    wait_up(&a.hub, false).await;
+    assert_eq!(ready(&a).await, 503);
+    let metrics = String::from_utf8(http(a.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(metrics.contains("wshub_backplane_up 0"), "{metrics}");
+    // Local delivery goes on: A's member gets A's publish (without an offset), B's does not.
+    let c = json!({"id":1,"type":"publish","group":"g","message":"during outage"});
+    send_text(&mut on_a, &c.to_string()).await;
+    // Delivered here and now, so before the ack.
+    let m = next_json_where(&mut on_a, |v| v["type"] == "message").await;
+    assert_eq!(m["message"], "during outage");
+    assert!(m.get("offset").is_none(), "{m}");
+    assert_quiet(&mut on_b).await;
+
+    let _redis = Redis::on(port);
+    wait_up(&a.hub, true).await;
+    wait_up(&b.hub, true).await;
+    assert_eq!(ready(&a).await, 200);
+    // Cross-node delivery is back without a restart; the stream starts a new epoch (this Redis
+    // kept nothing).
+    let c = json!({"id":2,"type":"publish","group":"g","message":"after"});
+    send_text(&mut on_a, &c.to_string()).await;
+    for ws in [&mut on_a, &mut on_b] {
+        let m = next_json_where(ws, |v| v["type"] == "message").await;
+        assert_eq!(
+            (m["message"].as_str(), m["offset"].as_u64()),
+            (Some("after"), Some(1))
+        );
+    }
+    // The listing is rebuilt in the new Redis.
+    wait_listing(&b, "", |v| v["count"] == 2).await;
+    for s in [a, b] {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_on_a_node_it_was_never_on() {
+    let redis = Redis::start();
+    let a = node(&redis, "t6", "a").await;
+    let b = node(&redis, "t6", "b").await;
+    let (mut first, _) = client(&a, "r").await;
+    let ack = join(&mut first, "news").await;
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=3 {
+        post_json(
+            b.addr,
+            "/api/groups/news/broadcast",
+            &json!({"message": i}).to_string(),
+        )
+        .await;
+        assert_eq!(
+            next_json_where(&mut first, |v| v["type"] == "message").await["offset"],
+            i
+        );
+    }
+    drop(first);
+    for i in 4..=6 {
+        post_json(
+            a.addr,
+            "/api/groups/news/broadcast",
+            &json!({"message": i}).to_string(),
+        )
+        .await;
+    }
+    // A third node that has never seen the group: it learns the stream from Redis.
+    let c = node(&redis, "t6", "c").await;
+    let (mut again, _) = client(&c, "r").await;
+    send_text(
+        &mut again,
+        &json!({"id":"j","type":"join","group":"news","since":{"epoch":epoch,"offset":3}})
+            .to_string(),
+    )
+    .await;
+    let mut replayed = Vec::new();
+    let ack = loop {
+        let v = next_json(&mut again).await;
+        match v["type"].as_str() {
+            Some("message") => replayed.push(v["offset"].as_u64().unwrap()),
+            Some("ack") => break v,
+            _ => {}
+        }
+    };
+    assert_eq!(replayed, [4, 5, 6]);
+    assert_eq!(
+        (ack["recovered"].as_bool(), ack["epoch"].as_str()),
+        (Some(true), Some(epoch.as_str()))
+    );
+    post_json(b.addr, "/api/groups/news/broadcast", r#"{"message":7}"#).await;
+    assert_eq!(
+        next_json_where(&mut again, |v| v["type"] == "message").await["offset"],
+        7
+    );
+    // The REST history of any node agrees.
+    let h = http(c.addr, "GET", "/api/groups/news/history?since=5", &[], b"")
+        .await
+        .json();
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2, "{h}");
+    for s in [a, b, c] {
+        s.stop().await;
+    }
+}
