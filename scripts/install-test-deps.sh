@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: system packages with apt-get (a C
-# compiler, OpenSSL, Node.js, Debian's Chromium for the browser test, redis-server for the
-# cluster tests, which start their own on free ports) and the browser test's
+# compiler, OpenSSL, Node.js, Debian's Chromium for the browser test, redis-server and nats-server
+# for the cluster tests, which start their own on free ports) and the browser test's
 # npm packages (playwright-core, from its lock file; it never downloads a browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
-command -v redis-server >/dev/null || need_apt+=(redis-server)
+[[ -x /usr/bin/redis-server ]] || command -v redis-server >/dev/null || need_apt+=(redis-server)
+[[ -x /usr/sbin/nats-server ]] || command -v nats-server >/dev/null || need_apt+=(nats-server)
 if ((${#need_apt[@]})); then
   echo "== apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -19,54 +19,91 @@ use wshub::{Hub, HubConfig};
 
 const SECRET: &str = "cluster-test-secret-0123456789";
 
-/// A `redis-server` of our own, on a free port, killed on drop.
-struct Redis {
+/// Which engine a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Redis,
+    Nats,
+}
+
+/// A `redis-server` or `nats-server -js` of our own, on a free port, killed on drop.
+struct Backend {
+    kind: Kind,
     port: u16,
+    dir: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
 
-impl Redis {
-    fn start() -> Redis {
+impl Backend {
+    fn start(kind: Kind) -> Backend {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        Self::on(port)
+        let dir = std::env::temp_dir().join(format!("wshub-test-{}-{port}", std::process::id()));
+        Self::on(kind, port, dir)
     }
 
-    fn on(port: u16) -> Redis {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+    fn on(kind: Kind, port: u16, dir: std::path::PathBuf) -> Backend {
+        let p = port.to_string();
+        let mut cmd = match kind {
+            Kind::Redis => {
+                let bin = ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
+                    .into_iter()
+                    .find(|p| std::path::Path::new(p).exists())
+                    .unwrap_or("redis-server");
+                let mut c = std::process::Command::new(bin);
+                c.args([
+                    "--port",
+                    &p,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                c
+            }
+            Kind::Nats => {
+                // Debian installs it in /usr/sbin, which is not on every PATH.
+                let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+                    .into_iter()
+                    .find(|p| std::path::Path::new(p).exists())
+                    .unwrap_or("nats-server");
+                let mut c = std::process::Command::new(bin);
+                c.args(["-a", "127.0.0.1", "-p", &p, "-js", "-sd"])
+                    .arg(&dir);
+                c
+            }
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (Debian package redis-server)");
+            .unwrap_or_else(|e| panic!("{kind:?} server must be installed (Debian packages redis-server, nats-server): {e}"));
         let deadline = std::time::Instant::now() + WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "redis-server did not start"
+                "{kind:?} server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis {
+        Backend {
+            kind,
             port,
+            dir,
             child: Some(child),
         }
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.kind {
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+        }
     }
 
     fn kill(&mut self) {
@@ -75,13 +112,49 @@ impl Redis {
             let _ = c.wait();
         }
     }
-}
 
-impl Drop for Redis {
-    fn drop(&mut self) {
+    /// The same server again, on the same port (NATS: with the same storage).
+    fn restart(&mut self) {
         self.kill();
+        let again = Self::on(self.kind, self.port, self.dir.clone());
+        let mut old = std::mem::replace(self, again);
+        old.dir = std::path::PathBuf::new(); // the storage is the new server's now
     }
 }
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+        if self.kind == Kind::Nats && !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Each scenario runs against both engines.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::Kind::Redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                super::$name(super::Kind::Nats).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    every_kind_of_message_reaches_every_node_exactly_once,
+    offsets_stay_ordered_and_gap_free_with_publishers_on_several_nodes,
+    listings_groups_and_users_are_cluster_wide,
+    a_killed_node_leaves_the_listing_within_its_ttl,
+    the_backplane_dies_and_comes_back,
+    a_client_recovers_on_a_node_it_was_never_on,
+);
 
 fn token(sub: &str) -> String {
     let exp = std::time::SystemTime::now()
@@ -97,9 +170,9 @@ fn token(sub: &str) -> String {
     .unwrap()
 }
 
-fn backplane(redis: &Redis, prefix: &str) -> BackplaneConfig {
+fn backplane(redis: &Backend, prefix: &str) -> BackplaneConfig {
     BackplaneConfig {
-        url: BackplaneUrl::Redis(redis.url()),
+        url: redis.url().parse::<BackplaneUrl>().unwrap(),
         prefix: prefix.into(),
         heartbeat: Duration::from_millis(100),
         node_ttl: Duration::from_millis(1500),
@@ -107,7 +180,7 @@ fn backplane(redis: &Redis, prefix: &str) -> BackplaneConfig {
 }
 
 /// A node: a hub with JWT auth on the shared backplane, served on its own port.
-async fn node(redis: &Redis, prefix: &str, id: &str) -> TestServer {
+async fn node(redis: &Backend, prefix: &str, id: &str) -> TestServer {
     // `RUST_LOG=wshub=debug cargo test --test cluster -- --nocapture` shows what the nodes do.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -201,9 +274,8 @@ async fn wait_listing(srv: &TestServer, query: &str, pred: impl Fn(&Value) -> bo
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kind_of_message_reaches_every_node_exactly_once() {
-    let redis = Redis::start();
+async fn every_kind_of_message_reaches_every_node_exactly_once(kind: Kind) {
+    let redis = Backend::start(kind);
     let a = node(&redis, "t1", "node-a").await;
     let b = node(&redis, "t1", "node-b").await;
     let c = node(&redis, "t1", "node-c").await;
@@ -319,10 +391,9 @@ async fn every_kind_of_message_reaches_every_node_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offsets_stay_ordered_and_gap_free_with_publishers_on_several_nodes() {
+async fn offsets_stay_ordered_and_gap_free_with_publishers_on_several_nodes(kind: Kind) {
     const N: usize = 150;
-    let redis = Redis::start();
+    let redis = Backend::start(kind);
     let a = node(&redis, "t2", "a").await;
     let b = node(&redis, "t2", "b").await;
     let c = node(&redis, "t2", "c").await;
@@ -370,9 +441,8 @@ async fn offsets_stay_ordered_and_gap_free_with_publishers_on_several_nodes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listings_groups_and_users_are_cluster_wide() {
-    let redis = Redis::start();
+async fn listings_groups_and_users_are_cluster_wide(kind: Kind) {
+    let redis = Backend::start(kind);
     let a = node(&redis, "t3", "a").await;
     let b = node(&redis, "t3", "b").await;
     let (mut x, x_id) = client(&a, "xavier").await;
@@ -426,9 +496,8 @@ async fn listings_groups_and_users_are_cluster_wide() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_leaves_the_listing_within_its_ttl() {
-    let redis = Redis::start();
+async fn a_killed_node_leaves_the_listing_within_its_ttl(kind: Kind) {
+    let redis = Backend::start(kind);
     let a = node(&redis, "wshub", "survivor").await;
     // Node "doomed" is a real process, killed with SIGKILL: no goodbye.
     let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
@@ -486,10 +555,8 @@ async fn listening_addr(stdout: tokio::process::ChildStdout) -> String {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_backplane_dies_and_comes_back() {
-    let mut redis = Redis::start();
-    let port = redis.port;
+async fn the_backplane_dies_and_comes_back(kind: Kind) {
+    let mut redis = Backend::start(kind);
     let a = node(&redis, "t5", "a").await;
     let b = node(&redis, "t5", "b").await;
     let (mut on_a, _) = client(&a, "u1").await;
@@ -518,7 +585,7 @@ async fn the_backplane_dies_and_comes_back() {
     assert!(m.get("offset").is_none(), "{m}");
     assert_quiet(&mut on_b).await;
 
-    let _redis = Redis::on(port);
+    redis.restart();
     wait_up(&a.hub, true).await;
     wait_up(&b.hub, true).await;
     assert_eq!(ready(&a).await, 200);
@@ -540,9 +607,8 @@ async fn the_backplane_dies_and_comes_back() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_recovers_on_a_node_it_was_never_on() {
-    let redis = Redis::start();
+async fn a_client_recovers_on_a_node_it_was_never_on(kind: Kind) {
+    let redis = Backend::start(kind);
     let a = node(&redis, "t6", "a").await;
     let b = node(&redis, "t6", "b").await;
     let (mut first, _) = client(&a, "r").await;

@@ -18,10 +18,11 @@
 //! without offsets, and are not kept in history), and reconnects with backoff; cross-node
 //! delivery resumes by itself once the engine is back.
 
+pub mod nats;
 pub mod redis;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,8 @@ pub enum BackplaneUrl {
     Memory,
     /// A Redis server: `redis://host:port[/db]`.
     Redis(String),
+    /// A NATS server with JetStream: `nats://host:port`.
+    Nats(String),
 }
 
 impl std::str::FromStr for BackplaneUrl {
@@ -45,9 +48,11 @@ impl std::str::FromStr for BackplaneUrl {
             Ok(Self::Memory)
         } else if s.starts_with("redis://") || s.starts_with("rediss://") {
             Ok(Self::Redis(s.to_owned()))
+        } else if s.starts_with("nats://") || s.starts_with("tls://") {
+            Ok(Self::Nats(s.to_owned()))
         } else {
             Err(format!(
-                "`{s}`: the backplane is `memory` or a `redis://host:port` URL"
+                "`{s}`: the backplane is `memory`, a `redis://host:port` or a `nats://host:port` URL"
             ))
         }
     }
@@ -57,7 +62,7 @@ impl std::fmt::Display for BackplaneUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Memory => f.write_str("memory"),
-            Self::Redis(u) => f.write_str(u),
+            Self::Redis(u) | Self::Nats(u) => f.write_str(u),
         }
     }
 }
@@ -277,7 +282,7 @@ pub struct Cluster {
     up: AtomicBool,
     out: mpsc::UnboundedSender<Outgoing>,
     entries: mpsc::UnboundedSender<EntryChange>,
-    engine: redis::RedisEngine,
+    engine: Engine,
     config: BackplaneConfig,
 }
 
@@ -311,7 +316,7 @@ impl Cluster {
     }
 
     /// The engine.
-    pub fn engine(&self) -> &redis::RedisEngine {
+    pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
@@ -353,10 +358,19 @@ pub(crate) fn start(
     config: BackplaneConfig,
     node: Arc<str>,
 ) -> Result<Arc<Cluster>, String> {
-    let BackplaneUrl::Redis(url) = &config.url else {
-        return Err("the memory backplane needs no cluster".into());
+    let engine = match &config.url {
+        BackplaneUrl::Memory => return Err("the memory backplane needs no cluster".into()),
+        BackplaneUrl::Redis(url) => {
+            Engine::Redis(redis::RedisEngine::new(url, &config.prefix, &node)?)
+        }
+        BackplaneUrl::Nats(url) => Engine::Nats(nats::NatsEngine::new(
+            url,
+            &config.prefix,
+            &node,
+            hub.config().history,
+            config.node_ttl,
+        )?),
     };
-    let engine = redis::RedisEngine::new(url, &config.prefix, &node)?;
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (entries_tx, entries_rx) = mpsc::unbounded_channel();
     let cluster = Arc::new(Cluster {
@@ -367,8 +381,151 @@ pub(crate) fn start(
         engine,
         config,
     });
-    redis::spawn_tasks(hub, cluster.clone(), out_rx, entries_rx);
+    spawn_tasks(hub, cluster.clone(), out_rx, entries_rx);
     Ok(cluster)
+}
+
+/// Why the engine could not do something (it is unreachable, or answered with an error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BackplaneError(pub String);
+
+impl From<::redis::RedisError> for BackplaneError {
+    fn from(e: ::redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// The engine behind the backplane.
+pub enum Engine {
+    /// Redis: pub/sub, a Lua script, Streams, hashes.
+    Redis(redis::RedisEngine),
+    /// NATS: core subjects, JetStream, a key-value bucket.
+    Nats(nats::NatsEngine),
+}
+
+impl Engine {
+    /// A stream's epoch and last offset (created when missing; see the engines).
+    ///
+    /// # Errors
+    /// When the engine cannot be reached.
+    pub async fn meta(
+        &self,
+        stream: StreamName<'_>,
+        keep: Duration,
+    ) -> Result<(String, u64), BackplaneError> {
+        match self {
+            Engine::Redis(e) => Ok(e.meta(stream, keep).await?),
+            Engine::Nats(e) => e.meta(stream).await,
+        }
+    }
+
+    /// Stored publications with offsets in `from..=to`, oldest first.
+    ///
+    /// # Errors
+    /// When the engine cannot be reached.
+    pub async fn range(
+        &self,
+        stream: StreamName<'_>,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Stored>, BackplaneError> {
+        match self {
+            Engine::Redis(e) => Ok(e.range(stream, from, to).await?),
+            Engine::Nats(e) => e.range(stream, from, to).await,
+        }
+    }
+
+    /// Every connection entry of every live node.
+    ///
+    /// # Errors
+    /// When the engine cannot be reached.
+    pub async fn entries(&self, ttl: Duration) -> Result<Vec<String>, BackplaneError> {
+        match self {
+            Engine::Redis(e) => Ok(e.entries(ttl).await?),
+            Engine::Nats(e) => e.entries().await,
+        }
+    }
+
+    /// Which live node holds connection `id`, if any.
+    ///
+    /// # Errors
+    /// When the engine cannot be reached.
+    pub async fn locate(&self, id: &str, ttl: Duration) -> Result<Option<String>, BackplaneError> {
+        match self {
+            Engine::Redis(e) => Ok(e.locate(id, ttl).await?),
+            Engine::Nats(e) => e.locate(id).await,
+        }
+    }
+
+    /// Removes this node's entries (a clean shutdown).
+    ///
+    /// # Errors
+    /// When the engine cannot be reached.
+    pub async fn leave(&self) -> Result<(), BackplaneError> {
+        match self {
+            Engine::Redis(e) => Ok(e.leave().await?),
+            Engine::Nats(e) => e.leave().await,
+        }
+    }
+
+    async fn publish_batch(
+        &self,
+        batch: &[Outgoing],
+        history: crate::history::HistoryConfig,
+    ) -> Result<Vec<Option<(String, u64)>>, BackplaneError> {
+        match self {
+            Engine::Redis(e) => Ok(e.publish_batch(batch, history).await?),
+            Engine::Nats(e) => e.publish_batch(batch).await,
+        }
+    }
+
+    async fn rewrite_entries(
+        &self,
+        entries: Vec<(String, String)>,
+        ttl: Duration,
+    ) -> Result<(), BackplaneError> {
+        match self {
+            Engine::Redis(e) => Ok(e.rewrite_entries(entries, ttl).await?),
+            Engine::Nats(e) => e.rewrite_entries(entries).await,
+        }
+    }
+
+    async fn apply(&self, changes: &[EntryChange], ttl: Duration) -> Result<(), BackplaneError> {
+        match self {
+            Engine::Redis(e) => Ok(e.apply(changes, ttl).await?),
+            Engine::Nats(e) => e.apply(changes).await,
+        }
+    }
+}
+
+/// Starts the node's three tasks: the subscriber (bus → hub), the publisher (hub → engine), the
+/// entries keeper (connection entries and heartbeat). Each ends when the hub is dropped.
+fn spawn_tasks(
+    hub: &crate::hub::Hub,
+    cluster: Arc<Cluster>,
+    out: mpsc::UnboundedReceiver<Outgoing>,
+    entries: mpsc::UnboundedReceiver<EntryChange>,
+) {
+    let resync = Arc::new(tokio::sync::Notify::new());
+    match cluster.engine() {
+        Engine::Redis(_) => {
+            tokio::spawn(redis::subscriber(
+                hub.downgrade(),
+                cluster.clone(),
+                resync.clone(),
+            ));
+        }
+        Engine::Nats(_) => {
+            tokio::spawn(nats::subscriber(
+                hub.downgrade(),
+                cluster.clone(),
+                resync.clone(),
+            ));
+        }
+    }
+    tokio::spawn(publisher(hub.downgrade(), cluster.clone(), out));
+    tokio::spawn(keeper(hub.downgrade(), cluster, entries, resync));
 }
 
 /// Backoff between reconnection attempts: 100 ms doubling to 5 s, with jitter.
@@ -383,6 +540,116 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn publisher(
+    hub: Weak<crate::hub::Shared>,
+    cluster: Arc<Cluster>,
+    mut out: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while let Some(first) = out.recv().await {
+        batch.push(first);
+        while batch.len() < 256 {
+            match out.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let Some(h) = crate::hub::Hub::upgrade(&hub) else {
+            return;
+        };
+        let sent = if cluster.is_up() {
+            match cluster
+                .engine()
+                .publish_batch(&batch, h.config().history)
+                .await
+            {
+                Ok(positions) => Some(positions),
+                Err(e) => {
+                    tracing::warn!(error = %e, n = batch.len(), "backplane publish failed; delivering locally only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match sent {
+            Some(positions) => {
+                for (o, pos) in batch
+                    .drain(..)
+                    .zip(positions.into_iter().chain(std::iter::repeat(None)))
+                {
+                    if let Some(reply) = o.reply {
+                        let _ = reply.send(pos);
+                    }
+                }
+            }
+            None => {
+                for o in batch.drain(..) {
+                    h.deliver_local_only(&o.publication);
+                    if let Some(reply) = o.reply {
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn keeper(
+    hub: Weak<crate::hub::Shared>,
+    cluster: Arc<Cluster>,
+    mut changes: mpsc::UnboundedReceiver<EntryChange>,
+    resync: Arc<tokio::sync::Notify>,
+) {
+    let ttl = cluster.config().node_ttl;
+    let mut beat = tokio::time::interval(cluster.config().heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stale = true;
+    let mut pending = Vec::new();
+    loop {
+        tokio::select! {
+            c = changes.recv() => match c {
+                Some(c) => {
+                    pending.push(c);
+                    while let Ok(c) = changes.try_recv() {
+                        pending.push(c);
+                    }
+                }
+                None => return,
+            },
+            // NATS keys expire from their last write: every heartbeat rewrites them all.
+            _ = beat.tick() => stale |= matches!(cluster.engine(), Engine::Nats(_)),
+            _ = resync.notified() => stale = true,
+        }
+        let Some(h) = crate::hub::Hub::upgrade(&hub) else {
+            return;
+        };
+        if !cluster.is_up() {
+            // Whatever changed meanwhile is rewritten in full once the engine is back.
+            stale = true;
+            pending.clear();
+            continue;
+        }
+        let engine = cluster.engine();
+        let r = if stale {
+            pending.clear();
+            let all = h.local_entries();
+            engine.rewrite_entries(all, ttl).await
+        } else {
+            let r = engine.apply(&pending, ttl).await;
+            pending.clear();
+            r
+        };
+        match r {
+            Ok(()) => stale = false,
+            Err(e) => {
+                tracing::debug!(error = %e, "backplane entries not written");
+                stale = true;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

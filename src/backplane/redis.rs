@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::mpsc;
 
 use super::{backoff, now_ms, BusMessage, Cluster, EntryChange, Outgoing, Stored, StreamName};
 use crate::hub::Hub;
@@ -126,7 +125,7 @@ impl RedisEngine {
     }
 
     /// Sends a batch in order (one pipeline); returns each stream publication's position.
-    async fn publish_batch(
+    pub(crate) async fn publish_batch(
         &self,
         batch: &[Outgoing],
         history: crate::history::HistoryConfig,
@@ -295,7 +294,7 @@ impl RedisEngine {
     }
 
     /// Rewrites this node's entries from scratch and renews them.
-    async fn rewrite_entries(
+    pub(crate) async fn rewrite_entries(
         &self,
         entries: Vec<(String, String)>,
         ttl: Duration,
@@ -316,7 +315,11 @@ impl RedisEngine {
     }
 
     /// Applies changes to this node's entries and renews them.
-    async fn apply(&self, changes: &[EntryChange], ttl: Duration) -> redis::RedisResult<()> {
+    pub(crate) async fn apply(
+        &self,
+        changes: &[EntryChange],
+        ttl: Duration,
+    ) -> redis::RedisResult<()> {
         let key = self.node_key(&self.node);
         let mut pipe = redis::pipe();
         for c in changes {
@@ -376,26 +379,16 @@ fn new_epoch() -> String {
     id[..12].to_owned()
 }
 
-/// Starts the node's three tasks: the subscriber (bus → hub), the publisher (hub → engine), the
-/// entries keeper (connection entries and heartbeat). Each ends when the hub is dropped.
-pub(crate) fn spawn_tasks(
-    hub: &Hub,
-    cluster: Arc<Cluster>,
-    out: mpsc::UnboundedReceiver<Outgoing>,
-    entries: mpsc::UnboundedReceiver<EntryChange>,
-) {
-    let resync = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(subscriber(hub.downgrade(), cluster.clone(), resync.clone()));
-    tokio::spawn(publisher(hub.downgrade(), cluster.clone(), out));
-    tokio::spawn(keeper(hub.downgrade(), cluster, entries, resync));
-}
-
-async fn subscriber(
+/// Carries bus messages from Redis pub/sub to the hub, reconnecting with backoff; tells the
+/// hub when the engine comes and goes.
+pub(crate) async fn subscriber(
     hub: Weak<crate::hub::Shared>,
     cluster: Arc<Cluster>,
     resync: Arc<tokio::sync::Notify>,
 ) {
-    let engine = cluster.engine();
+    let super::Engine::Redis(engine) = cluster.engine() else {
+        return;
+    };
     let mut attempt = 0;
     loop {
         let connected = async {
@@ -431,110 +424,5 @@ async fn subscriber(
         drop(h);
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
-    }
-}
-
-async fn publisher(
-    hub: Weak<crate::hub::Shared>,
-    cluster: Arc<Cluster>,
-    mut out: mpsc::UnboundedReceiver<Outgoing>,
-) {
-    let mut batch = Vec::with_capacity(256);
-    while let Some(first) = out.recv().await {
-        batch.push(first);
-        while batch.len() < 256 {
-            match out.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
-            }
-        }
-        let Some(h) = Hub::upgrade(&hub) else { return };
-        let sent = if cluster.is_up() {
-            match cluster
-                .engine()
-                .publish_batch(&batch, h.config().history)
-                .await
-            {
-                Ok(positions) => Some(positions),
-                Err(e) => {
-                    tracing::warn!(error = %e, n = batch.len(), "backplane publish failed; delivering locally only");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        match sent {
-            Some(positions) => {
-                for (o, pos) in batch
-                    .drain(..)
-                    .zip(positions.into_iter().chain(std::iter::repeat(None)))
-                {
-                    if let Some(reply) = o.reply {
-                        let _ = reply.send(pos);
-                    }
-                }
-            }
-            None => {
-                for o in batch.drain(..) {
-                    h.deliver_local_only(&o.publication);
-                    if let Some(reply) = o.reply {
-                        let _ = reply.send(None);
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn keeper(
-    hub: Weak<crate::hub::Shared>,
-    cluster: Arc<Cluster>,
-    mut changes: mpsc::UnboundedReceiver<EntryChange>,
-    resync: Arc<tokio::sync::Notify>,
-) {
-    let ttl = cluster.config().node_ttl;
-    let mut beat = tokio::time::interval(cluster.config().heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stale = true;
-    let mut pending = Vec::new();
-    loop {
-        tokio::select! {
-            c = changes.recv() => match c {
-                Some(c) => {
-                    pending.push(c);
-                    while let Ok(c) = changes.try_recv() {
-                        pending.push(c);
-                    }
-                }
-                None => return,
-            },
-            _ = beat.tick() => {}
-            _ = resync.notified() => stale = true,
-        }
-        let Some(h) = Hub::upgrade(&hub) else { return };
-        if !cluster.is_up() {
-            // Whatever changed meanwhile is rewritten in full once the engine is back.
-            stale = true;
-            pending.clear();
-            continue;
-        }
-        let engine = cluster.engine();
-        let r = if stale {
-            pending.clear();
-            let all = h.local_entries();
-            engine.rewrite_entries(all, ttl).await
-        } else {
-            let r = engine.apply(&pending, ttl).await;
-            pending.clear();
-            r
-        };
-        match r {
-            Ok(()) => stale = false,
-            Err(e) => {
-                tracing::debug!(error = %e, "backplane entries not written");
-                stale = true;
-            }
-        }
     }
 }

@@ -502,7 +502,7 @@ impl Hub {
     /// [`FILL_TIMEOUT`]; `None` otherwise.
     fn wait_for<T>(
         &self,
-        fut: impl std::future::Future<Output = Result<T, ::redis::RedisError>>,
+        fut: impl std::future::Future<Output = Result<T, backplane::BackplaneError>>,
     ) -> Option<T> {
         let h = tokio::runtime::Handle::try_current().ok()?;
         if h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
