@@ -15,10 +15,12 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the hub server.
-    Serve(Box<ServeArgs>),
+    Serve(ServeArgs),
     /// Load generator: connect, fanout and echo benchmarks against a running server (loopback only).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -56,7 +58,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(*args)) {
+    match runtime.block_on(serve(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -36,16 +36,31 @@ struct Backend {
 
 impl Backend {
     fn start(kind: Kind) -> Backend {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("wshub-test-{}-{port}", std::process::id()));
-        Self::on(kind, port, dir)
+        // Tests run in parallel: one at a time picks a free port and starts its server there,
+        // and a server that could not bind it (it exited) is started again elsewhere.
+        static PICKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = PICKING.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir =
+                std::env::temp_dir().join(format!("wshub-test-{}-{port}", std::process::id()));
+            if let Some(b) = Self::try_on(kind, port, dir) {
+                return b;
+            }
+        }
+        panic!("could not start a {kind:?} server on a free port");
     }
 
     fn on(kind: Kind, port: u16, dir: std::path::PathBuf) -> Backend {
+        Self::try_on(kind, port, dir).unwrap_or_else(|| panic!("{kind:?} server did not start"))
+    }
+
+    /// Starts the server on `port`; `None` when it exits first (the port was taken).
+    fn try_on(kind: Kind, port: u16, dir: std::path::PathBuf) -> Option<Backend> {
         let p = port.to_string();
         let mut cmd = match kind {
             Kind::Redis => {
@@ -78,25 +93,37 @@ impl Backend {
                 c
             }
         };
-        let child = cmd
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{kind:?} server must be installed (Debian packages redis-server, nats-server): {e}"));
         let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{kind:?} server did not start"
-            );
+        let exited = |c: &mut std::process::Child| c.try_wait().ok().flatten().is_some();
+        loop {
+            if exited(&mut child) {
+                return None;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Listening, and still ours a moment later (not a bind failure racing us).
+                std::thread::sleep(Duration::from_millis(50));
+                if exited(&mut child) {
+                    return None;
+                }
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Backend {
+        Some(Backend {
             kind,
             port,
             dir,
             child: Some(child),
-        }
+        })
     }
 
     fn url(&self) -> String {

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -531,46 +531,87 @@ pub(crate) async fn subscriber(
         drop(h);
         resync.notify_one();
         loop {
+            // Everything already received (bus and streams) is delivered before one flush.
+            let mut items = Vec::new();
             tokio::select! {
-                m = bus.next() => {
-                    let Some(m) = m else { break };
-                    let Some(h) = Hub::upgrade(&hub) else { return };
-                    match serde_json::from_slice::<BusMessage>(&m.payload) {
-                        Ok(b) => h.on_bus(b).await,
-                        Err(e) => tracing::warn!(error = %e, "unreadable backplane message ignored"),
-                    }
-                }
-                m = stream.next() => {
-                    let Some(Ok(m)) = m else { break };
-                    let Some(h) = Hub::upgrade(&hub) else { return };
-                    if let Ok(info) = m.info() {
-                        resume = Some((epoch.clone(), info.stream_sequence));
-                    }
-                    let headers = m.message.headers.as_ref();
-                    let offset = headers.and_then(offset_of);
-                    let node = headers
-                        .and_then(|h| h.get(NODE))
-                        .map(|v| v.as_str().to_owned())
-                        .unwrap_or_default();
-                    match serde_json::from_slice::<Publication>(&m.message.payload) {
-                        Ok(publication) => {
-                            if let (Some(o), Ok(info)) = (offset, m.info()) {
-                                engine.last.lock().insert(m.message.subject.to_string(), (info.stream_sequence, o));
-                            }
-                            h.on_bus(BusMessage { node, epoch: Some(epoch.clone()), offset, publication }).await;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "unreadable stream message ignored"),
-                    }
-                }
+                m = bus.next() => match m {
+                    Some(m) => items.push(Item::Bus(m)),
+                    None => break,
+                },
+                m = stream.next() => match m {
+                    Some(Ok(m)) => items.push(Item::Stream(Box::new(m))),
+                    _ => break,
+                },
                 e = events.recv() => match e {
                     Some(async_nats::Event::Disconnected) | Some(async_nats::Event::Closed) | None => break,
-                    _ => {}
+                    _ => continue,
                 },
             }
+            while items.len() < 256 {
+                if let Some(Some(m)) = bus.next().now_or_never() {
+                    items.push(Item::Bus(m));
+                } else if let Some(Some(Ok(m))) = stream.next().now_or_never() {
+                    items.push(Item::Stream(Box::new(m)));
+                } else {
+                    break;
+                }
+            }
+            let Some(h) = Hub::upgrade(&hub) else { return };
+            let started = std::time::Instant::now();
+            let mut cork = crate::hub::HubCork::new();
+            for item in items {
+                match item {
+                    Item::Bus(m) => match serde_json::from_slice::<BusMessage>(&m.payload) {
+                        Ok(b) => h.on_bus(b, &mut cork).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable backplane message ignored")
+                        }
+                    },
+                    Item::Stream(m) => {
+                        let info = m.info().ok().map(|i| i.stream_sequence);
+                        if let Some(seq) = info {
+                            resume = Some((epoch.clone(), seq));
+                        }
+                        let headers = m.message.headers.as_ref();
+                        let offset = headers.and_then(offset_of);
+                        let node = headers
+                            .and_then(|h| h.get(NODE))
+                            .map(|v| v.as_str().to_owned())
+                            .unwrap_or_default();
+                        match serde_json::from_slice::<Publication>(&m.message.payload) {
+                            Ok(publication) => {
+                                if let (Some(o), Some(seq)) = (offset, info) {
+                                    engine
+                                        .last
+                                        .lock()
+                                        .insert(m.message.subject.to_string(), (seq, o));
+                                }
+                                let b = BusMessage {
+                                    node,
+                                    epoch: Some(epoch.clone()),
+                                    offset,
+                                    publication,
+                                };
+                                h.on_bus(b, &mut cork).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "unreadable stream message ignored")
+                            }
+                        }
+                    }
+                }
+            }
+            h.flush_bus(&mut cork, started);
         }
         *engine.ready.lock() = None;
         tracing::warn!("NATS backplane connection lost");
         let Some(h) = Hub::upgrade(&hub) else { return };
         h.backplane_changed(false);
     }
+}
+
+/// A message from either of the node's subscriptions.
+enum Item {
+    Bus(async_nats::Message),
+    Stream(Box<jetstream::Message>),
 }

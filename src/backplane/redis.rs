@@ -13,7 +13,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{backoff, now_ms, BusMessage, Cluster, EntryChange, Outgoing, Stored, StreamName};
@@ -407,12 +407,24 @@ pub(crate) async fn subscriber(
                 let mut messages = ps.into_on_message();
                 while let Some(msg) = messages.next().await {
                     let Some(h) = Hub::upgrade(&hub) else { return };
-                    match serde_json::from_slice::<BusMessage>(msg.get_payload_bytes()) {
-                        Ok(m) => h.on_bus(m).await,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "unreadable backplane message ignored")
+                    // Everything already received is delivered before one flush.
+                    let started = std::time::Instant::now();
+                    let mut cork = crate::hub::HubCork::new();
+                    let mut next = Some(msg);
+                    let mut n = 0;
+                    while let Some(msg) = next.take() {
+                        match serde_json::from_slice::<BusMessage>(msg.get_payload_bytes()) {
+                            Ok(m) => h.on_bus(m, &mut cork).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "unreadable backplane message ignored")
+                            }
+                        }
+                        n += 1;
+                        if n < 256 {
+                            next = messages.next().now_or_never().flatten();
                         }
                     }
+                    h.flush_bus(&mut cork, started);
                 }
                 tracing::warn!("backplane subscription lost");
             }

@@ -54,6 +54,10 @@ pub struct FanoutArgs {
     /// How the publisher publishes.
     #[arg(long, value_enum, default_value = "ws")]
     pub via: Via,
+    /// Where the publisher connects (default: --url). Another node of a cluster measures
+    /// cross-node fan-out.
+    #[arg(long)]
+    pub publish_url: Option<String>,
     /// After publishing stops, how long to wait for deliveries still in flight.
     #[arg(long, default_value = "5s", value_parser = wshub::config::parse_duration)]
     pub grace: Duration,
@@ -315,9 +319,13 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
             stop.clone(),
         )));
     }
+    let publish_target = match &a.publish_url {
+        Some(url) => client::Target::parse(url)?,
+        None => target.clone(),
+    };
     let mut publisher = match a.via {
-        Via::Ws => Publisher::Ws(WsPublisher::connect(&target).await?),
-        Via::Rest => Publisher::Rest(RestPublisher::connect(&target).await?),
+        Via::Ws => Publisher::Ws(WsPublisher::connect(&publish_target).await?),
+        Via::Rest => Publisher::Rest(RestPublisher::connect(&publish_target).await?),
     };
     // Let join announcements and handshakes settle before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -78,9 +78,11 @@ impl Hub {
     /// A message from the bus: delivered to the matching local connections. For a stream, a
     /// jump in offsets (messages missed while the subscription was down) is filled from the
     /// shared history first, so local clients see every offset in order.
-    pub(crate) async fn on_bus(&self, msg: BusMessage) {
-        let started = std::time::Instant::now();
-        let mut cork = HubCork::new();
+    ///
+    /// The frames wait in `cork`: the caller flushes after the burst of bus messages it had,
+    /// so a burst leaves in one write per socket, as on a single node.
+    pub(crate) async fn on_bus(&self, msg: BusMessage, cork: &mut HubCork) {
+        let cork = &mut *cork;
         match (msg.publication.stream(), msg.epoch.as_deref(), msg.offset) {
             (Some(stream), Some(epoch), Some(offset)) => {
                 let top = self.stream_ref(stream).lock().known_top(epoch);
@@ -93,11 +95,7 @@ impl Hub {
                                     "filled a gap in a stream from the shared history"
                                 );
                                 for s in missed {
-                                    self.deliver(
-                                        &s.publication,
-                                        Some((epoch, s.offset)),
-                                        &mut cork,
-                                    );
+                                    self.deliver(&s.publication, Some((epoch, s.offset)), cork);
                                 }
                             }
                             Err(e) => {
@@ -106,13 +104,17 @@ impl Hub {
                         }
                     }
                 }
-                self.deliver(&msg.publication, Some((epoch, offset)), &mut cork);
+                self.deliver(&msg.publication, Some((epoch, offset)), cork);
             }
             _ => {
-                self.deliver(&msg.publication, None, &mut cork);
+                self.deliver(&msg.publication, None, cork);
             }
         }
-        self.flush(&mut cork, started);
+    }
+
+    /// Writes what a burst of bus messages queued.
+    pub(crate) fn flush_bus(&self, cork: &mut HubCork, started: std::time::Instant) {
+        self.flush(cork, started);
     }
 
     /// Delivers a publication to this node's connections only (the backplane is down).
