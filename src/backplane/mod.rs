@@ -604,7 +604,13 @@ async fn keeper(
     resync: Arc<tokio::sync::Notify>,
 ) {
     let ttl = cluster.config().node_ttl;
-    let mut beat = tokio::time::interval(cluster.config().heartbeat);
+    // NATS keys expire from their last write, so a heartbeat rewrites them all: three times
+    // per TTL is enough and spares JetStream the churn of a short heartbeat.
+    let period = match cluster.engine() {
+        Engine::Redis(_) => cluster.config().heartbeat,
+        Engine::Nats(_) => (ttl / 3).max(cluster.config().heartbeat),
+    };
+    let mut beat = tokio::time::interval(period);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stale = true;
     let mut pending = Vec::new();
@@ -619,7 +625,6 @@ async fn keeper(
                 }
                 None => return,
             },
-            // NATS keys expire from their last write: every heartbeat rewrites them all.
             _ = beat.tick() => stale |= matches!(cluster.engine(), Engine::Nats(_)),
             _ = resync.notified() => stale = true,
         }

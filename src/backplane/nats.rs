@@ -50,6 +50,8 @@ struct Ready {
     js: jetstream::Context,
     stream: stream::Stream,
     kv: kv::Store,
+    kv_stream: stream::Stream,
+    bucket: String,
     epoch: String,
 }
 
@@ -158,20 +160,21 @@ impl NatsEngine {
         let bucket = format!("{}_connections", self.prefix);
         // The bucket's stream is made by hand, as a key-value bucket's is: the bucket API's own
         // create asks for options nats-server 2.9 does not answer in a form the client reads.
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: self.ttl,
-            storage: stream::StorageType::Memory,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err(format!("creating the connections bucket: {e}")))?;
+        let kv_stream = js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: self.ttl,
+                storage: stream::StorageType::Memory,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(format!("creating the connections bucket: {e}")))?;
         let kv = js
             .get_key_value(&bucket)
             .await
@@ -180,6 +183,8 @@ impl NatsEngine {
             js,
             stream,
             kv,
+            kv_stream,
+            bucket,
             epoch,
         })
     }
@@ -268,18 +273,61 @@ impl NatsEngine {
 
     async fn all_entries(&self) -> Result<Vec<(String, String)>, BackplaneError> {
         let r = self.ready()?;
-        let keys: Vec<String> = tokio::time::timeout(CALL_TIMEOUT, async {
-            let keys = r.kv.keys().await.map_err(err)?;
-            Ok::<_, BackplaneError>(keys.filter_map(|k| async move { k.ok() }).collect().await)
+        // The last value of every key, read in one pass over the bucket's stream (the bucket's
+        // own `keys()` did not always finish against nats-server 2.9).
+        let client = self
+            .client
+            .lock()
+            .clone()
+            .ok_or_else(|| err("not connected"))?;
+        let prefix = format!("$KV.{}.", r.bucket);
+        tokio::time::timeout(2 * CALL_TIMEOUT, async {
+            let consumer = r
+                .kv_stream
+                .create_consumer(consumer::push::OrderedConfig {
+                    deliver_subject: client.new_inbox(),
+                    filter_subject: format!("{prefix}>"),
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(err)?;
+            let mut left = consumer.cached_info().num_pending;
+            let mut messages = consumer.messages().await.map_err(err)?;
+            let mut out = std::collections::BTreeMap::new();
+            while left > 0 {
+                // Keys rewritten meanwhile replace their old message, which may then never come:
+                // a short silence ends the pass.
+                let next = tokio::time::timeout(Duration::from_millis(200), messages.next());
+                let Ok(Some(m)) = next.await else {
+                    break;
+                };
+                let m = m.map_err(err)?;
+                left = m.info().map_or(0, |i| i.pending);
+                let deleted = m
+                    .message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some();
+                if deleted {
+                    continue;
+                }
+                let key = m
+                    .message
+                    .subject
+                    .as_str()
+                    .strip_prefix(&prefix)
+                    .unwrap_or_default();
+                if let Ok(v) = String::from_utf8(m.message.payload.to_vec()) {
+                    // A consumer that restarts delivers some keys again: last one wins.
+                    out.insert(key.to_owned(), v);
+                }
+            }
+            Ok(out.into_iter().collect())
         })
         .await
-        .map_err(err)??;
-        let values = futures_util::future::join_all(keys.iter().map(|k| r.kv.get(k.clone()))).await;
-        Ok(keys
-            .into_iter()
-            .zip(values)
-            .filter_map(|(k, v)| Some((k, String::from_utf8(v.ok()??.to_vec()).ok()?)))
-            .collect())
+        .map_err(err)?
     }
 
     pub(crate) async fn locate(&self, id: &str) -> Result<Option<String>, BackplaneError> {
