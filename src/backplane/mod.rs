@@ -280,6 +280,8 @@ pub(crate) struct Outgoing {
 pub struct Cluster {
     node: Arc<str>,
     up: AtomicBool,
+    /// The last publication through the engine succeeded.
+    publishing: AtomicBool,
     out: mpsc::UnboundedSender<Outgoing>,
     entries: mpsc::UnboundedSender<EntryChange>,
     engine: Engine,
@@ -307,7 +309,18 @@ impl Cluster {
     }
 
     pub(crate) fn set_up(&self, up: bool) -> bool {
+        if up {
+            self.publishing.store(true, Ordering::Release);
+        }
         self.up.swap(up, Ordering::AcqRel)
+    }
+
+    /// Whether publications should go through the engine: its subscription is up, or (while it
+    /// reconnects) publishing still works, so what is published here stays in the shared
+    /// history and reaches the other nodes. After a failed publication, until the engine is
+    /// back, they are delivered locally only.
+    pub fn accepts_publications(&self) -> bool {
+        self.is_up() || self.publishing.load(Ordering::Acquire)
     }
 
     /// The settings.
@@ -376,6 +389,7 @@ pub(crate) fn start(
     let cluster = Arc::new(Cluster {
         node,
         up: AtomicBool::new(false),
+        publishing: AtomicBool::new(false),
         out: out_tx,
         entries: entries_tx,
         engine,
@@ -559,15 +573,19 @@ async fn publisher(
         let Some(h) = crate::hub::Hub::upgrade(&hub) else {
             return;
         };
-        let sent = if cluster.is_up() {
+        let sent = if cluster.accepts_publications() {
             match cluster
                 .engine()
                 .publish_batch(&batch, h.config().history)
                 .await
             {
-                Ok(positions) => Some(positions),
+                Ok(positions) => {
+                    cluster.publishing.store(true, Ordering::Release);
+                    Some(positions)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, n = batch.len(), "backplane publish failed; delivering locally only");
+                    cluster.publishing.store(false, Ordering::Release);
                     None
                 }
             }

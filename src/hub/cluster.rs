@@ -51,7 +51,7 @@ impl Hub {
 
     /// The backplane if it is reachable now: publications go through it.
     pub(crate) fn shared_bus(&self) -> Option<&Arc<Cluster>> {
-        self.cluster().filter(|c| c.is_up())
+        self.cluster().filter(|c| c.accepts_publications())
     }
 
     pub(crate) fn downgrade(&self) -> Weak<Shared> {
