@@ -82,6 +82,17 @@ pub struct Stream {
     cold: bool,
 }
 
+/// What [`Stream::adopt`] made of a numbered publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    /// Already had it.
+    Duplicate,
+    /// The next one (or the first after a gap).
+    Next,
+    /// It starts another epoch: the history this node knew is gone, and clients must be told.
+    NewEpoch,
+}
+
 /// What a recovery found.
 #[derive(Debug, Default)]
 pub struct Replay {
@@ -119,16 +130,20 @@ impl Stream {
         self.cold = false;
     }
 
-    /// Before appending a publication the backplane numbered: `false` when this node already
-    /// has it (a duplicate). Another epoch resets the stream to it; a gap is accepted (the
+    /// Before appending a publication the backplane numbered: [`Adopted::Duplicate`] when this
+    /// node already has it. Another epoch resets the stream to it; a gap is accepted (the
     /// caller fetched what it could).
-    pub fn adopt(&mut self, epoch: &str, offset: u64) -> bool {
+    pub fn adopt(&mut self, epoch: &str, offset: u64) -> Adopted {
+        let mut adopted = Adopted::Next;
         if *self.epoch != *epoch {
+            if !self.cold {
+                adopted = Adopted::NewEpoch;
+            }
             self.epoch = Arc::from(epoch);
             self.entries.clear();
             self.top = offset.saturating_sub(1);
         } else if offset <= self.top && !self.cold {
-            return false;
+            return Adopted::Duplicate;
         }
         self.cold = false;
         if offset != self.top + 1 {
@@ -136,7 +151,7 @@ impl Stream {
             self.entries.clear();
             self.top = offset.saturating_sub(1);
         }
-        true
+        adopted
     }
 
     /// The last offset this node has, when it has seen the stream (for gap detection).

@@ -115,6 +115,8 @@ pub enum Audience<'a> {
     All,
     /// Every connection without a subprotocol (SPEC 1 announcements).
     Plain,
+    /// Every `wshub.v1` connection.
+    V1,
     /// The members of a group.
     Group(&'a str),
     /// The members of a group but one.
@@ -532,19 +534,21 @@ impl<S: Sink> ConnectionManager<S> {
         {
             let inner = self.inner.read();
             let members = match audience {
-                Audience::All | Audience::Plain => Some(&inner.conns),
+                Audience::All | Audience::Plain | Audience::V1 => Some(&inner.conns),
                 Audience::Group(g) | Audience::GroupExcept(g, _) => inner.groups.get(g),
                 Audience::User(u) => inner.users.get(u),
             };
-            let plain_only = matches!(audience, Audience::Plain);
+            let only = match audience {
+                Audience::Plain => Some(Protocol::Plain),
+                Audience::V1 => Some(Protocol::V1),
+                _ => None,
+            };
             let except = match audience {
                 Audience::GroupExcept(_, id) => Some(id),
                 _ => None,
             };
             for entry in members.into_iter().flat_map(|m| m.values()) {
-                if (plain_only && entry.info.protocol != Protocol::Plain)
-                    || except == Some(entry.id)
-                {
+                if only.is_some_and(|p| entry.info.protocol != p) || except == Some(entry.id) {
                     continue;
                 }
                 let frame = match entry.info.protocol {

@@ -49,7 +49,8 @@ export interface Ack {
 }
 
 export interface Envelope {
-  type: "message" | "server-broadcast" | "direct" | "joined" | "left";
+  type: "message" | "server-broadcast" | "direct" | "joined" | "left" | "reset";
+  epoch?: string;
   group?: string;
   offset?: number;
   from?: string;

@@ -38,7 +38,7 @@ const DEFAULTS = {
  * Events (CustomEvent, payload in `detail`): `state` ({state}), `welcome` (the welcome),
  * `message` (a group message or a message to everyone), `broadcast` (a server-broadcast),
  * `direct`, `joined`, `left`, `recovered` ({group, recovered}: group is null for the
- * all-clients stream), `close` ({code, reason, willReconnect}), `error` (an unsolicited
+ * all-clients stream; also sent with recovered false when the server says a stream was reset), `close` ({code, reason, willReconnect}), `error` (an unsolicited
  * error frame).
  */
 export class WshubClient extends EventTarget {
@@ -256,6 +256,15 @@ export class WshubClient extends EventTarget {
           this._all.offset = m.offset;
         }
         return this._emit("broadcast", m);
+      case "reset":
+        // The server lost a stream's history (its backplane restarted without it): positions
+        // restart here, and what was published meanwhile may be missing.
+        if (m.group !== undefined) {
+          if (this._groups.has(m.group)) this._groups.set(m.group, { epoch: m.epoch, offset: m.offset });
+        } else {
+          this._all = { epoch: m.epoch, offset: m.offset };
+        }
+        return this._emit("recovered", { group: m.group ?? null, recovered: false });
       case "direct":
       case "joined":
       case "left":

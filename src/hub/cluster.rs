@@ -190,8 +190,19 @@ impl Hub {
             };
             let s = self.stream_ref(stream);
             let mut s = s.lock();
-            if !s.adopt(epoch, offset) {
-                return Delivery::default();
+            match s.adopt(epoch, offset) {
+                crate::history::Adopted::Duplicate => return Delivery::default(),
+                crate::history::Adopted::Next => {}
+                crate::history::Adopted::NewEpoch => {
+                    // The backplane lost this stream's history (a restart without persistence):
+                    // clients' positions mean nothing any more; tell them where it restarts.
+                    let (group, to) = match stream {
+                        StreamName::Group(g) => (Some(g), Audience::Group(g)),
+                        StreamName::All => (None, Audience::V1),
+                    };
+                    let f = v1::reset(group, epoch, offset.saturating_sub(1));
+                    self.publish_corked(to, &f, cork);
+                }
             }
             let Some((plain, v1)) = Self::frames(p, Some(offset)) else {
                 return Delivery::default();

@@ -418,6 +418,33 @@ pub fn delivery(
     )
 }
 
+/// `{"type":"reset","group":…,"epoch":…,"offset":…,"timestamp":…}`: a stream's history was
+/// lost (the backplane restarted without it); it goes on from `offset` in `epoch`. Without
+/// `group`: the all-clients stream.
+pub fn reset(group: Option<&str>, epoch: &str, offset: u64) -> Frame {
+    #[derive(Serialize)]
+    struct Reset<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<&'a str>,
+        epoch: &'a str,
+        offset: u64,
+        timestamp: &'a str,
+    }
+    let ts = now();
+    encode(
+        &Reset {
+            kind: "reset",
+            group,
+            epoch,
+            offset,
+            timestamp: ts.as_str(),
+        },
+        64,
+    )
+}
+
 /// `{"type":"joined"|"left","group":…,"connection":short,"user":…,"timestamp":…}` to a group's
 /// members.
 pub fn membership(joined: bool, group: &str, short_id: &str, user: Option<&str>) -> Frame {
