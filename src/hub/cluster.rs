@@ -675,7 +675,12 @@ impl Hub {
             return Ok(self.broadcast_text_at(message));
         };
         let offset = await_position(rx).await;
-        Ok((self.cluster_connections().await?.len(), offset))
+        // Delivered here only (the backplane went away meanwhile): count this node's clients.
+        let n = match self.cluster_connections().await {
+            Ok(all) if offset > 0 => all.len(),
+            _ => self.connection_count(),
+        };
+        Ok((n, offset))
     }
 
     /// A REST group publish: `(recipients, offset)`.
@@ -691,10 +696,12 @@ impl Hub {
             return Ok(self.publish_to_group_at(group, message));
         };
         let offset = await_position(rx).await;
-        Ok((
-            self.list_connections(Some(group), None).await?.len(),
-            offset,
-        ))
+        // Delivered here only (the backplane went away meanwhile): count this node's members.
+        let n = match self.list_connections(Some(group), None).await {
+            Ok(members) if offset > 0 => members.len(),
+            _ => self.group_members(group).map_or(0, |m| m.len()),
+        };
+        Ok((n, offset))
     }
 
     /// A REST send to a user: how many connections it reached.
