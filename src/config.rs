@@ -99,8 +99,8 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_display")]
     pub backplane: crate::backplane::BackplaneUrl,
 
-    /// This node's id in a cluster (default: random), shown in listings and metrics.
-    #[arg(long, env = "WSHUB_NODE_ID")]
+    /// This node's id in a cluster (default: random), shown in listings and metrics: 1 to 64 of A-Z a-z 0-9 _ - .
+    #[arg(long, env = "WSHUB_NODE_ID", value_parser = parse_node_id)]
     pub node_id: Option<String>,
 
     /// How long a node's connection entries outlive its last heartbeat in the backplane.
@@ -240,6 +240,22 @@ fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 
 fn ser_size<S: serde::Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(*n as u64)
+}
+
+/// A node id: 1 to 64 characters from `A-Z a-z 0-9 _ - .` (it names keys and subjects in the
+/// backplane).
+///
+/// # Errors
+/// A message saying what is allowed.
+pub fn parse_node_id(s: &str) -> Result<String, String> {
+    if (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        Ok(s.to_owned())
+    } else {
+        Err("a node id is 1 to 64 characters from A-Z a-z 0-9 _ - .".into())
+    }
 }
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {

@@ -105,3 +105,30 @@ fn printed_configuration_is_a_valid_configuration_file() {
     assert!(ok, "{err}");
     assert_eq!(out, again);
 }
+
+#[test]
+fn backplane_and_node_id_are_checked_at_startup() {
+    let (ok, _, err) = wshub(&["serve", "--backplane", "kafka://127.0.0.1:9092"], &[]);
+    assert!(!ok);
+    assert!(err.contains("redis://") && err.contains("nats://"), "{err}");
+    let (ok, _, err) = wshub(&["serve", "--node-id", "a\"b"], &[]);
+    assert!(!ok);
+    assert!(err.contains("node id"), "{err}");
+    let (ok, out, _) = wshub(
+        &[
+            "serve",
+            "--print-config",
+            "--backplane",
+            "nats://127.0.0.1:4222",
+            "--node-id",
+            "n-1",
+        ],
+        &[],
+    );
+    assert!(ok);
+    assert!(
+        out.contains("backplane = \"nats://127.0.0.1:4222\""),
+        "{out}"
+    );
+    assert!(out.contains("node_id = \"n-1\""), "{out}");
+}

@@ -30,6 +30,7 @@ impl Hub {
     /// # Errors
     /// When the URL is unusable, or a backplane is already attached.
     pub fn connect_backplane(&self, config: BackplaneConfig) -> Result<(), String> {
+        crate::config::parse_node_id(self.node_id())?;
         let cluster = backplane::start(self, config, self.shared.node.clone())?;
         self.shared.history.set_clustered();
         self.shared.metrics.backplane_up.set(0);
