@@ -58,6 +58,9 @@ pub struct Metrics {
     pub backplane_up: Gauge,
     /// Always 1, labelled with this node's id.
     pub node_info: Family<NodeLabel, Gauge>,
+    /// Backplane trouble by kind: `disconnected`, `publish_failed` (delivered locally only),
+    /// `gap_filled` (missed bus messages fetched from the shared history).
+    pub backplane_events: Family<Reason, Counter>,
     /// Time from a publication entering the hub to its frames being written to every
     /// connection that could take them at once (frames that had to wait for a slow socket are
     /// not in it).
@@ -87,6 +90,7 @@ impl Metrics {
             http_requests: Family::default(),
             backplane_up: Gauge::default(),
             node_info: Family::default(),
+            backplane_events: Family::default(),
             // 10 µs … ~5 s
             fanout_seconds: Histogram::new(exponential_buckets(0.000_01, 3.0, 13)),
             registry: Registry::default(),
@@ -141,6 +145,11 @@ impl Metrics {
             "backplane_up",
             "1 while the backplane is reachable",
             m.backplane_up.clone(),
+        );
+        registry.register(
+            "backplane_events",
+            "Backplane events: disconnected, publish_failed, gap_filled",
+            m.backplane_events.clone(),
         );
         registry.register(
             "node_info",

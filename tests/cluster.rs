@@ -604,6 +604,10 @@ async fn the_backplane_dies_and_comes_back(kind: Kind) {
     assert_eq!(ready(&a).await, 503);
     let metrics = String::from_utf8(http(a.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
     assert!(metrics.contains("wshub_backplane_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("wshub_backplane_events_total{reason=\"disconnected\"} 1"),
+        "{metrics}"
+    );
     // Local delivery goes on: A's member gets A's publish (without an offset), B's does not.
     let c = json!({"id":1,"type":"publish","group":"g","message":"during outage"});
     send_text(&mut on_a, &c.to_string()).await;

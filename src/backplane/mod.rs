@@ -586,6 +586,7 @@ async fn publisher(
                 Err(e) => {
                     tracing::warn!(error = %e, n = batch.len(), "backplane publish failed; delivering locally only");
                     cluster.publishing.store(false, Ordering::Release);
+                    h.backplane_event("publish_failed");
                     None
                 }
             }

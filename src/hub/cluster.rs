@@ -63,11 +63,23 @@ impl Hub {
         weak.upgrade().map(|shared| Hub { shared })
     }
 
+    /// Counts a backplane event (`wshub_backplane_events_total{reason}`).
+    pub(crate) fn backplane_event(&self, reason: &'static str) {
+        self.shared
+            .metrics
+            .backplane_events
+            .get_or_create(&crate::metrics::Reason { reason })
+            .inc();
+    }
+
     /// The engine became reachable or unreachable.
     pub(crate) fn backplane_changed(&self, up: bool) {
         let Some(c) = self.cluster() else { return };
         if c.set_up(up) != up {
             self.shared.metrics.backplane_up.set(i64::from(up));
+            if !up {
+                self.backplane_event("disconnected");
+            }
             if up {
                 tracing::info!(node = %self.node_id(), "backplane connected: cross-node delivery on");
             } else {
@@ -91,6 +103,7 @@ impl Hub {
                     if offset > top + 1 {
                         match c.engine().range(stream, top + 1, offset - 1).await {
                             Ok(missed) => {
+                                self.backplane_event("gap_filled");
                                 tracing::info!(
                                     n = missed.len(),
                                     "filled a gap in a stream from the shared history"
