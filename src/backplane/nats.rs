@@ -125,6 +125,13 @@ impl NatsEngine {
         format!("{node}.{id}")
     }
 
+    fn client(&self) -> Result<async_nats::Client, BackplaneError> {
+        self.client
+            .lock()
+            .clone()
+            .ok_or_else(|| err("the NATS backplane is not connected"))
+    }
+
     fn ready(&self) -> Result<Arc<Ready>, BackplaneError> {
         self.ready
             .lock()
@@ -218,11 +225,7 @@ impl NatsEngine {
     ) -> Result<Vec<Stored>, BackplaneError> {
         let r = self.ready()?;
         let subject = self.subject(stream);
-        let client = self
-            .client
-            .lock()
-            .clone()
-            .ok_or_else(|| err("not connected"))?;
+        let client = self.client()?;
         let consumer = r
             .stream
             .create_consumer(consumer::push::OrderedConfig {
@@ -275,11 +278,7 @@ impl NatsEngine {
         let r = self.ready()?;
         // The last value of every key, read in one pass over the bucket's stream (the bucket's
         // own `keys()` did not always finish against nats-server 2.9).
-        let client = self
-            .client
-            .lock()
-            .clone()
-            .ok_or_else(|| err("not connected"))?;
+        let client = self.client()?;
         let prefix = format!("$KV.{}.", r.bucket);
         tokio::time::timeout(2 * CALL_TIMEOUT, async {
             let consumer = r
@@ -397,11 +396,7 @@ impl NatsEngine {
         batch: &[Outgoing],
     ) -> Result<Vec<Option<(String, u64)>>, BackplaneError> {
         let r = self.ready()?;
-        let client = self
-            .client
-            .lock()
-            .clone()
-            .ok_or_else(|| err("not connected"))?;
+        let client = self.client()?;
         let mut out = Vec::with_capacity(batch.len());
         for o in batch {
             let payload = serde_json::to_vec(&o.publication).map_err(err)?;
