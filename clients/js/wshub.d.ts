@@ -33,6 +33,8 @@ export interface Welcome {
   shortId: string;
   user: string | null;
   protocol: "wshub.v1";
+  /** The id of the node this connection is on. */
+  node: string;
   all: Position & { recovered?: boolean };
   timestamp: string;
 }

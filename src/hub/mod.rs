@@ -490,6 +490,7 @@ impl Hub {
                 &id.to_string(),
                 &id.short(),
                 entry.info.user.as_deref(),
+                &self.shared.node,
                 state,
             ));
             for frame in replay.into_iter().flat_map(|r| r.frames) {

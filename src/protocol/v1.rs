@@ -341,6 +341,7 @@ pub fn welcome(
     connection_id: &str,
     short_id: &str,
     user: Option<&str>,
+    node: &str,
     all: StreamState<'_>,
 ) -> Frame {
     #[derive(Serialize)]
@@ -352,6 +353,7 @@ pub fn welcome(
         short_id: &'a str,
         user: Option<&'a str>,
         protocol: &'static str,
+        node: &'a str,
         all: StreamState<'a>,
         timestamp: &'a str,
     }
@@ -363,6 +365,7 @@ pub fn welcome(
             short_id,
             user,
             protocol: super::V1,
+            node,
             all,
             timestamp: ts.as_str(),
         },
@@ -589,7 +592,14 @@ mod tests {
             offset: 3,
             recovered: None,
         };
-        let w = json(&welcome(&"a".repeat(32), "aaaaaaaa", Some("alice"), all));
+        let w = json(&welcome(
+            &"a".repeat(32),
+            "aaaaaaaa",
+            Some("alice"),
+            "n1",
+            all,
+        ));
+        assert_eq!(w["node"], "n1");
         assert_eq!(w["all"], serde_json::json!({"epoch":"e1","offset":3}));
         assert_eq!(w["type"], "welcome");
         assert_eq!(w["user"], "alice");

@@ -3,7 +3,7 @@
 // restarted. Every message is counted.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { startServer, until } from "../../clients/js/test/server.mjs";
 import { startProxy } from "./proxy.mjs";
@@ -45,7 +45,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 test("a message typed in one page appears in the other; the page shows status and id", async () => {
   const a = await openChat("lobby");
   const b = await openChat("lobby");
-  assert.match(await a.textContent("#me"), /^you are [0-9a-f]{8}$/);
+  assert.match(await a.textContent("#me"), /^you are [0-9a-f]{8} · node \S+$/);
   await a.fill("#msg-input", "hello from A");
   await a.click("#send-btn");
   await b.waitForFunction(() => [...document.querySelectorAll("#messages li.msg .text")].some((e) => e.textContent === "hello from A"), null, { timeout: 10000 });
@@ -103,4 +103,57 @@ test("the server is killed and restarted: the pages reconnect, say history was l
   await b.screenshot({ path: SHOTS + "restarted.png" });
   await a.close();
   await b.close();
+});
+
+test("across a cluster: pages on two nodes sharing Redis chat with each other", async () => {
+  const { spawn } = await import("node:child_process");
+  const net = await import("node:net");
+  const port = await new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+  const redisBin = ["/usr/bin/redis-server", "/usr/sbin/redis-server"].find((p) => existsSync(p)) ?? "redis-server";
+  const redis = spawn(redisBin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  const nodes = [];
+  try {
+    await until(
+      () =>
+        new Promise((resolve) => {
+          const c = net.connect(port, "127.0.0.1", () => {
+            c.destroy();
+            resolve(true);
+          });
+          c.on("error", () => resolve(false));
+        }),
+      10000,
+      "redis-server",
+    );
+    for (const id of ["n1", "n2"]) {
+      nodes.push(await startServer({ args: ["--backplane", `redis://127.0.0.1:${port}`, "--node-id", id] }));
+    }
+    for (const n of nodes) await until(async () => (await fetch(`${n.base}/readyz`)).status === 200, 10000, "the backplane");
+    const pages = [];
+    for (const n of nodes) {
+      const page = await browser.newPage();
+      await page.goto(`${n.base}/?group=cluster`);
+      await page.waitForSelector('#status[data-state="open"]', { timeout: 10000 });
+      await page.waitForSelector('#groups li[data-group="cluster"]', { timeout: 10000 });
+      pages.push(page);
+    }
+    await pages[0].fill("#msg-input", "from node one");
+    await pages[0].click("#send-btn");
+    await pages[1].waitForFunction(() => [...document.querySelectorAll("#messages li.msg .text")].some((e) => e.textContent === "from node one"), null, { timeout: 10000 });
+    // A server broadcast pushed through node two's REST API reaches the page on node one.
+    await pages[1].fill("#broadcast-input", "cluster-wide");
+    await pages[1].click("#broadcast-btn");
+    await pages[0].waitForSelector("#messages li.broadcast", { timeout: 10000 });
+    assert.equal(await pages[0].textContent("#messages li.broadcast .text"), "cluster-wide");
+    await pages[1].screenshot({ path: SHOTS + "cluster.png" });
+    for (const p of pages) await p.close();
+  } finally {
+    for (const n of nodes) await n.stop();
+    redis.kill("SIGKILL");
+  }
 });
