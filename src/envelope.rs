@@ -87,14 +87,14 @@ fn encode_full(
     buf.finish(OpCode::Text)
 }
 
-/// The `system` message announcing that a client joined.
-pub fn joined(short_id: &str) -> Frame {
-    encode(Kind::System, None, &format!("Client {short_id} joined."))
+/// The text of the `system` message announcing that a client joined.
+pub fn joined(short_id: &str) -> String {
+    format!("Client {short_id} joined.")
 }
 
-/// The `system` message announcing that a client left.
-pub fn left(short_id: &str) -> Frame {
-    encode(Kind::System, None, &format!("Client {short_id} left."))
+/// The text of the `system` message announcing that a client left.
+pub fn left(short_id: &str) -> String {
+    format!("Client {short_id} left.")
 }
 
 /// An RFC 3339 UTC timestamp with whole seconds, e.g. `2026-06-13T06:00:00Z`, formatted

@@ -615,6 +615,18 @@ async fn the_backplane_dies_and_comes_back(kind: Kind) {
     let m = next_json_where(&mut on_a, |v| v["type"] == "message").await;
     assert_eq!(m["message"], "during outage");
     assert!(m.get("offset").is_none(), "{m}");
+    // A broadcast too: here only, without an offset (it must not advance this node's copy of
+    // the all-clients stream, or later numbered broadcasts would look like duplicates).
+    let r = post_json(
+        a.addr,
+        "/api/connections/broadcast",
+        r#"{"message":"outage news"}"#,
+    )
+    .await;
+    assert_eq!(r.json(), json!({"recipients":1,"offset":0}));
+    let m = next_json_where(&mut on_a, |v| v["type"] == "server-broadcast").await;
+    assert_eq!(m["message"], "outage news");
+    assert!(m.get("offset").is_none(), "{m}");
     assert_quiet(&mut on_b).await;
 
     redis.restart();
@@ -651,6 +663,21 @@ async fn the_backplane_dies_and_comes_back(kind: Kind) {
             }
             Kind::Nats => assert!(resets.is_empty(), "{before:?}"),
         }
+    }
+    // Numbered broadcasts reach both nodes again.
+    let r = post_json(
+        b.addr,
+        "/api/connections/broadcast",
+        r#"{"message":"back"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["offset"], 1);
+    for ws in [&mut on_a, &mut on_b] {
+        let m = next_json_where(ws, |v| v["type"] == "server-broadcast").await;
+        assert_eq!(
+            (m["message"].as_str(), m["offset"].as_u64()),
+            (Some("back"), Some(1))
+        );
     }
     // The listing is rebuilt in the new Redis.
     wait_listing(&b, "", |v| v["count"] == 2).await;

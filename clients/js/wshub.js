@@ -170,7 +170,9 @@ export class WshubClient extends EventTarget {
     try {
       url = await this._url();
     } catch (e) {
-      this._scheduleReconnect(4000, `token: ${e?.message ?? e}`);
+      // The token could not be had: say so, and try again later like any failed attempt.
+      this._emit("error", { type: "error", id: null, code: "token", message: String(e?.message ?? e) });
+      this._scheduleReconnect();
       return;
     }
     if (this._closedByUser) return;
@@ -204,7 +206,7 @@ export class WshubClient extends EventTarget {
     this._failPending(new Error(`connection lost (${code})`), false);
     const willReconnect = !this._closedByUser && this.options.reconnect && !isFinal(code);
     this._emit("close", { code, reason, willReconnect });
-    if (willReconnect) this._scheduleReconnect(code, reason);
+    if (willReconnect) this._scheduleReconnect();
     else this._setState("closed");
   }
 

@@ -126,10 +126,7 @@ pub async fn broadcast(
             "`message` must not be empty or whitespace",
         ));
     }
-    let (recipients, offset) = hub
-        .broadcast_everywhere(&message)
-        .await
-        .map_err(unavailable)?;
+    let (recipients, offset) = hub.broadcast_everywhere(&message).await;
     Ok(Json(BroadcastResult { recipients, offset }))
 }
 

@@ -256,8 +256,6 @@ pub enum EntryChange {
     Put {
         /// Its id.
         id: String,
-        /// Its user, for the user index.
-        user: Option<String>,
         /// The entry.
         json: String,
     },
@@ -265,8 +263,6 @@ pub enum EntryChange {
     Remove {
         /// Its id.
         id: String,
-        /// Its user, for the user index.
-        user: Option<String>,
     },
 }
 

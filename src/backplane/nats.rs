@@ -383,7 +383,7 @@ impl NatsEngine {
                         .await
                         .map_err(err)?;
                 }
-                EntryChange::Remove { id, .. } => {
+                EntryChange::Remove { id } => {
                     r.kv.delete(self.key(id)).await.map_err(err)?;
                 }
             }
@@ -644,7 +644,7 @@ pub(crate) async fn subscriber(
                     }
                 }
             }
-            h.flush_bus(&mut cork, started);
+            h.flush(&mut cork, started);
         }
         *engine.ready.lock() = None;
         tracing::warn!("NATS backplane connection lost");

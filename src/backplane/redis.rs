@@ -327,7 +327,7 @@ impl RedisEngine {
                 EntryChange::Put { id, json, .. } => {
                     pipe.cmd("HSET").arg(&key).arg(id).arg(json).ignore();
                 }
-                EntryChange::Remove { id, .. } => {
+                EntryChange::Remove { id } => {
                     pipe.cmd("HDEL").arg(&key).arg(id).ignore();
                 }
             }
@@ -424,7 +424,7 @@ pub(crate) async fn subscriber(
                             next = messages.next().now_or_never().flatten();
                         }
                     }
-                    h.flush_bus(&mut cork, started);
+                    h.flush(&mut cork, started);
                 }
                 tracing::warn!("backplane subscription lost");
             }

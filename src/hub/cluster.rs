@@ -126,11 +126,6 @@ impl Hub {
         }
     }
 
-    /// Writes what a burst of bus messages queued.
-    pub(crate) fn flush_bus(&self, cork: &mut HubCork, started: std::time::Instant) {
-        self.flush(cork, started);
-    }
-
     /// Delivers a publication to this node's connections only (the backplane is down).
     pub(crate) fn deliver_local_only(&self, p: &Publication) {
         let started = std::time::Instant::now();
@@ -357,18 +352,13 @@ impl Hub {
         let Some(c) = self.cluster() else { return };
         match self.connection(id) {
             Some(snap) => {
-                let user = snap.user.as_deref().map(str::to_owned);
                 let dto = crate::api::connections::connection_dto(snap, self.node_id());
                 c.entry(EntryChange::Put {
                     id: dto.id.clone(),
-                    user,
                     json: serde_json::to_string(&dto).unwrap_or_default(),
                 });
             }
-            None => c.entry(EntryChange::Remove {
-                id: id.to_string(),
-                user: None,
-            }),
+            None => c.entry(EntryChange::Remove { id: id.to_string() }),
         }
     }
 
@@ -445,21 +435,10 @@ impl Hub {
         }
     }
 
-    /// Every connection in the cluster (this node's from memory when it has no backplane),
-    /// oldest first, as the REST API shows them.
-    ///
-    /// # Errors
-    /// When the backplane cannot be read.
-    pub async fn cluster_connections(
-        &self,
+    /// Every connection entry in the backplane, oldest first.
+    async fn entries_everywhere(
+        c: &Cluster,
     ) -> Result<Vec<crate::api::connections::Connection>, String> {
-        let Some(c) = self.cluster() else {
-            return Ok(self
-                .connections(None, None)
-                .into_iter()
-                .map(|s| crate::api::connections::connection_dto(s, self.node_id()))
-                .collect());
-        };
         let raw = c
             .engine()
             .entries(c.config().node_ttl)
@@ -486,41 +465,32 @@ impl Hub {
         true
     }
 
-    /// A group message through the backplane, when there is one up: `Some(receiver of its
-    /// position)`.
-    pub(crate) fn route_group(
-        &self,
+    /// A group message as it travels between nodes.
+    pub(crate) fn group_publication(
         group: &str,
         from: Option<&str>,
         user: Option<&str>,
         message: &RawValue,
-    ) -> Option<tokio::sync::oneshot::Receiver<Option<(String, u64)>>> {
-        let c = self.shared_bus()?;
-        Some(c.publish(Publication::Group {
+    ) -> Publication {
+        Publication::Group {
             group: group.to_owned(),
             from: from.map(str::to_owned),
             user: user.map(str::to_owned),
             message: message.to_owned(),
-        }))
+        }
     }
 
-    /// A text to everyone through the backplane, when there is one up.
-    pub(crate) fn route_all(
-        &self,
-        kind: Kind,
-        from: Option<&str>,
-        text: &str,
-    ) -> Option<tokio::sync::oneshot::Receiver<Option<(String, u64)>>> {
-        let c = self.shared_bus()?;
+    /// A text to everyone as it travels between nodes.
+    pub(crate) fn all_publication(kind: Kind, from: Option<&str>, text: &str) -> Publication {
         let kind = match kind {
             Kind::ServerBroadcast => AllKind::ServerBroadcast,
             _ => AllKind::Message,
         };
-        Some(c.publish(Publication::All {
+        Publication::All {
             kind,
             from: from.map(str::to_owned),
             text: text.to_owned(),
-        }))
+        }
     }
 }
 
@@ -619,14 +589,14 @@ impl Hub {
         group: Option<&str>,
         user: Option<&str>,
     ) -> Result<Vec<crate::api::connections::Connection>, String> {
-        if self.cluster().is_none() {
+        let Some(c) = self.cluster() else {
             return Ok(self
                 .connections(group, user)
                 .into_iter()
                 .map(|s| crate::api::connections::connection_dto(s, self.node_id()))
                 .collect());
-        }
-        let mut all = self.cluster_connections().await?;
+        };
+        let mut all = Self::entries_everywhere(c).await?;
         all.retain(|c| {
             group.is_none_or(|g| c.groups.iter().any(|x| x == g))
                 && user.is_none_or(|u| c.user.as_deref() == Some(u))
@@ -680,42 +650,33 @@ impl Hub {
         }
     }
 
-    /// A REST broadcast: `(recipients, offset)`.
-    ///
-    /// # Errors
-    /// When the backplane cannot be read.
-    pub async fn broadcast_everywhere(&self, message: &str) -> Result<(usize, u64), String> {
-        let Some(rx) = self.route_all(Kind::ServerBroadcast, None, message) else {
-            return Ok(self.broadcast_text_at(message));
+    /// A REST broadcast: `(recipients, offset)`. The offset is 0 when the message was
+    /// delivered on this node only (the backplane is away); the count is then this node's.
+    pub async fn broadcast_everywhere(&self, message: &str) -> (usize, u64) {
+        let Some(c) = self.shared_bus() else {
+            return self.broadcast_text_at(message);
         };
+        let rx = c.publish(Self::all_publication(Kind::ServerBroadcast, None, message));
         let offset = await_position(rx).await;
-        // Delivered here only (the backplane went away meanwhile): count this node's clients.
-        let n = match self.cluster_connections().await {
+        let n = match self.list_connections(None, None).await {
             Ok(all) if offset > 0 => all.len(),
             _ => self.connection_count(),
         };
-        Ok((n, offset))
+        (n, offset)
     }
 
-    /// A REST group publish: `(recipients, offset)`.
-    ///
-    /// # Errors
-    /// When the backplane cannot be read.
-    pub async fn publish_everywhere(
-        &self,
-        group: &str,
-        message: &RawValue,
-    ) -> Result<(usize, u64), String> {
-        let Some(rx) = self.route_group(group, None, None, message) else {
-            return Ok(self.publish_to_group_at(group, message));
+    /// A REST group publish: `(recipients, offset)`, as [`broadcast_everywhere`](Self::broadcast_everywhere).
+    pub async fn publish_everywhere(&self, group: &str, message: &RawValue) -> (usize, u64) {
+        let Some(c) = self.shared_bus() else {
+            return self.publish_to_group_at(group, message);
         };
+        let rx = c.publish(Self::group_publication(group, None, None, message));
         let offset = await_position(rx).await;
-        // Delivered here only (the backplane went away meanwhile): count this node's members.
         let n = match self.list_connections(Some(group), None).await {
             Ok(members) if offset > 0 => members.len(),
             _ => self.group_members(group).map_or(0, |m| m.len()),
         };
-        Ok((n, offset))
+        (n, offset)
     }
 
     /// A REST send to a user: how many connections it reached.
@@ -760,7 +721,7 @@ impl Hub {
                 .collect());
         }
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
-        for c in self.cluster_connections().await? {
+        for c in self.list_connections(None, None).await? {
             for g in c.groups {
                 *counts.entry(g).or_default() += 1;
             }

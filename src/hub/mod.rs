@@ -301,8 +301,10 @@ impl Hub {
         text: &str,
         cork: &mut HubCork,
     ) -> (Delivery, u64) {
-        if self.route_all(kind, from, text).is_some() {
-            return (Delivery::default(), 0);
+        if self.cluster().is_some() {
+            // The backplane numbers it (or, while it is away, it is delivered here unnumbered).
+            let d = self.route(Self::all_publication(kind, from, text), cork);
+            return (d.unwrap_or_default(), 0);
         }
         let plain = envelope::encode(kind, from, text);
         let mut all = self.shared.history.all().lock();
@@ -322,7 +324,8 @@ impl Hub {
     /// Publishes a `message` to a group's stream: on a single node the frame for the next
     /// offset is recorded and offered to the members, all under the stream's lock (see
     /// [`crate::history`]); in a cluster it goes to the backplane, which numbers it and brings
-    /// it back to every node (`None`).
+    /// it back to every node (`None`), or, while the backplane is away, it is delivered here
+    /// unnumbered (offset 0).
     pub(crate) fn publish_group(
         &self,
         group: &str,
@@ -331,24 +334,18 @@ impl Hub {
         message: &serde_json::value::RawValue,
         cork: &mut HubCork,
     ) -> Option<(Delivery, u64)> {
-        if self.route_group(group, from, user, message).is_some() {
-            return None;
+        if self.cluster().is_some() {
+            let p = Self::group_publication(group, from, user, message);
+            return self.route(p, cork).map(|d| (d, 0));
         }
         let stream: StreamRef = self.shared.history.stream(group);
         let mut s = stream.lock();
-        let offset = if self.cluster().is_some() {
-            // A cluster whose backplane is down: delivered here only, without an offset.
-            None
-        } else {
-            Some(s.next_offset())
-        };
-        let frame = v1::delivery("message", Some(group), offset, from, user, message);
-        if offset.is_some() {
-            s.append(frame.clone());
-        }
+        let offset = s.next_offset();
+        let frame = v1::delivery("message", Some(group), Some(offset), from, user, message);
+        s.append(frame.clone());
         let d = self.publish_corked(Audience::Group(group), &frame, cork);
         drop(s);
-        Some((d, offset.unwrap_or(0)))
+        Some((d, offset))
     }
 
     /// Offers an already encoded frame to every connection.
@@ -374,15 +371,11 @@ impl Hub {
     fn announce(&self, text: String) {
         let mut cork = Cork::new();
         if self
-            .route(
-                crate::backplane::Publication::System { text: text.clone() },
-                &mut cork,
-            )
-            .is_none()
+            .route(crate::backplane::Publication::System { text }, &mut cork)
+            .is_some()
         {
-            return;
+            cork.flush_deferred();
         }
-        cork.flush_deferred();
     }
 
     fn broadcast_corked(&self, frame: &Frame, cork: &mut HubCork) -> Delivery {
@@ -500,7 +493,7 @@ impl Hub {
         drop(all);
         self.entry_changed(id);
         if self.shared.config.announce {
-            self.announce(format!("Client {} joined.", id.short()));
+            self.announce(envelope::joined(&id.short()));
         }
         entry
     }
@@ -532,7 +525,7 @@ impl Hub {
         }
         cork.flush_deferred();
         if self.shared.config.announce {
-            self.announce(format!("Client {short} left."));
+            self.announce(envelope::left(&short));
         }
     }
 

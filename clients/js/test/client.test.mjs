@@ -156,3 +156,20 @@ test("a server close with 1000 is final", async () => {
   assert.deepEqual(await closed, { code: 1000, reason: "bye", willReconnect: false });
   assert.equal(a.state, "closed");
 });
+
+test("a token function that fails is reported and retried", async () => {
+  let calls = 0;
+  const a = client({
+    token: async () => {
+      calls += 1;
+      if (calls === 1) throw new Error("token service down");
+      return undefined; // the test server needs no token
+    },
+  });
+  const error = next(a, "error");
+  const welcomed = a.connect();
+  assert.deepEqual(await error, { type: "error", id: null, code: "token", message: "token service down" });
+  assert.equal((await welcomed).type, "welcome");
+  assert.equal(calls, 2);
+  a.close();
+});
