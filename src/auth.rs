@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::problem::Problem;
 
 /// Raw security settings, as configured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthSettings {
     /// The REST API key.
     pub api_key: Option<String>,
@@ -29,7 +29,27 @@ pub struct AuthSettings {
     pub jwt_public_key_pem: Option<Vec<u8>>,
     /// Origins allowed to open WebSockets (`*` allows any); empty allows any.
     pub allowed_origins: Vec<String>,
+    /// Clock skew tolerated when checking a token's `exp` and `nbf`.
+    pub leeway: std::time::Duration,
 }
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            jwt_secret: None,
+            jwt_public_key_pem: None,
+            allowed_origins: Vec::new(),
+            leeway: DEFAULT_LEEWAY,
+        }
+    }
+}
+
+/// The clock skew tolerated by default when checking `exp` and `nbf`.
+pub const DEFAULT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The shortest HS256 secret accepted: the hash size (RFC 7518 section 3.2).
+pub const MIN_HS256_SECRET: usize = 32;
 
 /// Checks credentials; built once at startup.
 #[derive(Default)]
@@ -77,20 +97,29 @@ impl Auth {
     /// A message naming the setting when a key cannot be used.
     pub fn new(s: &AuthSettings) -> Result<Self, String> {
         let mut keys = Vec::new();
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            v.validate_nbf = true;
+            v.leeway = s.leeway.as_secs();
+            v
+        };
         if let Some(secret) = &s.jwt_secret {
-            if secret.len() < 16 {
-                return Err("--jwt-secret must be at least 16 bytes".into());
+            if secret.len() < MIN_HS256_SECRET {
+                return Err(format!(
+                    "--jwt-secret must be at least {MIN_HS256_SECRET} bytes (HS256 keys are at least the hash size, RFC 7518 section 3.2); this one has {}",
+                    secret.len()
+                ));
             }
             keys.push((
                 DecodingKey::from_secret(secret.as_bytes()),
-                Validation::new(Algorithm::HS256),
+                validation(Algorithm::HS256),
             ));
         }
         if let Some(pem) = &s.jwt_public_key_pem {
             let key = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-                (k, Validation::new(Algorithm::RS256))
+                (k, validation(Algorithm::RS256))
             } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-                (k, Validation::new(Algorithm::ES256))
+                (k, validation(Algorithm::ES256))
             } else {
                 return Err("--jwt-public-key: not a PEM RSA or EC (P-256) public key".into());
             };
@@ -169,8 +198,10 @@ impl Auth {
     /// `Authorization: Bearer`).
     ///
     /// # Errors
-    /// 401 when tokens are required and the token is missing, malformed, badly signed or
-    /// expired.
+    /// 400 when the request carries a token both ways (RFC 6750 section 2: one method only);
+    /// 401 when tokens are required and the token is missing, malformed, badly signed,
+    /// expired, not valid yet (`nbf`), or has critical header parameters (`crit`, none of
+    /// which this server understands: RFC 7515 section 4.1.11).
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -180,12 +211,25 @@ impl Auth {
             return Ok(Identity::default());
         }
         let unauthorized = |detail: String| Problem::new(StatusCode::UNAUTHORIZED, detail);
-        let token = query_token.or_else(|| bearer(headers)).ok_or_else(|| {
-            unauthorized(
-                "a token is required: `?access_token=<jwt>` or `Authorization: Bearer <jwt>`"
-                    .into(),
-            )
-        })?;
+        let token = match (query_token, bearer(headers)) {
+            (Some(_), Some(_)) => {
+                return Err(Problem::bad_request(
+                    "send the token one way only: `?access_token=` or `Authorization: Bearer`, not both",
+                ))
+            }
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => {
+                return Err(unauthorized(
+                    "a token is required: `?access_token=<jwt>` or `Authorization: Bearer <jwt>`"
+                        .into(),
+                ))
+            }
+        };
+        if jsonwebtoken::decode_header(token).is_ok_and(|h| h.crit.is_some()) {
+            return Err(unauthorized(
+                "invalid token: it has critical header parameters (`crit`) this server does not understand".into(),
+            ));
+        }
         let mut last = None;
         for (key, validation) in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, validation) {

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_size")]
     pub max_message_size: usize,
 
+    /// Serve the /ws/echo diagnostics endpoint (`false`: it answers 404); it counts against --max-connections and the rate limit like /ws.
+    #[arg(long, env = "WSHUB_ECHO_ENDPOINT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub echo_endpoint: bool,
+
     /// Largest message accepted on the /ws/echo diagnostics endpoint.
     #[arg(long, env = "WSHUB_ECHO_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]
     #[serde(serialize_with = "ser_size")]
@@ -60,6 +64,11 @@ pub struct ServeArgs {
     /// Frames a client may have queued for sending before it is closed as a slow consumer (1008).
     #[arg(long, env = "WSHUB_SEND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub send_queue: u32,
+
+    /// Bytes a client may have queued for sending, not yet written, before it is closed as a slow consumer (1008); one message larger than this still goes through an empty queue.
+    #[arg(long, env = "WSHUB_MAX_SEND_BUFFER", default_value = "1MiB", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_size")]
+    pub max_send_buffer: usize,
 
     /// Whether every join and leave is announced to all clients: `all` (as the original) or `none`.
     #[arg(long, env = "WSHUB_ANNOUNCE", default_value = "all")]
@@ -89,10 +98,19 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,
 
-    /// How long a message stays in history.
+    /// How long a message stays in history; a group without members is forgotten this long after its last message.
     #[arg(long, env = "WSHUB_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_duration")]
     pub history_ttl: Duration,
+
+    /// Bytes of history kept across all groups and the all-clients stream; past it the oldest messages go first.
+    #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_size")]
+    pub history_max_bytes: usize,
+
+    /// Groups the hub keeps at once (with their history); a join or publish that would make one more is refused.
+    #[arg(long, env = "WSHUB_MAX_GROUPS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_groups: u32,
 
     /// Where nodes meet: `memory` (a single node) or `redis://host:port[/db]` (several nodes share it).
     #[arg(long, env = "WSHUB_BACKPLANE", default_value = "memory")]
@@ -128,15 +146,25 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
 
+    /// How long a client may take to send a whole request, body included (slower gets 408 and the connection is closed).
+    #[arg(long, env = "WSHUB_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub request_timeout: Duration,
+
     /// REST API key: every /api/* call then needs `Authorization: Bearer <key>`.
     #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
     #[serde(serialize_with = "ser_secret")]
     pub api_key: Option<String>,
 
-    /// HS256 secret (at least 16 bytes): WebSocket upgrades then need a valid JWT.
+    /// HS256 secret (at least 32 bytes): WebSocket upgrades then need a valid JWT.
     #[arg(long, env = "WSHUB_JWT_SECRET", hide_env_values = true)]
     #[serde(serialize_with = "ser_secret")]
     pub jwt_secret: Option<String>,
+
+    /// Clock skew tolerated when checking a token's `exp` and `nbf` (e.g. 5s, 0s for none).
+    #[arg(long, env = "WSHUB_JWT_LEEWAY", default_value = "5s", value_parser = parse_leeway)]
+    #[serde(serialize_with = "ser_duration")]
+    pub jwt_leeway: Duration,
 
     /// PEM file with an RSA or EC P-256 public key: WebSocket upgrades then need a valid RS256/ES256 JWT.
     #[arg(long, env = "WSHUB_JWT_PUBLIC_KEY")]
@@ -197,6 +225,7 @@ impl ServeArgs {
             jwt_secret: self.jwt_secret.clone(),
             jwt_public_key_pem,
             allowed_origins: self.allowed_origins.clone(),
+            leeway: self.jwt_leeway,
         })
     }
 
@@ -207,7 +236,9 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             max_message_size: self.max_message_size,
             echo_max_message_size: self.echo_max_message_size,
+            echo_endpoint: self.echo_endpoint,
             send_queue: self.send_queue as usize,
+            max_send_buffer: self.max_send_buffer,
             close_timeout: self.close_timeout,
             shutdown_timeout: self.shutdown_timeout,
             announce: self.announce == Announce::All,
@@ -218,6 +249,8 @@ impl ServeArgs {
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,
+                max_bytes: self.history_max_bytes,
+                max_streams: self.max_groups as usize,
             },
             rate_limit: self
                 .max_messages_per_second
@@ -345,6 +378,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}`: {e} (try 30s, 500ms)"))?;
     if d.is_zero() {
         return Err(format!("`{s}`: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// Parses a clock leeway: a duration, zero allowed, at most 10 minutes.
+pub fn parse_leeway(s: &str) -> Result<Duration, String> {
+    let d = if s.trim() == "0" {
+        Duration::ZERO
+    } else {
+        humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}`: {e} (try 5s)"))?
+    };
+    if d > Duration::from_secs(600) {
+        return Err(format!("`{s}`: at most 10m"));
     }
     Ok(d)
 }

@@ -14,7 +14,9 @@
 //! Lock order: a stream's lock, then the connection registry's. Nothing takes them the other
 //! way round.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +25,20 @@ use tokio::time::Instant;
 
 use crate::frame::Frame;
 
-/// How much history each stream keeps.
+/// How much history each stream keeps, and how much all of them together may keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryConfig {
     /// Messages kept per stream (0 keeps none: offsets still count, nothing can be replayed).
     pub size: usize,
-    /// Messages older than this are dropped.
+    /// Messages older than this are dropped; a stream without members is forgotten this long
+    /// after it last published.
     pub ttl: Duration,
+    /// Bytes of stored messages across every stream: past it the oldest messages, whichever
+    /// stream they are in, are evicted first.
+    pub max_bytes: usize,
+    /// Group streams kept at once: past it clients cannot make new groups (a join or publish
+    /// that would is refused) until idle ones are forgotten.
+    pub max_streams: usize,
 }
 
 impl Default for HistoryConfig {
@@ -37,6 +46,8 @@ impl Default for HistoryConfig {
         Self {
             size: 100,
             ttl: Duration::from_secs(300),
+            max_bytes: 64 * 1024 * 1024,
+            max_streams: 100_000,
         }
     }
 }
@@ -64,6 +75,9 @@ impl Position {
     }
 }
 
+/// Bytes a stored message costs besides its frame (its slot in the deque).
+const STORED_OVERHEAD: usize = std::mem::size_of::<Stored>();
+
 /// One stored publication.
 struct Stored {
     offset: u64,
@@ -80,6 +94,10 @@ pub struct Stream {
     config: HistoryConfig,
     /// In a cluster: this node does not know the stream's shared epoch and offset yet.
     cold: bool,
+    /// Bytes of `entries` (frames plus their slots).
+    bytes: usize,
+    /// The bytes of every stream of the history, this one included.
+    total: Arc<AtomicUsize>,
 }
 
 /// What [`Stream::adopt`] made of a numbered publication.
@@ -93,6 +111,31 @@ pub enum Adopted {
     NewEpoch,
 }
 
+/// How much one replay may queue: it must never make its own connection a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayLimit {
+    /// Frames.
+    pub frames: usize,
+    /// Bytes.
+    pub bytes: usize,
+}
+
+impl ReplayLimit {
+    /// No limit (tests).
+    pub const NONE: Self = Self {
+        frames: usize::MAX,
+        bytes: usize::MAX,
+    };
+
+    /// At most `frames` frames.
+    pub fn frames(frames: usize) -> Self {
+        Self {
+            frames,
+            bytes: usize::MAX,
+        }
+    }
+}
+
 /// What a recovery found.
 #[derive(Debug, Default)]
 pub struct Replay {
@@ -102,8 +145,14 @@ pub struct Replay {
     pub frames: Vec<Frame>,
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 impl Stream {
-    fn new(config: HistoryConfig) -> Self {
+    fn new(config: HistoryConfig, total: Arc<AtomicUsize>) -> Self {
         Self {
             epoch: new_epoch(),
             top: 0,
@@ -111,7 +160,54 @@ impl Stream {
             touched: Instant::now(),
             config,
             cold: false,
+            bytes: 0,
+            total,
         }
+    }
+
+    fn cost(s: &Stored) -> usize {
+        s.frame.len() + STORED_OVERHEAD
+    }
+
+    fn push_back(&mut self, stored: Stored) {
+        let c = Self::cost(&stored);
+        self.bytes += c;
+        self.total.fetch_add(c, Ordering::Relaxed);
+        self.entries.push_back(stored);
+    }
+
+    fn push_front(&mut self, stored: Stored) {
+        let c = Self::cost(&stored);
+        self.bytes += c;
+        self.total.fetch_add(c, Ordering::Relaxed);
+        self.entries.push_front(stored);
+    }
+
+    fn pop_front(&mut self) -> bool {
+        let Some(stored) = self.entries.pop_front() else {
+            return false;
+        };
+        let c = Self::cost(&stored);
+        self.bytes -= c;
+        self.total.fetch_sub(c, Ordering::Relaxed);
+        true
+    }
+
+    fn clear(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = 0;
+        // Give the memory back, not only the elements.
+        self.entries = VecDeque::new();
+    }
+
+    /// Bytes this stream's stored messages take.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// When its oldest stored message was published.
+    fn oldest(&self) -> Option<Instant> {
+        self.entries.front().map(|s| s.at)
     }
 
     /// In a cluster: whether this node has yet to learn the stream's shared position.
@@ -124,7 +220,7 @@ impl Stream {
     pub fn set_position(&mut self, epoch: &str, top: u64) {
         if *self.epoch != *epoch {
             self.epoch = Arc::from(epoch);
-            self.entries.clear();
+            self.clear();
         }
         self.top = self.top.max(top);
         self.cold = false;
@@ -140,7 +236,7 @@ impl Stream {
                 adopted = Adopted::NewEpoch;
             }
             self.epoch = Arc::from(epoch);
-            self.entries.clear();
+            self.clear();
             self.top = offset.saturating_sub(1);
         } else if offset <= self.top && !self.cold {
             return Adopted::Duplicate;
@@ -148,7 +244,7 @@ impl Stream {
         self.cold = false;
         if offset != self.top + 1 {
             // History must stay contiguous: what came before the gap cannot be replayed.
-            self.entries.clear();
+            self.clear();
             self.top = offset.saturating_sub(1);
         }
         adopted
@@ -170,7 +266,7 @@ impl Stream {
             {
                 break;
             }
-            self.entries.push_front(Stored {
+            self.push_front(Stored {
                 offset,
                 at: now.checked_sub(age).unwrap_or(now),
                 frame,
@@ -200,9 +296,9 @@ impl Stream {
         self.touched = now;
         if self.config.size > 0 {
             if self.entries.len() == self.config.size {
-                self.entries.pop_front();
+                self.pop_front();
             }
-            self.entries.push_back(Stored {
+            self.push_back(Stored {
                 offset: self.top,
                 at: now,
                 frame,
@@ -216,13 +312,16 @@ impl Stream {
             if now.saturating_duration_since(first.at) < self.config.ttl {
                 break;
             }
-            self.entries.pop_front();
+            self.pop_front();
+        }
+        if self.entries.is_empty() && self.entries.capacity() > 0 {
+            self.entries = VecDeque::new();
         }
     }
 
-    /// What a client at `since` missed, at most `limit` frames (the newest ones when there are
-    /// more; `recovered` is then false).
-    pub fn replay(&mut self, since: &Position, limit: usize) -> Replay {
+    /// What a client at `since` missed, at most `limit` frames and `max_bytes` bytes (the
+    /// newest ones when there are more; `recovered` is then false).
+    pub fn replay(&mut self, since: &Position, limit: ReplayLimit) -> Replay {
         self.touched = Instant::now();
         self.expire(self.touched);
         if since.epoch != self.epoch || since.offset > self.top {
@@ -238,8 +337,21 @@ impl Stream {
             .filter(|s| s.offset > since.offset)
             .map(|s| s.frame.clone())
             .collect();
-        if frames.len() > limit {
-            frames.drain(..frames.len() - limit);
+        if frames.len() > limit.frames {
+            frames.drain(..frames.len() - limit.frames);
+            complete = false;
+        }
+        let mut bytes = 0usize;
+        let fit = frames
+            .iter()
+            .rev()
+            .take_while(|f| {
+                bytes = bytes.saturating_add(f.len());
+                bytes <= limit.bytes
+            })
+            .count();
+        if fit < frames.len() {
+            frames.drain(..frames.len() - fit);
             complete = false;
         }
         Replay {
@@ -274,32 +386,58 @@ fn new_epoch() -> Arc<str> {
 /// A shared, lockable stream.
 pub type StreamRef = Arc<Mutex<Stream>>;
 
+/// The group streams were at their limit ([`HistoryConfig::max_streams`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hub keeps as many groups as it may ({0}); try again later")]
+pub struct TooManyStreams(pub usize);
+
 /// Every stream of one hub: one per group that has been joined or published to, and the
 /// all-clients stream.
+///
+/// Bounded three ways: messages per stream and their age ([`HistoryConfig::size`], `ttl`),
+/// bytes across all streams (`max_bytes`, oldest evicted first), and the number of streams
+/// (`max_streams`; a stream without members goes away `ttl` after it last published).
 pub struct History {
     config: HistoryConfig,
     all: StreamRef,
     groups: Mutex<HashMap<Arc<str>, StreamRef>>,
     /// Streams are shared through a backplane: new ones start cold.
-    clustered: std::sync::atomic::AtomicBool,
+    clustered: AtomicBool,
+    /// Bytes stored across every stream.
+    total: Arc<AtomicUsize>,
+    /// Messages evicted to keep `total` within the budget.
+    evicted: prometheus_client::metrics::counter::Counter,
+    /// Held by whoever is evicting (others need not wait: one pass serves everyone).
+    evicting: Mutex<()>,
 }
 
 impl History {
     /// An empty history.
     pub fn new(config: HistoryConfig) -> Self {
+        Self::with_counter(config, Default::default())
+    }
+
+    /// An empty history that counts its evictions on `evicted`.
+    pub fn with_counter(
+        config: HistoryConfig,
+        evicted: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        let total = Arc::new(AtomicUsize::new(0));
         Self {
             config,
-            all: Arc::new(Mutex::new(Stream::new(config))),
+            all: Arc::new(Mutex::new(Stream::new(config, total.clone()))),
             groups: Mutex::new(HashMap::new()),
-            clustered: std::sync::atomic::AtomicBool::new(false),
+            clustered: AtomicBool::new(false),
+            total,
+            evicted,
+            evicting: Mutex::new(()),
         }
     }
 
     /// From now on streams are shared through a backplane: their epochs and offsets come from
     /// it, so every stream starts cold.
     pub fn set_clustered(&self) {
-        self.clustered
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.clustered.store(true, Ordering::Release);
         self.all.lock().cold = true;
         for s in self.groups.lock().values() {
             s.lock().cold = true;
@@ -316,17 +454,53 @@ impl History {
         &self.all
     }
 
-    /// A group's stream, created (with a new epoch) when it has none.
+    fn create(&self) -> StreamRef {
+        let mut stream = Stream::new(self.config, self.total.clone());
+        stream.cold = self.clustered.load(Ordering::Acquire);
+        Arc::new(Mutex::new(stream))
+    }
+
+    /// A group's stream, created (with a new epoch) when it has none, whatever the limit on
+    /// streams (for publications another node already numbered).
     pub fn stream(&self, group: &str) -> StreamRef {
         let mut groups = self.groups.lock();
         if let Some(s) = groups.get(group) {
             return s.clone();
         }
-        let mut stream = Stream::new(self.config);
-        stream.cold = self.clustered.load(std::sync::atomic::Ordering::Acquire);
-        let s = Arc::new(Mutex::new(stream));
+        let s = self.create();
         groups.insert(Arc::from(group), s.clone());
         s
+    }
+
+    /// A group's stream, created when it has none and the limit on streams allows.
+    /// `has_members` tells which groups have members here: at the limit, streams without
+    /// members and without stored messages are forgotten to make room.
+    ///
+    /// # Errors
+    /// [`TooManyStreams`] when the limit is reached and nothing can be forgotten.
+    pub fn try_stream(
+        &self,
+        group: &str,
+        has_members: impl Fn(&str) -> bool,
+    ) -> Result<StreamRef, TooManyStreams> {
+        let mut groups = self.groups.lock();
+        if let Some(s) = groups.get(group) {
+            return Ok(s.clone());
+        }
+        let max = self.config.max_streams;
+        if groups.len() >= max {
+            groups.retain(|name, s| {
+                Arc::strong_count(s) > 1
+                    || has_members(name)
+                    || s.try_lock().is_none_or(|s| !s.entries.is_empty())
+            });
+            if groups.len() >= max {
+                return Err(TooManyStreams(max));
+            }
+        }
+        let s = self.create();
+        groups.insert(Arc::from(group), s.clone());
+        Ok(s)
     }
 
     /// A group's stream, if it has one.
@@ -344,12 +518,24 @@ impl History {
         self.len() == 0
     }
 
-    /// Drops expired messages, and forgets streams that have kept nothing and seen nothing for
-    /// `idle` (their epoch with them: a client coming back after that gets `recovered: false`).
-    pub fn sweep(&self, idle: Duration) {
+    /// Bytes stored across every stream.
+    pub fn bytes(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Messages evicted so far to keep within [`HistoryConfig::max_bytes`].
+    pub fn evicted(&self) -> u64 {
+        self.evicted.get()
+    }
+
+    /// Drops expired messages, and forgets group streams that have no members (by
+    /// `has_members`) and have published nothing for the history TTL (their epoch with them:
+    /// a client coming back after that gets `recovered: false`).
+    pub fn sweep(&self, has_members: impl Fn(&str) -> bool) {
         let now = Instant::now();
         self.all.lock().expire(now);
-        self.groups.lock().retain(|_, s| {
+        let idle = self.config.ttl;
+        self.groups.lock().retain(|name, s| {
             // Nobody else holds it while we hold the map, so nobody can be publishing into a
             // stream we are about to forget.
             if Arc::strong_count(s) > 1 {
@@ -357,8 +543,46 @@ impl History {
             }
             let mut s = s.lock();
             s.expire(now);
-            !s.entries.is_empty() || now.saturating_duration_since(s.touched) < idle
+            has_members(name)
+                || !s.entries.is_empty()
+                || now.saturating_duration_since(s.touched) < idle
         });
+    }
+
+    /// When the stored bytes passed [`HistoryConfig::max_bytes`], evicts the oldest messages,
+    /// whichever streams they are in, until a tenth of the budget is free again. Call it with
+    /// no stream locked (it locks them one at a time).
+    pub fn enforce_budget(&self) {
+        let max = self.config.max_bytes;
+        if self.bytes() <= max {
+            return;
+        }
+        let Some(_pass) = self.evicting.try_lock() else {
+            // Another caller is evicting right now.
+            return;
+        };
+        let target = max - max / 10;
+        let mut streams: Vec<StreamRef> = self.groups.lock().values().cloned().collect();
+        streams.push(self.all.clone());
+        let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = streams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.lock().oldest().map(|at| Reverse((at, i))))
+            .collect();
+        let mut evicted = 0u64;
+        while self.bytes() > target {
+            let Some(Reverse((_, i))) = heap.pop() else {
+                break;
+            };
+            let mut s = streams[i].lock();
+            if s.pop_front() {
+                evicted += 1;
+            }
+            if let Some(at) = s.oldest() {
+                heap.push(Reverse((at, i)));
+            }
+        }
+        self.evicted.inc_by(evicted);
     }
 }
 
@@ -381,6 +605,7 @@ mod tests {
         HistoryConfig {
             size,
             ttl: Duration::from_secs(60),
+            ..HistoryConfig::default()
         }
     }
 
@@ -400,7 +625,7 @@ mod tests {
 
     #[test]
     fn offsets_count_from_one_without_gaps() {
-        let mut s = Stream::new(cfg(10));
+        let mut s = Stream::new(cfg(10), Arc::default());
         assert_eq!(s.position().offset, 0);
         publish(&mut s, 3);
         assert_eq!(s.position().offset, 3);
@@ -408,40 +633,40 @@ mod tests {
 
     #[test]
     fn replays_exactly_what_was_missed() {
-        let mut s = Stream::new(cfg(10));
+        let mut s = Stream::new(cfg(10), Arc::default());
         publish(&mut s, 5);
         let at = Position {
             epoch: s.position().epoch,
             offset: 2,
         };
-        let r = s.replay(&at, 100);
+        let r = s.replay(&at, ReplayLimit::frames(100));
         assert!(r.recovered);
         assert_eq!(texts(&r), ["m3", "m4", "m5"]);
-        let r = s.replay(&s.position(), 100);
+        let r = s.replay(&s.position(), ReplayLimit::frames(100));
         assert!(r.recovered && r.frames.is_empty());
     }
 
     #[test]
     fn another_epoch_or_a_future_offset_is_not_recovered() {
-        let mut s = Stream::new(cfg(10));
+        let mut s = Stream::new(cfg(10), Arc::default());
         publish(&mut s, 3);
         let other = Position {
             epoch: "nope".into(),
             offset: 1,
         };
-        let r = s.replay(&other, 100);
+        let r = s.replay(&other, ReplayLimit::frames(100));
         assert!(!r.recovered && r.frames.is_empty());
         let future = Position {
             epoch: s.position().epoch,
             offset: 4,
         };
-        let r = s.replay(&future, 100);
+        let r = s.replay(&future, ReplayLimit::frames(100));
         assert!(!r.recovered && r.frames.is_empty());
     }
 
     #[test]
     fn trimmed_history_replays_what_is_left_and_says_so() {
-        let mut s = Stream::new(cfg(3));
+        let mut s = Stream::new(cfg(3), Arc::default());
         publish(&mut s, 6);
         let epoch = s.position().epoch;
         let r = s.replay(
@@ -449,39 +674,39 @@ mod tests {
                 epoch: epoch.clone(),
                 offset: 1,
             },
-            100,
+            ReplayLimit::frames(100),
         );
         assert!(!r.recovered);
         assert_eq!(texts(&r), ["m4", "m5", "m6"]);
         // Exactly at the edge: offset 3 missed 4..=6, all kept.
-        let r = s.replay(&Position { epoch, offset: 3 }, 100);
+        let r = s.replay(&Position { epoch, offset: 3 }, ReplayLimit::frames(100));
         assert!(r.recovered);
         assert_eq!(r.frames.len(), 3);
     }
 
     #[test]
     fn a_replay_over_the_limit_keeps_the_newest() {
-        let mut s = Stream::new(cfg(10));
+        let mut s = Stream::new(cfg(10), Arc::default());
         publish(&mut s, 8);
         let at = Position {
             epoch: s.position().epoch,
             offset: 0,
         };
-        let r = s.replay(&at, 2);
+        let r = s.replay(&at, ReplayLimit::frames(2));
         assert!(!r.recovered);
         assert_eq!(texts(&r), ["m7", "m8"]);
     }
 
     #[test]
     fn no_history_still_counts_and_recovers_an_up_to_date_client() {
-        let mut s = Stream::new(cfg(0));
+        let mut s = Stream::new(cfg(0), Arc::default());
         publish(&mut s, 2);
-        assert!(s.replay(&s.position(), 10).recovered);
+        assert!(s.replay(&s.position(), ReplayLimit::frames(10)).recovered);
         let behind = Position {
             epoch: s.position().epoch,
             offset: 1,
         };
-        assert!(!s.replay(&behind, 10).recovered);
+        assert!(!s.replay(&behind, ReplayLimit::frames(10)).recovered);
     }
 
     #[tokio::test(start_paused = true)]
@@ -492,18 +717,79 @@ mod tests {
             let mut s = g.lock();
             publish(&mut s, 2);
         }
+        let nobody = |_: &str| false;
         tokio::time::advance(Duration::from_secs(30)).await;
-        h.sweep(Duration::from_secs(3600));
+        h.sweep(nobody);
         assert_eq!(h.stream("g").lock().since(None, 10).len(), 2);
+        // A group with members keeps its stream (and its epoch) however quiet it is.
         tokio::time::advance(Duration::from_secs(31)).await;
-        h.sweep(Duration::from_secs(3600));
+        h.sweep(|g| g == "g");
         let g = h.existing("g").unwrap();
         assert!(g.lock().since(None, 10).is_empty());
         assert_eq!(g.lock().first_kept(), 3, "offsets survive expiry");
+        assert_eq!(h.bytes(), 0, "expired messages give their bytes back");
         drop(g);
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        h.sweep(Duration::from_secs(3600));
+        // Without members, a TTL after its last publication, it goes.
+        h.sweep(nobody);
         assert!(h.existing("g").is_none());
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_oldest_messages_of_any_stream() {
+        let frame_cost = encode(OpCode::Text, &[0u8; 1000]).len() + STORED_OVERHEAD;
+        let h = History::new(HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(60),
+            max_bytes: frame_cost * 10,
+            max_streams: 10,
+        });
+        // Five old messages in "old", then eight newer ones in "new": 13 > 10.
+        for (group, n) in [("old", 5), ("new", 8)] {
+            let g = h.stream(group);
+            let mut s = g.lock();
+            for _ in 0..n {
+                s.append(encode(OpCode::Text, &[0u8; 1000]));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(h.bytes(), 13 * frame_cost);
+        h.enforce_budget();
+        // Down to 90% of the budget: 9 messages, the 4 evicted all from the older stream.
+        assert_eq!(h.bytes(), 9 * frame_cost);
+        assert_eq!(h.evicted(), 4);
+        assert_eq!(h.stream("old").lock().first_kept(), 5);
+        assert_eq!(h.stream("new").lock().first_kept(), 1);
+        // Forgetting a stream gives its bytes back.
+        h.sweep(|_| true);
+        drop(h.groups.lock().remove("new"));
+        assert_eq!(h.bytes(), frame_cost);
+    }
+
+    #[test]
+    fn the_number_of_streams_is_bounded() {
+        let h = History::new(HistoryConfig {
+            max_streams: 2,
+            ..cfg(10)
+        });
+        let members = |g: &str| g == "a";
+        let a = h.try_stream("a", members).unwrap();
+        let b = h.try_stream("b", members).unwrap();
+        drop(a);
+        b.lock().append(encode(OpCode::Text, b"kept"));
+        drop(b);
+        // "a" has members and "b" keeps a message: nothing can go.
+        assert_eq!(h.try_stream("c", members).err(), Some(TooManyStreams(2)));
+        assert!(
+            h.existing("c").is_none(),
+            "a refused stream leaves no state"
+        );
+        // Once "a" has no members it makes room.
+        assert!(h.try_stream("c", |_| false).is_ok());
+        assert!(h.existing("a").is_none());
+        assert!(
+            h.try_stream("b", |_| false).is_ok(),
+            "an existing stream is always there"
+        );
     }
 
     #[test]

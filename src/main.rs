@@ -138,6 +138,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let app = wshub::router(hub.clone());
     let options = wshub::server::ServerOptions {
         handshake_timeout: args.handshake_timeout,
+        request_timeout: args.request_timeout,
         tls,
     };
     let result = wshub::server::run(

@@ -408,6 +408,29 @@ impl<S: Sink> ConnectionManager<S> {
         true
     }
 
+    /// Whether `group` has members.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.inner.read().groups.contains_key(group)
+    }
+
+    /// What [`join`](Self::join) would answer, without joining: `Ok(false)` when already a
+    /// member (so a refused join can be refused before anything else is touched).
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub fn check_join(&self, id: ConnId, group: &str, limit: usize) -> Result<bool, JoinError> {
+        let inner = self.inner.read();
+        let entry = inner.conns.get(&id).ok_or(JoinError::Unknown)?;
+        let groups = entry.groups.lock();
+        if groups.iter().any(|g| &**g == group) {
+            return Ok(false);
+        }
+        if groups.len() >= limit {
+            return Err(JoinError::TooManyGroups(limit));
+        }
+        Ok(true)
+    }
+
     /// Whether `id` is a member of `group`.
     pub fn is_member(&self, id: ConnId, group: &str) -> bool {
         self.inner

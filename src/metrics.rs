@@ -65,6 +65,18 @@ pub struct Metrics {
     /// connection that could take them at once (frames that had to wait for a slow socket are
     /// not in it).
     pub fanout_seconds: Histogram,
+    /// Open `/ws/echo` connections.
+    pub echo_connections: Gauge,
+    /// `/ws/echo` connections accepted.
+    pub echo_connects: Counter,
+    /// Bytes queued for `/ws` connections and not yet written (set when rendered).
+    pub outbound_queued_bytes: Gauge,
+    /// Bytes of history kept across every stream (set when rendered).
+    pub history_bytes: Gauge,
+    /// Group streams kept (set when rendered).
+    pub history_streams: Gauge,
+    /// Messages evicted from history to keep within its byte budget.
+    pub history_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -93,8 +105,44 @@ impl Metrics {
             backplane_events: Family::default(),
             // 10 µs … ~5 s
             fanout_seconds: Histogram::new(exponential_buckets(0.000_01, 3.0, 13)),
+            echo_connections: Gauge::default(),
+            echo_connects: Counter::default(),
+            outbound_queued_bytes: Gauge::default(),
+            history_bytes: Gauge::default(),
+            history_streams: Gauge::default(),
+            history_evicted: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "echo_connections",
+            "Open WebSocket connections on /ws/echo",
+            m.echo_connections.clone(),
+        );
+        registry.register(
+            "echo_connects",
+            "WebSocket connections accepted on /ws/echo",
+            m.echo_connects.clone(),
+        );
+        registry.register(
+            "outbound_queued_bytes",
+            "Bytes queued for /ws connections and not yet written",
+            m.outbound_queued_bytes.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes of history kept across every stream (budget: --history-max-bytes)",
+            m.history_bytes.clone(),
+        );
+        registry.register(
+            "history_streams",
+            "Group streams kept (limit: --max-groups)",
+            m.history_streams.clone(),
+        );
+        registry.register(
+            "history_evicted",
+            "Messages evicted from history to keep within its byte budget",
+            m.history_evicted.clone(),
+        );
         registry.register(
             "connections",
             "Open WebSocket connections on /ws",

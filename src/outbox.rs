@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Buf;
@@ -33,7 +33,8 @@ use crate::frame::Frame;
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// The queue is at capacity: the connection does not read fast enough.
+    /// The queue is at capacity (in frames or in bytes): the connection does not read fast
+    /// enough.
     #[error("outbound queue full")]
     Full,
     /// The connection is closing or closed.
@@ -123,6 +124,11 @@ pub struct Outbox {
     /// they have not started.
     discard: AtomicBool,
     capacity: usize,
+    /// The byte budget: data frames are refused once the bytes not yet written would pass it
+    /// (a single frame larger than the budget is taken only into an empty outbox).
+    max_bytes: usize,
+    /// Bytes queued or held by a writer and not yet written (what this connection pins).
+    pending: AtomicUsize,
 }
 
 struct State {
@@ -150,8 +156,16 @@ pub enum Take {
 }
 
 impl Outbox {
-    /// An empty outbox that holds at most `capacity` data frames.
+    /// An empty outbox that holds at most `capacity` data frames and no byte budget to speak
+    /// of (see [`with_budget`](Self::with_budget)).
     pub fn new(capacity: usize) -> Self {
+        Self::with_budget(capacity, usize::MAX)
+    }
+
+    /// An empty outbox that holds at most `capacity` data frames and `max_bytes` bytes not yet
+    /// written. A frame larger than `max_bytes` is accepted only when nothing else is waiting,
+    /// so the most a connection can pin is `max_bytes` plus one frame.
+    pub fn with_budget(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -165,7 +179,28 @@ impl Outbox {
             closing: Notify::new(),
             discard: AtomicBool::new(false),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
+            pending: AtomicUsize::new(0),
         }
+    }
+
+    /// Bytes queued or being written and not yet on the wire.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// `bytes` left the outbox: written, or dropped unwritten.
+    pub(crate) fn sent(&self, bytes: usize) {
+        if bytes > 0 {
+            self.pending.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops the frames of `batch` after the first `keep`, forgetting their bytes.
+    fn drop_after(&self, batch: &mut VecDeque<Frame>, keep: usize) {
+        let dropped: usize = batch.iter().skip(keep).map(|f| f.len()).sum();
+        batch.truncate(keep);
+        self.sent(dropped);
     }
 
     /// Enables write-through to `socket`. Frames queued before are handed to the writer task.
@@ -182,22 +217,24 @@ impl Outbox {
     /// Queues a data frame without waiting.
     ///
     /// # Errors
-    /// [`SendError::Full`] at capacity, [`SendError::Closed`] once a close was requested.
+    /// [`SendError::Full`] at capacity (frames or bytes), [`SendError::Closed`] once a close
+    /// was requested.
     pub fn push(&self, frame: Frame) -> Result<Queued, SendError> {
-        self.enqueue(frame, self.capacity)
+        self.enqueue(frame, self.capacity, true)
     }
 
     /// Queues a control frame (a pong). Control frames may exceed the capacity by a small margin
     /// so that a busy connection still answers pings; past that margin they are dropped, which
-    /// RFC 6455 allows (only the latest ping needs an answer).
+    /// RFC 6455 allows (only the latest ping needs an answer). They are small (at most 127
+    /// bytes) and not held to the byte budget.
     ///
     /// # Errors
     /// As [`push`](Self::push).
     pub fn push_control(&self, frame: Frame) -> Result<Queued, SendError> {
-        self.enqueue(frame, self.capacity + 8)
+        self.enqueue(frame, self.capacity + 8, false)
     }
 
-    fn enqueue(&self, frame: Frame, limit: usize) -> Result<Queued, SendError> {
+    fn enqueue(&self, frame: Frame, limit: usize, budget: bool) -> Result<Queued, SendError> {
         let wake_writer = {
             let mut st = self.state.lock();
             if st.close.is_some() {
@@ -206,6 +243,13 @@ impl Outbox {
             if st.queue.len() >= limit {
                 return Err(SendError::Full);
             }
+            let len = frame.len();
+            let pending = self.pending.load(Ordering::Relaxed);
+            if budget && pending > 0 && pending.saturating_add(len) > self.max_bytes {
+                return Err(SendError::Full);
+            }
+            // Under the state lock: pushes are serialised, writers only subtract.
+            self.pending.fetch_add(len, Ordering::Relaxed);
             st.queue.push_back(frame);
             if st.owner != Owner::Idle || st.queue.len() > 1 {
                 // A writer owns the socket and re-checks the queue before letting go, or the
@@ -246,6 +290,7 @@ impl Outbox {
             };
             let handed_over = match result {
                 Ok(n) => {
+                    self.sent(n);
                     partial = advance(&mut batch, n) || (partial && n == 0);
                     !batch.is_empty()
                 }
@@ -256,7 +301,7 @@ impl Outbox {
             if handed_over {
                 // Put the rest back in front of anything queued meanwhile.
                 if self.discarding() {
-                    batch.truncate(usize::from(partial));
+                    self.drop_after(&mut batch, usize::from(partial));
                 }
                 batch.append(&mut st.queue);
                 st.queue = batch;
@@ -289,7 +334,7 @@ impl Outbox {
             }
             if !reason.drains_queue() {
                 let keep = usize::from(st.front_partial);
-                st.queue.truncate(keep);
+                self.drop_after(&mut st.queue, keep);
                 if st.queue.is_empty() {
                     st.queue = VecDeque::new();
                 }
@@ -440,6 +485,32 @@ mod tests {
         assert_eq!(o.push(Bytes::new()), Err(SendError::Full));
         // Pongs get a small margin past capacity.
         assert!(o.push_control(Bytes::new()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_counts_until_written() {
+        let o = Outbox::with_budget(100, 1000);
+        // One frame larger than the budget still goes into an empty outbox...
+        o.push(Bytes::from(vec![0u8; 1500])).unwrap();
+        // ...but nothing more until it is written.
+        assert_eq!(o.push(Bytes::from(vec![0u8; 10])), Err(SendError::Full));
+        assert_eq!(o.pending_bytes(), 1500);
+        let mut batch = VecDeque::new();
+        assert!(matches!(o.take(&mut batch).await, Take::Frames(false)));
+        // Taken by the writer is not written: still pinned.
+        assert_eq!(o.push(Bytes::from(vec![0u8; 10])), Err(SendError::Full));
+        o.sent(1500);
+        batch.clear();
+        o.release();
+        for _ in 0..2 {
+            o.push(Bytes::from(vec![0u8; 400])).unwrap();
+        }
+        assert_eq!(o.push(Bytes::from(vec![0u8; 400])), Err(SendError::Full));
+        // Pongs are not held to it.
+        assert!(o.push_control(Bytes::from_static(&[0x8a, 0])).is_ok());
+        // A slow-consumer close forgets what it drops.
+        o.close(CloseReason::SlowConsumer);
+        assert_eq!(o.pending_bytes(), 0);
     }
 
     #[tokio::test]

@@ -27,6 +27,9 @@ pub struct ServerOptions {
     /// How long a client may take to send its request headers (slowloris guard), and to
     /// complete a TLS handshake.
     pub handshake_timeout: Duration,
+    /// How long a whole request (headers, body and the answer) may take; slower gets 408 and
+    /// the connection is closed, so a body dribbled a byte at a time cannot hold it open.
+    pub request_timeout: Duration,
     /// TLS: serve `https://` and `wss://` (see [`crate::tls::server_config`]).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -35,6 +38,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             tls: None,
         }
     }
@@ -97,16 +101,17 @@ pub async fn run(
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
+        let request_timeout = options.request_timeout;
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
             let app = app.clone();
             async move {
-                Ok::<_, Infallible>(
-                    app.oneshot(req.map(axum::body::Body::new))
-                        .await
-                        .unwrap_or_else(|e| match e {}),
-                )
+                let answer = app.oneshot(req.map(axum::body::Body::new));
+                Ok::<_, Infallible>(match tokio::time::timeout(request_timeout, answer).await {
+                    Ok(res) => res.unwrap_or_else(|e| match e {}),
+                    Err(_) => request_timed_out(request_timeout),
+                })
             }
         });
         let http = http.clone();
@@ -156,6 +161,25 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// 408 for a request that took longer than the request timeout (a dribbled body); the
+/// connection is closed after it.
+fn request_timed_out(limit: Duration) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut res = crate::problem::Problem::new(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request was not complete within {} (--request-timeout)",
+            humantime::format_duration(limit)
+        ),
+    )
+    .into_response();
+    res.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    res
 }
 
 /// Serves one HTTP/1.1 connection (with upgrades) until it ends or `stop` asks it to finish.

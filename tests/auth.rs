@@ -327,3 +327,96 @@ async fn origin_allow_list() {
     );
     srv.stop().await;
 }
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn strict_token_rules_nbf_crit_one_transport_and_leeway() {
+    let srv = TestServer::with_auth(AuthSettings {
+        leeway: std::time::Duration::from_secs(5),
+        ..jwt_settings()
+    })
+    .await;
+    let url = srv.ws_url();
+    let good = hs256(json!({"sub":"a","exp":exp()}));
+    assert_eq!(
+        upgrade_status(&format!("{url}?access_token={good}"), &[]).await,
+        101
+    );
+    // Not valid yet (RFC 7519 section 4.1.5), beyond the leeway.
+    let early = hs256(json!({"sub":"a","exp":exp(),"nbf":now() + 120}));
+    assert_eq!(
+        upgrade_status(&format!("{url}?access_token={early}"), &[]).await,
+        401
+    );
+    // Within the leeway both ways.
+    let skewed = hs256(json!({"sub":"a","exp":now() - 2,"nbf":now() + 2}));
+    assert_eq!(
+        upgrade_status(&format!("{url}?access_token={skewed}"), &[]).await,
+        101
+    );
+    let expired = hs256(json!({"sub":"a","exp":now() - 30}));
+    assert_eq!(
+        upgrade_status(&format!("{url}?access_token={expired}"), &[]).await,
+        401
+    );
+    // A critical header parameter nobody here understands (RFC 7515 section 4.1.11).
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["exp".into()]);
+    let crit = encode(
+        &header,
+        &json!({"sub":"a","exp":exp()}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        upgrade_status(&format!("{url}?access_token={crit}"), &[]).await,
+        401
+    );
+    // One transport per request (RFC 6750 section 2): both is a 400.
+    let bearer = format!("Bearer {good}");
+    assert_eq!(
+        upgrade_status(
+            &format!("{url}?access_token={good}"),
+            &[("authorization", &bearer)]
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        upgrade_status(&url, &[("authorization", &bearer)]).await,
+        101
+    );
+    srv.stop().await;
+
+    let strict = TestServer::with_auth(AuthSettings {
+        leeway: std::time::Duration::ZERO,
+        ..jwt_settings()
+    })
+    .await;
+    let just_expired = hs256(json!({"sub":"a","exp":now() - 2}));
+    assert_eq!(
+        upgrade_status(
+            &format!("{}?access_token={just_expired}", strict.ws_url()),
+            &[]
+        )
+        .await,
+        401
+    );
+    strict.stop().await;
+}
+
+#[test]
+fn a_short_hs256_secret_is_refused_at_startup() {
+    let e = wshub::auth::Auth::new(&AuthSettings {
+        jwt_secret: Some("sixteen-byte-key".into()),
+        ..AuthSettings::default()
+    })
+    .unwrap_err();
+    assert!(e.contains("at least 32 bytes"), "{e}");
+}

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use wshub::backplane::{BackplaneConfig, BackplaneUrl};
 use wshub::{Hub, HubConfig};
 
-const SECRET: &str = "cluster-test-secret-0123456789";
+const SECRET: &str = "cluster-test-secret-0123456789-32b";
 
 /// Which engine a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -125,6 +125,7 @@ async fn history_trimmed_past_the_offset_replays_what_is_left_and_says_so() {
         history: HistoryConfig {
             size: 3,
             ttl: Duration::from_secs(60),
+            ..HistoryConfig::default()
         },
         ..fast_config()
     })
@@ -154,6 +155,7 @@ async fn history_expires_by_age() {
         history: HistoryConfig {
             size: 100,
             ttl: Duration::from_secs(10),
+            ..HistoryConfig::default()
         },
         ..fast_config()
     });
@@ -348,6 +350,7 @@ async fn replay_racing_live_publishes_has_no_gap_and_no_duplicate() {
         history: HistoryConfig {
             size: N as usize,
             ttl: Duration::from_secs(600),
+            ..HistoryConfig::default()
         },
         send_queue: 2 * N as usize,
         ..fast_config()

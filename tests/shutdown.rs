@@ -4,56 +4,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// Starts `wshub serve` on port 0 with `extra` options and environment, and returns it with the
-/// address it reports in its "listening" log line (no free-port race with other tests).
-async fn spawn_server_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wshub"));
-    cmd.arg("serve");
-    if !env.iter().any(|(k, _)| *k == "WSHUB_LISTEN") {
-        cmd.args(["--listen", "127.0.0.1:0"]);
-    }
-    let mut child = cmd
-        .args(extra)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("local=") {
-                let rest = &line[at + "local=".len()..];
-                let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-                let clean: String = rest[..end].chars().filter(|c| !c.is_control()).collect();
-                let clean = clean.trim_end_matches("[0m").trim_end_matches('\u{1b}');
-                return clean
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap_or_else(|e| panic!("{line}: {e}"));
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server did not start");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
-async fn spawn_server(extra: &[&str]) -> (Child, std::net::SocketAddr) {
-    spawn_server_env(extra, &[]).await
-}
 
 fn sigterm(child: &Child) {
     let pid = child.id().unwrap().to_string();

@@ -134,6 +134,7 @@ pub struct Published {
     responses(
         (status = 200, description = "Queued for every member (0 for a group with no members)", body = Published),
         (status = 400, description = "Invalid group name or body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A new group, and the hub keeps as many as it may (`--max-groups`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn broadcast(
     State(hub): State<Hub>,
@@ -143,6 +144,8 @@ pub async fn broadcast(
 ) -> Result<Json<Published>, Problem> {
     check_group(&group)?;
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
+    hub.ensure_group_stream(&group)
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let (recipients, offset) = hub.publish_everywhere(&group, &message).await;
     Ok(Json(Published { recipients, offset }))
 }
@@ -155,6 +158,7 @@ pub async fn broadcast(
         (status = 400, description = "Invalid group name or connection id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The connection is in too many groups", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A new group, and the hub keeps as many as it may (`--max-groups`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn add_member(
     State(hub): State<Hub>,
@@ -166,6 +170,9 @@ pub async fn add_member(
         Ok(changed) => changed,
         Err(MembershipError::TooManyGroups(m)) => {
             return Err(Problem::new(StatusCode::CONFLICT, m))
+        }
+        Err(MembershipError::HubFull(m)) => {
+            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, m))
         }
         Err(MembershipError::UnknownConnection) => {
             // On another node, perhaps: asked there (its answer is not awaited).

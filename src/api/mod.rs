@@ -161,7 +161,7 @@ pub async fn ready(axum::extract::State(hub): axum::extract::State<Hub>) -> Resp
     responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String,
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(axum::extract::State(hub): axum::extract::State<Hub>) -> Response {
-    let mut res = hub.metrics().render().into_response();
+    let mut res = hub.render_metrics().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static(

@@ -217,7 +217,10 @@ impl Hub {
                 return Delivery::default();
             };
             s.append(v1.clone());
-            return self.publish_split(audience, &plain, &v1, cork);
+            let d = self.publish_split(audience, &plain, &v1, cork);
+            drop(s);
+            self.shared.history.enforce_budget();
+            return d;
         }
         match p {
             Publication::Binary { data } => match base64::engine::general_purpose::STANDARD

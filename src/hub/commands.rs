@@ -122,7 +122,17 @@ impl Hub {
         cork: &mut HubCork,
     ) -> Result<Joined, (ErrorCode, String)> {
         let limit = self.shared.config.max_groups_per_connection;
-        let stream = self.shared.history.stream(group);
+        // A refused join changes nothing: checked before any state is made for the group.
+        match self.shared.manager.check_join(id, group, limit) {
+            Ok(_) => {}
+            Err(JoinError::Unknown) => {
+                return Err((ErrorCode::NotFound, "connection is gone".into()))
+            }
+            Err(e @ JoinError::TooManyGroups(_)) => {
+                return Err((ErrorCode::TooManyGroups, e.to_string()))
+            }
+        }
+        let stream = self.group_stream(group)?;
         // Joined and replayed under the stream's lock: each publication is in the replay or
         // delivered live, never both, never neither (see `crate::history`).
         let mut s = stream.lock();
@@ -157,6 +167,18 @@ impl Hub {
             at,
             recovered,
         })
+    }
+
+    /// A group's stream, made if the hub may keep one more.
+    pub(super) fn group_stream(
+        &self,
+        group: &str,
+    ) -> Result<crate::history::StreamRef, (ErrorCode, String)> {
+        let m = &self.shared.manager;
+        self.shared
+            .history
+            .try_stream(group, |g| m.has_group(g))
+            .map_err(|e| (ErrorCode::HubFull, e.to_string()))
     }
 
     /// Removes `id` from `group` and, when it was a member, tells the remaining members.

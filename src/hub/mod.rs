@@ -39,8 +39,13 @@ pub struct HubConfig {
     pub max_message_size: usize,
     /// Largest message accepted on `/ws/echo` (conformance suites send up to 16 MiB).
     pub echo_max_message_size: usize,
+    /// Whether `/ws/echo` is served (otherwise it answers 404).
+    pub echo_endpoint: bool,
     /// Frames a connection may have queued before it is closed as a slow consumer.
     pub send_queue: usize,
+    /// Bytes a connection may have queued and not yet written before it is closed as a slow
+    /// consumer (one frame larger than this is still taken into an empty queue).
+    pub max_send_buffer: usize,
     /// How long a closing handshake (or flushing a Close to a slow peer) may take.
     pub close_timeout: Duration,
     /// How long shutdown waits for connections to drain and close.
@@ -88,7 +93,9 @@ impl Default for HubConfig {
             idle_timeout: Duration::from_secs(60),
             max_message_size: 64 * 1024,
             echo_max_message_size: 16 * 1024 * 1024,
+            echo_endpoint: true,
             send_queue: 1024,
+            max_send_buffer: 1024 * 1024,
             close_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(10),
             announce: true,
@@ -112,6 +119,12 @@ pub(crate) struct Shared {
     metrics: Metrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Open `/ws/echo` connections.
+    echo: std::sync::atomic::AtomicUsize,
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Connections waiting for a flush after frames were offered to them.
@@ -137,6 +150,8 @@ pub struct ConnectionSnapshot {
     pub remote_addr: Option<std::net::SocketAddr>,
     /// Frames waiting in its outbound queue.
     pub queued: usize,
+    /// Bytes queued or being written and not yet on the wire (held to `max_send_buffer`).
+    pub queued_bytes: usize,
     /// The authenticated user, if any.
     pub user: Option<Arc<str>>,
     /// The groups it is a member of.
@@ -152,6 +167,7 @@ impl ConnectionSnapshot {
             connected_at: e.info.connected_at,
             remote_addr: e.info.remote_addr,
             queued: e.sink.len(),
+            queued_bytes: e.sink.pending_bytes(),
             user: e.info.user.clone(),
             groups: e.groups(),
             protocol: e.info.protocol,
@@ -167,6 +183,7 @@ impl Hub {
 
     /// A hub with the given settings and security checks.
     pub fn with_auth(config: HubConfig, auth: crate::auth::Auth) -> Self {
+        let metrics = Metrics::new();
         let hub = Self {
             shared: Arc::new(Shared {
                 node: Arc::from(
@@ -176,13 +193,14 @@ impl Hub {
                         .unwrap_or_else(|| ConnId::random().short()),
                 ),
                 cluster: std::sync::OnceLock::new(),
-                history: History::new(config.history),
+                history: History::with_counter(config.history, metrics.history_evicted.clone()),
                 config,
                 auth,
                 manager: ConnectionManager::new(),
-                metrics: Metrics::new(),
+                metrics,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                echo: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         hub.shared
@@ -205,16 +223,15 @@ impl Hub {
         let weak = Arc::downgrade(&self.shared);
         let ttl = self.shared.config.history.ttl;
         let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-        // A stream's epoch is kept this long after it last saw anything, so a client that comes
-        // back within it to a quiet group still recovers.
-        let idle = ttl.max(Duration::from_secs(3600));
         rt.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                shared.history.sweep(idle);
+                let m = &shared.manager;
+                shared.history.sweep(|g| m.has_group(g));
+                shared.history.enforce_budget();
             }
         });
     }
@@ -224,10 +241,20 @@ impl Hub {
         &self.shared.history
     }
 
-    /// How many frames one replay may queue: a replay must never make its own connection a
-    /// slow consumer.
-    fn replay_limit(&self) -> usize {
-        self.shared.config.send_queue.saturating_sub(64).max(1)
+    /// How much one replay may queue: a replay must never make its own connection a slow
+    /// consumer, so it leaves room in both budgets for what is live.
+    fn replay_limit(&self) -> crate::history::ReplayLimit {
+        let c = &self.shared.config;
+        crate::history::ReplayLimit {
+            frames: c.send_queue.saturating_sub(64).max(1),
+            bytes: c.max_send_buffer / 4 * 3,
+        }
+    }
+
+    /// An outbox with this hub's frame and byte budgets.
+    pub(crate) fn new_outbox(&self) -> Outbox {
+        let c = &self.shared.config;
+        Outbox::with_budget(c.send_queue, c.max_send_buffer)
     }
 
     /// The hub's settings.
@@ -245,9 +272,47 @@ impl Hub {
         &self.shared.metrics
     }
 
+    /// The metrics, with the gauges that are read rather than counted (queued bytes, history)
+    /// brought up to date, rendered.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.shared.metrics;
+        let queued: usize = self
+            .shared
+            .manager
+            .entries()
+            .iter()
+            .map(|e| e.sink.pending_bytes())
+            .sum();
+        m.outbound_queued_bytes.set(gauge(queued));
+        let h = &self.shared.history;
+        m.history_bytes.set(gauge(h.bytes()));
+        m.history_streams.set(gauge(h.len()));
+        m.render()
+    }
+
     /// Number of connections on `/ws`.
     pub fn connection_count(&self) -> usize {
         self.shared.manager.count()
+    }
+
+    /// Number of connections on `/ws/echo`.
+    pub fn echo_count(&self) -> usize {
+        self.shared.echo.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn echo_opened(&self) {
+        self.shared
+            .echo
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.echo_connects.inc();
+        self.shared.metrics.echo_connections.inc();
+    }
+
+    pub(crate) fn echo_closed(&self) {
+        self.shared
+            .echo
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.echo_connections.dec();
     }
 
     /// A snapshot of every connection on `/ws`, oldest first; optionally only the members of a
@@ -315,6 +380,7 @@ impl Hub {
             .manager
             .publish_by_protocol(Audience::All, &plain, &v1, cork);
         drop(all);
+        self.shared.history.enforce_budget();
         self.shared
             .metrics
             .delivered(plain.len(), d.delivered, d.slow, d.dead);
@@ -345,6 +411,7 @@ impl Hub {
         s.append(frame.clone());
         let d = self.publish_corked(Audience::Group(group), &frame, cork);
         drop(s);
+        self.shared.history.enforce_budget();
         Some((d, offset))
     }
 
@@ -459,7 +526,7 @@ impl Hub {
     /// With `recover` (the last position a `wshub.v1` client saw in the all-clients stream),
     /// what it missed is queued right after the welcome, before anything live.
     pub(crate) fn register(&self, info: ConnInfo, recover: Option<&Position>) -> HubEntry {
-        let outbox = Arc::new(Outbox::new(self.shared.config.send_queue));
+        let outbox = Arc::new(self.new_outbox());
         let protocol = info.protocol;
         // Registered under the all-clients stream's lock: every broadcast is either before
         // (in the replay) or after (queued live), never both.

@@ -18,6 +18,9 @@ pub enum MembershipError {
     /// The connection is in as many groups as allowed.
     #[error("{0}")]
     TooManyGroups(String),
+    /// The hub keeps as many groups as it may.
+    #[error("{0}")]
+    HubFull(String),
 }
 
 impl Hub {
@@ -49,6 +52,19 @@ impl Hub {
         let sent = self.publish_group(group, None, None, message, &mut cork);
         self.flush(&mut cork, started);
         sent.map_or((0, 0), |(d, offset)| (d.delivered, offset))
+    }
+
+    /// Makes sure a group has a stream before publishing to it from outside.
+    ///
+    /// # Errors
+    /// [`TooManyStreams`](crate::history::TooManyStreams) when the hub may keep no more
+    /// groups.
+    pub fn ensure_group_stream(&self, group: &str) -> Result<(), crate::history::TooManyStreams> {
+        let m = &self.shared.manager;
+        self.shared
+            .history
+            .try_stream(group, |g| m.has_group(g))
+            .map(drop)
     }
 
     /// Sends `message` to one connection as a `direct` envelope; `false` when it is unknown.
@@ -88,6 +104,7 @@ impl Hub {
         cork.flush();
         r.map(|j| j.changed).map_err(|(code, message)| match code {
             ErrorCode::TooManyGroups => MembershipError::TooManyGroups(message),
+            ErrorCode::HubFull => MembershipError::HubFull(message),
             _ => MembershipError::UnknownConnection,
         })
     }

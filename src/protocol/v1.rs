@@ -34,6 +34,8 @@ pub enum ErrorCode {
     BinaryUnsupported,
     /// The message was dropped: the connection sends faster than its rate limit.
     RateLimited,
+    /// The hub keeps as many groups as it may (`--max-groups`): no new group now.
+    HubFull,
 }
 
 /// A parsed command. Borrowed from the frame's text.
@@ -121,7 +123,39 @@ pub fn command_id(text: &str) -> Option<Box<RawValue>> {
     struct IdOnly {
         id: Option<Box<RawValue>>,
     }
-    serde_json::from_str::<IdOnly>(text).ok()?.id
+    serde_json::from_str::<IdOnly>(text)
+        .ok()?
+        .id
+        .filter(|id| check_id(id).is_ok())
+}
+
+/// Longest command `id` echoed back, in bytes of JSON.
+pub const MAX_ID_LEN: usize = 128;
+
+/// An `id` is a string or a number (not `null`, an object, an array or a boolean), at most
+/// [`MAX_ID_LEN`] bytes of JSON; the error says what is wrong without copying it.
+fn check_id(id: &RawValue) -> Result<(), String> {
+    let raw = id.get();
+    let kind_ok = matches!(raw.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
+    if !kind_ok {
+        return Err("`id` must be a string or a number chosen by the client".into());
+    }
+    if raw.len() > MAX_ID_LEN {
+        return Err(format!(
+            "`id` is {} bytes of JSON; at most {MAX_ID_LEN}",
+            raw.len()
+        ));
+    }
+    Ok(())
+}
+
+/// At most `max` characters of client-sent `text` for an error message (never a copy of
+/// something attacker-sized).
+fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()).into(),
+    }
 }
 
 /// Parses one command frame.
@@ -148,8 +182,18 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
         } else {
             ErrorCode::Malformed
         },
-        message: format!("a command is a JSON object with `id` and `type`: {e}"),
+        message: format!(
+            "a command is a JSON object with `id` and `type`: {}",
+            clip(&e.to_string(), 160)
+        ),
     })?;
+    if let Some(Err(message)) = wire.id.map(check_id) {
+        return Err(Rejected {
+            id: None,
+            code: ErrorCode::Invalid,
+            message,
+        });
+    }
     let wire_id = wire.id;
     let reject = |code, message: String| Rejected {
         id: wire_id,
@@ -237,7 +281,10 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
         other => {
             return Err(reject(
                 ErrorCode::UnknownCommand,
-                format!("unknown command `{other}` (join, leave, publish, send, ping)"),
+                format!(
+                    "unknown command `{}` (join, leave, publish, send, ping)",
+                    clip(other, 32)
+                ),
             ))
         }
     };
@@ -562,6 +609,31 @@ mod tests {
         }
         let long = format!(r#"{{"id":1,"type":"join","group":"{}"}}"#, "g".repeat(129));
         assert_eq!(parse(&long).unwrap_err().code, ErrorCode::InvalidGroup);
+    }
+
+    #[test]
+    fn ids_are_strings_or_numbers_and_never_echoed_when_huge() {
+        for bad in [r#"{"a":1}"#, "[1]", "true", "false"] {
+            let text = format!(r#"{{"id":{bad},"type":"ping"}}"#);
+            let r = parse(&text).unwrap_err();
+            assert_eq!(r.code, ErrorCode::Invalid, "{text}");
+            assert!(r.id.is_none(), "{text}");
+            assert!(command_id(&text).is_none(), "{text}");
+        }
+        for good in [r#""c-1""#, "7", "-1.5e3"] {
+            let text = format!(r#"{{"id":{good},"type":"ping"}}"#);
+            assert!(parse(&text).is_ok(), "{text}");
+        }
+        let huge = format!(r#"{{"id":"{}","type":"ping"}}"#, "x".repeat(10_000));
+        let r = parse(&huge).unwrap_err();
+        assert!(r.id.is_none());
+        assert!(r.message.contains("10002 bytes"), "{}", r.message);
+        let frame = error(r.id, r.code, &r.message);
+        assert!(frame.len() < 300, "the error does not copy the id back");
+        let unknown = format!(r#"{{"id":1,"type":"{}"}}"#, "t".repeat(10_000));
+        let r = parse(&unknown).unwrap_err();
+        assert_eq!(r.code, ErrorCode::UnknownCommand);
+        assert!(r.message.len() < 200, "{}", r.message);
     }
 
     #[test]

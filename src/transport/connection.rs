@@ -43,8 +43,26 @@ pub(crate) enum Role {
         /// This connection's registry entry.
         entry: HubEntry,
     },
-    /// A `/ws/echo` client: every message comes back unchanged.
-    Echo,
+    /// A `/ws/echo` client: every message comes back unchanged. Holds its place in the
+    /// hub's connection count until the task ends.
+    Echo(EchoSlot),
+}
+
+/// A `/ws/echo` connection's place in the hub's connection count and metrics; given back when
+/// dropped.
+pub(crate) struct EchoSlot(pub(crate) Hub);
+
+impl EchoSlot {
+    pub(crate) fn take(hub: &Hub) -> Self {
+        hub.echo_opened();
+        Self(hub.clone())
+    }
+}
+
+impl Drop for EchoSlot {
+    fn drop(&mut self) {
+        self.0.echo_closed();
+    }
 }
 
 /// Timing and size settings for one connection.
@@ -206,7 +224,13 @@ impl Conn<'_> {
             Ok(Queued::NeedsFlush) => self.own_dirty = true,
             Ok(Queued::Done) | Err(SendError::Closed) => {}
             Err(SendError::Full) => {
-                self.outbox.close(CloseReason::SlowConsumer);
+                if self.outbox.close(CloseReason::SlowConsumer) {
+                    let hub = match self.role {
+                        Role::Hub { hub, .. } => hub,
+                        Role::Echo(slot) => &slot.0,
+                    };
+                    hub.metrics().slow_consumers.inc();
+                }
             }
         }
     }
@@ -215,7 +239,7 @@ impl Conn<'_> {
     fn flush(&mut self) {
         match self.role {
             Role::Hub { hub, .. } => hub.flush(&mut self.cork, self.burst_started),
-            Role::Echo => self.cork.flush(),
+            Role::Echo(_) => self.cork.flush(),
         }
         if std::mem::take(&mut self.own_dirty) {
             self.outbox.flush();
@@ -250,8 +274,9 @@ impl Conn<'_> {
 
     /// A message over the rate limit: dropped, answered or closed for, as configured.
     fn over_limit(&mut self, payload: &[u8]) {
-        let Role::Hub { hub, .. } = self.role else {
-            return;
+        let hub = match self.role {
+            Role::Hub { hub, .. } => hub,
+            Role::Echo(slot) => &slot.0,
         };
         hub.metrics()
             .drops
@@ -263,6 +288,8 @@ impl Conn<'_> {
             Some(RateLimitAction::Close) => {
                 self.outbox.close(CloseReason::RateLimited);
             }
+            // A raw echo has no error frame: the message is dropped (and counted).
+            _ if matches!(self.role, Role::Echo(_)) => {}
             _ => {
                 let id = std::str::from_utf8(payload).ok().and_then(v1::command_id);
                 let frame = v1::error(
@@ -291,7 +318,7 @@ impl Conn<'_> {
                         self.outbox.close(CloseReason::InvalidUtf8);
                     }
                 },
-                Role::Echo => {
+                Role::Echo(_) => {
                     let r = self.outbox.push(frame::encode(OpCode::Text, &b));
                     self.queued(r);
                 }
@@ -301,7 +328,7 @@ impl Conn<'_> {
                     hub.on_v1_binary(entry, &mut self.cork)
                 }
                 Role::Hub { hub, entry } => hub.on_binary(entry.id, &b, &mut self.cork),
-                Role::Echo => {
+                Role::Echo(_) => {
                     let r = self.outbox.push(frame::encode(OpCode::Binary, &b));
                     self.queued(r);
                 }
@@ -365,10 +392,7 @@ where
         cork: HubCork::new(),
         own_dirty: false,
         burst_started: std::time::Instant::now(),
-        bucket: match &role {
-            Role::Hub { .. } => params.rate_limit.map(Bucket::new),
-            Role::Echo => None,
-        },
+        bucket: params.rate_limit.map(Bucket::new),
     };
     let ending = {
         tokio::pin!(write);

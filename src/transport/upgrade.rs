@@ -27,7 +27,7 @@ use crate::outbox::Outbox;
 use crate::problem::Problem;
 use crate::protocol;
 
-use super::connection::{self, Ending, Params, Role};
+use super::connection::{self, EchoSlot, Ending, Params, Role};
 use super::writer;
 
 /// What a valid upgrade request left us with.
@@ -60,6 +60,10 @@ enum HandshakeError {
     Key,
     /// The HTTP connection cannot be upgraded (HTTP/2, or a server without upgrades): 426.
     NoUpgradeSupport,
+    /// An HTTP/1.1 request without `Host` (RFC 9112 section 3.2): 400.
+    Host,
+    /// The upgrade request carries a body (RFC 6455's handshake is a GET without one): 400.
+    Body,
 }
 
 impl IntoResponse for HandshakeError {
@@ -82,6 +86,13 @@ impl IntoResponse for HandshakeError {
             HandshakeError::Key => {
                 Problem::bad_request("`Sec-WebSocket-Key` must be 16 bytes in base64").into_response()
             }
+            HandshakeError::Host => {
+                Problem::bad_request("an HTTP/1.1 request needs a `Host` header").into_response()
+            }
+            HandshakeError::Body => Problem::bad_request(
+                "a WebSocket upgrade request has no body (no `Content-Length` above 0, no `Transfer-Encoding`)",
+            )
+            .into_response(),
             HandshakeError::NoUpgradeSupport => Problem::new(
                 StatusCode::UPGRADE_REQUIRED,
                 "this connection cannot be upgraded (WebSocket needs HTTP/1.1)",
@@ -98,6 +109,20 @@ fn handshake(req: &mut Request) -> Result<Handshake, HandshakeError> {
         || !has_token(headers, header::CONNECTION, "upgrade")
     {
         return Err(HandshakeError::NotUpgrade);
+    }
+    if req.version() == axum::http::Version::HTTP_11
+        && !headers.contains_key(header::HOST)
+        && req.uri().authority().is_none()
+    {
+        return Err(HandshakeError::Host);
+    }
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(HandshakeError::Body);
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -215,6 +240,23 @@ fn params(hub: &Hub, max_message: usize) -> Params {
     }
 }
 
+/// `--max-connections` counts `/ws` and `/ws/echo` together: the 503 to answer when it is
+/// reached.
+fn over_connection_limit(hub: &Hub) -> Option<Response> {
+    let max = hub.config().max_connections?;
+    if hub.connection_count() + hub.echo_count() < max {
+        return None;
+    }
+    let mut res = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("connection limit reached ({max}); try again later"),
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    Some(res)
+}
+
 /// `GET /ws`: a client of the hub (SPEC 1.1).
 pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     let hs = match handshake(&mut req) {
@@ -232,17 +274,8 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
         Ok(r) => r,
         Err(problem) => return problem.into_response(),
     };
-    if let Some(max) = hub.config().max_connections {
-        if hub.connection_count() >= max {
-            let mut res = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("connection limit reached ({max}); try again later"),
-            )
-            .into_response();
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return res;
-        }
+    if let Some(res) = over_connection_limit(&hub) {
+        return res;
     }
     // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade
     // is queued for it, and flows as soon as the socket is ours.
@@ -271,6 +304,10 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
 
 /// `GET /ws/echo`: raw RFC 6455 echo, for conformance testing and diagnostics.
 pub async fn echo_handler(State(hub): State<Hub>, mut req: Request) -> Response {
+    if !hub.config().echo_endpoint {
+        return Problem::not_found("/ws/echo is turned off on this server (--echo-endpoint false)")
+            .into_response();
+    }
     let hs = match handshake(&mut req) {
         Ok(hs) => hs,
         Err(e) => return e.into_response(),
@@ -281,11 +318,15 @@ pub async fn echo_handler(State(hub): State<Hub>, mut req: Request) -> Response 
     if let Err(problem) = admit(&hub, &req) {
         return problem.into_response();
     }
-    let outbox = Arc::new(Outbox::new(hub.config().send_queue));
+    if let Some(res) = over_connection_limit(&hub) {
+        return res;
+    }
+    let slot = EchoSlot::take(&hub);
+    let outbox = Arc::new(hub.new_outbox());
     let params = params(&hub, hub.config().echo_max_message_size);
     let span = tracing::debug_span!("echo", remote = ?hs.remote);
     hub.tasks().spawn(
-        run_upgraded(hs.on_upgrade, outbox, Role::Echo, params, hub.clone()).instrument(span),
+        run_upgraded(hs.on_upgrade, outbox, Role::Echo(slot), params, hub.clone()).instrument(span),
     );
     switching_protocols(&hs.accept, false)
 }

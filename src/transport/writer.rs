@@ -111,8 +111,11 @@ async fn write_batch<W: FrameWrite>(
     outbox: Option<&Outbox>,
 ) -> io::Result<()> {
     while !batch.is_empty() {
-        if outbox.is_some_and(Outbox::discarding) {
-            batch.truncate(usize::from(partial));
+        if let Some(o) = outbox.filter(|o| o.discarding()) {
+            let keep = usize::from(partial);
+            let dropped: usize = batch.iter().skip(keep).map(|f| f.len()).sum();
+            batch.truncate(keep);
+            o.sent(dropped);
             if batch.is_empty() {
                 break;
             }
@@ -120,6 +123,9 @@ async fn write_batch<W: FrameWrite>(
         let written = w.write_some(batch).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
+        }
+        if let Some(o) = outbox {
+            o.sent(written);
         }
         partial = advance(batch, written);
     }

@@ -380,6 +380,26 @@ impl RawClient {
         self.stream.write_all(&out).await.unwrap();
     }
 
+    /// Like [`send_raw`](Self::send_raw), masked; `false` when the server no longer takes
+    /// bytes (reset or closed) instead of panicking.
+    pub async fn send_raw_checked(&mut self, first: u8, payload: &[u8]) -> bool {
+        let mut out = vec![first];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len <= 0xFFFF {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        let key = [0xA1, 0xB2, 0xC3, 0xD4];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        self.stream.write_all(&out).await.is_ok()
+    }
+
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
         self.send_raw(0x80 | opcode, payload, true).await;
     }
@@ -483,4 +503,63 @@ pub async fn cmd(ws: &mut Ws, c: Value) -> Value {
         (v["type"] == "ack" || v["type"] == "error") && v["id"] == id
     })
     .await
+}
+
+/// Starts `wshub serve` on port 0 with `extra` options and environment, and returns it with the
+/// address it reports in its "listening" log line (no free-port race with other tests).
+pub async fn spawn_server_env(
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"));
+    cmd.arg("serve");
+    if !env.iter().any(|(k, _)| *k == "WSHUB_LISTEN") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("local=") {
+                let rest = &line[at + "local=".len()..];
+                let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+                let clean: String = rest[..end].chars().filter(|c| !c.is_control()).collect();
+                let clean = clean.trim_end_matches("[0m").trim_end_matches('\u{1b}');
+                return clean
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap_or_else(|e| panic!("{line}: {e}"));
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server did not start");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+pub async fn spawn_server(extra: &[&str]) -> (tokio::process::Child, std::net::SocketAddr) {
+    spawn_server_env(extra, &[]).await
+}
+
+/// The resident memory of a process, in bytes (Linux).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
 }
