@@ -70,7 +70,7 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_size")]
     pub max_send_buffer: usize,
 
-    /// Whether every join and leave is announced to all clients: `all` (as the original) or `none`.
+    /// Every connect and disconnect announced to all plain clients: `all` (as the original; a storm of N connects costs N²/2 frames, each held to the receiver's --max-send-buffer) or `none`.
     #[arg(long, env = "WSHUB_ANNOUNCE", default_value = "all")]
     pub announce: Announce,
 
