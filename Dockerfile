@@ -14,5 +14,7 @@ EXPOSE 5289
 # Listen on all interfaces inside the container; everything else from WSHUB_* variables.
 # Probe /healthz and /readyz from the orchestrator (the image has no HTTP client).
 ENV WSHUB_LISTEN=0.0.0.0:5289 \
-    WSHUB_LOG_FORMAT=json
+    WSHUB_LOG_FORMAT=json \
+    WSHUB_ECHO_ENDPOINT=false \
+    WSHUB_ANNOUNCE=none
 ENTRYPOINT ["/usr/local/bin/wshub", "serve"]

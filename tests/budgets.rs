@@ -82,7 +82,10 @@ async fn echo_client_that_never_reads_pins_no_more_than_its_budget() {
     assert_eq!(metric(addr, "wshub_echo_connects_total").await, 1.0);
     drop(bad);
     let growth = peak.saturating_sub(before);
-    eprintln!("echo non-reader: {sent} MiB sent, server grew {} KiB", growth >> 10);
+    eprintln!(
+        "echo non-reader: {sent} MiB sent, server grew {} KiB",
+        growth >> 10
+    );
     assert!(
         growth < 24 << 20,
         "server grew by {} MiB after {sent} MiB from a non-reader",
@@ -128,7 +131,10 @@ async fn ws_client_that_never_reads_is_closed_by_bytes_not_frames() {
     wait_metric(addr, "wshub_connections", 1.0).await;
     drop(bad);
     let growth = peak.saturating_sub(before);
-    eprintln!("/ws non-reader: {sent} x 60 KB sent, server grew {} KiB", growth >> 10);
+    eprintln!(
+        "/ws non-reader: {sent} x 60 KB sent, server grew {} KiB",
+        growth >> 10
+    );
     assert!(
         growth < 20 << 20,
         "server grew by {} MiB after {sent} × 60 KB from a non-reader",

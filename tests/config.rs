@@ -132,3 +132,12 @@ fn backplane_and_node_id_are_checked_at_startup() {
     );
     assert!(out.contains("node_id = \"n-1\""), "{out}");
 }
+
+#[test]
+fn the_production_example_is_a_valid_configuration_with_echo_off() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/wshub.production.toml");
+    let (ok, out, err) = wshub(&["serve", "--config", path, "--print-config"], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("echo_endpoint = false"), "{out}");
+    assert!(out.contains("announce = \"none\""), "{out}");
+}
