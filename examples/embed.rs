@@ -1,9 +1,13 @@
-//! Run with `cargo run --example embed`, then in other terminals:
+//! Run with `cargo run --example embed` (another address: `EMBED_LISTEN=127.0.0.1:0`), then in
+//! other terminals:
 //!
 //! ```text
 //! websocat ws://127.0.0.1:3000/ws
 //! curl -X POST 127.0.0.1:3000/orders -H 'content-type: application/json' -d '{"item":"pizza"}'
 //! ```
+//!
+//! wshub's router brings its own `/` (the demo page): the application's own page lives at
+//! `/shop` here (axum refuses two handlers for one route).
 //!
 //! An application with routes of its own mounts wshub next to them, and pushes to every
 //! WebSocket client from its own handler through the shared [`wshub::Hub`] handle. It is served
@@ -33,12 +37,13 @@ async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt().init();
     let hub = Hub::new(HubConfig::default());
     let app = Router::new()
-        .route("/", get(|| async { "my application\n" }))
+        .route("/shop", get(|| async { "my application\n" }))
         .route("/orders", post(new_order))
         .with_state(hub.clone())
-        // /ws, /ws/echo, /api/*, /openapi.json, /swagger, /healthz
+        // /ws, /ws/echo, /api/*, /openapi.json, /swagger, /healthz, / (demo page), /client.js
         .merge(wshub::router(hub.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    let addr = std::env::var("EMBED_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let shutdown_hub = hub.clone();
     axum::serve(

@@ -112,7 +112,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_MAX_GROUPS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_groups: u32,
 
-    /// Where nodes meet: `memory` (a single node) or `redis://host:port[/db]` (several nodes share it).
+    /// Where nodes meet: `memory` (a single node), `redis://host:port[/db]` or `nats://host:port` (JetStream on; several nodes share it).
     #[arg(long, env = "WSHUB_BACKPLANE", default_value = "memory")]
     #[serde(serialize_with = "ser_display")]
     pub backplane: crate::backplane::BackplaneUrl,
@@ -295,17 +295,35 @@ fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Resul
     s.collect_str(v)
 }
 
-fn ser_secret<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_some("***"),
-        None => s.serialize_none(),
-    }
+/// Secrets are never printed, not even masked: a masked value read back would silently
+/// become the secret. [`ServeArgs::to_toml`] says in a comment which ones are set.
+fn ser_secret<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_none()
 }
 
+/// The placeholder older versions printed for secrets; refused as a value.
+const MASK: &str = "***";
+
 impl ServeArgs {
-    /// The effective configuration as TOML, secrets masked.
+    /// The effective configuration as TOML, reusable as a configuration file: secrets are left
+    /// out (a comment names those that are set, and the variables to give them with).
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+        let mut out = String::new();
+        for (key, env, set) in [
+            ("api_key", "WSHUB_API_KEY", self.api_key.is_some()),
+            ("jwt_secret", "WSHUB_JWT_SECRET", self.jwt_secret.is_some()),
+        ] {
+            if set {
+                out.push_str(&format!(
+                    "# {key} is set but not printed: give it with {env} (or add `{key} = \"...\"` here)\n"
+                ));
+            }
+        }
+        match toml::to_string(self) {
+            Ok(t) => out.push_str(&t),
+            Err(e) => out.push_str(&format!("# cannot print the configuration: {e}\n")),
+        }
+        out
     }
 }
 
@@ -357,6 +375,13 @@ pub fn file_args_from_str(
                 path.display()
             )),
         };
+        if matches!(id.as_str(), "api_key" | "jwt_secret") && value.as_str() == Some(MASK) {
+            return Err(format!(
+                "{}: `{key}` is the placeholder `{MASK}`, not a secret: put the real value there or give it with WSHUB_{}",
+                path.display(),
+                id.to_ascii_uppercase()
+            ));
+        }
         let v = match &value {
             // An empty list is the default: nothing to add.
             toml::Value::Array(items) if items.is_empty() => continue,

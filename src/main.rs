@@ -47,7 +47,8 @@ fn main() -> std::process::ExitCode {
         print!("{}", args.to_toml());
         return std::process::ExitCode::SUCCESS;
     }
-    init_logging(args.log_format);
+    let log_format = args.log_format;
+    init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,8 +62,11 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(serve(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("wshub: {e}");
+            // Once: on the terminal for people, in the log stream for log collectors.
+            match log_format {
+                LogFormat::Text => eprintln!("wshub: {e}"),
+                LogFormat::Json => tracing::error!("{e}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -116,14 +120,23 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
-    let listener = wshub::server::bind(args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = wshub::server::bind(args.listen).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another process has it: choose another address with --listen or WSHUB_LISTEN)"
+        } else {
+            ""
+        };
+        format!("cannot listen on {}: {e}{hint}", args.listen)
+    })?;
     let auth = wshub::auth::Auth::new(&args.auth_settings()?)?;
     if !auth.requires_token() {
         tracing::warn!("connection authentication is OFF: anyone who reaches /ws connects anonymously (set --jwt-secret or --jwt-public-key)");
     }
     if !auth.requires_api_key() {
         tracing::warn!("the REST API is open: anyone who reaches /api can push to every client (set --api-key)");
+    }
+    if args.allowed_origins.is_empty() || args.allowed_origins.iter().any(|o| o == "*") {
+        tracing::warn!("the Origin policy is open: any web page can open WebSockets here with its visitors' cookies (set --allowed-origins)");
     }
     let hub = wshub::Hub::with_auth(args.hub_config(), auth);
     if args.backplane != wshub::backplane::BackplaneUrl::Memory {
@@ -159,7 +172,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a terminal, and never when NO_COLOR is set (https://no-color.org).
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -66,9 +66,46 @@ fn flags_beat_environment_beat_file_beat_defaults() {
         "file beats default"
     );
     assert_eq!(cfg["send_queue"].as_integer(), Some(1024), "default");
-    assert_eq!(cfg["api_key"].as_str(), Some("***"), "secrets are masked");
+    assert!(cfg.get("api_key").is_none(), "secrets are not printed");
+    assert!(out.contains("# api_key is set but not printed"), "{out}");
     assert!(!out.contains("topsecret"));
     assert_eq!(cfg["allowed_origins"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn print_config_output_is_reusable_and_a_masked_secret_is_refused() {
+    let p = file(
+        "orig.toml",
+        "api_key = \"topsecret\"\nidle_timeout = \"90s\"\n",
+    );
+    let (ok, out, err) = wshub(
+        &["serve", "--config", p.to_str().unwrap(), "--print-config"],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let again = file("again.toml", &out);
+    let (ok, out2, err) = wshub(
+        &[
+            "serve",
+            "--config",
+            again.to_str().unwrap(),
+            "--print-config",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        !out2.contains("api_key"),
+        "no key came back from the printout: {out2}"
+    );
+    let masked = file("masked.toml", "api_key = \"***\"\n");
+    let (ok, _, err) = wshub(&["serve", "--config", masked.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("masked.toml") && err.contains("api_key"),
+        "{err}"
+    );
+    assert!(err.contains("placeholder"), "{err}");
 }
 
 #[test]

@@ -117,3 +117,27 @@ async fn environment_variables_configure_the_server() {
         .unwrap()
         .success());
 }
+
+/// A peer that reads our Close but never answers it (websocat with its input still open) holds
+/// a shutdown for the close timeout, not for the whole shutdown timeout.
+#[tokio::test]
+async fn a_peer_that_never_answers_close_does_not_hold_shutdown() {
+    let config = wshub::HubConfig {
+        shutdown_timeout: Duration::from_secs(60),
+        close_timeout: Duration::from_millis(300),
+        ..fast_config()
+    };
+    let srv = TestServer::with_config(wshub::HubConfig {
+        idle_timeout: Duration::from_secs(60),
+        ..config
+    })
+    .await;
+    let mut mute = RawClient::connect(srv.addr, "/ws").await;
+    srv.wait_count(1).await;
+    let started = std::time::Instant::now();
+    let reader = tokio::spawn(async move { mute.read_close().await });
+    // `stop` waits at most WAIT (10 s) for the server: far less than the 60 s shutdown timeout.
+    srv.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(reader.await.unwrap(), Some(1001));
+}

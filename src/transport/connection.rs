@@ -429,8 +429,16 @@ where
                     let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
                     match w {
                         Ok(()) if c.peer_closed || !reason.awaits_peer() => break Ending::Closed(reason),
-                        // Our Close is out: keep reading until the peer's Close or EOF.
-                        Ok(()) => {}
+                        // Our Close is out: keep reading until the peer's Close or EOF, for
+                        // at most the close timeout (the shutdown timeout was for draining
+                        // what was queued; a peer that does not answer a Close, such as
+                        // websocat with its input open, must not hold a shutdown for it).
+                        Ok(()) => {
+                            let answer_by = Instant::now() + params.close_timeout;
+                            if answer_by < tick.deadline() {
+                                tick.as_mut().reset(answer_by);
+                            }
+                        }
                         Err(e) => break Ending::Io(e),
                     }
                 }
