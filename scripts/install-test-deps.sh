@@ -18,7 +18,19 @@ command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
   echo "== apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  as_root=()
+  if [[ $(id -u) != 0 ]]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+      as_root=(sudo -n -E)
+    else
+      echo "install-test-deps: missing ${need_apt[*]}, and installing needs root:" >&2
+      echo "  sudo apt-get install ${need_apt[*]}" >&2
+      exit 1
+    fi
+  fi
+  # Two commands, not `a && b`: under `set -e` a failure on the left of && would not stop us.
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
 if [[ ! -d tests/browser/node_modules/playwright-core ]]; then

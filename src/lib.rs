@@ -79,8 +79,10 @@ pub fn router(hub: Hub) -> axum::Router {
         .route("/", get(web::index))
         .route("/client.js", get(web::client_js))
         .route("/client.d.ts", get(web::client_dts))
+        .route("/favicon.ico", get(web::favicon))
         .merge(api::routes(hub.clone()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::map_response(api::trailing_newline))
         .with_state(hub)
 }

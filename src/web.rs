@@ -33,6 +33,15 @@ pub async fn client_js() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", CLIENT_JS)
 }
 
+/// `GET /favicon.ico`: nothing to show (the demo page carries its icon inline); 204 rather
+/// than a 404 in every browser's console.
+pub async fn favicon() -> impl IntoResponse {
+    (
+        axum::http::StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "max-age=86400")],
+    )
+}
+
 /// `GET /client.d.ts`: its types.
 pub async fn client_dts() -> impl IntoResponse {
     asset("application/typescript; charset=utf-8", CLIENT_DTS)

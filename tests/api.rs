@@ -252,3 +252,20 @@ async fn the_demo_page_and_the_js_client_are_served_from_the_binary() {
     let (s, ct, b) = call(Request::get("/index.php").body(Body::empty()).unwrap()).await;
     assert_problem(s, ct, &b, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn answers_end_with_a_newline_and_favicon_is_not_a_404() {
+    let srv = TestServer::start().await;
+    let health = http(srv.addr, "GET", "/healthz", &[], b"").await;
+    assert_eq!(health.body, b"ok\n");
+    let list = http(srv.addr, "GET", "/api/connections", &[], b"").await;
+    assert_eq!(list.body.last(), Some(&b'\n'));
+    let missing = http(srv.addr, "GET", "/nope", &[], b"").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body.last(), Some(&b'\n'));
+    assert_eq!(
+        http(srv.addr, "GET", "/favicon.ico", &[], b"").await.status,
+        204
+    );
+    srv.stop().await;
+}

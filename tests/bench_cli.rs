@@ -121,3 +121,66 @@ async fn refuses_non_loopback_targets_and_unbounded_runs() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// With announcements on and clients that do not read while the others connect, the server
+/// closes some as slow consumers: the report says so and gives no memory figure it cannot
+/// stand behind.
+#[tokio::test]
+async fn connect_refuses_a_memory_figure_when_the_server_closed_clients() {
+    let srv = TestServer::with_config(HubConfig {
+        announce: true,
+        max_send_buffer: 2048,
+        shutdown_timeout: std::time::Duration::from_secs(1),
+        ..HubConfig::default()
+    })
+    .await;
+    let url = srv.ws_url();
+    let pid = std::process::id().to_string();
+    let r = bench(&[
+        "connect",
+        "--url",
+        &url,
+        "-n",
+        "300",
+        "--hold",
+        "1s",
+        "--server-pid",
+        &pid,
+    ])
+    .await;
+    assert!(r["closed_by_server"].as_u64().unwrap() > 0, "{r}");
+    assert!(r.get("rss_per_connection").is_none(), "{r}");
+    let w = r["warnings"][0].as_str().unwrap();
+    assert!(
+        w.contains("closed by the server") && w.contains("--announce none"),
+        "{w}"
+    );
+    srv.stop().await;
+
+    // Without announcements nobody is closed and the figure is given (never negative).
+    let srv = TestServer::with_config(announce_none()).await;
+    let url = srv.ws_url();
+    let r = bench(&[
+        "connect",
+        "--url",
+        &url,
+        "-n",
+        "300",
+        "--hold",
+        "1s",
+        "--server-pid",
+        &pid,
+    ])
+    .await;
+    assert_eq!(r["closed_by_server"], 0, "{r}");
+    assert_eq!(r["connected"], 300);
+    if let Some(p) = r["rss_per_connection"].as_f64() {
+        assert!(p >= 0.0);
+    } else {
+        assert!(
+            r["warnings"][0].as_str().unwrap().contains("RSS fell"),
+            "{r}"
+        );
+    }
+    srv.stop().await;
+}

@@ -141,3 +141,65 @@ async fn a_peer_that_never_answers_close_does_not_hold_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(reader.await.unwrap(), Some(1001));
 }
+
+/// What a newcomer sees at startup: a warning per open setting, Origin included; no colour
+/// codes when the output is not a terminal; a startup error printed once, with a hint.
+#[tokio::test]
+async fn startup_output_is_plain_warns_about_open_settings_and_errors_once() {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("listening");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let all = seen.join("\n");
+    assert!(
+        !all.contains('\u{1b}'),
+        "colour codes in redirected output:\n{all}"
+    );
+    for open in [
+        "authentication is OFF",
+        "REST API is open",
+        "Origin policy is open",
+    ] {
+        assert!(all.contains(open), "no warning `{open}` in:\n{all}");
+    }
+    let addr = seen
+        .last()
+        .and_then(|l| l.split("local=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    // The same port again: one error line, naming the way out.
+    let out = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["serve", "--listen", &addr])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("cannot listen").count() + stdout.matches("cannot listen").count(),
+        1,
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("--listen"), "{stderr}");
+    child.kill().await.unwrap();
+}

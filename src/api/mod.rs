@@ -192,6 +192,36 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     .into_response()
 }
 
+/// Ends JSON and plain-text answers with a newline, so `curl` output does not run into the
+/// shell prompt. Other bodies (HTML, scripts, streams, upgrades) pass untouched.
+pub async fn trailing_newline(res: Response) -> Response {
+    let textual = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.starts_with("application/json")
+                || t.starts_with("application/problem+json")
+                || t.starts_with("text/plain")
+        });
+    if !textual {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    // Answers of this API are small; anything unexpectedly large is passed on as it was read.
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "answer too large").into_response();
+    };
+    if bytes.last() == Some(&b'\n') {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let mut with = Vec::with_capacity(bytes.len() + 1);
+    with.extend_from_slice(&bytes);
+    with.push(b'\n');
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(with))
+}
+
 /// Parses a JSON request body, with a precise problem for each way it can be wrong.
 pub(crate) fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,

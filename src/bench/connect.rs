@@ -37,8 +37,10 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
     let (conns, errors) = connect_many(&target, a.connections, &a.common, a.timeout).await;
     let connect_secs = started.elapsed().as_secs_f64();
     let (server_cores, generator_cores) = cpu.stop();
-    // Idle clients still read (and drop) what the server sends, as a real client would.
-    let mut holders = Vec::with_capacity(conns.len());
+    // Idle clients still read (and drop) what the server sends, as a real client would; a
+    // holder that finishes was closed by the server.
+    let opened = conns.len();
+    let mut holders = Vec::with_capacity(opened);
     for (mut stream, _) in conns {
         holders.push(tokio::spawn(async move {
             let mut sink = [0u8; 1024];
@@ -47,12 +49,31 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
     }
     tokio::time::sleep(a.hold).await;
     let rss_after = a.common.server_pid.and_then(rss_bytes);
-    let connected = holders.len();
+    let closed_by_server = holders.iter().filter(|h| h.is_finished()).count();
+    let connected = opened - closed_by_server;
     for h in holders {
         h.abort();
     }
+    let mut warnings = Vec::new();
+    if closed_by_server > 0 {
+        warnings.push(format!(
+            "{closed_by_server} of {opened} connections were closed by the server while held (slow consumers: with `--announce all`, {opened} clients connecting at once are sent about {} announcements; run the server with `--announce none`), so no memory figure per connection is given",
+            opened * opened / 2
+        ));
+    }
     let rss_per_connection = match (rss_before, rss_after) {
-        (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) / connected as f64),
+        (Some(b), Some(a)) if connected > 0 && closed_by_server == 0 => {
+            if a < b {
+                warnings.push(format!(
+                    "the server's RSS fell during the run ({:.1} -> {:.1} MiB: it gave memory back, or it restarted), so no memory figure per connection is given; run it again on a fresh server",
+                    b as f64 / 1048576.0,
+                    a as f64 / 1048576.0
+                ));
+                None
+            } else {
+                Some((a - b) as f64 / connected as f64)
+            }
+        }
         _ => None,
     };
     Ok(Report {
@@ -60,6 +81,8 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
         label: a.common.label.clone(),
         connections: a.connections,
         connected,
+        closed_by_server: closed_by_server as u64,
+        warnings,
         errors,
         connect_secs,
         connect_rate: connected as f64 / connect_secs.max(1e-9),

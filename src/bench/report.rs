@@ -94,6 +94,9 @@ pub struct Report {
     pub generator_cores: Option<f64>,
     /// The settings, for the record.
     pub settings: String,
+    /// Why a figure is missing or must be read with care.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -141,6 +144,9 @@ impl Report {
         }
         for e in self.errors.iter().take(5) {
             out += &format!("  error: {e}\n");
+        }
+        for w in &self.warnings {
+            out += &format!("  warning: {w}\n");
         }
         out
     }

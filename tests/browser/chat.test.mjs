@@ -59,6 +59,45 @@ test("a message typed in one page appears in the other; the page shows status an
   await b.close();
 });
 
+test("desktop and phone widths: no console errors, no failed requests, no sideways scroll; joins are confirmed and bad names caught", async () => {
+  for (const [name, viewport] of [["desktop", { width: 1280, height: 800 }], ["phone", { width: 390, height: 844 }]]) {
+    const context = await browser.newContext({ viewport });
+    const page = await context.newPage();
+    const problems = [];
+    page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") problems.push(`console ${m.type()}: ${m.text()}`); });
+    page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+    page.on("requestfailed", (r) => problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+    page.on("response", (r) => { if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`); });
+    await page.goto(`http://127.0.0.1:${proxy.port}/`);
+    await page.waitForSelector('#status[data-state="open"]', { timeout: 10000 });
+    // Joining says so, with the member count from the ack.
+    await page.fill("#join-input", `layout-${name}`);
+    await page.click("#join-btn");
+    await page.waitForFunction((g) => [...document.querySelectorAll("#messages li.note .text")].some((e) => e.textContent.startsWith(`joined #${g}`)), `layout-${name}`, { timeout: 10000 });
+    // A long word wraps inside its bubble instead of pushing the page sideways.
+    await page.fill("#msg-input", "x".repeat(400));
+    await page.click("#send-btn");
+    await page.waitForSelector("#messages li.msg", { timeout: 10000 });
+    const overflow = await page.evaluate(() => ({
+      page: document.documentElement.scrollWidth - window.innerWidth,
+      bubble: Math.max(...[...document.querySelectorAll("#messages li")].map((li) => li.scrollWidth - li.clientWidth)),
+    }));
+    assert.ok(overflow.page <= 0, `${name}: the page scrolls sideways by ${overflow.page}px`);
+    assert.ok(overflow.bubble <= 0, `${name}: a bubble overflows by ${overflow.bubble}px`);
+    // A group name breaking the rules is caught in the page, before the server sees it.
+    await page.fill("#join-input", "not a group!");
+    assert.equal(await page.$eval("#join-input", (e) => e.checkValidity()), false);
+    await page.click("#join-btn");
+    assert.equal(await page.$$eval("#groups li", (els) => els.length), 1);
+    // Leaving says so too.
+    await page.click(`#groups li[data-group="layout-${name}"] button`);
+    await page.waitForFunction((g) => [...document.querySelectorAll("#messages li.note .text")].some((e) => e.textContent === `left #${g}`), `layout-${name}`, { timeout: 10000 });
+    await page.screenshot({ path: SHOTS + `layout-${name}.png` });
+    assert.deepEqual(problems, [], `${name}: ${problems.join("; ")}`);
+    await context.close();
+  }
+});
+
 test("a network drop mid-stream: the page reconnects and recovers every message, once, in order", async () => {
   const page = await openChat("stream");
   const other = await openChat("stream");
