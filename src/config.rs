@@ -201,7 +201,7 @@ pub enum RateAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Announce {
-    /// Every join and leave goes to every client (SPEC 1.2).
+    /// Every connect and disconnect goes to every plain client, as in the original sample.
     All,
     /// No announcements (a connect storm of N clients otherwise costs N²/2 frames).
     None,
