@@ -275,21 +275,7 @@ fn ser_size<S: serde::Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(*n as u64)
 }
 
-/// A node id: 1 to 64 characters from `A-Z a-z 0-9 _ - .` (it names keys and subjects in the
-/// backplane).
-///
-/// # Errors
-/// A message saying what is allowed.
-pub fn parse_node_id(s: &str) -> Result<String, String> {
-    if (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        Ok(s.to_owned())
-    } else {
-        Err("a node id is 1 to 64 characters from A-Z a-z 0-9 _ - .".into())
-    }
-}
+pub use crate::wire::parse_node_id;
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)

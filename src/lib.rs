@@ -5,29 +5,32 @@
 //! (`wshub serve`) or mounts into your own axum application ([`router`]).
 //!
 //! # Layout
-//! The data path, from the bottom up (arrows point to what a module uses; none point back):
+//! From the bottom up; a module uses only those above it in this list, never one below (no
+//! import cycle: `../shared/tools/modgraph.py src` checks it):
 //!
-//! - [`frame`]: the RFC 6455 wire format. A server frame is encoded **once** into a shared
-//!   buffer ([`frame::Frame`]) and handed to every recipient; client frames are decoded
-//!   incrementally.
-//! - [`id`], [`close`], [`envelope`], [`problem`]: leaf types: connection ids, close reasons and
-//!   their codes, the JSON envelopes of SPEC 1.2, RFC 9457 errors.
+//! - [`frame`], [`id`], [`problem`], [`metrics`], [`wire`], [`web`], [`tls`]: leaves. The RFC
+//!   6455 wire format (a server frame is encoded **once** into a shared buffer and handed to
+//!   every recipient; client frames are decoded incrementally); connection ids; RFC 9457
+//!   errors; Prometheus metrics; the types nodes exchange through a backplane (publications,
+//!   stream names, connection entries, node ids); the demo page and JavaScript client; TLS.
+//! - [`close`], [`envelope`]: close reasons and their codes; the JSON envelopes of SPEC 1.2.
+//! - [`history`]: offsets, epochs and bounded history per group and for the all-clients
+//!   stream (bounded in bytes overall): what lets a reconnecting client recover what it missed.
 //! - [`protocol`]: the `wshub.v1` subprotocol: commands, acks, errors, group envelopes.
-//! - [`outbox`]: a connection's bounded outbound queue. Pushing never waits; a full queue makes
-//!   the connection a slow consumer, closed with 1008.
-//! - [`manager`]: the thread-safe registry of connections, generic over a sink trait.
-//! - [`hub`]: the handle every message goes through: register, announce, echo, broadcast.
+//! - [`manager`]: the thread-safe registry of connections, generic over the [`manager::Sink`]
+//!   trait it defines.
+//! - [`outbox`]: a connection's outbound queue, bounded in frames and bytes, the registry's
+//!   sink. Pushing never waits; a full queue makes the connection a slow consumer (1008).
+//! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
+//! - [`backplane`]: scale-out over Redis or NATS: the engines, the node's publisher,
+//!   subscriber and entry keeper. It calls the hub back only through the
+//!   [`backplane::Handler`] trait it defines.
+//! - [`hub`]: the handle every message goes through: register, announce, echo, broadcast,
+//!   groups, delivery of what the backplane brings.
 //! - [`transport`]: the upgrade handshake and the per-connection task (reader, batched
 //!   writer, keep-alive, closing handshake).
 //! - [`api`]: the REST companion API, OpenAPI document and Swagger UI.
-//! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
-//! - [`metrics`]: Prometheus metrics of one hub.
-//! - [`history`]: offsets, epochs and bounded history per group and for the all-clients
-//!   stream: what lets a reconnecting client recover what it missed.
-//! - [`backplane`]: scale-out: publications, offsets, history and connection entries shared
-//!   by several nodes through Redis.
-//! - [`web`]: the demo page at `/` and the JavaScript client at `/client.js`, from the binary.
-//! - [`config`], [`server`], [`tls`]: options, the accept loop with graceful shutdown, TLS.
+//! - [`config`], [`server`]: options, the accept loop with graceful shutdown.
 //!
 //! # Embedding
 //! ```no_run
@@ -59,6 +62,7 @@ pub mod server;
 pub mod tls;
 pub mod transport;
 pub mod web;
+pub mod wire;
 
 pub use close::CloseReason;
 pub use hub::{Hub, HubConfig};

@@ -19,7 +19,28 @@ use parking_lot::RwLock;
 use crate::close::CloseReason;
 use crate::frame::Frame;
 use crate::id::ConnId;
-use crate::outbox::{Queued, SendError};
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The queue is at capacity (in frames or in bytes): the connection does not read fast
+    /// enough.
+    #[error("outbound queue full")]
+    Full,
+    /// The connection is closing or closed.
+    #[error("connection closed")]
+    Closed,
+}
+
+/// What a sink did with a frame it was offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued; a writer already owns the socket, or the writer task was woken.
+    Done,
+    /// Queued into an idle outbox with an attached socket: call the sink's `flush` once the
+    /// frames published together are all pushed.
+    NeedsFlush,
+}
 
 /// Where the registry delivers frames for one connection.
 pub trait Sink: Send + Sync + 'static {

@@ -30,27 +30,7 @@ use tokio::sync::Notify;
 use crate::close::CloseReason;
 use crate::frame::Frame;
 
-/// Why a frame could not be queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The queue is at capacity (in frames or in bytes): the connection does not read fast
-    /// enough.
-    #[error("outbound queue full")]
-    Full,
-    /// The connection is closing or closed.
-    #[error("connection closed")]
-    Closed,
-}
-
-/// What [`Outbox::push`] did with a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Queued {
-    /// Queued; a writer already owns the socket, or the writer task was woken.
-    Done,
-    /// Queued into an idle outbox with an attached socket: call [`Outbox::flush`] once the
-    /// frames published together are all pushed.
-    NeedsFlush,
-}
+pub use crate::manager::{Queued, SendError};
 
 /// A socket that accepts non-blocking vectored writes from any thread.
 pub trait DirectWrite: Send + Sync + 'static {

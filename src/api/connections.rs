@@ -8,7 +8,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::envelope::Timestamp;
 use crate::hub::Hub;
 use crate::problem::Problem;
 
@@ -90,7 +89,7 @@ pub async fn list(
         .map_err(unavailable)?;
     Ok(Json(ConnectionList {
         count: connections.len(),
-        connections,
+        connections: connections.into_iter().map(Connection::from).collect(),
     }))
 }
 
@@ -222,20 +221,19 @@ pub(crate) fn parse_id(id: &str) -> Result<crate::id::ConnId, Problem> {
     })
 }
 
-pub(crate) fn connection_dto(c: crate::hub::ConnectionSnapshot, node: &str) -> Connection {
-    Connection {
-        node: node.to_owned(),
-        id: c.id.to_string(),
-        short_id: c.id.short(),
-        connected_at: Timestamp::from(c.connected_at).as_str().to_owned(),
-        remote_addr: c.remote_addr.map(|a| a.to_string()),
-        queued: c.queued,
-        user: c.user.map(|u| u.to_string()),
-        groups: c.groups.iter().map(|g| g.to_string()).collect(),
-        protocol: match c.protocol {
-            crate::manager::Protocol::Plain => "plain".into(),
-            crate::manager::Protocol::V1 => crate::protocol::V1.into(),
-        },
+impl From<crate::wire::ConnectionEntry> for Connection {
+    fn from(e: crate::wire::ConnectionEntry) -> Self {
+        Self {
+            id: e.id,
+            short_id: e.short_id,
+            connected_at: e.connected_at,
+            remote_addr: e.remote_addr,
+            queued: e.queued,
+            user: e.user,
+            groups: e.groups,
+            protocol: e.protocol,
+            node: e.node,
+        }
     }
 }
 
@@ -256,8 +254,8 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Connection>, Problem> {
     let id = parse_id(&id)?;
-    if let Some(c) = hub.connection(id) {
-        return Ok(Json(connection_dto(c, hub.node_id())));
+    if let Some(c) = hub.connection_entry(id) {
+        return Ok(Json(c.into()));
     }
     let text = id.to_string();
     hub.list_connections(None, None)
@@ -265,7 +263,7 @@ pub async fn get_one(
         .map_err(unavailable)?
         .into_iter()
         .find(|c| c.id == text)
-        .map(Json)
+        .map(|c| Json(c.into()))
         .ok_or_else(|| Problem::not_found(format!("no connection `{id}`")))
 }
 
@@ -295,13 +293,8 @@ pub async fn delete_one(
         ));
     }
     let reason = p.reason.unwrap_or_default();
-    let remote = crate::backplane::Publication::Disconnect {
-        to: id.to_string(),
-        code,
-        reason: reason.clone(),
-    };
     let found = hub
-        .on_connection(id, |h| h.close_connection(id, code, &reason), remote)
+        .close_anywhere(id, code, &reason)
         .await
         .map_err(unavailable)?;
     if found {
@@ -332,16 +325,7 @@ pub async fn send_one(
 ) -> Result<Json<Recipients>, Problem> {
     let id = parse_id(&id)?;
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
-    let remote = crate::backplane::Publication::Direct {
-        to: id.to_string(),
-        from: None,
-        user: None,
-        message: message.clone(),
-    };
-    let found = hub
-        .on_connection(id, |h| h.send_to_connection(id, &message), remote)
-        .await
-        .map_err(unavailable)?;
+    let found = hub.send_anywhere(id, &message).await.map_err(unavailable)?;
     if found {
         Ok(Json(Recipients { recipients: 1 }))
     } else {

@@ -176,13 +176,8 @@ pub async fn add_member(
         }
         Err(MembershipError::UnknownConnection) => {
             // On another node, perhaps: asked there (its answer is not awaited).
-            let remote = crate::backplane::Publication::Member {
-                to: id.to_string(),
-                group: group.clone(),
-                add: true,
-            };
             if !hub
-                .on_connection(id, |_| false, remote)
+                .add_member_elsewhere(id, &group)
                 .await
                 .map_err(unavailable)?
             {
@@ -213,13 +208,8 @@ pub async fn remove_member(
 ) -> Result<StatusCode, Problem> {
     check_group(&group)?;
     let id = parse_id(&connection)?;
-    let remote = crate::backplane::Publication::Member {
-        to: id.to_string(),
-        group: group.clone(),
-        add: false,
-    };
     let done = hub
-        .on_connection(id, |h| h.remove_from_group(id, &group), remote)
+        .remove_member_anywhere(id, &group)
         .await
         .map_err(unavailable)?;
     if done {

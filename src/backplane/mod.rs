@@ -21,12 +21,14 @@
 pub mod nats;
 pub mod redis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use crate::history::HistoryConfig;
+
 use tokio::sync::{mpsc, oneshot};
 
 /// Which backplane a node uses, from `--backplane`.
@@ -92,178 +94,24 @@ impl Default for BackplaneConfig {
     }
 }
 
-/// What a node sends to every node. Frames are built by each receiving node (one encoding per
-/// node, shared by its recipients), so the bus carries the fields, not the frames.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Publication {
-    /// A group message (a stream: gets an offset).
-    Group {
-        /// The group.
-        group: String,
-        /// Sender's short id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        from: Option<String>,
-        /// Sender's user.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        user: Option<String>,
-        /// The payload.
-        message: Box<RawValue>,
-    },
-    /// A text envelope to everyone (the all-clients stream: gets an offset).
-    All {
-        /// `server-broadcast` or `message`.
-        kind: AllKind,
-        /// Sender's short id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        from: Option<String>,
-        /// The text.
-        text: String,
-    },
-    /// A binary message relayed to everyone (base64; not kept in history).
-    Binary {
-        /// The bytes, base64.
-        data: String,
-    },
-    /// A SPEC 1.2 `system` announcement to every plain client.
-    System {
-        /// The text.
-        text: String,
-    },
-    /// A `joined`/`left` event to a group's members.
-    Membership {
-        /// The group.
-        group: String,
-        /// Joined (true) or left.
-        joined: bool,
-        /// The short id of who joined or left.
-        connection: String,
-        /// Their user.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        user: Option<String>,
-        /// A connection id not to tell (who joined).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        except: Option<String>,
-    },
-    /// A `direct` envelope to every connection of a user.
-    User {
-        /// The user.
-        to: String,
-        /// Sender's short id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        from: Option<String>,
-        /// Sender's user.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        user: Option<String>,
-        /// The payload.
-        message: Box<RawValue>,
-    },
-    /// A `direct` envelope to one connection.
-    Direct {
-        /// The connection id.
-        to: String,
-        /// Sender's short id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        from: Option<String>,
-        /// Sender's user.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        user: Option<String>,
-        /// The payload.
-        message: Box<RawValue>,
-    },
-    /// Close a connection (REST `DELETE` on another node).
-    Disconnect {
-        /// The connection id.
-        to: String,
-        /// The close code.
-        code: u16,
-        /// The close reason.
-        reason: String,
-    },
-    /// Add a connection to a group or remove it (REST on another node).
-    Member {
-        /// The connection id.
-        to: String,
-        /// The group.
-        group: String,
-        /// Add (true) or remove.
-        add: bool,
-    },
-}
+pub use crate::wire::{AllKind, BusMessage, EntryChange, Publication, Stored, StreamName};
 
-/// The kinds of text envelope sent to everyone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AllKind {
-    /// A REST broadcast.
-    ServerBroadcast,
-    /// A plain client's text.
-    Message,
-}
-
-impl Publication {
-    /// The stream this publication belongs to, if it is kept in history.
-    pub fn stream(&self) -> Option<StreamName<'_>> {
-        match self {
-            Publication::Group { group, .. } => Some(StreamName::Group(group)),
-            Publication::All { .. } => Some(StreamName::All),
-            _ => None,
-        }
-    }
-}
-
-/// A stream: a group's, or the all-clients one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamName<'a> {
-    /// The all-clients stream.
-    All,
-    /// A group's stream.
-    Group(&'a str),
-}
-
-/// A publication as it travels on the bus, with the offset the engine gave it.
-#[derive(Debug, Deserialize)]
-pub struct BusMessage {
-    /// The node that published it.
-    #[serde(rename = "n")]
-    pub node: String,
-    /// The stream's epoch (streams only).
-    #[serde(rename = "e", default)]
-    pub epoch: Option<String>,
-    /// Its offset in the stream (streams only).
-    #[serde(rename = "o", default)]
-    pub offset: Option<u64>,
-    /// The publication.
-    #[serde(rename = "p")]
-    pub publication: Publication,
-}
-
-/// A stream publication read back from the shared history.
-#[derive(Debug)]
-pub struct Stored {
-    /// Its offset.
-    pub offset: u64,
-    /// When it was published (Unix milliseconds).
-    pub at_ms: u64,
-    /// The publication.
-    pub publication: Publication,
-}
-
-/// A change to this node's connection entries in the backplane.
-#[derive(Debug)]
-pub enum EntryChange {
-    /// A connection's entry (the REST `Connection` JSON), new or updated.
-    Put {
-        /// Its id.
-        id: String,
-        /// The entry.
-        json: String,
-    },
-    /// A connection is gone.
-    Remove {
-        /// Its id.
-        id: String,
-    },
+/// What the backplane calls back into: the node's hub. Defined here, implemented above, so
+/// the backplane depends on nothing of the hub's.
+pub trait Handler: Send + Sync + 'static {
+    /// Whether the hub is still there (the node's tasks end when it is not).
+    fn alive(&self) -> bool;
+    /// The engine became reachable (`true`) or unreachable.
+    fn engine_changed(&self, up: bool);
+    /// Messages from the bus, in the order they arrived: each is delivered to the matching
+    /// local connections once, and the frames of the whole batch are written together.
+    fn on_bus(&self, batch: Vec<BusMessage>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// A publication that could not go through the engine: delivered on this node only.
+    fn deliver_local_only(&self, publication: &Publication);
+    /// This node's connection entries as `(id, JSON)`, for a full rewrite.
+    fn local_entries(&self) -> Vec<(String, String)>;
+    /// Counts a backplane event (`disconnected`, `publish_failed`, `gap_filled`).
+    fn event(&self, reason: &'static str);
 }
 
 /// A queued publication and who waits for its offset.
@@ -282,6 +130,7 @@ pub struct Cluster {
     entries: mpsc::UnboundedSender<EntryChange>,
     engine: Engine,
     config: BackplaneConfig,
+    history: HistoryConfig,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -362,8 +211,9 @@ impl Cluster {
 ///
 /// # Errors
 /// When the URL is not usable at all.
-pub(crate) fn start(
-    hub: &crate::hub::Hub,
+pub fn start(
+    handler: Arc<dyn Handler>,
+    history: HistoryConfig,
     config: BackplaneConfig,
     node: Arc<str>,
 ) -> Result<Arc<Cluster>, String> {
@@ -376,7 +226,7 @@ pub(crate) fn start(
             url,
             &config.prefix,
             &node,
-            hub.config().history,
+            history,
             config.node_ttl,
         )?),
     };
@@ -390,8 +240,9 @@ pub(crate) fn start(
         entries: entries_tx,
         engine,
         config,
+        history,
     });
-    spawn_tasks(hub, cluster.clone(), out_rx, entries_rx);
+    spawn_tasks(handler, cluster.clone(), out_rx, entries_rx);
     Ok(cluster)
 }
 
@@ -482,7 +333,7 @@ impl Engine {
     async fn publish_batch(
         &self,
         batch: &[Outgoing],
-        history: crate::history::HistoryConfig,
+        history: HistoryConfig,
     ) -> Result<Vec<Option<(String, u64)>>, BackplaneError> {
         match self {
             Engine::Redis(e) => Ok(e.publish_batch(batch, history).await?),
@@ -512,7 +363,7 @@ impl Engine {
 /// Starts the node's three tasks: the subscriber (bus → hub), the publisher (hub → engine), the
 /// entries keeper (connection entries and heartbeat). Each ends when the hub is dropped.
 fn spawn_tasks(
-    hub: &crate::hub::Hub,
+    handler: Arc<dyn Handler>,
     cluster: Arc<Cluster>,
     out: mpsc::UnboundedReceiver<Outgoing>,
     entries: mpsc::UnboundedReceiver<EntryChange>,
@@ -521,21 +372,21 @@ fn spawn_tasks(
     match cluster.engine() {
         Engine::Redis(_) => {
             tokio::spawn(redis::subscriber(
-                hub.downgrade(),
+                handler.clone(),
                 cluster.clone(),
                 resync.clone(),
             ));
         }
         Engine::Nats(_) => {
             tokio::spawn(nats::subscriber(
-                hub.downgrade(),
+                handler.clone(),
                 cluster.clone(),
                 resync.clone(),
             ));
         }
     }
-    tokio::spawn(publisher(hub.downgrade(), cluster.clone(), out));
-    tokio::spawn(keeper(hub.downgrade(), cluster, entries, resync));
+    tokio::spawn(publisher(handler.clone(), cluster.clone(), out));
+    tokio::spawn(keeper(handler, cluster, entries, resync));
 }
 
 /// Backoff between reconnection attempts: 100 ms doubling to 5 s, with jitter.
@@ -553,7 +404,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 async fn publisher(
-    hub: Weak<crate::hub::Shared>,
+    h: Arc<dyn Handler>,
     cluster: Arc<Cluster>,
     mut out: mpsc::UnboundedReceiver<Outgoing>,
 ) {
@@ -566,13 +417,13 @@ async fn publisher(
                 Err(_) => break,
             }
         }
-        let Some(h) = crate::hub::Hub::upgrade(&hub) else {
+        if !h.alive() {
             return;
-        };
+        }
         let sent = if cluster.accepts_publications() {
             match cluster
                 .engine()
-                .publish_batch(&batch, h.config().history)
+                .publish_batch(&batch, cluster.history)
                 .await
             {
                 Ok(positions) => {
@@ -582,7 +433,7 @@ async fn publisher(
                 Err(e) => {
                     tracing::warn!(error = %e, n = batch.len(), "backplane publish failed; delivering locally only");
                     cluster.publishing.store(false, Ordering::Release);
-                    h.backplane_event("publish_failed");
+                    h.event("publish_failed");
                     None
                 }
             }
@@ -613,7 +464,7 @@ async fn publisher(
 }
 
 async fn keeper(
-    hub: Weak<crate::hub::Shared>,
+    h: Arc<dyn Handler>,
     cluster: Arc<Cluster>,
     mut changes: mpsc::UnboundedReceiver<EntryChange>,
     resync: Arc<tokio::sync::Notify>,
@@ -643,9 +494,9 @@ async fn keeper(
             _ = beat.tick() => stale |= matches!(cluster.engine(), Engine::Nats(_)),
             _ = resync.notified() => stale = true,
         }
-        let Some(h) = crate::hub::Hub::upgrade(&hub) else {
+        if !h.alive() {
             return;
-        };
+        }
         if !cluster.is_up() {
             // Whatever changed meanwhile is rewritten in full once the engine is back.
             stale = true;
@@ -693,25 +544,5 @@ mod tests {
             let base = (100u64 << a.min(6)).min(5000);
             assert!(d <= base && d >= base / 2, "{a}: {d}");
         }
-    }
-
-    #[test]
-    fn publications_round_trip_on_the_bus() {
-        let p = Publication::Group {
-            group: "g".into(),
-            from: Some("abcd1234".into()),
-            user: None,
-            message: RawValue::from_string("{\"x\":1}".into()).unwrap(),
-        };
-        let text = format!(
-            "{{\"n\":\"node1\",\"e\":\"ep\",\"o\":7,\"p\":{}}}",
-            serde_json::to_string(&p).unwrap()
-        );
-        let m: BusMessage = serde_json::from_str(&text).unwrap();
-        assert_eq!((m.node.as_str(), m.offset), ("node1", Some(7)));
-        assert!(matches!(
-            m.publication.stream(),
-            Some(StreamName::Group("g"))
-        ));
     }
 }

@@ -21,7 +21,7 @@
 //! stream (its history) is lost.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -35,7 +35,6 @@ use super::{
     StreamName,
 };
 use crate::history::HistoryConfig;
-use crate::hub::Hub;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const OFFSET: &str = "Wshub-Offset";
@@ -474,7 +473,7 @@ fn offset_of(headers: &async_nats::HeaderMap) -> Option<u64> {
 /// disconnection, marks the node degraded and sets up again once NATS is back (the client
 /// reconnects by itself), resuming the streams after the last message this node saw.
 pub(crate) async fn subscriber(
-    hub: Weak<crate::hub::Shared>,
+    h: Arc<dyn super::Handler>,
     cluster: Arc<Cluster>,
     resync: Arc<tokio::sync::Notify>,
 ) {
@@ -509,7 +508,7 @@ pub(crate) async fn subscriber(
             match tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
                 Ok(None) => return,
                 _ => {
-                    if hub.strong_count() == 0 {
+                    if !h.alive() {
                         return;
                     }
                 }
@@ -569,9 +568,10 @@ pub(crate) async fn subscriber(
         attempt = 0;
         let epoch = ready.epoch.clone();
         *engine.ready.lock() = Some(ready);
-        let Some(h) = Hub::upgrade(&hub) else { return };
-        h.backplane_changed(true);
-        drop(h);
+        if !h.alive() {
+            return;
+        }
+        h.engine_changed(true);
         resync.notify_one();
         loop {
             // Everything already received (bus and streams) is delivered before one flush.
@@ -599,13 +599,14 @@ pub(crate) async fn subscriber(
                     break;
                 }
             }
-            let Some(h) = Hub::upgrade(&hub) else { return };
-            let started = std::time::Instant::now();
-            let mut cork = crate::hub::HubCork::new();
+            if !h.alive() {
+                return;
+            }
+            let mut batch = Vec::with_capacity(items.len());
             for item in items {
                 match item {
                     Item::Bus(m) => match serde_json::from_slice::<BusMessage>(&m.payload) {
-                        Ok(b) => h.on_bus(b, &mut cork).await,
+                        Ok(b) => batch.push(b),
                         Err(e) => {
                             tracing::warn!(error = %e, "unreadable backplane message ignored")
                         }
@@ -635,7 +636,7 @@ pub(crate) async fn subscriber(
                                     offset,
                                     publication,
                                 };
-                                h.on_bus(b, &mut cork).await;
+                                batch.push(b);
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "unreadable stream message ignored")
@@ -644,12 +645,14 @@ pub(crate) async fn subscriber(
                     }
                 }
             }
-            h.flush(&mut cork, started);
+            h.on_bus(batch).await;
         }
         *engine.ready.lock() = None;
         tracing::warn!("NATS backplane connection lost");
-        let Some(h) = Hub::upgrade(&hub) else { return };
-        h.backplane_changed(false);
+        if !h.alive() {
+            return;
+        }
+        h.engine_changed(false);
     }
 }
 

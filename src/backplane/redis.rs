@@ -10,14 +10,13 @@
 //!   `--node-ttl` after the node's last heartbeat; `P:nodes`: a sorted set of node ids by last
 //!   heartbeat.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{backoff, now_ms, BusMessage, Cluster, EntryChange, Outgoing, Stored, StreamName};
-use crate::hub::Hub;
 
 /// How long one engine call may take before the node counts the engine as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -382,7 +381,7 @@ fn new_epoch() -> String {
 /// Carries bus messages from Redis pub/sub to the hub, reconnecting with backoff; tells the
 /// hub when the engine comes and goes.
 pub(crate) async fn subscriber(
-    hub: Weak<crate::hub::Shared>,
+    h: Arc<dyn super::Handler>,
     cluster: Arc<Cluster>,
     resync: Arc<tokio::sync::Notify>,
 ) {
@@ -400,21 +399,23 @@ pub(crate) async fn subscriber(
         match tokio::time::timeout(CALL_TIMEOUT, connected).await {
             Ok(Ok(ps)) => {
                 attempt = 0;
-                let Some(h) = Hub::upgrade(&hub) else { return };
-                h.backplane_changed(true);
-                drop(h);
+                if !h.alive() {
+                    return;
+                }
+                h.engine_changed(true);
                 resync.notify_one();
                 let mut messages = ps.into_on_message();
                 while let Some(msg) = messages.next().await {
-                    let Some(h) = Hub::upgrade(&hub) else { return };
+                    if !h.alive() {
+                        return;
+                    }
                     // Everything already received is delivered before one flush.
-                    let started = std::time::Instant::now();
-                    let mut cork = crate::hub::HubCork::new();
+                    let mut batch = Vec::new();
                     let mut next = Some(msg);
                     let mut n = 0;
                     while let Some(msg) = next.take() {
                         match serde_json::from_slice::<BusMessage>(msg.get_payload_bytes()) {
-                            Ok(m) => h.on_bus(m, &mut cork).await,
+                            Ok(m) => batch.push(m),
                             Err(e) => {
                                 tracing::warn!(error = %e, "unreadable backplane message ignored")
                             }
@@ -424,16 +425,17 @@ pub(crate) async fn subscriber(
                             next = messages.next().now_or_never().flatten();
                         }
                     }
-                    h.flush(&mut cork, started);
+                    h.on_bus(batch).await;
                 }
                 tracing::warn!("backplane subscription lost");
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "backplane unreachable"),
             Err(_) => tracing::debug!("backplane connection timed out"),
         }
-        let Some(h) = Hub::upgrade(&hub) else { return };
-        h.backplane_changed(false);
-        drop(h);
+        if !h.alive() {
+            return;
+        }
+        h.engine_changed(false);
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
     }

@@ -20,6 +20,54 @@ use crate::id::ConnId;
 use crate::manager::{Audience, Delivery};
 use crate::protocol::v1;
 
+/// The hub as the backplane sees it: every call goes to the hub while it exists.
+struct NodeHandler(Weak<Shared>);
+
+impl backplane::Handler for NodeHandler {
+    fn alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    fn engine_changed(&self, up: bool) {
+        if let Some(h) = Hub::upgrade(&self.0) {
+            h.backplane_changed(up);
+        }
+    }
+
+    fn on_bus(
+        &self,
+        batch: Vec<BusMessage>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let Some(h) = Hub::upgrade(&self.0) else {
+                return;
+            };
+            let started = std::time::Instant::now();
+            let mut cork = HubCork::new();
+            for m in batch {
+                h.on_bus(m, &mut cork).await;
+            }
+            h.flush(&mut cork, started);
+        })
+    }
+
+    fn deliver_local_only(&self, publication: &Publication) {
+        if let Some(h) = Hub::upgrade(&self.0) {
+            h.deliver_local_only(publication);
+        }
+    }
+
+    fn local_entries(&self) -> Vec<(String, String)> {
+        Hub::upgrade(&self.0).map_or_else(Vec::new, |h| h.local_entries())
+    }
+
+    fn event(&self, reason: &'static str) {
+        if let Some(h) = Hub::upgrade(&self.0) {
+            h.backplane_event(reason);
+        }
+    }
+}
+
 /// How long a node waits for the shared history when a client recovers on it.
 const FILL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -30,8 +78,14 @@ impl Hub {
     /// # Errors
     /// When the URL is unusable, or a backplane is already attached.
     pub fn connect_backplane(&self, config: BackplaneConfig) -> Result<(), String> {
-        crate::config::parse_node_id(self.node_id())?;
-        let cluster = backplane::start(self, config, self.shared.node.clone())?;
+        crate::wire::parse_node_id(self.node_id())?;
+        let handler = Arc::new(NodeHandler(self.downgrade()));
+        let cluster = backplane::start(
+            handler,
+            self.shared.config.history,
+            config,
+            self.shared.node.clone(),
+        )?;
         self.shared.history.set_clustered();
         self.shared.metrics.backplane_up.set(0);
         self.shared
@@ -341,7 +395,7 @@ impl Hub {
         self.connections(None, None)
             .into_iter()
             .map(|c| {
-                let dto = crate::api::connections::connection_dto(c, self.node_id());
+                let dto = self.entry_of(c);
                 (
                     dto.id.clone(),
                     serde_json::to_string(&dto).unwrap_or_default(),
@@ -355,7 +409,7 @@ impl Hub {
         let Some(c) = self.cluster() else { return };
         match self.connection(id) {
             Some(snap) => {
-                let dto = crate::api::connections::connection_dto(snap, self.node_id());
+                let dto = self.entry_of(snap);
                 c.entry(EntryChange::Put {
                     id: dto.id.clone(),
                     json: serde_json::to_string(&dto).unwrap_or_default(),
@@ -439,15 +493,13 @@ impl Hub {
     }
 
     /// Every connection entry in the backplane, oldest first.
-    async fn entries_everywhere(
-        c: &Cluster,
-    ) -> Result<Vec<crate::api::connections::Connection>, String> {
+    async fn entries_everywhere(c: &Cluster) -> Result<Vec<crate::wire::ConnectionEntry>, String> {
         let raw = c
             .engine()
             .entries(c.config().node_ttl)
             .await
             .map_err(|e| format!("the backplane could not be read: {e}"))?;
-        let mut list: Vec<crate::api::connections::Connection> = raw
+        let mut list: Vec<crate::wire::ConnectionEntry> = raw
             .iter()
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect();
@@ -575,7 +627,7 @@ impl Hub {
 fn count_user(entries: &[String], user: &str) -> usize {
     entries
         .iter()
-        .filter_map(|j| serde_json::from_str::<crate::api::connections::Connection>(j).ok())
+        .filter_map(|j| serde_json::from_str::<crate::wire::ConnectionEntry>(j).ok())
         .filter(|c| c.user.as_deref() == Some(user))
         .count()
 }
@@ -591,12 +643,12 @@ impl Hub {
         &self,
         group: Option<&str>,
         user: Option<&str>,
-    ) -> Result<Vec<crate::api::connections::Connection>, String> {
+    ) -> Result<Vec<crate::wire::ConnectionEntry>, String> {
         let Some(c) = self.cluster() else {
             return Ok(self
                 .connections(group, user)
                 .into_iter()
-                .map(|s| crate::api::connections::connection_dto(s, self.node_id()))
+                .map(|s| self.entry_of(s))
                 .collect());
         };
         let mut all = Self::entries_everywhere(c).await?;
@@ -629,12 +681,77 @@ impl Hub {
         }
     }
 
+    /// Closes connection `id` wherever it is, with a close code and reason; `Ok(false)`: no
+    /// such connection.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn close_anywhere(
+        &self,
+        id: ConnId,
+        code: u16,
+        reason: &str,
+    ) -> Result<bool, String> {
+        let remote = Publication::Disconnect {
+            to: id.to_string(),
+            code,
+            reason: reason.to_owned(),
+        };
+        self.on_connection(id, |h| h.close_connection(id, code, reason), remote)
+            .await
+    }
+
+    /// Sends `message` to connection `id` wherever it is, as a `direct` envelope; `Ok(false)`:
+    /// no such connection.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn send_anywhere(&self, id: ConnId, message: &RawValue) -> Result<bool, String> {
+        let remote = Publication::Direct {
+            to: id.to_string(),
+            from: None,
+            user: None,
+            message: message.to_owned(),
+        };
+        self.on_connection(id, |h| h.send_to_connection(id, message), remote)
+            .await
+    }
+
+    /// Adds a connection that is not on this node to a group, on the node that holds it (its
+    /// answer is not awaited); `Ok(false)`: no node has it.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn add_member_elsewhere(&self, id: ConnId, group: &str) -> Result<bool, String> {
+        let remote = Publication::Member {
+            to: id.to_string(),
+            group: group.to_owned(),
+            add: true,
+        };
+        self.on_connection(id, |_| false, remote).await
+    }
+
+    /// Removes connection `id` from a group wherever it is; `Ok(false)`: no such connection,
+    /// or not a member here.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn remove_member_anywhere(&self, id: ConnId, group: &str) -> Result<bool, String> {
+        let remote = Publication::Member {
+            to: id.to_string(),
+            group: group.to_owned(),
+            add: false,
+        };
+        self.on_connection(id, |h| h.remove_from_group(id, group), remote)
+            .await
+    }
+
     /// Applies `publication` to connection `id` wherever it is: `local` here, or through the
     /// backplane. `Ok(false)`: no such connection.
     ///
     /// # Errors
     /// When the backplane cannot be read.
-    pub(crate) async fn on_connection(
+    async fn on_connection(
         &self,
         id: ConnId,
         local: impl FnOnce(&Hub) -> bool,

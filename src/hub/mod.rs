@@ -333,6 +333,31 @@ impl Hub {
         list
     }
 
+    /// One connection of this node as the backplane stores it and the REST API lists it.
+    pub fn connection_entry(&self, id: ConnId) -> Option<crate::wire::ConnectionEntry> {
+        self.connection(id).map(|c| self.entry_of(c))
+    }
+
+    /// A snapshot as the backplane stores it and the REST API lists it.
+    pub(crate) fn entry_of(&self, c: ConnectionSnapshot) -> crate::wire::ConnectionEntry {
+        crate::wire::ConnectionEntry {
+            node: self.node_id().to_owned(),
+            id: c.id.to_string(),
+            short_id: c.id.short(),
+            connected_at: envelope::Timestamp::from(c.connected_at)
+                .as_str()
+                .to_owned(),
+            remote_addr: c.remote_addr.map(|a| a.to_string()),
+            queued: c.queued,
+            user: c.user.map(|u| u.to_string()),
+            groups: c.groups.iter().map(|g| g.to_string()).collect(),
+            protocol: match c.protocol {
+                Protocol::Plain => "plain".into(),
+                Protocol::V1 => crate::protocol::V1.into(),
+            },
+        }
+    }
+
     /// One connection.
     pub fn connection(&self, id: ConnId) -> Option<ConnectionSnapshot> {
         self.shared
