@@ -315,13 +315,52 @@ async fn every_kind_of_message_reaches_every_node_exactly_once(kind: Kind) {
         join(ws, "room").await;
     }
 
-    // A client's publish on node A: every member, on every node, once, with the same offset.
-    cmd(
+    // A client's publish on node A: every member, on every node, once, with the same offset;
+    // the ack carries the offset the backplane gave it (it may come after the delivery).
+    send_text(
         &mut alice,
-        json!({"id":1,"type":"publish","group":"room","message":{"text":"hi"}}),
+        &json!({"id":1,"type":"publish","group":"room","message":{"text":"hi"}}).to_string(),
     )
     .await;
-    for ws in [&mut alice, &mut bob, &mut carol] {
+    let (mut ack, mut own) = (None, None);
+    while ack.is_none() || own.is_none() {
+        let v = next_json(&mut alice).await;
+        match v["type"].as_str() {
+            Some("ack") => ack = Some(v),
+            Some("message") => own = Some(v),
+            _ => {}
+        }
+    }
+    let (ack, own) = (ack.unwrap(), own.unwrap());
+    assert_eq!(ack["id"], 1);
+    assert_eq!(ack["offset"], 1, "{ack}");
+    assert_eq!(own["offset"], 1);
+    // Replies stay in command order behind an ack that waits for the backplane.
+    join(&mut alice, "solo").await;
+    send_text(
+        &mut alice,
+        &json!({"id":2,"type":"publish","group":"solo","message":"second"}).to_string(),
+    )
+    .await;
+    send_text(&mut alice, &json!({"id":3,"type":"ping"}).to_string()).await;
+    let mut acks = Vec::new();
+    let mut solo = false;
+    while acks.len() < 2 || !solo {
+        let v = next_json(&mut alice).await;
+        match v["type"].as_str() {
+            Some("ack") => acks.push(v),
+            Some("message") => solo |= v["group"] == "solo",
+            _ => {}
+        }
+    }
+    assert_eq!(
+        (acks[0]["id"].as_u64(), acks[0]["offset"].as_u64()),
+        (Some(2), Some(1)),
+        "{}",
+        acks[0]
+    );
+    assert_eq!(acks[1]["id"], 3, "{}", acks[1]);
+    for ws in [&mut bob, &mut carol] {
         let m = next_json_where(ws, |v| v["type"] == "message").await;
         assert_eq!(
             (m["group"].as_str(), m["offset"].as_u64()),

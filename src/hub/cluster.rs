@@ -852,7 +852,9 @@ impl Hub {
 
 /// The offset the backplane gave a publication (0 when it was delivered locally only, or the
 /// answer took more than 3 seconds).
-async fn await_position(rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>) -> u64 {
+pub(super) async fn await_position(
+    rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>,
+) -> u64 {
     match tokio::time::timeout(Duration::from_secs(3), rx).await {
         Ok(Ok(Some((_, offset)))) => offset,
         _ => 0,

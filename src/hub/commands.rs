@@ -8,6 +8,14 @@ use crate::id::ConnId;
 use crate::manager::{Audience, JoinError};
 use crate::protocol::v1::{self, AckExtra, Command, ErrorCode, Target};
 
+/// How a command is answered.
+enum Answer {
+    /// With this ack, now.
+    Now(AckExtra<'static>),
+    /// With an ack carrying the offset the backplane gives the publication.
+    Numbered(tokio::sync::oneshot::Receiver<Option<(String, u64)>>),
+}
+
 /// What a join did.
 pub(crate) struct Joined {
     /// Whether the connection was not a member before.
@@ -25,12 +33,42 @@ impl Hub {
         self.count_in(text.len());
         let reply = match v1::parse(text) {
             Ok((id, cmd)) => match self.run(me, cmd, cork) {
-                Ok(extra) => v1::ack(id, extra),
+                Ok(Answer::Now(extra)) => v1::ack(id, extra),
+                Ok(Answer::Numbered(rx)) => {
+                    self.ack_when_numbered(me.id, id, rx, cork);
+                    return;
+                }
                 Err((code, message)) => v1::error(Some(id), code, &message),
             },
             Err(rejected) => v1::error(rejected.id, rejected.code, &rejected.message),
         };
-        self.send_corked(me.id, &reply, cork);
+        self.reply(me.id, reply, cork);
+    }
+
+    /// A publish the backplane is numbering: its ack (with the offset) takes its place among
+    /// this connection's replies now and is sent once the offset is known (at most 3 s; then,
+    /// or when the message was delivered here only, without it).
+    fn ack_when_numbered(
+        &self,
+        me: crate::id::ConnId,
+        id: &RawValue,
+        rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>,
+        cork: &mut HubCork,
+    ) {
+        let Some(ticket) = self.reserve_reply(me) else {
+            self.reply(me, v1::ack(id, AckExtra::default()), cork);
+            return;
+        };
+        let id = id.to_owned();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let offset = super::cluster::await_position(rx).await;
+            let extra = AckExtra {
+                offset: (offset > 0).then_some(offset),
+                ..AckExtra::default()
+            };
+            hub.fill_reply(me, ticket, v1::ack(&id, extra));
+        });
     }
 
     /// A binary frame on a `wshub.v1` connection: not a command.
@@ -40,7 +78,7 @@ impl Hub {
             ErrorCode::BinaryUnsupported,
             "wshub.v1 commands are JSON text frames",
         );
-        self.send_corked(me.id, &reply, cork);
+        self.reply(me.id, reply, cork);
     }
 
     fn run<'a>(
@@ -48,7 +86,7 @@ impl Hub {
         me: &HubEntry,
         cmd: Command<'a>,
         cork: &mut HubCork,
-    ) -> Result<AckExtra<'static>, (ErrorCode, String)> {
+    ) -> Result<Answer, (ErrorCode, String)> {
         let short = me.id.short();
         let user = me.info.user.as_deref();
         match cmd {
@@ -61,21 +99,21 @@ impl Hub {
                 }
                 let joined =
                     self.join_and_announce(me.id, &group, &short, user, since.as_ref(), cork)?;
-                Ok(AckExtra {
+                Ok(Answer::Now(AckExtra {
                     members: self.shared.manager.group_members(&group).map(|m| m.len()),
                     changed: Some(joined.changed),
                     epoch: Some(joined.at.epoch.to_string()),
                     offset: Some(joined.at.offset),
                     recovered: joined.recovered,
                     ..AckExtra::default()
-                })
+                }))
             }
             Command::Leave { group } => {
                 let changed = self.leave_and_announce(me.id, &group, &short, user, cork);
-                Ok(AckExtra {
+                Ok(Answer::Now(AckExtra {
                     changed: Some(changed),
                     ..AckExtra::default()
-                })
+                }))
             }
             Command::Publish { group, message } => {
                 if !self.shared.manager.is_member(me.id, &group) {
@@ -84,13 +122,18 @@ impl Hub {
                         format!("join `{group}` before publishing to it"),
                     ));
                 }
+                if let Some(c) = self.shared_bus() {
+                    // The backplane numbers it and brings it back to every node: the ack waits
+                    // for the offset; how many it reaches across nodes is not known here.
+                    let p = Self::group_publication(&group, Some(&short), user, message);
+                    return Ok(Answer::Numbered(c.publish(p)));
+                }
                 let sent = self.publish_group(&group, Some(&short), user, message, cork);
-                // In a cluster the backplane numbers it and delivers it: counts are unknown here.
-                Ok(AckExtra {
+                Ok(Answer::Now(AckExtra {
                     recipients: sent.as_ref().map(|(d, _)| d.delivered),
                     offset: sent.map(|(_, o)| o).filter(|o| *o > 0),
                     ..AckExtra::default()
-                })
+                }))
             }
             Command::Send { to, message } => {
                 let n = self.direct(to, Some(&short), user, message, cork);
@@ -100,12 +143,12 @@ impl Hub {
                         "no such connection or user online".into(),
                     ));
                 }
-                Ok(AckExtra {
+                Ok(Answer::Now(AckExtra {
                     recipients: Some(n),
                     ..AckExtra::default()
-                })
+                }))
             }
-            Command::Ping => Ok(AckExtra::default()),
+            Command::Ping => Ok(Answer::Now(AckExtra::default())),
         }
     }
 

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 mod cluster;
 mod commands;
+mod replies;
 mod routing;
 
 pub use routing::MembershipError;
@@ -121,6 +122,8 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// Open `/ws/echo` connections.
     echo: std::sync::atomic::AtomicUsize,
+    /// Replies that wait for the backplane, per connection.
+    replies: replies::Replies,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -201,6 +204,7 @@ impl Hub {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 echo: std::sync::atomic::AtomicUsize::new(0),
+                replies: replies::Replies::default(),
             }),
         };
         hub.shared
@@ -602,6 +606,7 @@ impl Hub {
             .get_or_create(&Reason { reason })
             .inc();
         self.shared.manager.remove(entry.id);
+        self.forget_replies(entry.id);
         self.entry_changed(entry.id);
         let short = entry.id.short();
         let mut cork = Cork::new();

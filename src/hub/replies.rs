@@ -1,0 +1,94 @@
+//! Replies to a `wshub.v1` connection stay in command order even when one of them has to wait.
+//!
+//! In a cluster a `publish` is acknowledged with the offset the backplane gives it, which takes
+//! a round trip to the engine; the connection task must not wait for it. The ack's place is
+//! reserved instead, and replies to later commands queue behind it until it is filled. While
+//! nothing waits (always, on a single node) a reply goes straight to the connection.
+
+use std::collections::{HashMap, VecDeque};
+
+use parking_lot::Mutex;
+
+use super::{Hub, HubCork};
+use crate::frame::Frame;
+use crate::id::ConnId;
+
+/// Replies waiting per connection at most; past it a publish is acknowledged at once, without
+/// its offset, rather than queueing without bound.
+pub(crate) const MAX_WAITING: usize = 256;
+
+enum Reply {
+    Waiting(u64),
+    Ready(Frame),
+}
+
+/// The connections that have a reply waiting, and what queues behind it.
+#[derive(Default)]
+pub(crate) struct Replies {
+    queues: Mutex<HashMap<ConnId, VecDeque<Reply>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Hub {
+    /// Sends a reply to connection `id`, after any reply that is still waiting.
+    pub(crate) fn reply(&self, id: ConnId, frame: Frame, cork: &mut HubCork) {
+        {
+            let mut queues = self.shared.replies.queues.lock();
+            if let Some(q) = queues.get_mut(&id) {
+                q.push_back(Reply::Ready(frame));
+                return;
+            }
+        }
+        self.send_corked(id, &frame, cork);
+    }
+
+    /// Reserves the place of a reply that comes later; `None` when the connection already has
+    /// [`MAX_WAITING`] replies waiting.
+    pub(crate) fn reserve_reply(&self, id: ConnId) -> Option<u64> {
+        let r = &self.shared.replies;
+        let mut queues = r.queues.lock();
+        let q = queues.entry(id).or_default();
+        if q.len() >= MAX_WAITING {
+            return None;
+        }
+        let ticket = r.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        q.push_back(Reply::Waiting(ticket));
+        Some(ticket)
+    }
+
+    /// Fills a reserved reply and sends every reply that no longer waits, in order.
+    pub(crate) fn fill_reply(&self, id: ConnId, ticket: u64, frame: Frame) {
+        let ready = {
+            let mut queues = self.shared.replies.queues.lock();
+            let Some(q) = queues.get_mut(&id) else {
+                return;
+            };
+            if let Some(slot) = q
+                .iter_mut()
+                .find(|r| matches!(r, Reply::Waiting(t) if *t == ticket))
+            {
+                *slot = Reply::Ready(frame);
+            }
+            let mut ready = Vec::new();
+            while let Some(Reply::Ready(_)) = q.front() {
+                if let Some(Reply::Ready(f)) = q.pop_front() {
+                    ready.push(f);
+                }
+            }
+            if q.is_empty() {
+                queues.remove(&id);
+            }
+            ready
+        };
+        let mut cork = HubCork::new();
+        for f in &ready {
+            self.send_corked(id, f, &mut cork);
+        }
+        cork.flush();
+    }
+
+    /// Forgets what waited for a connection that is gone.
+    pub(crate) fn forget_replies(&self, id: ConnId) {
+        self.shared.replies.queues.lock().remove(&id);
+    }
+}
