@@ -1,5 +1,5 @@
-//! Scale-out (SPEC section 4): several wshub nodes share an existing engine, Redis today, as
-//! their backplane. No home-made cluster protocol: the engine carries every publication to every
+//! Scale-out (SPEC section 4): several wshub nodes share an existing engine, Redis or NATS with
+//! JetStream, as their backplane. No home-made cluster protocol: the engine carries every publication to every
 //! node, assigns the offsets of group and all-clients streams, keeps their shared history, and
 //! holds each node's connection entries under a TTL.
 //!

@@ -55,7 +55,10 @@ return {epoch, tonumber(redis.call('HGET', KEYS[1], 'top'))}
 /// The Redis side of one node.
 pub struct RedisEngine {
     client: redis::Client,
-    conn: ConnectionManager,
+    /// Replaced by a fresh one whenever the subscriber has to reconnect: a manager whose
+    /// (re)connection failed with anything but an I/O error (a timeout on a loaded machine)
+    /// may never try again by itself.
+    conn: parking_lot::Mutex<ConnectionManager>,
     script: redis::Script,
     prefix: String,
     node: Arc<str>,
@@ -64,20 +67,35 @@ pub struct RedisEngine {
 impl RedisEngine {
     pub(crate) fn new(url: &str, prefix: &str, node: &Arc<str>) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--backplane {url}: {e}"))?;
+        let conn = Self::manager(&client).map_err(|e| format!("--backplane {url}: {e}"))?;
+        Ok(Self {
+            client,
+            conn: parking_lot::Mutex::new(conn),
+            script: redis::Script::new(PUBLISH_LUA),
+            prefix: prefix.to_owned(),
+            node: node.clone(),
+        })
+    }
+
+    fn manager(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(CALL_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| format!("--backplane {url}: {e}"))?;
-        Ok(Self {
-            client,
-            conn,
-            script: redis::Script::new(PUBLISH_LUA),
-            prefix: prefix.to_owned(),
-            node: node.clone(),
-        })
+        ConnectionManager::new_lazy_with_config(client.clone(), config)
+    }
+
+    /// A handle on the command connection (cheap: the manager is shared).
+    fn conn(&self) -> ConnectionManager {
+        self.conn.lock().clone()
+    }
+
+    /// Starts over with a fresh command connection.
+    fn fresh_connection(&self) {
+        if let Ok(fresh) = Self::manager(&self.client) {
+            *self.conn.lock() = fresh;
+        }
     }
 
     fn bus(&self) -> String {
@@ -108,7 +126,7 @@ impl RedisEngine {
     }
 
     async fn call<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         match tokio::time::timeout(CALL_TIMEOUT, cmd.query_async(&mut c)).await {
             Ok(r) => r,
             Err(_) => Err(timeout()),
@@ -116,7 +134,7 @@ impl RedisEngine {
     }
 
     async fn pipe<T: redis::FromRedisValue>(&self, p: &redis::Pipeline) -> redis::RedisResult<T> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         match tokio::time::timeout(CALL_TIMEOUT, p.query_async(&mut c)).await {
             Ok(r) => r,
             Err(_) => Err(timeout()),
@@ -164,7 +182,7 @@ impl RedisEngine {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // The script cache was flushed (or Redis restarted): load it and go again. The
                 // first EVALSHA failed, so nothing of the batch ran.
-                self.script.load_async(&mut self.conn.clone()).await?;
+                self.script.load_async(&mut self.conn()).await?;
                 self.pipe(&pipe).await?
             }
             r => r?,
@@ -393,7 +411,7 @@ pub(crate) async fn subscriber(
         let connected = async {
             let mut ps = engine.client.get_async_pubsub().await?;
             ps.subscribe(engine.bus()).await?;
-            engine.script.load_async(&mut engine.conn.clone()).await?;
+            engine.script.load_async(&mut engine.conn()).await?;
             Ok::<_, redis::RedisError>(ps)
         };
         match tokio::time::timeout(CALL_TIMEOUT, connected).await {
@@ -432,6 +450,7 @@ pub(crate) async fn subscriber(
             Ok(Err(e)) => tracing::debug!(error = %e, "backplane unreachable"),
             Err(_) => tracing::debug!("backplane connection timed out"),
         }
+        engine.fresh_connection();
         if !h.alive() {
             return;
         }

@@ -68,11 +68,27 @@ impl backplane::Handler for NodeHandler {
     }
 }
 
+/// What a command needed from the backplane, fetched before it is handled.
+pub(crate) enum Fetched {
+    /// For a `join`: what the recovery needs from the shared history.
+    Stream(Option<Prefetch>),
+    /// For a `send`: how many connections the target has in the cluster.
+    Target(Option<usize>),
+}
+
+/// What a recovery needs from the shared history, fetched before any lock is taken.
+pub(crate) struct Prefetch {
+    /// The stream's shared epoch and last offset, when this node had not seen it.
+    position: Option<(String, u64)>,
+    /// Publications this node does not keep: offset, age, frame; oldest first.
+    older: Vec<(u64, Duration, Frame)>,
+}
+
 /// How long a node waits for the shared history when a client recovers on it.
 const FILL_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Hub {
-    /// Connects this hub to a shared backplane (Redis). Must be called inside a Tokio runtime;
+    /// Connects this hub to a shared backplane (Redis or NATS). Must be called inside a Tokio runtime;
     /// the engine need not be up yet (the node starts degraded and connects in the background).
     ///
     /// # Errors
@@ -419,59 +435,70 @@ impl Hub {
         }
     }
 
-    /// Makes a cold or incomplete stream able to serve a recovery from `since`: learns its
-    /// shared position and fetches from the shared history what this node does not keep.
-    /// Waits (at most a second) for the backplane, on a multi-threaded runtime only; otherwise,
-    /// or when the backplane is down, the stream stays as it is and recovery is reported
-    /// incomplete where it is.
-    pub(crate) fn fill(&self, s: &mut Stream, stream: StreamName<'_>, since: Option<&Position>) {
-        let Some(c) = self.shared_bus() else { return };
-        let needs_meta = s.is_cold();
-        let needs_older = since.is_some_and(|p| {
-            !needs_meta
-                && *p.epoch == *s.position().epoch
-                && p.offset < s.position().offset
-                && p.offset + 1 < s.first_kept()
-        });
-        if !needs_meta && !needs_older {
-            return;
+    /// Whether a recovery from `since` (or a first join) on `stream` needs the shared history:
+    /// this node has not seen the stream yet, or keeps less than the client missed.
+    fn needs_prefetch(&self, stream: StreamName<'_>, since: Option<&Position>) -> bool {
+        if self.shared_bus().is_none() {
+            return false;
         }
-        if tokio::runtime::Handle::try_current().map_or(true, |h| {
-            h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
-        }) {
-            return;
+        let s = self.stream_ref(stream);
+        let s = s.lock();
+        s.is_cold()
+            || since.is_some_and(|p| {
+                *p.epoch == *s.position().epoch
+                    && p.offset < s.position().offset
+                    && p.offset + 1 < s.first_kept()
+            })
+    }
+
+    /// What a recovery on `stream` from `since` needs from the shared history, fetched with no
+    /// lock held (at most a second); `None` when nothing is needed or the backplane did not
+    /// answer (then the stream stays as it is, and recovery is reported incomplete where it is).
+    pub(crate) async fn prefetch(
+        &self,
+        stream: StreamName<'_>,
+        since: Option<&Position>,
+    ) -> Option<Prefetch> {
+        if !self.needs_prefetch(stream, since) {
+            return None;
         }
+        let c = self.shared_bus()?;
         let keep = self
             .shared
             .config
             .history
             .ttl
             .max(Duration::from_secs(3600));
+        // What this node keeps, read under a short lock; the engine is asked with none held.
+        let (local, first_kept, cold) = {
+            let s = self.stream_ref(stream);
+            let s = s.lock();
+            (s.position(), s.first_kept(), s.is_cold())
+        };
         let engine = c.engine();
-        let fetched = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(async {
-                tokio::time::timeout(FILL_TIMEOUT, async {
-                    if needs_meta {
-                        let (epoch, top) = engine.meta(stream, keep).await?;
-                        s.set_position(&epoch, top);
+        let fetched = tokio::time::timeout(FILL_TIMEOUT, async {
+            let (epoch, top) = if cold {
+                engine.meta(stream, keep).await?
+            } else {
+                (local.epoch.to_string(), local.offset)
+            };
+            let older = match since.filter(|p| *p.epoch == *epoch && p.offset < top) {
+                Some(since) => {
+                    let kept_from = if cold { top + 1 } else { first_kept };
+                    let to = kept_from.min(top + 1) - 1;
+                    if since.offset < to {
+                        engine.range(stream, since.offset + 1, to).await?
+                    } else {
+                        Vec::new()
                     }
-                    let at = s.position();
-                    let Some(since) =
-                        since.filter(|p| *p.epoch == *at.epoch && p.offset < at.offset)
-                    else {
-                        return Ok(Vec::new());
-                    };
-                    let to = s.first_kept().min(at.offset + 1) - 1;
-                    if since.offset + 1 > to {
-                        return Ok(Vec::new());
-                    }
-                    engine.range(stream, since.offset + 1, to).await
-                })
-                .await
-            })
-        });
+                }
+                None => Vec::new(),
+            };
+            Ok::<_, backplane::BackplaneError>((epoch, top, older))
+        })
+        .await;
         match fetched {
-            Ok(Ok(older)) => {
+            Ok(Ok((epoch, top, older))) => {
                 let now = backplane::now_ms();
                 let ttl = self.shared.config.history.ttl;
                 let older = older
@@ -485,11 +512,33 @@ impl Hub {
                         Some((st.offset, age, v1))
                     })
                     .collect();
-                s.prepend(older);
+                Some(Prefetch {
+                    position: cold.then_some((epoch, top)),
+                    older,
+                })
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "shared history unavailable for a recovery"),
-            Err(_) => tracing::warn!("shared history did not answer in time for a recovery"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "shared history unavailable for a recovery");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("shared history did not answer in time for a recovery");
+                None
+            }
         }
+    }
+
+    /// Applies what [`prefetch`](Self::prefetch) brought, under the stream's lock: the shared
+    /// position if the stream is still cold, and the older publications if they still end
+    /// right before what is kept (anything that moved meanwhile is re-checked here).
+    pub(crate) fn apply_prefetch(&self, s: &mut Stream, p: Option<Prefetch>) {
+        let Some(p) = p else { return };
+        if let Some((epoch, top)) = p.position {
+            if s.is_cold() {
+                s.set_position(&epoch, top);
+            }
+        }
+        s.prepend(p.older);
     }
 
     /// Every connection entry in the backplane, oldest first.
@@ -550,35 +599,13 @@ impl Hub {
 }
 
 impl Hub {
-    /// Runs a backplane call from synchronous code: on a multi-threaded runtime only, at most
-    /// [`FILL_TIMEOUT`]; `None` otherwise.
-    fn wait_for<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, backplane::BackplaneError>>,
-    ) -> Option<T> {
-        let h = tokio::runtime::Handle::try_current().ok()?;
-        if h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return None;
-        }
-        tokio::task::block_in_place(|| h.block_on(tokio::time::timeout(FILL_TIMEOUT, fut)))
-            .ok()?
-            .ok()
-    }
-
-    /// A `send` in a cluster whose backplane is up, to a target that is not (only) here: looks
-    /// the target up in the backplane and publishes through it. `None`: not a cluster matter
-    /// (no backplane, or the connection is local).
-    pub(super) fn direct_cluster(
-        &self,
-        to: &v1::Target<'_>,
-        from: Option<&str>,
-        user: Option<&str>,
-        message: &RawValue,
-        cork: &mut HubCork,
-    ) -> Option<usize> {
+    /// How many connections a `send` to `to` reaches in the cluster, asked of the backplane
+    /// with no lock held (at most a second); `None` when the target is on this node only (a
+    /// local connection: nothing to ask) or there is no backplane.
+    pub(crate) async fn locate_target(&self, to: &v1::Target<'_>) -> Option<usize> {
         let c = self.shared_bus()?;
         let ttl = c.config().node_ttl;
-        match to {
+        let asked = match to {
             v1::Target::Connection(id) => {
                 if id
                     .parse::<ConnId>()
@@ -586,40 +613,75 @@ impl Hub {
                 {
                     return None;
                 }
-                let found = self.wait_for(c.engine().locate(id, ttl)).flatten();
-                if found.is_none() {
-                    return Some(0);
-                }
-                self.route(
-                    Publication::Direct {
-                        to: id.to_string(),
-                        from: from.map(str::to_owned),
-                        user: user.map(str::to_owned),
-                        message: message.to_owned(),
-                    },
-                    cork,
-                );
-                Some(1)
+                tokio::time::timeout(FILL_TIMEOUT, c.engine().locate(id, ttl))
+                    .await
+                    .map(|r| r.map(|node| usize::from(node.is_some())))
             }
-            v1::Target::User(u) => {
-                let n = self
-                    .wait_for(c.engine().entries(ttl))
-                    .map(|all| count_user(&all, u))
-                    .unwrap_or(0);
-                if n > 0 {
-                    self.route(
-                        Publication::User {
-                            to: u.to_string(),
-                            from: from.map(str::to_owned),
-                            user: user.map(str::to_owned),
-                            message: message.to_owned(),
-                        },
-                        cork,
-                    );
-                }
-                Some(n)
+            v1::Target::User(u) => tokio::time::timeout(FILL_TIMEOUT, c.engine().entries(ttl))
+                .await
+                .map(|r| r.map(|all| count_user(&all, u))),
+        };
+        match asked {
+            Ok(Ok(n)) => Some(n),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the backplane could not locate a send's target");
+                Some(0)
+            }
+            Err(_) => {
+                tracing::warn!("the backplane did not locate a send's target in time");
+                Some(0)
             }
         }
+    }
+
+    /// A `send` in a cluster whose backplane is up, to a target that is not (only) here:
+    /// published through the backplane when [`locate_target`](Self::locate_target) found it
+    /// (`found`: how many connections it has). `None`: not a cluster matter (no backplane, or
+    /// the connection is local).
+    pub(super) fn direct_cluster(
+        &self,
+        to: &v1::Target<'_>,
+        from: Option<&str>,
+        user: Option<&str>,
+        message: &RawValue,
+        found: Option<usize>,
+        cork: &mut HubCork,
+    ) -> Option<usize> {
+        self.shared_bus()?;
+        if let v1::Target::Connection(id) = to {
+            if id
+                .parse::<ConnId>()
+                .is_ok_and(|id| self.shared.manager.get(id).is_some())
+            {
+                return None;
+            }
+        }
+        // Not located beforehand (a library call): sent through the backplane all the same,
+        // counting what is known here.
+        let n = match (found, to) {
+            (Some(n), _) => n,
+            (None, v1::Target::Connection(_)) => 1,
+            (None, v1::Target::User(u)) => self.shared.manager.user_connections(u).len().max(1),
+        };
+        if n == 0 {
+            return Some(0);
+        }
+        let p = match to {
+            v1::Target::Connection(id) => Publication::Direct {
+                to: id.to_string(),
+                from: from.map(str::to_owned),
+                user: user.map(str::to_owned),
+                message: message.to_owned(),
+            },
+            v1::Target::User(u) => Publication::User {
+                to: u.to_string(),
+                from: from.map(str::to_owned),
+                user: user.map(str::to_owned),
+                message: message.to_owned(),
+            },
+        };
+        self.route(p, cork);
+        Some(n)
     }
 }
 

@@ -2,7 +2,13 @@
 
 use serde_json::value::RawValue;
 
+use super::cluster::Fetched;
 use super::{Hub, HubCork, HubEntry};
+
+/// The shared-history fetch a command waits for (boxed: rare, and kept out of the connection
+/// task's own size).
+pub(crate) type PrefetchFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Fetched> + Send>>;
 use crate::history::Position;
 use crate::id::ConnId;
 use crate::manager::{Audience, JoinError};
@@ -29,10 +35,18 @@ pub(crate) struct Joined {
 impl Hub {
     /// Handles one text frame of a `wshub.v1` connection. Every command gets an `ack` or an
     /// `error` with its `id`; nothing a client sends closes the connection here.
-    pub(crate) fn on_command(&self, me: &HubEntry, text: &str, cork: &mut HubCork) {
+    ///
+    /// `pre` is what [`command_prefetch`](Self::command_prefetch) fetched for this command.
+    pub(crate) fn on_command(
+        &self,
+        me: &HubEntry,
+        text: &str,
+        pre: Option<Fetched>,
+        cork: &mut HubCork,
+    ) {
         self.count_in(text.len());
         let reply = match v1::parse(text) {
-            Ok((id, cmd)) => match self.run(me, cmd, cork) {
+            Ok((id, cmd)) => match self.run(me, cmd, pre, cork) {
                 Ok(Answer::Now(extra)) => v1::ack(id, extra),
                 Ok(Answer::Numbered(rx)) => {
                     self.ack_when_numbered(me.id, id, rx, cork);
@@ -43,6 +57,33 @@ impl Hub {
             Err(rejected) => v1::error(rejected.id, rejected.code, &rejected.message),
         };
         self.reply(me.id, reply, cork);
+    }
+
+    /// In a cluster, what a command needs from the backplane before it can be handled: a
+    /// `join`'s recovery from the shared history, a `send`'s target. The fetch to await, with
+    /// no lock held; `None` for every other command, and always on a single node.
+    pub(crate) fn command_prefetch(&self, text: &str) -> Option<PrefetchFuture> {
+        self.shared_bus()?;
+        let hub = self.clone();
+        match v1::parse(text) {
+            Ok((_, Command::Join { group, since })) => {
+                let group = group.into_owned();
+                Some(Box::pin(async move {
+                    let stream = crate::wire::StreamName::Group(&group);
+                    Fetched::Stream(hub.prefetch(stream, since.as_ref()).await)
+                }))
+            }
+            Ok((_, Command::Send { to, .. })) => {
+                let to = match to {
+                    Target::Connection(c) => Target::Connection(c.into_owned().into()),
+                    Target::User(u) => Target::User(u.into_owned().into()),
+                };
+                Some(Box::pin(async move {
+                    Fetched::Target(hub.locate_target(&to).await)
+                }))
+            }
+            _ => None,
+        }
     }
 
     /// A publish the backplane is numbering: its ack (with the offset) takes its place among
@@ -85,6 +126,7 @@ impl Hub {
         &self,
         me: &HubEntry,
         cmd: Command<'a>,
+        pre: Option<Fetched>,
         cork: &mut HubCork,
     ) -> Result<Answer, (ErrorCode, String)> {
         let short = me.id.short();
@@ -97,8 +139,18 @@ impl Hub {
                         format!("this connection's token does not allow group `{group}`"),
                     ));
                 }
-                let joined =
-                    self.join_and_announce(me.id, &group, &short, user, since.as_ref(), cork)?;
+                let joined = self.join_and_announce(
+                    me.id,
+                    &group,
+                    &short,
+                    user,
+                    since.as_ref(),
+                    match pre {
+                        Some(Fetched::Stream(p)) => p,
+                        _ => None,
+                    },
+                    cork,
+                )?;
                 Ok(Answer::Now(AckExtra {
                     members: self.shared.manager.group_members(&group).map(|m| m.len()),
                     changed: Some(joined.changed),
@@ -136,7 +188,11 @@ impl Hub {
                 }))
             }
             Command::Send { to, message } => {
-                let n = self.direct(to, Some(&short), user, message, cork);
+                let found = match pre {
+                    Some(Fetched::Target(n)) => n,
+                    _ => None,
+                };
+                let n = self.direct(to, Some(&short), user, message, found, cork);
                 if n == 0 {
                     return Err((
                         ErrorCode::NotFound,
@@ -155,6 +211,7 @@ impl Hub {
     /// Joins `id` to `group` and, when that changed anything, tells the other members. With
     /// `since`, what the connection missed after that position is queued for it first (only
     /// when it was not a member already: a member has had everything live).
+    #[allow(clippy::too_many_arguments)] // one per thing a join needs; a struct would only rename them
     pub(super) fn join_and_announce(
         &self,
         id: ConnId,
@@ -162,6 +219,7 @@ impl Hub {
         short: &str,
         user: Option<&str>,
         since: Option<&Position>,
+        pre: Option<super::Prefetch>,
         cork: &mut HubCork,
     ) -> Result<Joined, (ErrorCode, String)> {
         let limit = self.shared.config.max_groups_per_connection;
@@ -179,9 +237,7 @@ impl Hub {
         // Joined and replayed under the stream's lock: each publication is in the replay or
         // delivered live, never both, never neither (see `crate::history`).
         let mut s = stream.lock();
-        if self.cluster().is_some() {
-            self.fill(&mut s, crate::backplane::StreamName::Group(group), since);
-        }
+        self.apply_prefetch(&mut s, pre);
         let changed = match self.shared.manager.join(id, group, limit) {
             Ok(changed) => changed,
             Err(JoinError::Unknown) => {
@@ -249,9 +305,10 @@ impl Hub {
         from: Option<&str>,
         user: Option<&str>,
         message: &RawValue,
+        found: Option<usize>,
         cork: &mut HubCork,
     ) -> usize {
-        if let Some(n) = self.direct_cluster(&to, from, user, message, cork) {
+        if let Some(n) = self.direct_cluster(&to, from, user, message, found, cork) {
             return n;
         }
         let frame = v1::delivery("direct", None, None, from, user, message);

@@ -15,6 +15,8 @@ mod commands;
 mod replies;
 mod routing;
 
+pub(crate) use cluster::{Fetched, Prefetch};
+pub(crate) use commands::PrefetchFuture;
 pub use routing::MembershipError;
 
 use crate::close::CloseReason;
@@ -554,7 +556,15 @@ impl Hub {
     ///
     /// With `recover` (the last position a `wshub.v1` client saw in the all-clients stream),
     /// what it missed is queued right after the welcome, before anything live.
-    pub(crate) fn register(&self, info: ConnInfo, recover: Option<&Position>) -> HubEntry {
+    ///
+    /// `prefetched` is what [`prefetch`](Self::prefetch) brought from a shared backplane for
+    /// the all-clients stream (a cluster only), applied here under the stream's lock.
+    pub(crate) fn register(
+        &self,
+        info: ConnInfo,
+        recover: Option<&Position>,
+        prefetched: Option<cluster::Prefetch>,
+    ) -> HubEntry {
         let outbox = Arc::new(self.new_outbox());
         let protocol = info.protocol;
         // Registered under the all-clients stream's lock: every broadcast is either before
@@ -565,9 +575,7 @@ impl Hub {
         self.shared.metrics.connects.inc();
         self.shared.metrics.connections.inc();
         if protocol == Protocol::V1 {
-            if self.cluster().is_some() {
-                self.fill(&mut all, crate::backplane::StreamName::All, recover);
-            }
+            self.apply_prefetch(&mut all, prefetched);
             let replay = recover.map(|at| all.replay(at, self.replay_limit()));
             let at = all.position();
             let state = v1::StreamState {

@@ -76,7 +76,14 @@ impl Hub {
     /// Sends `message` to every connection of a user; returns how many it reached.
     pub fn send_to_user(&self, user: &str, message: &RawValue) -> usize {
         let mut cork = HubCork::new();
-        let n = self.direct(Target::User(user.into()), None, None, message, &mut cork);
+        let n = self.direct(
+            Target::User(user.into()),
+            None,
+            None,
+            message,
+            None,
+            &mut cork,
+        );
         cork.flush();
         n
     }
@@ -98,6 +105,7 @@ impl Hub {
             group,
             &id.short(),
             entry.info.user.as_deref(),
+            None,
             None,
             &mut cork,
         );

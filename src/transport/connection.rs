@@ -194,6 +194,9 @@ impl Reader {
 enum Step {
     /// Keep going.
     Continue,
+    /// A command that needs the shared history first (a cluster recovery): await the fetch
+    /// (no lock held, the connection reads nothing meanwhile), then handle the command.
+    Fetch(crate::hub::PrefetchFuture, Bytes),
     /// The connection is over.
     End(Ending),
 }
@@ -243,6 +246,13 @@ impl Conn<'_> {
         }
         if std::mem::take(&mut self.own_dirty) {
             self.outbox.flush();
+        }
+    }
+
+    /// Handles a command after the fetch it needed.
+    fn command_prefetched(&mut self, text: &[u8], pre: crate::hub::Fetched) {
+        if let (Role::Hub { hub, entry }, Ok(text)) = (self.role, std::str::from_utf8(text)) {
+            hub.on_command(entry, text, Some(pre), &mut self.cork);
         }
     }
 
@@ -310,7 +320,10 @@ impl Conn<'_> {
             Message::Text(b) => match self.role {
                 Role::Hub { hub, entry } => match std::str::from_utf8(&b) {
                     Ok(text) if entry.info.protocol == Protocol::V1 => {
-                        hub.on_command(entry, text, &mut self.cork)
+                        match hub.command_prefetch(text) {
+                            None => hub.on_command(entry, text, None, &mut self.cork),
+                            Some(fetch) => return Step::Fetch(fetch, b),
+                        }
                     }
                     Ok(text) => hub.on_text(entry.id, text, &mut self.cork),
                     // The decoder validated it; never trust that with a panic.
@@ -447,7 +460,17 @@ where
                     // published together leave together.
                     c.burst_started = std::time::Instant::now();
                     let mut step = c.on_read(r, &mut rd);
-                    while matches!(step, Step::Continue) && c.reading && !rd.discard {
+                    loop {
+                        if let Step::Fetch(fetch, text) = step {
+                            // What came before it leaves first; then the fetch, then the command.
+                            c.flush();
+                            let pre = fetch.await;
+                            c.command_prefetched(&text, pre);
+                            step = Step::Continue;
+                        }
+                        if !(matches!(step, Step::Continue) && c.reading && !rd.discard) {
+                            break;
+                        }
                         match rd.buffered() {
                             Ok(None) => break,
                             r => step = c.on_read(r, &mut rd),

@@ -285,7 +285,14 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     }
     info.user = identity.user;
     info.allowed_groups = identity.allowed_groups;
-    let entry = hub.register(info, recover.as_ref());
+    let prefetched = match info.protocol {
+        Protocol::V1 => {
+            hub.prefetch(crate::wire::StreamName::All, recover.as_ref())
+                .await
+        }
+        Protocol::Plain => None,
+    };
+    let entry = hub.register(info, recover.as_ref(), prefetched);
     let id = entry.id;
     let outbox = entry.sink.clone();
     let params = params(&hub, hub.config().max_message_size);
