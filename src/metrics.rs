@@ -77,6 +77,8 @@ pub struct Metrics {
     pub history_streams: Gauge,
     /// Messages evicted from history to keep within its byte budget.
     pub history_evicted: Counter,
+    /// Publications waiting for the backplane's engine (set when rendered).
+    pub backplane_queue: Gauge,
 }
 
 impl Default for Metrics {
@@ -111,8 +113,14 @@ impl Metrics {
             history_bytes: Gauge::default(),
             history_streams: Gauge::default(),
             history_evicted: Counter::default(),
+            backplane_queue: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "backplane_queue",
+            "Publications waiting for the backplane's engine (limit: the queue size)",
+            m.backplane_queue.clone(),
+        );
         registry.register(
             "echo_connections",
             "Open WebSocket connections on /ws/echo",
@@ -196,7 +204,7 @@ impl Metrics {
         );
         registry.register(
             "backplane_events",
-            "Backplane events: disconnected, publish_failed, gap_filled",
+            "Backplane events: disconnected, publish_failed, gap_filled, queue_full",
             m.backplane_events.clone(),
         );
         registry.register(

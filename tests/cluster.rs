@@ -140,6 +140,17 @@ impl Backend {
         }
     }
 
+    /// Sends the server a signal (`-STOP` freezes it without closing a connection, `-CONT`
+    /// thaws it).
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     /// The same server again, on the same port (NATS: with the same storage).
     fn restart(&mut self) {
         self.kill();
@@ -204,11 +215,17 @@ fn backplane(redis: &Backend, prefix: &str) -> BackplaneConfig {
         prefix: prefix.into(),
         heartbeat: Duration::from_millis(100),
         node_ttl: Duration::from_millis(1500),
+        ..BackplaneConfig::default()
     }
 }
 
 /// A node: a hub with JWT auth on the shared backplane, served on its own port.
 async fn node(redis: &Backend, prefix: &str, id: &str) -> TestServer {
+    node_with(backplane(redis, prefix), id).await
+}
+
+/// A node on the backplane `bp` describes.
+async fn node_with(bp: BackplaneConfig, id: &str) -> TestServer {
     // `RUST_LOG=wshub=debug cargo test --test cluster -- --nocapture` shows what the nodes do.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -226,7 +243,7 @@ async fn node(redis: &Backend, prefix: &str, id: &str) -> TestServer {
     })
     .unwrap();
     let hub = Hub::with_auth(config, auth);
-    hub.connect_backplane(backplane(redis, prefix)).unwrap();
+    hub.connect_backplane(bp).unwrap();
     let srv = TestServer::with_hub(hub, wshub::server::ServerOptions::default()).await;
     wait_up(&srv.hub, true).await;
     srv
@@ -910,4 +927,67 @@ async fn every_delivery_counted_across_a_backplane_outage(kind: Kind) {
     for n in nodes {
         n.stop().await;
     }
+}
+
+/// A backplane that stalls (frozen, its connections open): the node's publication queue is
+/// bounded; REST publishes past it get 429 with `Retry-After` and publish nothing, a client's
+/// publish is delivered on its own node only; once the engine thaws everything queued goes
+/// through and publishing works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_backplane_fills_a_bounded_queue_and_rest_publishes_get_429() {
+    let redis = Backend::start(Kind::Redis);
+    let config = BackplaneConfig {
+        queue: 4,
+        ..backplane(&redis, "t9")
+    };
+    let a = node_with(config, "stall-a").await;
+    let (mut ws, _) = client(&a, "u").await;
+    join(&mut ws, "q").await;
+    redis.signal("-STOP");
+    // Concurrent publishes: the first ones fill the queue (and the batch in flight), the rest
+    // are refused at once.
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let addr = a.addr;
+        calls.push(tokio::spawn(async move {
+            let body = format!(r#"{{"message":{i}}}"#);
+            post_json(addr, "/api/groups/q/broadcast", &body).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.signal("-CONT");
+    let mut refused = 0;
+    let mut accepted = 0;
+    for c in calls {
+        let r = c.await.unwrap();
+        match r.status {
+            429 => {
+                refused += 1;
+                assert_eq!(r.header("retry-after"), Some("1"));
+            }
+            200 => accepted += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused > 0, "nothing was refused");
+    assert!(accepted > 0 && accepted <= 4 + 256, "{accepted} accepted");
+    let metrics = String::from_utf8(http(a.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(
+        metrics.contains("wshub_backplane_events_total{reason=\"queue_full\"}"),
+        "{metrics}"
+    );
+    // Every accepted publication reaches the member; refused ones never do.
+    let mut got = 0;
+    while got < accepted {
+        let m = next_json_where(&mut ws, |v| v["type"] == "message").await;
+        assert_eq!(m["group"], "q");
+        got += 1;
+    }
+    // Once the queue drained, publishing works again.
+    wait_up(&a.hub, true).await;
+    let r = post_json(a.addr, "/api/groups/q/broadcast", r#"{"message":"after"}"#).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let m = next_json_where(&mut ws, |v| v["type"] == "message").await;
+    assert_eq!(m["message"], "after");
+    drop(redis);
 }

@@ -93,6 +93,11 @@ pub async fn list(
     }))
 }
 
+/// 429 (with `Retry-After`) for a publication the backplane's queue could not take.
+pub(crate) fn busy(e: crate::hub::Busy) -> Problem {
+    Problem::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+}
+
 /// 503 for a backplane that cannot be read.
 pub(crate) fn unavailable(detail: String) -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
@@ -109,6 +114,7 @@ pub(crate) fn unavailable(detail: String) -> Problem {
         (status = 400, description = "Missing, empty or whitespace message; malformed JSON; wrong content type",
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "In a cluster: the backplane is not keeping up; nothing was published (`Retry-After: 1`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn broadcast(
@@ -125,7 +131,7 @@ pub async fn broadcast(
             "`message` must not be empty or whitespace",
         ));
     }
-    let (recipients, offset) = hub.broadcast_everywhere(&message).await;
+    let (recipients, offset) = hub.broadcast_everywhere(&message).await.map_err(busy)?;
     Ok(Json(BroadcastResult { recipients, offset }))
 }
 

@@ -134,6 +134,7 @@ pub struct Published {
     responses(
         (status = 200, description = "Queued for every member (0 for a group with no members)", body = Published),
         (status = 400, description = "Invalid group name or body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "In a cluster: the backplane is not keeping up; nothing was published (`Retry-After: 1`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A new group, and the hub keeps as many as it may (`--max-groups`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn broadcast(
@@ -146,7 +147,10 @@ pub async fn broadcast(
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
     hub.ensure_group_stream(&group)
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let (recipients, offset) = hub.publish_everywhere(&group, &message).await;
+    let (recipients, offset) = hub
+        .publish_everywhere(&group, &message)
+        .await
+        .map_err(super::connections::busy)?;
     Ok(Json(Published { recipients, offset }))
 }
 

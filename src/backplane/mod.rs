@@ -81,6 +81,9 @@ pub struct BackplaneConfig {
     /// How long a node's entries outlive its last heartbeat (a crashed node's connections
     /// disappear from listings within this).
     pub node_ttl: Duration,
+    /// Publications waiting for the engine at most; past it a publication is refused
+    /// ([`QueueFull`]) rather than queued.
+    pub queue: usize,
 }
 
 impl Default for BackplaneConfig {
@@ -90,6 +93,7 @@ impl Default for BackplaneConfig {
             prefix: "wshub".into(),
             heartbeat: Duration::from_secs(2),
             node_ttl: Duration::from_secs(10),
+            queue: 8192,
         }
     }
 }
@@ -126,8 +130,10 @@ pub struct Cluster {
     up: AtomicBool,
     /// The last publication through the engine succeeded.
     publishing: AtomicBool,
-    out: mpsc::UnboundedSender<Outgoing>,
-    entries: mpsc::UnboundedSender<EntryChange>,
+    out: mpsc::Sender<Outgoing>,
+    entries: mpsc::Sender<EntryChange>,
+    /// Asks the entry keeper for a full rewrite (a change could not be queued).
+    resync: Arc<tokio::sync::Notify>,
     engine: Engine,
     config: BackplaneConfig,
     history: HistoryConfig,
@@ -180,29 +186,63 @@ impl Cluster {
 
     /// Queues a publication for every node; the receiver gets its stream position once the
     /// engine took it (`None` when it was delivered locally only, during an outage).
-    pub(crate) fn publish(
+    ///
+    /// # Errors
+    /// [`QueueFull`] (with the publication) when [`BackplaneConfig::queue`] publications
+    /// already wait for the engine.
+    pub fn publish(
         &self,
         publication: Publication,
-    ) -> oneshot::Receiver<Option<(String, u64)>> {
+    ) -> Result<oneshot::Receiver<Option<(String, u64)>>, QueueFull> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.out.send(Outgoing {
-            publication,
-            reply: Some(tx),
-        });
-        rx
+        self.out
+            .try_send(Outgoing {
+                publication,
+                reply: Some(tx),
+            })
+            .map_err(QueueFull::of)?;
+        Ok(rx)
     }
 
     /// Queues a publication for every node, nobody waiting.
-    pub(crate) fn publish_and_forget(&self, publication: Publication) {
-        let _ = self.out.send(Outgoing {
-            publication,
-            reply: None,
-        });
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    pub fn publish_and_forget(&self, publication: Publication) -> Result<(), QueueFull> {
+        self.out
+            .try_send(Outgoing {
+                publication,
+                reply: None,
+            })
+            .map_err(QueueFull::of)
     }
 
-    /// Queues a change of this node's connection entries.
-    pub(crate) fn entry(&self, change: EntryChange) {
-        let _ = self.entries.send(change);
+    /// Publications waiting for the engine.
+    pub fn queued(&self) -> usize {
+        self.out.max_capacity() - self.out.capacity()
+    }
+
+    /// Queues a change of this node's connection entries; when the queue is full the keeper
+    /// rewrites every entry instead (nothing is lost, the rewrite is merely bigger).
+    pub fn entry(&self, change: EntryChange) {
+        if self.entries.try_send(change).is_err() {
+            self.resync.notify_one();
+        }
+    }
+}
+
+/// The publication queue to the engine is full (the engine is slower than the node
+/// publishes): the publication comes back, unsent.
+#[derive(Debug)]
+pub struct QueueFull(pub Publication);
+
+impl QueueFull {
+    fn of(e: mpsc::error::TrySendError<Outgoing>) -> Self {
+        match e {
+            mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => {
+                Self(o.publication)
+            }
+        }
     }
 }
 
@@ -230,14 +270,16 @@ pub fn start(
             config.node_ttl,
         )?),
     };
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (entries_tx, entries_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::channel(config.queue.max(1));
+    let (entries_tx, entries_rx) = mpsc::channel(ENTRY_QUEUE);
+    let resync = Arc::new(tokio::sync::Notify::new());
     let cluster = Arc::new(Cluster {
         node,
         up: AtomicBool::new(false),
         publishing: AtomicBool::new(false),
         out: out_tx,
         entries: entries_tx,
+        resync,
         engine,
         config,
         history,
@@ -365,10 +407,10 @@ impl Engine {
 fn spawn_tasks(
     handler: Arc<dyn Handler>,
     cluster: Arc<Cluster>,
-    out: mpsc::UnboundedReceiver<Outgoing>,
-    entries: mpsc::UnboundedReceiver<EntryChange>,
+    out: mpsc::Receiver<Outgoing>,
+    entries: mpsc::Receiver<EntryChange>,
 ) {
-    let resync = Arc::new(tokio::sync::Notify::new());
+    let resync = cluster.resync.clone();
     match cluster.engine() {
         Engine::Redis(_) => {
             tokio::spawn(redis::subscriber(
@@ -389,6 +431,9 @@ fn spawn_tasks(
     tokio::spawn(keeper(handler, cluster, entries, resync));
 }
 
+/// Entry changes waiting for the keeper at most (past it: a full rewrite).
+const ENTRY_QUEUE: usize = 4096;
+
 /// Backoff between reconnection attempts: 100 ms doubling to 5 s, with jitter.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5000);
@@ -403,11 +448,7 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn publisher(
-    h: Arc<dyn Handler>,
-    cluster: Arc<Cluster>,
-    mut out: mpsc::UnboundedReceiver<Outgoing>,
-) {
+async fn publisher(h: Arc<dyn Handler>, cluster: Arc<Cluster>, mut out: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(256);
     while let Some(first) = out.recv().await {
         batch.push(first);
@@ -466,7 +507,7 @@ async fn publisher(
 async fn keeper(
     h: Arc<dyn Handler>,
     cluster: Arc<Cluster>,
-    mut changes: mpsc::UnboundedReceiver<EntryChange>,
+    mut changes: mpsc::Receiver<EntryChange>,
     resync: Arc<tokio::sync::Notify>,
 ) {
     let ttl = cluster.config().node_ttl;

@@ -68,6 +68,12 @@ impl backplane::Handler for NodeHandler {
     }
 }
 
+/// The backplane's publication queue is full: the node publishes faster than the engine
+/// takes it. Nothing was published; try again shortly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the backplane is not keeping up: nothing was published, try again in a second")]
+pub struct Busy;
+
 /// What a command needed from the backplane, fetched before it is handled.
 pub(crate) enum Fetched {
     /// For a `join`: what the recovery needs from the shared history.
@@ -398,12 +404,23 @@ impl Hub {
     /// Returns `None` when it went to the backplane (delivered when it comes back on the bus).
     pub(crate) fn route(&self, p: Publication, cork: &mut HubCork) -> Option<Delivery> {
         match self.shared_bus() {
-            Some(c) => {
-                c.publish_and_forget(p);
-                None
-            }
+            Some(c) => match c.publish_and_forget(p) {
+                Ok(()) => None,
+                Err(full) => Some(self.deliver_queue_full(full, cork)),
+            },
             None => Some(self.deliver(&p, None, cork)),
         }
+    }
+
+    /// A publication the backplane's queue could not take: delivered on this node only (no
+    /// offset, not in history), as during an outage, and counted.
+    pub(crate) fn deliver_queue_full(
+        &self,
+        full: backplane::QueueFull,
+        cork: &mut HubCork,
+    ) -> Delivery {
+        self.backplane_event("queue_full");
+        self.deliver(&full.0, None, cork)
     }
 
     /// This node's connection entries, as the REST API shows them (for a full rewrite).
@@ -834,31 +851,50 @@ impl Hub {
 
     /// A REST broadcast: `(recipients, offset)`. The offset is 0 when the message was
     /// delivered on this node only (the backplane is away); the count is then this node's.
-    pub async fn broadcast_everywhere(&self, message: &str) -> (usize, u64) {
+    ///
+    /// # Errors
+    /// [`Busy`] when the backplane's queue is full: nothing was published.
+    pub async fn broadcast_everywhere(&self, message: &str) -> Result<(usize, u64), Busy> {
         let Some(c) = self.shared_bus() else {
-            return self.broadcast_text_at(message);
+            return Ok(self.broadcast_text_at(message));
         };
-        let rx = c.publish(Self::all_publication(Kind::ServerBroadcast, None, message));
+        let rx = c
+            .publish(Self::all_publication(Kind::ServerBroadcast, None, message))
+            .map_err(|_| self.busy())?;
         let offset = await_position(rx).await;
         let n = match self.list_connections(None, None).await {
             Ok(all) if offset > 0 => all.len(),
             _ => self.connection_count(),
         };
-        (n, offset)
+        Ok((n, offset))
+    }
+
+    fn busy(&self) -> Busy {
+        self.backplane_event("queue_full");
+        Busy
     }
 
     /// A REST group publish: `(recipients, offset)`, as [`broadcast_everywhere`](Self::broadcast_everywhere).
-    pub async fn publish_everywhere(&self, group: &str, message: &RawValue) -> (usize, u64) {
+    ///
+    /// # Errors
+    /// As [`broadcast_everywhere`](Self::broadcast_everywhere).
+    pub async fn publish_everywhere(
+        &self,
+        group: &str,
+        message: &RawValue,
+    ) -> Result<(usize, u64), Busy> {
         let Some(c) = self.shared_bus() else {
-            return self.publish_to_group_at(group, message);
+            return Ok(self.publish_to_group_at(group, message));
         };
-        let rx = c.publish(Self::group_publication(group, None, None, message));
+        let rx = c
+            .publish(Self::group_publication(group, None, None, message))
+            .map_err(|_| self.busy())?;
         let offset = await_position(rx).await;
         let n = match self.list_connections(Some(group), None).await {
             Ok(members) if offset > 0 => members.len(),
             _ => self.group_members(group).map_or(0, |m| m.len()),
         };
-        (n, offset)
+        Ok((n, offset))
     }
 
     /// A REST send to a user: how many connections it reached.

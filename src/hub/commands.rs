@@ -178,7 +178,14 @@ impl Hub {
                     // The backplane numbers it and brings it back to every node: the ack waits
                     // for the offset; how many it reaches across nodes is not known here.
                     let p = Self::group_publication(&group, Some(&short), user, message);
-                    return Ok(Answer::Numbered(c.publish(p)));
+                    return Ok(match c.publish(p) {
+                        Ok(rx) => Answer::Numbered(rx),
+                        // The engine is not keeping up: delivered here only, as in an outage.
+                        Err(full) => Answer::Now(AckExtra {
+                            recipients: Some(self.deliver_queue_full(full, cork).delivered),
+                            ..AckExtra::default()
+                        }),
+                    });
                 }
                 let sent = self.publish_group(&group, Some(&short), user, message, cork);
                 Ok(Answer::Now(AckExtra {

@@ -15,6 +15,7 @@ mod commands;
 mod replies;
 mod routing;
 
+pub use cluster::Busy;
 pub(crate) use cluster::{Fetched, Prefetch};
 pub(crate) use commands::PrefetchFuture;
 pub use routing::MembershipError;
@@ -293,6 +294,8 @@ impl Hub {
         let h = &self.shared.history;
         m.history_bytes.set(gauge(h.bytes()));
         m.history_streams.set(gauge(h.len()));
+        m.backplane_queue
+            .set(gauge(self.cluster().map_or(0, |c| c.queued())));
         m.render()
     }
 
