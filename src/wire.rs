@@ -50,10 +50,11 @@ pub enum Publication {
         /// The text.
         text: String,
     },
-    /// A binary message relayed to everyone (base64; not kept in history).
+    /// A binary message relayed to everyone (not kept in history).
     Binary {
-        /// The bytes, base64.
-        data: String,
+        /// The bytes (base64 on the bus).
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
     },
     /// A SPEC 1.2 `system` announcement to every plain client.
     System {
@@ -194,6 +195,23 @@ pub enum EntryChange {
         /// Its id.
         id: String,
     },
+}
+
+/// Bytes as a base64 string in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// One connection as a node stores it in the backplane (and as the REST API lists it).

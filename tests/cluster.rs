@@ -386,7 +386,19 @@ async fn every_kind_of_message_reaches_every_node_exactly_once(kind: Kind) {
         assert_eq!(m["message"], json!({"text":"hi"}));
         assert_eq!(m["user"], "alice");
     }
-    // A REST publish on node B.
+    // A REST publish on node B (once B's view of the cluster's entries, which nodes write
+    // asynchronously, has the three members: recipients are counted from it).
+    tokio::time::timeout(WAIT, async {
+        while http(b.addr, "GET", "/api/connections?group=room", &[], b"")
+            .await
+            .json()["count"]
+            != 3
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the members' entries never reached the backplane");
     let r = post_json(
         b.addr,
         "/api/groups/room/broadcast",

@@ -5,19 +5,17 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::value::RawValue;
 
+use super::deliver::Numbering;
 use super::{Hub, HubCork, Shared};
 use crate::backplane::{
     self, AllKind, BackplaneConfig, BusMessage, Cluster, EntryChange, Publication, StreamName,
 };
-use crate::close::CloseReason;
-use crate::envelope::{self, Kind};
-use crate::frame::{self, Frame, OpCode};
+use crate::envelope::Kind;
+use crate::frame::Frame;
 use crate::history::{Position, Stream};
 use crate::id::ConnId;
-use crate::manager::{Audience, Delivery};
 use crate::protocol::v1;
 
 /// The hub as the backplane sees it: every call goes to the hub while it exists.
@@ -185,7 +183,7 @@ impl Hub {
                                     "filled a gap in a stream from the shared history"
                                 );
                                 for s in missed {
-                                    self.deliver(&s.publication, Some((epoch, s.offset)), cork);
+                                    self.deliver(&s.publication, Numbering::Given(epoch, s.offset), cork);
                                 }
                             }
                             Err(e) => {
@@ -194,233 +192,12 @@ impl Hub {
                         }
                     }
                 }
-                self.deliver(&msg.publication, Some((epoch, offset)), cork);
+                self.deliver(&msg.publication, Numbering::Given(epoch, offset), cork);
             }
             _ => {
-                self.deliver(&msg.publication, None, cork);
+                self.deliver(&msg.publication, Numbering::None, cork);
             }
         }
-    }
-
-    /// Delivers a publication to this node's connections only (the backplane is down).
-    pub(crate) fn deliver_local_only(&self, p: &Publication) {
-        let started = std::time::Instant::now();
-        let mut cork = HubCork::new();
-        self.deliver(p, None, &mut cork);
-        self.flush(&mut cork, started);
-    }
-
-    fn stream_ref(&self, stream: StreamName<'_>) -> crate::history::StreamRef {
-        match stream {
-            StreamName::All => self.shared.history.all().clone(),
-            StreamName::Group(g) => self.shared.history.stream(g),
-        }
-    }
-
-    /// Builds the frame of a publication for `wshub.v1` clients (and plain ones, for the
-    /// all-clients stream).
-    fn frames(p: &Publication, offset: Option<u64>) -> Option<(Frame, Frame)> {
-        Some(match p {
-            Publication::Group {
-                group,
-                from,
-                user,
-                message,
-            } => {
-                let f = v1::delivery(
-                    "message",
-                    Some(group),
-                    offset,
-                    from.as_deref(),
-                    user.as_deref(),
-                    message,
-                );
-                (f.clone(), f)
-            }
-            Publication::All { kind, from, text } => {
-                let kind = match kind {
-                    AllKind::ServerBroadcast => Kind::ServerBroadcast,
-                    AllKind::Message => Kind::Message,
-                };
-                let plain = envelope::encode(kind, from.as_deref(), text);
-                let v1 = match offset {
-                    Some(o) => envelope::encode_with_offset(kind, from.as_deref(), text, o),
-                    None => plain.clone(),
-                };
-                (plain, v1)
-            }
-            _ => return None,
-        })
-    }
-
-    /// Delivers one publication to the local connections it is for; a stream publication with
-    /// its backplane-given position is recorded in the local history first (duplicates are
-    /// dropped), under the stream's lock like a single node's publish.
-    pub(crate) fn deliver(
-        &self,
-        p: &Publication,
-        at: Option<(&str, u64)>,
-        cork: &mut HubCork,
-    ) -> Delivery {
-        if let Some(stream) = p.stream() {
-            let audience = match stream {
-                StreamName::All => Audience::All,
-                StreamName::Group(g) => Audience::Group(g),
-            };
-            let Some((epoch, offset)) = at else {
-                let Some((plain, v1)) = Self::frames(p, None) else {
-                    return Delivery::default();
-                };
-                return self.publish_split(audience, &plain, &v1, cork);
-            };
-            let s = self.stream_ref(stream);
-            let mut s = s.lock();
-            match s.adopt(epoch, offset) {
-                crate::history::Adopted::Duplicate => return Delivery::default(),
-                crate::history::Adopted::Next => {}
-                crate::history::Adopted::NewEpoch => {
-                    // The backplane lost this stream's history (a restart without persistence):
-                    // clients' positions mean nothing any more; tell them where it restarts.
-                    let (group, to) = match stream {
-                        StreamName::Group(g) => (Some(g), Audience::Group(g)),
-                        StreamName::All => (None, Audience::V1),
-                    };
-                    let f = v1::reset(group, epoch, offset.saturating_sub(1));
-                    self.publish_corked(to, &f, cork);
-                }
-            }
-            let Some((plain, v1)) = Self::frames(p, Some(offset)) else {
-                return Delivery::default();
-            };
-            s.append(v1.clone());
-            let d = self.publish_split(audience, &plain, &v1, cork);
-            drop(s);
-            self.shared.history.enforce_budget();
-            return d;
-        }
-        match p {
-            Publication::Binary { data } => match base64::engine::general_purpose::STANDARD
-                .decode(data)
-            {
-                Ok(bytes) => {
-                    self.publish_corked(Audience::All, &frame::encode(OpCode::Binary, &bytes), cork)
-                }
-                Err(_) => Delivery::default(),
-            },
-            Publication::System { text } => self.publish_corked(
-                Audience::Plain,
-                &envelope::encode(Kind::System, None, text),
-                cork,
-            ),
-            Publication::Membership {
-                group,
-                joined,
-                connection,
-                user,
-                except,
-            } => {
-                let f = v1::membership(*joined, group, connection, user.as_deref());
-                match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
-                    Some(id) => self.publish_corked(Audience::GroupExcept(group, id), &f, cork),
-                    None => self.publish_corked(Audience::Group(group), &f, cork),
-                }
-            }
-            Publication::User {
-                to,
-                from,
-                user,
-                message,
-            }
-            | Publication::Direct {
-                to,
-                from,
-                user,
-                message,
-            } => {
-                let f = v1::delivery(
-                    "direct",
-                    None,
-                    None,
-                    from.as_deref(),
-                    user.as_deref(),
-                    message,
-                );
-                if matches!(p, Publication::User { .. }) {
-                    return self.publish_corked(Audience::User(to), &f, cork);
-                }
-                let delivered = match to.parse::<ConnId>() {
-                    Ok(id) => usize::from(self.send_corked(id, &f, cork)),
-                    Err(_) => 0,
-                };
-                Delivery {
-                    delivered,
-                    ..Delivery::default()
-                }
-            }
-            Publication::Disconnect { to, code, reason } => {
-                if let Ok(id) = to.parse::<ConnId>() {
-                    self.disconnect(
-                        id,
-                        CloseReason::Disconnected {
-                            code: *code,
-                            reason: Arc::from(reason.as_str()),
-                        },
-                    );
-                }
-                Delivery::default()
-            }
-            Publication::Member { to, group, add } => {
-                if let Ok(id) = to.parse::<ConnId>() {
-                    if *add {
-                        let _ = self.add_to_group(id, group);
-                    } else {
-                        self.remove_from_group(id, group);
-                    }
-                }
-                Delivery::default()
-            }
-            Publication::Group { .. } | Publication::All { .. } => Delivery::default(),
-        }
-    }
-
-    fn publish_split(
-        &self,
-        audience: Audience<'_>,
-        plain: &Frame,
-        v1: &Frame,
-        cork: &mut HubCork,
-    ) -> Delivery {
-        let d = self
-            .shared
-            .manager
-            .publish_by_protocol(audience, plain, v1, cork);
-        self.shared
-            .metrics
-            .delivered(v1.len(), d.delivered, d.slow, d.dead);
-        d
-    }
-
-    /// Sends a publication through the backplane when it is up; otherwise delivers it here.
-    /// Returns `None` when it went to the backplane (delivered when it comes back on the bus).
-    pub(crate) fn route(&self, p: Publication, cork: &mut HubCork) -> Option<Delivery> {
-        match self.shared_bus() {
-            Some(c) => match c.publish_and_forget(p) {
-                Ok(()) => None,
-                Err(full) => Some(self.deliver_queue_full(full, cork)),
-            },
-            None => Some(self.deliver(&p, None, cork)),
-        }
-    }
-
-    /// A publication the backplane's queue could not take: delivered on this node only (no
-    /// offset, not in history), as during an outage, and counted.
-    pub(crate) fn deliver_queue_full(
-        &self,
-        full: backplane::QueueFull,
-        cork: &mut HubCork,
-    ) -> Delivery {
-        self.backplane_event("queue_full");
-        self.deliver(&full.0, None, cork)
     }
 
     /// This node's connection entries, as the REST API shows them (for a full rewrite).
@@ -525,7 +302,7 @@ impl Hub {
                         if age >= ttl {
                             return None;
                         }
-                        let (_, v1) = Self::frames(&st.publication, Some(st.offset))?;
+                        let v1 = Self::v1_frame(&st.publication, Some(st.offset))?;
                         Some((st.offset, age, v1))
                     })
                     .collect();
@@ -571,19 +348,6 @@ impl Hub {
             .collect();
         list.sort_by(|a, b| (&a.connected_at, &a.id).cmp(&(&b.connected_at, &b.id)));
         Ok(list)
-    }
-
-    /// Binary data from a plain client, relayed to everyone (through the backplane when there
-    /// is one).
-    pub(crate) fn relay_binary(&self, data: &[u8], cork: &mut HubCork) -> bool {
-        if self.shared_bus().is_none() {
-            return false;
-        }
-        let p = Publication::Binary {
-            data: base64::engine::general_purpose::STANDARD.encode(data),
-        };
-        self.route(p, cork);
-        true
     }
 
     /// A group message as it travels between nodes.
@@ -697,7 +461,7 @@ impl Hub {
                 message: message.to_owned(),
             },
         };
-        self.route(p, cork);
+        self.publish(p, cork);
         Some(n)
     }
 }
@@ -840,7 +604,7 @@ impl Hub {
             Ok(true) => Ok(local(self)),
             Ok(false) => {
                 let mut cork = HubCork::new();
-                self.route(publication, &mut cork);
+                self.publish(publication, &mut cork);
                 cork.flush();
                 Ok(true)
             }
@@ -912,7 +676,7 @@ impl Hub {
         let n = self.list_connections(None, Some(user)).await?.len();
         if n > 0 {
             let mut cork = HubCork::new();
-            self.route(
+            self.publish(
                 Publication::User {
                     to: user.to_owned(),
                     from: None,

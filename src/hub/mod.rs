@@ -12,10 +12,12 @@ use tokio_util::task::TaskTracker;
 
 mod cluster;
 mod commands;
+mod deliver;
 mod replies;
 mod routing;
 
 pub use cluster::Busy;
+pub use deliver::Published;
 pub(crate) use cluster::{Fetched, Prefetch};
 pub(crate) use commands::PrefetchFuture;
 pub use routing::MembershipError;
@@ -23,7 +25,7 @@ pub use routing::MembershipError;
 use crate::close::CloseReason;
 use crate::envelope::{self, Kind};
 use crate::frame::{self, Frame, OpCode};
-use crate::history::{History, HistoryConfig, Position, StreamRef};
+use crate::history::{History, HistoryConfig, Position};
 use crate::id::ConnId;
 use crate::manager::{
     Audience, ConnInfo, ConnectionManager, Cork, Delivery, Entry, Protocol, Undelivered,
@@ -392,7 +394,9 @@ impl Hub {
     }
 
     /// A text envelope to every connection, recorded in the all-clients stream: `wshub.v1`
-    /// connections get it with its `offset`, plain ones exactly as SPEC 1.2 has it.
+    /// connections get it with its `offset`, plain ones exactly as SPEC 1.2 has it. Returns
+    /// what was delivered here and the offset (0 when the backplane numbers it later, or
+    /// while it is away).
     fn publish_all(
         &self,
         kind: Kind,
@@ -400,32 +404,16 @@ impl Hub {
         text: &str,
         cork: &mut HubCork,
     ) -> (Delivery, u64) {
-        if self.cluster().is_some() {
-            // The backplane numbers it (or, while it is away, it is delivered here unnumbered).
-            let d = self.route(Self::all_publication(kind, from, text), cork);
-            return (d.unwrap_or_default(), 0);
-        }
-        let plain = envelope::encode(kind, from, text);
-        let mut all = self.shared.history.all().lock();
-        let v1 = envelope::encode_with_offset(kind, from, text, all.next_offset());
-        let offset = all.append(v1.clone());
-        let d = self
-            .shared
-            .manager
-            .publish_by_protocol(Audience::All, &plain, &v1, cork);
-        drop(all);
-        self.shared.history.enforce_budget();
-        self.shared
-            .metrics
-            .delivered(plain.len(), d.delivered, d.slow, d.dead);
-        (d, offset)
+        self.publish(Self::all_publication(kind, from, text), cork)
+            .map_or((Delivery::default(), 0), |p| {
+                (p.delivery, p.offset.unwrap_or(0))
+            })
     }
 
-    /// Publishes a `message` to a group's stream: on a single node the frame for the next
-    /// offset is recorded and offered to the members, all under the stream's lock (see
-    /// [`crate::history`]); in a cluster it goes to the backplane, which numbers it and brings
-    /// it back to every node (`None`), or, while the backplane is away, it is delivered here
-    /// unnumbered (offset 0).
+    /// Publishes a `message` to a group's stream (see [`deliver`](deliver)): on a single node
+    /// it is numbered and delivered now; in a cluster it goes to the backplane, which numbers
+    /// it and brings it back to every node (`None`), or, while the backplane is away, it is
+    /// delivered here unnumbered (offset 0).
     pub(crate) fn publish_group(
         &self,
         group: &str,
@@ -434,19 +422,8 @@ impl Hub {
         message: &serde_json::value::RawValue,
         cork: &mut HubCork,
     ) -> Option<(Delivery, u64)> {
-        if self.cluster().is_some() {
-            let p = Self::group_publication(group, from, user, message);
-            return self.route(p, cork).map(|d| (d, 0));
-        }
-        let stream: StreamRef = self.shared.history.stream(group);
-        let mut s = stream.lock();
-        let offset = s.next_offset();
-        let frame = v1::delivery("message", Some(group), Some(offset), from, user, message);
-        s.append(frame.clone());
-        let d = self.publish_corked(Audience::Group(group), &frame, cork);
-        drop(s);
-        self.shared.history.enforce_budget();
-        Some((d, offset))
+        self.publish(Self::group_publication(group, from, user, message), cork)
+            .map(|p| (p.delivery, p.offset.unwrap_or(0)))
     }
 
     /// Offers an already encoded frame to every connection.
@@ -472,7 +449,7 @@ impl Hub {
     fn announce(&self, text: String) {
         let mut cork = Cork::new();
         if self
-            .route(crate::backplane::Publication::System { text }, &mut cork)
+            .publish(crate::backplane::Publication::System { text }, &mut cork)
             .is_some()
         {
             cork.flush_deferred();
@@ -653,11 +630,11 @@ impl Hub {
     /// A client's binary message: relayed unchanged to the sender, then to everyone.
     pub(crate) fn on_binary(&self, from: ConnId, data: &[u8], cork: &mut HubCork) {
         self.count_in(data.len());
-        let frame = frame::encode(OpCode::Binary, data);
-        self.send_corked(from, &frame, cork);
-        if !self.relay_binary(data, cork) {
-            self.broadcast_corked(&frame, cork);
-        }
+        self.send_corked(from, &frame::encode(OpCode::Binary, data), cork);
+        let p = crate::backplane::Publication::Binary {
+            data: data.to_vec(),
+        };
+        self.publish(p, cork);
     }
 
     /// A `joined`/`left` event to a group's members (all but `except`), on every node.
@@ -670,22 +647,14 @@ impl Hub {
         except: Option<ConnId>,
         cork: &mut HubCork,
     ) {
-        if self.cluster().is_some() {
-            let p = crate::backplane::Publication::Membership {
-                group: group.to_owned(),
-                joined,
-                connection: short.to_owned(),
-                user: user.map(str::to_owned),
-                except: except.map(|e| e.to_string()),
-            };
-            self.route(p, cork);
-            return;
-        }
-        let frame = v1::membership(joined, group, short, user);
-        match except {
-            Some(id) => self.publish_corked(Audience::GroupExcept(group, id), &frame, cork),
-            None => self.publish_corked(Audience::Group(group), &frame, cork),
+        let p = crate::backplane::Publication::Membership {
+            group: group.to_owned(),
+            joined,
+            connection: short.to_owned(),
+            user: user.map(str::to_owned),
+            except: except.map(|e| e.to_string()),
         };
+        self.publish(p, cork);
     }
 
     pub(crate) fn count_in(&self, bytes: usize) {
