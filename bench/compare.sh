@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs wshub and the Node.js `ws` peer one after another under the same load, on this machine,
-# with the project's generator (`wshub bench`), and prints a markdown comparison table.
+# with the project's generator (`wshub-bench`), and prints a markdown comparison table.
 #
 #   bench/compare.sh [OUTDIR]        # ~4 minutes
 #
@@ -16,8 +16,9 @@ dur="${DURATION:-5s}"
 # ephemeral ports fill with TIME_WAIT entries from earlier runs and slow connect() down.
 sources="${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4}"
 
-cargo build --release --quiet
+cargo build --release --quiet --workspace
 bin=./target/release/wshub
+gen=./target/release/wshub-bench
 if [[ ! -d bench/peers/node-ws/node_modules/ws ]]; then
   (cd bench/peers/node-ws && npm ci --no-audit --no-fund --silent)
 fi
@@ -47,7 +48,7 @@ run() { # run SERVER ANNOUNCE NAME bench-args...
   local server=$1 announce=$2 name=$3; shift 3
   start "$server" "$announce"
   echo "== $server $name" >&2
-  $bin bench "$@" --url "$url" --server-pid "$pid" --label "$server" --json >"$out/$server-$name.json" \
+  "$gen" "$@" --url "$url" --server-pid "$pid" --label "$server" --json >"$out/$server-$name.json" \
     || echo '{"error":"failed"}' >"$out/$server-$name.json"
   stop
 }

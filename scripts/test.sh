@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 
 echo "== cargo test"
-cargo test
+cargo test --workspace
 cargo build --quiet --bin wshub
 export WSHUB_BIN="$PWD/target/debug/wshub"
 

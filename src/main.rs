@@ -1,7 +1,5 @@
 //! The `wshub` binary: `wshub serve` loads the configuration, binds and serves until
-//! SIGINT/SIGTERM; `wshub bench` is the load generator.
-
-mod bench;
+//! SIGINT/SIGTERM. The load generator is its own binary, `wshub-bench`.
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -21,9 +19,6 @@ struct Cli {
 enum Command {
     /// Run the hub server.
     Serve(ServeArgs),
-    /// Load generator: connect, fanout and echo benchmarks against a running server (loopback only).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,15 +27,6 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("wshub: {e}");
             return std::process::ExitCode::from(2);
-        }
-        Ok(Command::Bench(cmd)) => {
-            return match bench::run(cmd) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("wshub bench: {e}");
-                    std::process::ExitCode::FAILURE
-                }
-            };
         }
     };
     if args.print_config {

@@ -183,7 +183,11 @@ impl Hub {
                                     "filled a gap in a stream from the shared history"
                                 );
                                 for s in missed {
-                                    self.deliver(&s.publication, Numbering::Given(epoch, s.offset), cork);
+                                    self.deliver(
+                                        &s.publication,
+                                        Numbering::Given(epoch, s.offset),
+                                        cork,
+                                    );
                                 }
                             }
                             Err(e) => {

@@ -182,7 +182,9 @@ impl Hub {
                         Ok(rx) => Answer::Numbered(rx),
                         // The engine is not keeping up: delivered here only, as in an outage.
                         Err(full) => Answer::Now(AckExtra {
-                            recipients: Some(self.deliver_queue_full(full, cork).delivery.delivered),
+                            recipients: Some(
+                                self.deliver_queue_full(full, cork).delivery.delivered,
+                            ),
                             ..AckExtra::default()
                         }),
                     });

@@ -17,9 +17,9 @@ mod replies;
 mod routing;
 
 pub use cluster::Busy;
-pub use deliver::Published;
 pub(crate) use cluster::{Fetched, Prefetch};
 pub(crate) use commands::PrefetchFuture;
+pub use deliver::Published;
 pub use routing::MembershipError;
 
 use crate::close::CloseReason;

@@ -511,7 +511,9 @@ pub async fn spawn_server_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"));
+    // Defined for the wshub package's tests; the bench crate shares this file but not its binary.
+    let mut cmd =
+        tokio::process::Command::new(option_env!("CARGO_BIN_EXE_wshub").unwrap_or("wshub"));
     cmd.arg("serve");
     if !env.iter().any(|(k, _)| *k == "WSHUB_LISTEN") {
         cmd.args(["--listen", "127.0.0.1:0"]);

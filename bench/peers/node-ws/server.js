@@ -1,4 +1,4 @@
-// The comparison peer for `wshub bench`: what a backend engineer would write by hand with the
+// The comparison peer for `wshub-bench`: what a backend engineer would write by hand with the
 // `ws` package, speaking the protocol of SPEC section 1 (join/leave, echo + message, binary
 // relay, REST broadcast, /ws/echo, keep-alive).
 //

@@ -1,4 +1,4 @@
-//! `wshub bench echo`: C clients each doing request/response on the echo endpoint.
+//! `wshub-bench echo`: C clients each doing request/response on the echo endpoint.
 
 use std::time::{Duration, Instant};
 

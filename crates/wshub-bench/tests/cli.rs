@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The workspace's test fixtures (a real server on port 0), shared rather than copied.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -10,8 +12,7 @@ use wshub::HubConfig;
 async fn bench(args: &[&str]) -> serde_json::Value {
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .arg("bench")
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
             .args(args)
             .arg("--json")
             .output(),
@@ -109,14 +110,14 @@ async fn echo_and_connect_report_sane_numbers() {
 
 #[tokio::test]
 async fn refuses_non_loopback_targets_and_unbounded_runs() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(["bench", "echo", "--url", "ws://192.0.2.1:80/ws"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
+        .args(["echo", "--url", "ws://192.0.2.1:80/ws"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(["bench", "fanout", "--duration", "1h"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
+        .args(["fanout", "--duration", "1h"])
         .output()
         .unwrap();
     assert!(!out.status.success());

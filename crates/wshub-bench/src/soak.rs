@@ -1,4 +1,4 @@
-//! `wshub bench soak`: a bounded soak. Connections churn (connect with `wshub.v1`, join groups,
+//! `wshub-bench soak`: a bounded soak. Connections churn (connect with `wshub.v1`, join groups,
 //! publish, leave, close cleanly or drop abruptly), stable subscribers count every message
 //! published to their group over REST, and the server's RSS and open file descriptors are
 //! sampled; at the end every client leaves and the server must return to its baseline: no

@@ -1,4 +1,4 @@
-//! `wshub bench connect`: open N connections, hold them, measure the connect rate and the
+//! `wshub-bench connect`: open N connections, hold them, measure the connect rate and the
 //! server's RSS per connection.
 
 use std::time::{Duration, Instant};

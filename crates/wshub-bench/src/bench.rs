@@ -1,12 +1,18 @@
-//! `wshub bench`: the load generator (connect, fanout, echo). Loopback only, bounded in count
+//! The load generator (connect, fanout, echo). Loopback only, bounded in count
 //! and time, efficient enough not to be the bottleneck: raw TCP, masked frames written by hand,
 //! server frames scanned in place, latencies batched into one HDR histogram.
 
+#[path = "client.rs"]
 mod client;
+#[path = "connect.rs"]
 mod connect;
+#[path = "echo.rs"]
 mod echo;
+#[path = "fanout.rs"]
 mod fanout;
+#[path = "report.rs"]
 mod report;
+#[path = "soak.rs"]
 mod soak;
 
 use std::net::IpAddr;
@@ -16,7 +22,7 @@ use clap::{Args, Subcommand};
 
 pub use report::Report;
 
-/// `wshub bench` subcommands.
+/// The benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Open and hold N connections; report the connect rate and the server's RSS per connection.

@@ -1,4 +1,4 @@
-//! `wshub bench fanout`: N subscribers and one publisher. Every published message carries its
+//! `wshub-bench fanout`: N subscribers and one publisher. Every published message carries its
 //! sequence number and send time; each subscriber counts deliveries and records latency.
 //!
 //! Two modes: a fixed rate (`--rate R`, for latency under a stated load) or as fast as a window
