@@ -269,3 +269,52 @@ async fn answers_end_with_a_newline_and_favicon_is_not_a_404() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn the_connection_listing_is_paginated_with_a_cursor() {
+    // Default timers: these clients are not read while the pages are fetched.
+    let srv = TestServer::with_config(HubConfig {
+        announce: false,
+        ..HubConfig::default()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect_v1(&srv.ws_url()).await);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/connections?limit=2".to_owned();
+    loop {
+        let page = http(srv.addr, "GET", &path, &[], b"").await.json();
+        assert_eq!(page["count"], 5, "{page}");
+        let ids: Vec<String> = page["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(ids.len() <= 2);
+        seen.extend(ids);
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/connections?limit=2&cursor={next}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = clients.iter().map(|(_, id)| id.clone()).collect();
+    let mut got = seen.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "every connection once, over three pages");
+    for bad in ["limit=0", "limit=10001", "limit=x", "cursor=nope"] {
+        let r = http(
+            srv.addr,
+            "GET",
+            &format!("/api/connections?{bad}"),
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+    srv.stop().await;
+}

@@ -44,13 +44,26 @@ pub struct Connection {
     pub node: String,
 }
 
-/// Every live connection.
+/// Live connections, a page at a time.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ConnectionList {
-    /// How many connections there are.
+    /// How many connections match the filter (all pages together).
     pub count: usize,
-    /// The connections, oldest first.
+    /// This page of them, oldest first.
     pub connections: Vec<Connection>,
+    /// Where the next page starts (`?cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The default and largest page of `GET /api/connections`.
+pub const PAGE: usize = 1000;
+/// The largest page a request may ask for.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Where a connection stands in the listing's order, as a cursor.
+fn cursor_of(c: &crate::wire::ConnectionEntry) -> String {
+    format!("{}_{}", c.connected_at, c.id)
 }
 
 /// A message to push to every client.
@@ -65,8 +78,10 @@ pub struct BroadcastRequest {
 /// The outcome of a broadcast.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BroadcastResult {
-    /// How many connections the message was queued for.
-    pub recipients: usize,
+    /// How many connections the message was queued for. Absent in a cluster: connections on
+    /// other nodes are not counted (a publish never reads the whole cluster's listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<usize>,
     /// Its offset in the all-clients stream (see `GET /api/history`).
     pub offset: u64,
 }
@@ -77,19 +92,53 @@ pub struct BroadcastResult {
     path = "/api/connections",
     tag = "connections",
     params(ListFilter),
-    responses((status = 200, description = "The active connections", body = ConnectionList))
+    responses(
+        (status = 200, description = "The active connections, a page at a time", body = ConnectionList),
+        (status = 400, description = "Bad `limit` or `cursor`", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn list(
     State(hub): State<Hub>,
-    Query(f): Query<ListFilter>,
+    query: Result<Query<ListFilter>, QueryRejection>,
 ) -> Result<Json<ConnectionList>, Problem> {
-    let connections = hub
+    let Query(f) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = f.limit.unwrap_or(PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "`limit` is 1 to {MAX_PAGE} (default {PAGE})"
+        )));
+    }
+    let mut all = hub
         .list_connections(f.group.as_deref(), f.user.as_deref())
         .await
         .map_err(unavailable)?;
+    // In the cursor's own order (times to the second, then ids), so a page starts exactly
+    // after the previous one.
+    all.sort_by(|a, b| (&a.connected_at, &a.id).cmp(&(&b.connected_at, &b.id)));
+    let count = all.len();
+    // Oldest first: a cursor is the position of the last one seen, so a page is the same
+    // whether or not connections before it came and went.
+    let start = match f.cursor.as_deref() {
+        None => 0,
+        Some(c) => {
+            if c.rsplit_once('_')
+                .is_none_or(|(at, id)| at.is_empty() || id.len() != 32)
+            {
+                return Err(Problem::bad_request(
+                    "`cursor` is the `next` value of a previous page",
+                ));
+            }
+            all.partition_point(|e| cursor_of(e).as_str() <= c)
+        }
+    };
+    let page: Vec<_> = all.into_iter().skip(start).take(limit).collect();
+    let next = (start + page.len() < count)
+        .then(|| page.last().map(cursor_of))
+        .flatten();
     Ok(Json(ConnectionList {
-        count: connections.len(),
-        connections: connections.into_iter().map(Connection::from).collect(),
+        count,
+        connections: page.into_iter().map(Connection::from).collect(),
+        next,
     }))
 }
 
@@ -143,6 +192,10 @@ pub struct ListFilter {
     pub group: Option<String>,
     /// Only the connections of this user.
     pub user: Option<String>,
+    /// Connections per page: 1 to 10,000 (default 1,000).
+    pub limit: Option<usize>,
+    /// The `next` value of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// Options of `DELETE /api/connections/{id}`.

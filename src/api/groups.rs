@@ -120,8 +120,10 @@ pub async fn get_one(
 /// A message published to a group.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Published {
-    /// Connections the message was queued for.
-    pub recipients: usize,
+    /// Connections the message was queued for. Absent in a cluster: members on other nodes
+    /// are not counted (a publish never reads the whole cluster's listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<usize>,
     /// Its offset in the group's stream.
     pub offset: u64,
 }

@@ -105,7 +105,8 @@ pub use crate::wire::{AllKind, BusMessage, EntryChange, Publication, Stored, Str
 pub trait Handler: Send + Sync + 'static {
     /// Whether the hub is still there (the node's tasks end when it is not).
     fn alive(&self) -> bool;
-    /// The engine became reachable (`true`) or unreachable.
+    /// The engine became reachable (`true`) or unreachable: called once per change, after
+    /// [`Cluster::is_up`] already says so.
     fn engine_changed(&self, up: bool);
     /// Messages from the bus, in the order they arrived: each is delivered to the matching
     /// local connections once, and the frames of the whole batch are written together.
@@ -164,6 +165,15 @@ impl Cluster {
             self.publishing.store(true, Ordering::Release);
         }
         self.up.swap(up, Ordering::AcqRel)
+    }
+
+    /// Records that the engine came or went, and tells the hub when that is a change. Done
+    /// here, by the backplane's own tasks, rather than by the hub: a subscriber may connect
+    /// before the hub has even stored this handle.
+    pub(crate) fn engine_changed(&self, h: &dyn Handler, up: bool) {
+        if self.set_up(up) != up {
+            h.engine_changed(up);
+        }
     }
 
     /// Whether publications should go through the engine: its subscription is up, or (while it

@@ -571,7 +571,7 @@ pub(crate) async fn subscriber(
         if !h.alive() {
             return;
         }
-        h.engine_changed(true);
+        cluster.engine_changed(h.as_ref(), true);
         resync.notify_one();
         loop {
             // Everything already received (bus and streams) is delivered before one flush.
@@ -652,7 +652,7 @@ pub(crate) async fn subscriber(
         if !h.alive() {
             return;
         }
-        h.engine_changed(false);
+        cluster.engine_changed(h.as_ref(), false);
     }
 }
 

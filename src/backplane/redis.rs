@@ -420,7 +420,7 @@ pub(crate) async fn subscriber(
                 if !h.alive() {
                     return;
                 }
-                h.engine_changed(true);
+                cluster.engine_changed(h.as_ref(), true);
                 resync.notify_one();
                 let mut messages = ps.into_on_message();
                 while let Some(msg) = messages.next().await {
@@ -454,7 +454,7 @@ pub(crate) async fn subscriber(
         if !h.alive() {
             return;
         }
-        h.engine_changed(false);
+        cluster.engine_changed(h.as_ref(), false);
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
     }

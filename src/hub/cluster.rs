@@ -88,6 +88,10 @@ pub(crate) struct Prefetch {
     older: Vec<(u64, Duration, Frame)>,
 }
 
+/// How long a `send` waits for the backplane to locate its target (awaited, not blocking:
+/// only the sending connection waits).
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long a node waits for the shared history when a client recovers on it.
 const FILL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -99,6 +103,12 @@ impl Hub {
     /// When the URL is unusable, or a backplane is already attached.
     pub fn connect_backplane(&self, config: BackplaneConfig) -> Result<(), String> {
         crate::wire::parse_node_id(self.node_id())?;
+        if self.cluster().is_some() {
+            return Err("a backplane is already attached".to_owned());
+        }
+        // Before the backplane's tasks start: they may connect (and deliver) at once.
+        self.shared.history.set_clustered();
+        self.shared.metrics.backplane_up.set(0);
         let handler = Arc::new(NodeHandler(self.downgrade()));
         let cluster = backplane::start(
             handler,
@@ -106,8 +116,6 @@ impl Hub {
             config,
             self.shared.node.clone(),
         )?;
-        self.shared.history.set_clustered();
-        self.shared.metrics.backplane_up.set(0);
         self.shared
             .cluster
             .set(cluster)
@@ -146,19 +154,14 @@ impl Hub {
             .inc();
     }
 
-    /// The engine became reachable or unreachable.
+    /// The engine became reachable or unreachable (the backplane already records it).
     pub(crate) fn backplane_changed(&self, up: bool) {
-        let Some(c) = self.cluster() else { return };
-        if c.set_up(up) != up {
-            self.shared.metrics.backplane_up.set(i64::from(up));
-            if !up {
-                self.backplane_event("disconnected");
-            }
-            if up {
-                tracing::info!(node = %self.node_id(), "backplane connected: cross-node delivery on");
-            } else {
-                tracing::warn!(node = %self.node_id(), "backplane unreachable: delivering to this node's connections only, reconnecting");
-            }
+        self.shared.metrics.backplane_up.set(i64::from(up));
+        if up {
+            tracing::info!(node = %self.node_id(), "backplane connected: cross-node delivery on");
+        } else {
+            self.backplane_event("disconnected");
+            tracing::warn!(node = %self.node_id(), "backplane unreachable: delivering to this node's connections only, reconnecting");
         }
     }
 
@@ -385,7 +388,7 @@ impl Hub {
 
 impl Hub {
     /// How many connections a `send` to `to` reaches in the cluster, asked of the backplane
-    /// with no lock held (at most a second); `None` when the target is on this node only (a
+    /// with no lock held (at most 3 s); `None` when the target is on this node only (a
     /// local connection: nothing to ask) or there is no backplane.
     pub(crate) async fn locate_target(&self, to: &v1::Target<'_>) -> Option<usize> {
         let c = self.shared_bus()?;
@@ -398,11 +401,11 @@ impl Hub {
                 {
                     return None;
                 }
-                tokio::time::timeout(FILL_TIMEOUT, c.engine().locate(id, ttl))
+                tokio::time::timeout(LOCATE_TIMEOUT, c.engine().locate(id, ttl))
                     .await
                     .map(|r| r.map(|node| usize::from(node.is_some())))
             }
-            v1::Target::User(u) => tokio::time::timeout(FILL_TIMEOUT, c.engine().entries(ttl))
+            v1::Target::User(u) => tokio::time::timeout(LOCATE_TIMEOUT, c.engine().entries(ttl))
                 .await
                 .map(|r| r.map(|all| count_user(&all, u))),
         };
@@ -617,24 +620,22 @@ impl Hub {
         }
     }
 
-    /// A REST broadcast: `(recipients, offset)`. The offset is 0 when the message was
-    /// delivered on this node only (the backplane is away); the count is then this node's.
+    /// A REST broadcast: `(recipients, offset)`. On a single node, or while a cluster's engine
+    /// is away (offset 0: delivered here only), the recipients are counted; in a cluster they
+    /// are `None` (unknown: counting them would mean reading every node's listing).
     ///
     /// # Errors
     /// [`Busy`] when the backplane's queue is full: nothing was published.
-    pub async fn broadcast_everywhere(&self, message: &str) -> Result<(usize, u64), Busy> {
+    pub async fn broadcast_everywhere(&self, message: &str) -> Result<(Option<usize>, u64), Busy> {
         let Some(c) = self.shared_bus() else {
-            return Ok(self.broadcast_text_at(message));
+            let (n, offset) = self.broadcast_text_at(message);
+            return Ok((Some(n), offset));
         };
         let rx = c
             .publish(Self::all_publication(Kind::ServerBroadcast, None, message))
             .map_err(|_| self.busy())?;
         let offset = await_position(rx).await;
-        let n = match self.list_connections(None, None).await {
-            Ok(all) if offset > 0 => all.len(),
-            _ => self.connection_count(),
-        };
-        Ok((n, offset))
+        Ok(((offset == 0).then(|| self.connection_count()), offset))
     }
 
     fn busy(&self) -> Busy {
@@ -650,19 +651,17 @@ impl Hub {
         &self,
         group: &str,
         message: &RawValue,
-    ) -> Result<(usize, u64), Busy> {
+    ) -> Result<(Option<usize>, u64), Busy> {
         let Some(c) = self.shared_bus() else {
-            return Ok(self.publish_to_group_at(group, message));
+            let (n, offset) = self.publish_to_group_at(group, message);
+            return Ok((Some(n), offset));
         };
         let rx = c
             .publish(Self::group_publication(group, None, None, message))
             .map_err(|_| self.busy())?;
         let offset = await_position(rx).await;
-        let n = match self.list_connections(Some(group), None).await {
-            Ok(members) if offset > 0 => members.len(),
-            _ => self.group_members(group).map_or(0, |m| m.len()),
-        };
-        Ok((n, offset))
+        let here = || self.group_members(group).map_or(0, |m| m.len());
+        Ok(((offset == 0).then(here), offset))
     }
 
     /// A REST send to a user: how many connections it reached.
