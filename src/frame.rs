@@ -431,26 +431,40 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// Appends a client frame to `out`: `first` is its whole first byte (FIN, RSV bits, opcode),
+/// the payload is masked with `mask`, or sent unmasked with `None` (which a server must
+/// refuse). For clients, load generators and tests: the server never sends one.
+pub fn encode_client(first: u8, payload: &[u8], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    out.push(first);
+    let len = payload.len();
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if len <= 0xFFFF {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i & 3]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Encodes a client frame (masked) the way a browser would.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut out = Vec::new();
+        let first = (if fin { 0x80 } else { 0 }) | opcode;
+        encode_client(first, payload, Some([0x12, 0x34, 0x56, 0x78]), &mut out);
         out
     }
 
@@ -627,16 +641,13 @@ mod properties {
     use proptest::prelude::*;
 
     fn masked(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut out = Vec::new();
+        encode_client(
+            (if fin { 0x80 } else { 0 }) | opcode,
+            payload,
+            Some(mask),
+            &mut out,
+        );
         out
     }
 

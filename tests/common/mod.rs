@@ -358,45 +358,17 @@ impl RawClient {
 
     /// Sends one frame; `first` is the whole first byte (FIN, RSV, opcode).
     pub async fn send_raw(&mut self, first: u8, payload: &[u8], masked: bool) {
-        let mut out = vec![first];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        let len = payload.len();
-        if len < 126 {
-            out.push(mask_bit | len as u8);
-        } else if len <= 0xFFFF {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        if masked {
-            let key = [0xA1, 0xB2, 0xC3, 0xD4];
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            out.extend_from_slice(payload);
-        }
+        let mut out = Vec::new();
+        let mask = masked.then_some([0xA1, 0xB2, 0xC3, 0xD4]);
+        wshub::frame::encode_client(first, payload, mask, &mut out);
         self.stream.write_all(&out).await.unwrap();
     }
 
     /// Like [`send_raw`](Self::send_raw), masked; `false` when the server no longer takes
     /// bytes (reset or closed) instead of panicking.
     pub async fn send_raw_checked(&mut self, first: u8, payload: &[u8]) -> bool {
-        let mut out = vec![first];
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        let key = [0xA1, 0xB2, 0xC3, 0xD4];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        let mut out = Vec::new();
+        wshub::frame::encode_client(first, payload, Some([0xA1, 0xB2, 0xC3, 0xD4]), &mut out);
         self.stream.write_all(&out).await.is_ok()
     }
 

@@ -109,21 +109,9 @@ async fn connect_with(
     }
 }
 
-/// Appends a masked client frame to `out`.
+/// Appends a masked, final client frame to `out`.
 pub fn encode_masked(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
-    out.push(0x80 | opcode);
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= 0xFFFF {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    wshub::frame::encode_client(0x80 | opcode, payload, Some(mask), out);
 }
 
 /// Calls `f(opcode, payload)` for every complete server frame at the front of `buf`, then
