@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::connections::{parse_id, unavailable, MessageBody, Recipients};
 use super::json_body;
-use crate::hub::{Hub, MembershipError};
+use crate::hub::{Hub, HubError};
 use crate::problem::Problem;
 use crate::protocol::valid_group_name;
 
@@ -174,13 +174,7 @@ pub async fn add_member(
     let id = parse_id(&connection)?;
     let changed = match hub.add_to_group(id, &group) {
         Ok(changed) => changed,
-        Err(MembershipError::TooManyGroups(m)) => {
-            return Err(Problem::new(StatusCode::CONFLICT, m))
-        }
-        Err(MembershipError::HubFull(m)) => {
-            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, m))
-        }
-        Err(MembershipError::UnknownConnection) => {
+        Err(HubError::NotFound(_)) => {
             // On another node, perhaps: asked there (its answer is not awaited).
             if !hub
                 .add_member_elsewhere(id, &group)
@@ -191,6 +185,7 @@ pub async fn add_member(
             }
             true
         }
+        Err(e) => return Err(e.into()),
     };
     Ok(Json(Membership {
         members: hub.group_members(&group).map_or(0, |m| m.len()),

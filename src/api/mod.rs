@@ -222,6 +222,20 @@ pub async fn trailing_newline(res: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::from(with))
 }
 
+/// Each refusal of the hub as the REST API answers it.
+impl From<crate::hub::HubError> for Problem {
+    fn from(e: crate::hub::HubError) -> Self {
+        use crate::hub::HubError;
+        let status = match &e {
+            HubError::NotFound(_) => StatusCode::NOT_FOUND,
+            HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HubError::NotMember(_) | HubError::TooManyGroups(_) => StatusCode::CONFLICT,
+            HubError::HubFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Problem::new(status, e.to_string())
+    }
+}
+
 /// Parses a JSON request body, with a precise problem for each way it can be wrong.
 pub(crate) fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,

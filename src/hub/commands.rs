@@ -3,7 +3,7 @@
 use serde_json::value::RawValue;
 
 use super::cluster::Fetched;
-use super::{Hub, HubCork, HubEntry};
+use super::{Hub, HubCork, HubEntry, HubError};
 
 /// The shared-history fetch a command waits for (boxed: rare, and kept out of the connection
 /// task's own size).
@@ -11,7 +11,7 @@ pub(crate) type PrefetchFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Fetched> + Send>>;
 use crate::history::Position;
 use crate::id::ConnId;
-use crate::manager::{Audience, JoinError};
+use crate::manager::Audience;
 use crate::protocol::v1::{self, AckExtra, Command, ErrorCode, Target};
 
 /// How a command is answered.
@@ -52,7 +52,7 @@ impl Hub {
                     self.ack_when_numbered(me.id, id, rx, cork);
                     return;
                 }
-                Err((code, message)) => v1::error(Some(id), code, &message),
+                Err(e) => v1::error(Some(id), e.code(), &e.to_string()),
             },
             Err(rejected) => v1::error(rejected.id, rejected.code, &rejected.message),
         };
@@ -128,16 +128,13 @@ impl Hub {
         cmd: Command<'a>,
         pre: Option<Fetched>,
         cork: &mut HubCork,
-    ) -> Result<Answer, (ErrorCode, String)> {
+    ) -> Result<Answer, HubError> {
         let short = me.id.short();
         let user = me.info.user.as_deref();
         match cmd {
             Command::Join { group, since } => {
                 if !me.info.may_join(&group) {
-                    return Err((
-                        ErrorCode::Forbidden,
-                        format!("this connection's token does not allow group `{group}`"),
-                    ));
+                    return Err(HubError::Forbidden(group.into_owned()));
                 }
                 let joined = self.join_and_announce(
                     me.id,
@@ -169,10 +166,7 @@ impl Hub {
             }
             Command::Publish { group, message } => {
                 if !self.shared.manager.is_member(me.id, &group) {
-                    return Err((
-                        ErrorCode::NotMember,
-                        format!("join `{group}` before publishing to it"),
-                    ));
+                    return Err(HubError::NotMember(group.into_owned()));
                 }
                 if let Some(c) = self.shared_bus() {
                     // The backplane numbers it and brings it back to every node: the ack waits
@@ -203,10 +197,7 @@ impl Hub {
                 };
                 let n = self.direct(to, Some(&short), user, message, found, cork);
                 if n == 0 {
-                    return Err((
-                        ErrorCode::NotFound,
-                        "no such connection or user online".into(),
-                    ));
+                    return Err(HubError::NotFound("no such connection or user online"));
                 }
                 Ok(Answer::Now(AckExtra {
                     recipients: Some(n),
@@ -230,32 +221,16 @@ impl Hub {
         since: Option<&Position>,
         pre: Option<super::Prefetch>,
         cork: &mut HubCork,
-    ) -> Result<Joined, (ErrorCode, String)> {
+    ) -> Result<Joined, HubError> {
         let limit = self.shared.config.max_groups_per_connection;
         // A refused join changes nothing: checked before any state is made for the group.
-        match self.shared.manager.check_join(id, group, limit) {
-            Ok(_) => {}
-            Err(JoinError::Unknown) => {
-                return Err((ErrorCode::NotFound, "connection is gone".into()))
-            }
-            Err(e @ JoinError::TooManyGroups(_)) => {
-                return Err((ErrorCode::TooManyGroups, e.to_string()))
-            }
-        }
+        self.shared.manager.check_join(id, group, limit)?;
         let stream = self.group_stream(group)?;
         // Joined and replayed under the stream's lock: each publication is in the replay or
         // delivered live, never both, never neither (see `crate::history`).
         let mut s = stream.lock();
         self.apply_prefetch(&mut s, pre);
-        let changed = match self.shared.manager.join(id, group, limit) {
-            Ok(changed) => changed,
-            Err(JoinError::Unknown) => {
-                return Err((ErrorCode::NotFound, "connection is gone".into()))
-            }
-            Err(e @ JoinError::TooManyGroups(_)) => {
-                return Err((ErrorCode::TooManyGroups, e.to_string()))
-            }
-        };
+        let changed = self.shared.manager.join(id, group, limit)?;
         let at = s.position();
         let mut recovered = None;
         if let (true, Some(since)) = (changed, since) {
@@ -278,15 +253,9 @@ impl Hub {
     }
 
     /// A group's stream, made if the hub may keep one more.
-    pub(super) fn group_stream(
-        &self,
-        group: &str,
-    ) -> Result<crate::history::StreamRef, (ErrorCode, String)> {
+    pub(super) fn group_stream(&self, group: &str) -> Result<crate::history::StreamRef, HubError> {
         let m = &self.shared.manager;
-        self.shared
-            .history
-            .try_stream(group, |g| m.has_group(g))
-            .map_err(|e| (ErrorCode::HubFull, e.to_string()))
+        Ok(self.shared.history.try_stream(group, |g| m.has_group(g))?)
     }
 
     /// Removes `id` from `group` and, when it was a member, tells the remaining members.

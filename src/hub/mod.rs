@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 mod cluster;
 mod commands;
 mod deliver;
+mod error;
 mod replies;
 mod routing;
 
@@ -20,7 +21,7 @@ pub use cluster::Busy;
 pub(crate) use cluster::{Fetched, Prefetch};
 pub(crate) use commands::PrefetchFuture;
 pub use deliver::Published;
-pub use routing::MembershipError;
+pub use error::HubError;
 
 use crate::close::CloseReason;
 use crate::envelope::{self, Kind};

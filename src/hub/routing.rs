@@ -4,24 +4,10 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::{Hub, HubCork};
+use super::{Hub, HubCork, HubError};
 use crate::close::CloseReason;
 use crate::id::ConnId;
-use crate::protocol::v1::{self, ErrorCode, Target};
-
-/// Why a group membership change through the API failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MembershipError {
-    /// No connection has that id.
-    #[error("no connection with that id")]
-    UnknownConnection,
-    /// The connection is in as many groups as allowed.
-    #[error("{0}")]
-    TooManyGroups(String),
-    /// The hub keeps as many groups as it may.
-    #[error("{0}")]
-    HubFull(String),
-}
+use crate::protocol::v1::{self, Target};
 
 impl Hub {
     /// Every group with its member count, sorted by name.
@@ -92,13 +78,14 @@ impl Hub {
     /// was a member.
     ///
     /// # Errors
-    /// [`MembershipError`] for an unknown connection or one at its group limit.
-    pub fn add_to_group(&self, id: ConnId, group: &str) -> Result<bool, MembershipError> {
+    /// [`HubError`] for an unknown connection, one at its group limit, or a new group the
+    /// hub has no room for.
+    pub fn add_to_group(&self, id: ConnId, group: &str) -> Result<bool, HubError> {
         let entry = self
             .shared
             .manager
             .get(id)
-            .ok_or(MembershipError::UnknownConnection)?;
+            .ok_or(HubError::NotFound("no connection with that id"))?;
         let mut cork = HubCork::new();
         let r = self.join_and_announce(
             id,
@@ -110,11 +97,7 @@ impl Hub {
             &mut cork,
         );
         cork.flush();
-        r.map(|j| j.changed).map_err(|(code, message)| match code {
-            ErrorCode::TooManyGroups => MembershipError::TooManyGroups(message),
-            ErrorCode::HubFull => MembershipError::HubFull(message),
-            _ => MembershipError::UnknownConnection,
-        })
+        r.map(|j| j.changed)
     }
 
     /// Removes a connection from a group (telling the remaining members); `false` when it was
