@@ -112,7 +112,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_MAX_GROUPS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_groups: u32,
 
-    /// Where nodes meet: `memory` (a single node), `redis://host:port[/db]` or `nats://host:port` (JetStream on; several nodes share it).
+    /// Where nodes meet: `memory` (a single node), `redis://host:port[/db]` or `nats://host:port` (JetStream on; several nodes share it); `local://name` is an in-process bus for hubs embedded in one process.
     #[arg(long, env = "WSHUB_BACKPLANE", default_value = "memory")]
     #[serde(serialize_with = "ser_display")]
     pub backplane: crate::backplane::BackplaneUrl,

@@ -24,6 +24,8 @@ const SECRET: &str = "cluster-test-secret-0123456789-32b";
 enum Kind {
     Redis,
     Nats,
+    /// The in-process bus (`local://`): no server, the same scenarios in a fraction of the time.
+    Local,
 }
 
 /// A `redis-server` or `nats-server -js` of our own, on a free port, killed on drop.
@@ -36,6 +38,16 @@ struct Backend {
 
 impl Backend {
     fn start(kind: Kind) -> Backend {
+        if kind == Kind::Local {
+            // A bus of its own: a number no other test of this process uses.
+            static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+            return Backend {
+                kind,
+                port: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                dir: std::path::PathBuf::new(),
+                child: None,
+            };
+        }
         // Tests run in parallel: one at a time picks a free port and starts its server there,
         // and a server that could not bind it (it exited) is started again elsewhere.
         static PICKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -92,6 +104,7 @@ impl Backend {
                     .arg(&dir);
                 c
             }
+            Kind::Local => return None,
         };
         let mut child = cmd
             .stdout(Stdio::null())
@@ -130,6 +143,7 @@ impl Backend {
         match self.kind {
             Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+            Kind::Local => format!("local://bus{}", self.port),
         }
     }
 
@@ -183,6 +197,27 @@ macro_rules! on_both {
             }
         }
     )*};
+}
+
+/// The scenarios that need no engine restart, also on the in-process bus.
+macro_rules! in_process {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::super::$name(super::super::Kind::Local).await
+            }
+        }
+    )*};
+}
+
+mod in_process {
+    in_process!(
+        every_kind_of_message_reaches_every_node_exactly_once,
+        offsets_stay_ordered_and_gap_free_with_publishers_on_several_nodes,
+        listings_groups_and_users_are_cluster_wide,
+        a_client_recovers_on_a_node_it_was_never_on,
+    );
 }
 
 on_both!(
@@ -719,6 +754,7 @@ async fn the_backplane_dies_and_comes_back(kind: Kind) {
                 );
             }
             Kind::Nats => assert!(resets.is_empty(), "{before:?}"),
+            Kind::Local => unreachable!("the in-process bus is not restarted"),
         }
     }
     // Numbered broadcasts reach both nodes again.

@@ -18,6 +18,7 @@
 //! without offsets, and are not kept in history), and reconnects with backoff; cross-node
 //! delivery resumes by itself once the engine is back.
 
+pub mod local;
 pub mod nats;
 pub mod redis;
 
@@ -40,6 +41,9 @@ pub enum BackplaneUrl {
     Redis(String),
     /// A NATS server with JetStream: `nats://host:port`.
     Nats(String),
+    /// Hubs of this process sharing an in-process bus: `local://name` (tests, or one hub per
+    /// core behaving as one).
+    Local(String),
 }
 
 impl std::str::FromStr for BackplaneUrl {
@@ -52,6 +56,8 @@ impl std::str::FromStr for BackplaneUrl {
             Ok(Self::Redis(s.to_owned()))
         } else if s.starts_with("nats://") || s.starts_with("tls://") {
             Ok(Self::Nats(s.to_owned()))
+        } else if let Some(name) = s.strip_prefix("local://").filter(|n| !n.is_empty()) {
+            Ok(Self::Local(name.to_owned()))
         } else {
             Err(format!(
                 "`{s}`: the backplane is `memory`, a `redis://host:port` or a `nats://host:port` URL"
@@ -65,6 +71,7 @@ impl std::fmt::Display for BackplaneUrl {
         match self {
             Self::Memory => f.write_str("memory"),
             Self::Redis(u) | Self::Nats(u) => f.write_str(u),
+            Self::Local(name) => write!(f, "local://{name}"),
         }
     }
 }
@@ -279,6 +286,11 @@ pub fn start(
             history,
             config.node_ttl,
         )?),
+        BackplaneUrl::Local(name) => Engine::Local(local::LocalEngine::new(
+            &format!("{}/{name}", config.prefix),
+            &node,
+            history,
+        )),
     };
     let (out_tx, out_rx) = mpsc::channel(config.queue.max(1));
     let (entries_tx, entries_rx) = mpsc::channel(ENTRY_QUEUE);
@@ -315,6 +327,8 @@ pub enum Engine {
     Redis(redis::RedisEngine),
     /// NATS: core subjects, JetStream, a key-value bucket.
     Nats(nats::NatsEngine),
+    /// A bus shared by the hubs of this process.
+    Local(local::LocalEngine),
 }
 
 impl Engine {
@@ -330,6 +344,7 @@ impl Engine {
         match self {
             Engine::Redis(e) => Ok(e.meta(stream, keep).await?),
             Engine::Nats(e) => e.meta(stream).await,
+            Engine::Local(e) => Ok(e.meta(stream)),
         }
     }
 
@@ -346,6 +361,7 @@ impl Engine {
         match self {
             Engine::Redis(e) => Ok(e.range(stream, from, to).await?),
             Engine::Nats(e) => e.range(stream, from, to).await,
+            Engine::Local(e) => Ok(e.range(stream, from, to)),
         }
     }
 
@@ -357,6 +373,7 @@ impl Engine {
         match self {
             Engine::Redis(e) => Ok(e.entries(ttl).await?),
             Engine::Nats(e) => e.entries().await,
+            Engine::Local(e) => Ok(e.entries()),
         }
     }
 
@@ -368,6 +385,7 @@ impl Engine {
         match self {
             Engine::Redis(e) => Ok(e.locate(id, ttl).await?),
             Engine::Nats(e) => e.locate(id).await,
+            Engine::Local(e) => Ok(e.locate(id)),
         }
     }
 
@@ -379,6 +397,10 @@ impl Engine {
         match self {
             Engine::Redis(e) => Ok(e.leave().await?),
             Engine::Nats(e) => e.leave().await,
+            Engine::Local(e) => {
+                e.leave();
+                Ok(())
+            }
         }
     }
 
@@ -390,6 +412,7 @@ impl Engine {
         match self {
             Engine::Redis(e) => Ok(e.publish_batch(batch, history).await?),
             Engine::Nats(e) => e.publish_batch(batch).await,
+            Engine::Local(e) => Ok(e.publish_batch(batch)),
         }
     }
 
@@ -401,6 +424,10 @@ impl Engine {
         match self {
             Engine::Redis(e) => Ok(e.rewrite_entries(entries, ttl).await?),
             Engine::Nats(e) => e.rewrite_entries(entries).await,
+            Engine::Local(e) => {
+                e.rewrite_entries(entries);
+                Ok(())
+            }
         }
     }
 
@@ -408,6 +435,10 @@ impl Engine {
         match self {
             Engine::Redis(e) => Ok(e.apply(changes, ttl).await?),
             Engine::Nats(e) => e.apply(changes).await,
+            Engine::Local(e) => {
+                e.apply(changes);
+                Ok(())
+            }
         }
     }
 }
@@ -431,6 +462,13 @@ fn spawn_tasks(
         }
         Engine::Nats(_) => {
             tokio::spawn(nats::subscriber(
+                handler.clone(),
+                cluster.clone(),
+                resync.clone(),
+            ));
+        }
+        Engine::Local(_) => {
+            tokio::spawn(local::subscriber(
                 handler.clone(),
                 cluster.clone(),
                 resync.clone(),
@@ -524,7 +562,7 @@ async fn keeper(
     // NATS keys expire from their last write, so a heartbeat rewrites them all: three times
     // per TTL is enough and spares JetStream the churn of a short heartbeat.
     let period = match cluster.engine() {
-        Engine::Redis(_) => cluster.config().heartbeat,
+        Engine::Redis(_) | Engine::Local(_) => cluster.config().heartbeat,
         Engine::Nats(_) => (ttl / 3).max(cluster.config().heartbeat),
     };
     let mut beat = tokio::time::interval(period);
@@ -585,6 +623,11 @@ mod tests {
             "redis://127.0.0.1:6379".parse::<BackplaneUrl>(),
             Ok(BackplaneUrl::Redis("redis://127.0.0.1:6379".into()))
         );
+        assert_eq!(
+            "local://t".parse::<BackplaneUrl>(),
+            Ok(BackplaneUrl::Local("t".into()))
+        );
+        assert!("local://".parse::<BackplaneUrl>().is_err());
         assert!("kafka://x".parse::<BackplaneUrl>().is_err());
     }
 

@@ -1,0 +1,251 @@
+//! An in-process backplane: several hubs in one process share a named bus (`local://name`).
+//!
+//! It has the engines' semantics (one numbering per stream, gap-free offsets, shared history,
+//! connection entries, every node getting every message once) without a server, so cluster
+//! scenarios run in `cargo test` in seconds; and an application can run several hubs in one
+//! process (one per core, say) that behave as one. Nothing leaves the process.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use super::{
+    now_ms, BackplaneError, BusMessage, Cluster, EntryChange, Outgoing, Stored, StreamName,
+};
+use crate::history::HistoryConfig;
+use crate::wire::Publication;
+
+/// Messages a slow node may fall behind before it counts as disconnected (it then fills the
+/// gap from the shared history, like a node of a real engine).
+const BUS_CAPACITY: usize = 65_536;
+
+/// One message on the bus: who published it, its position, the publication.
+type Carried = Arc<(Arc<str>, Option<(String, u64)>, Publication)>;
+
+#[derive(Default)]
+struct Stream {
+    epoch: String,
+    top: u64,
+    kept: VecDeque<(u64, u64, Publication)>,
+}
+
+/// One named bus, shared by the hubs that use it.
+struct Bus {
+    streams: Mutex<HashMap<String, Stream>>,
+    entries: Mutex<HashMap<Arc<str>, HashMap<String, String>>>,
+    tx: broadcast::Sender<Carried>,
+}
+
+/// The buses of this process, by name (kept while a hub uses them).
+static BUSES: Mutex<Option<HashMap<String, Weak<Bus>>>> = Mutex::new(None);
+
+fn bus(name: &str) -> Arc<Bus> {
+    let mut all = BUSES.lock();
+    let all = all.get_or_insert_with(HashMap::new);
+    if let Some(b) = all.get(name).and_then(Weak::upgrade) {
+        return b;
+    }
+    let b = Arc::new(Bus {
+        streams: Mutex::new(HashMap::new()),
+        entries: Mutex::new(HashMap::new()),
+        tx: broadcast::channel(BUS_CAPACITY).0,
+    });
+    all.retain(|_, w| w.strong_count() > 0);
+    all.insert(name.to_owned(), Arc::downgrade(&b));
+    b
+}
+
+fn stream_id(stream: StreamName<'_>) -> String {
+    match stream {
+        StreamName::All => "all".into(),
+        StreamName::Group(g) => format!("g:{g}"),
+    }
+}
+
+fn new_epoch() -> String {
+    crate::id::ConnId::random().to_string()[..12].to_owned()
+}
+
+/// This node's side of a local bus.
+pub struct LocalEngine {
+    bus: Arc<Bus>,
+    node: Arc<str>,
+    history: HistoryConfig,
+}
+
+impl LocalEngine {
+    pub(crate) fn new(name: &str, node: &Arc<str>, history: HistoryConfig) -> Self {
+        Self {
+            bus: bus(name),
+            node: node.clone(),
+            history,
+        }
+    }
+
+    pub(crate) fn meta(&self, stream: StreamName<'_>) -> (String, u64) {
+        let mut streams = self.bus.streams.lock();
+        let s = streams.entry(stream_id(stream)).or_insert_with(|| Stream {
+            epoch: new_epoch(),
+            ..Stream::default()
+        });
+        (s.epoch.clone(), s.top)
+    }
+
+    pub(crate) fn range(&self, stream: StreamName<'_>, from: u64, to: u64) -> Vec<Stored> {
+        let streams = self.bus.streams.lock();
+        let Some(s) = streams.get(&stream_id(stream)) else {
+            return Vec::new();
+        };
+        s.kept
+            .iter()
+            .filter(|(o, _, _)| (from..=to).contains(o))
+            .map(|(offset, at_ms, p)| Stored {
+                offset: *offset,
+                at_ms: *at_ms,
+                publication: p.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn entries(&self) -> Vec<String> {
+        self.bus
+            .entries
+            .lock()
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+
+    pub(crate) fn locate(&self, id: &str) -> Option<String> {
+        self.bus
+            .entries
+            .lock()
+            .iter()
+            .find(|(_, m)| m.contains_key(id))
+            .map(|(n, _)| n.to_string())
+    }
+
+    pub(crate) fn leave(&self) {
+        self.bus.entries.lock().remove(&self.node);
+    }
+
+    pub(crate) fn rewrite_entries(&self, entries: Vec<(String, String)>) {
+        self.bus
+            .entries
+            .lock()
+            .insert(self.node.clone(), entries.into_iter().collect());
+    }
+
+    pub(crate) fn apply(&self, changes: &[EntryChange]) {
+        let mut all = self.bus.entries.lock();
+        let mine = all.entry(self.node.clone()).or_default();
+        for c in changes {
+            match c {
+                EntryChange::Put { id, json } => {
+                    mine.insert(id.clone(), json.clone());
+                }
+                EntryChange::Remove { id } => {
+                    mine.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Numbers the batch's stream publications (each stream under the bus's lock, so offsets
+    /// are gap-free whoever publishes) and puts everything on the bus, in order.
+    pub(crate) fn publish_batch(&self, batch: &[Outgoing]) -> Vec<Option<(String, u64)>> {
+        let keep_ms = self.history.ttl.as_millis() as u64;
+        let now = now_ms();
+        batch
+            .iter()
+            .map(|o| {
+                let position = o.publication.stream().map(|stream| {
+                    let mut streams = self.bus.streams.lock();
+                    let s = streams.entry(stream_id(stream)).or_insert_with(|| Stream {
+                        epoch: new_epoch(),
+                        ..Stream::default()
+                    });
+                    s.top += 1;
+                    s.kept.push_back((s.top, now, o.publication.clone()));
+                    while s.kept.len() > self.history.size
+                        || s.kept.front().is_some_and(|(_, at, _)| now - at > keep_ms)
+                    {
+                        s.kept.pop_front();
+                    }
+                    let pos = (s.epoch.clone(), s.top);
+                    // Sent under the stream's lock: nodes see a stream's offsets in order.
+                    let _ = self.bus.tx.send(Arc::new((
+                        self.node.clone(),
+                        Some(pos.clone()),
+                        o.publication.clone(),
+                    )));
+                    pos
+                });
+                if position.is_none() {
+                    let _ = self.bus.tx.send(Arc::new((
+                        self.node.clone(),
+                        None,
+                        o.publication.clone(),
+                    )));
+                }
+                position
+            })
+            .collect()
+    }
+}
+
+/// Carries the bus to the hub. A node that falls more than the bus's capacity behind counts as
+/// disconnected for a moment and resumes (filling what it missed from the shared history).
+pub(crate) async fn subscriber(
+    h: Arc<dyn super::Handler>,
+    cluster: Arc<Cluster>,
+    resync: Arc<tokio::sync::Notify>,
+) -> Result<(), BackplaneError> {
+    let super::Engine::Local(engine) = cluster.engine() else {
+        return Ok(());
+    };
+    loop {
+        let mut rx = engine.bus.tx.subscribe();
+        cluster.engine_changed(h.as_ref(), true);
+        resync.notify_one();
+        loop {
+            // Woken now and then to notice a hub that is gone (its entries go with it).
+            let received = tokio::time::timeout(std::time::Duration::from_millis(250), rx.recv());
+            let first = match received.await {
+                Err(_) if h.alive() => continue,
+                Err(_) => {
+                    engine.leave();
+                    return Ok(());
+                }
+                Ok(Ok(m)) => m,
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(()),
+            };
+            if !h.alive() {
+                engine.leave();
+                return Ok(());
+            }
+            let mut batch = vec![carried(&first)];
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(carried(&m)),
+                    Err(_) => break,
+                }
+            }
+            h.on_bus(batch).await;
+        }
+        cluster.engine_changed(h.as_ref(), false);
+    }
+}
+
+fn carried(m: &Carried) -> BusMessage {
+    let (node, position, publication) = &**m;
+    BusMessage {
+        node: node.to_string(),
+        epoch: position.as_ref().map(|(e, _)| e.clone()),
+        offset: position.as_ref().map(|(_, o)| *o),
+        publication: publication.clone(),
+    }
+}
