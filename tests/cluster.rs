@@ -1028,3 +1028,20 @@ async fn a_stalled_backplane_fills_a_bounded_queue_and_rest_publishes_get_429() 
     assert_eq!(m["message"], "after");
     drop(redis);
 }
+
+/// The library's broadcast in a cluster: it answers with this node's connections (not 0), and
+/// the message reaches the other node's clients too, numbered by the backplane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_broadcast_answers_in_a_cluster() {
+    let bus = Backend::start(Kind::Local);
+    let a = node(&bus, "lib", "lib-a").await;
+    let b = node(&bus, "lib", "lib-b").await;
+    let (_here, _) = client(&a, "u1").await;
+    let (mut there, _) = client(&b, "u2").await;
+    assert_eq!(a.hub.broadcast_text("from the library"), 1);
+    let m = next_json_where(&mut there, |v| v["type"] == "server-broadcast").await;
+    assert_eq!(m["message"], "from the library");
+    assert_eq!(m["offset"], 1);
+    let (n, offset) = a.hub.broadcast_everywhere("awaited").await.unwrap();
+    assert_eq!((n, offset), (None, 2));
+}

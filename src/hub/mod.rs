@@ -386,12 +386,20 @@ impl Hub {
 
     /// Like [`broadcast_text`](Self::broadcast_text), also returning the message's offset in
     /// the all-clients stream.
+    ///
+    /// In a cluster the backplane numbers the message after this returns: the offset is then 0
+    /// and the count is this node's connections (those it reaches here; other nodes' are not
+    /// counted). [`broadcast_everywhere`](Self::broadcast_everywhere) waits for the offset.
     pub fn broadcast_text_at(&self, message: &str) -> (usize, u64) {
         let started = std::time::Instant::now();
         let mut cork = Cork::new();
-        let (d, offset) = self.publish_all(Kind::ServerBroadcast, None, message, &mut cork);
+        let p = Self::all_publication(Kind::ServerBroadcast, None, message);
+        let answer = match self.publish(p, &mut cork) {
+            Some(p) => (p.delivery.delivered, p.offset.unwrap_or(0)),
+            None => (self.connection_count(), 0),
+        };
         self.flush(&mut cork, started);
-        (d.delivered, offset)
+        answer
     }
 
     /// A text envelope to every connection, recorded in the all-clients stream: `wshub.v1`
