@@ -170,7 +170,9 @@ impl LocalEngine {
                     s.top += 1;
                     s.kept.push_back((s.top, now, o.publication.clone()));
                     while s.kept.len() > self.history.size
-                        || s.kept.front().is_some_and(|(_, at, _)| now - at > keep_ms)
+                        || s.kept
+                            .front()
+                            .is_some_and(|(_, at, _)| now.saturating_sub(*at) > keep_ms)
                     {
                         s.kept.pop_front();
                     }

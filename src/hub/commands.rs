@@ -2,7 +2,7 @@
 
 use serde_json::value::RawValue;
 
-use super::cluster::Fetched;
+use super::recovery::Fetched;
 use super::{Hub, HubCork, HubEntry, HubError};
 
 /// The shared-history fetch a command waits for (boxed: rare, and kept out of the connection
@@ -103,7 +103,7 @@ impl Hub {
         let id = id.to_owned();
         let hub = self.clone();
         tokio::spawn(async move {
-            let offset = super::cluster::await_position(rx).await;
+            let offset = super::anywhere::await_position(rx).await;
             let extra = AckExtra {
                 offset: (offset > 0).then_some(offset),
                 ..AckExtra::default()

@@ -10,18 +10,20 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod anywhere;
 mod cluster;
 mod commands;
 mod deliver;
 mod error;
+mod recovery;
 mod replies;
 mod routing;
 
 pub use cluster::Busy;
-pub(crate) use cluster::{Fetched, Prefetch};
 pub(crate) use commands::PrefetchFuture;
 pub use deliver::Published;
 pub use error::HubError;
+pub(crate) use recovery::{Fetched, Prefetch};
 
 use crate::close::CloseReason;
 use crate::envelope::{self, Kind};
@@ -552,7 +554,7 @@ impl Hub {
         &self,
         info: ConnInfo,
         recover: Option<&Position>,
-        prefetched: Option<cluster::Prefetch>,
+        prefetched: Option<recovery::Prefetch>,
     ) -> HubEntry {
         let outbox = Arc::new(self.new_outbox());
         let protocol = info.protocol;

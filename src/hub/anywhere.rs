@@ -1,0 +1,256 @@
+//! What the REST API does on whichever node it is called: the same answers as a single node,
+//! computed from the backplane when this node is part of a cluster.
+
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use super::cluster::Busy;
+use super::{Hub, HubCork};
+use crate::backplane::Publication;
+use crate::envelope::Kind;
+use crate::id::ConnId;
+
+/// What the REST API does on whichever node it is called: the same answers as a single node,
+/// computed from the backplane's entries when this node is part of a cluster.
+impl Hub {
+    /// Connections (optionally a group's members or a user's), cluster-wide.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn list_connections(
+        &self,
+        group: Option<&str>,
+        user: Option<&str>,
+    ) -> Result<Vec<crate::wire::ConnectionEntry>, String> {
+        let Some(c) = self.cluster() else {
+            return Ok(self
+                .connections(group, user)
+                .into_iter()
+                .map(|s| self.entry_of(s))
+                .collect());
+        };
+        let mut all = Self::entries_everywhere(c).await?;
+        all.retain(|c| {
+            group.is_none_or(|g| c.groups.iter().any(|x| x == g))
+                && user.is_none_or(|u| c.user.as_deref() == Some(u))
+        });
+        Ok(all)
+    }
+
+    /// Where connection `id` is: `Ok(true)` here, `Ok(false)` on another live node.
+    ///
+    /// # Errors
+    /// `Err(None)` when no node has it, `Err(Some(reason))` when the backplane cannot be read.
+    async fn whereis(&self, id: ConnId) -> Result<bool, Option<String>> {
+        if self.shared.manager.get(id).is_some() {
+            return Ok(true);
+        }
+        let Some(c) = self.shared_bus() else {
+            return Err(None);
+        };
+        match c
+            .engine()
+            .locate(&id.to_string(), c.config().node_ttl)
+            .await
+        {
+            Ok(Some(_)) => Ok(false),
+            Ok(None) => Err(None),
+            Err(e) => Err(Some(format!("the backplane could not be read: {e}"))),
+        }
+    }
+
+    /// Closes connection `id` wherever it is, with a close code and reason; `Ok(false)`: no
+    /// such connection.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn close_anywhere(
+        &self,
+        id: ConnId,
+        code: u16,
+        reason: &str,
+    ) -> Result<bool, String> {
+        let remote = Publication::Disconnect {
+            to: id.to_string(),
+            code,
+            reason: reason.to_owned(),
+        };
+        self.on_connection(id, |h| h.close_connection(id, code, reason), remote)
+            .await
+    }
+
+    /// Sends `message` to connection `id` wherever it is, as a `direct` envelope; `Ok(false)`:
+    /// no such connection.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn send_anywhere(&self, id: ConnId, message: &RawValue) -> Result<bool, String> {
+        let remote = Publication::Direct {
+            to: id.to_string(),
+            from: None,
+            user: None,
+            message: message.to_owned(),
+        };
+        self.on_connection(id, |h| h.send_to_connection(id, message), remote)
+            .await
+    }
+
+    /// Adds a connection that is not on this node to a group, on the node that holds it (its
+    /// answer is not awaited); `Ok(false)`: no node has it.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn add_member_elsewhere(&self, id: ConnId, group: &str) -> Result<bool, String> {
+        let remote = Publication::Member {
+            to: id.to_string(),
+            group: group.to_owned(),
+            add: true,
+        };
+        self.on_connection(id, |_| false, remote).await
+    }
+
+    /// Removes connection `id` from a group wherever it is; `Ok(false)`: no such connection,
+    /// or not a member here.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn remove_member_anywhere(&self, id: ConnId, group: &str) -> Result<bool, String> {
+        let remote = Publication::Member {
+            to: id.to_string(),
+            group: group.to_owned(),
+            add: false,
+        };
+        self.on_connection(id, |h| h.remove_from_group(id, group), remote)
+            .await
+    }
+
+    /// Applies `publication` to connection `id` wherever it is: `local` here, or through the
+    /// backplane. `Ok(false)`: no such connection.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    async fn on_connection(
+        &self,
+        id: ConnId,
+        local: impl FnOnce(&Hub) -> bool,
+        publication: Publication,
+    ) -> Result<bool, String> {
+        match self.whereis(id).await {
+            Ok(true) => Ok(local(self)),
+            Ok(false) => {
+                let mut cork = HubCork::new();
+                self.publish(publication, &mut cork);
+                cork.flush();
+                Ok(true)
+            }
+            Err(None) => Ok(false),
+            Err(Some(e)) => Err(e),
+        }
+    }
+
+    /// A REST broadcast: `(recipients, offset)`. On a single node, or while a cluster's engine
+    /// is away (offset 0: delivered here only), the recipients are counted; in a cluster they
+    /// are `None` (unknown: counting them would mean reading every node's listing).
+    ///
+    /// # Errors
+    /// [`Busy`] when the backplane's queue is full: nothing was published.
+    pub async fn broadcast_everywhere(&self, message: &str) -> Result<(Option<usize>, u64), Busy> {
+        let Some(c) = self.shared_bus() else {
+            let (n, offset) = self.broadcast_text_at(message);
+            return Ok((Some(n), offset));
+        };
+        let rx = c
+            .publish(Self::all_publication(Kind::ServerBroadcast, None, message))
+            .map_err(|_| self.busy())?;
+        let offset = await_position(rx).await;
+        Ok(((offset == 0).then(|| self.connection_count()), offset))
+    }
+
+    fn busy(&self) -> Busy {
+        self.backplane_event("queue_full");
+        Busy
+    }
+
+    /// A REST group publish: `(recipients, offset)`, as [`broadcast_everywhere`](Self::broadcast_everywhere).
+    ///
+    /// # Errors
+    /// As [`broadcast_everywhere`](Self::broadcast_everywhere).
+    pub async fn publish_everywhere(
+        &self,
+        group: &str,
+        message: &RawValue,
+    ) -> Result<(Option<usize>, u64), Busy> {
+        let Some(c) = self.shared_bus() else {
+            let (n, offset) = self.publish_to_group_at(group, message);
+            return Ok((Some(n), offset));
+        };
+        let rx = c
+            .publish(Self::group_publication(group, None, None, message))
+            .map_err(|_| self.busy())?;
+        let offset = await_position(rx).await;
+        let here = || self.group_members(group).map_or(0, |m| m.len());
+        Ok(((offset == 0).then(here), offset))
+    }
+
+    /// A REST send to a user: how many connections it reached.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn send_to_user_everywhere(
+        &self,
+        user: &str,
+        message: &RawValue,
+    ) -> Result<usize, String> {
+        if self.shared_bus().is_none() {
+            return Ok(self.send_to_user(user, message));
+        }
+        let n = self.list_connections(None, Some(user)).await?.len();
+        if n > 0 {
+            let mut cork = HubCork::new();
+            self.publish(
+                Publication::User {
+                    to: user.to_owned(),
+                    from: None,
+                    user: None,
+                    message: message.to_owned(),
+                },
+                &mut cork,
+            );
+            cork.flush();
+        }
+        Ok(n)
+    }
+
+    /// Every group with its member count, cluster-wide.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn list_groups(&self) -> Result<Vec<(String, usize)>, String> {
+        if self.cluster().is_none() {
+            return Ok(self
+                .groups()
+                .into_iter()
+                .map(|(g, n)| (g.to_string(), n))
+                .collect());
+        }
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for c in self.list_connections(None, None).await? {
+            for g in c.groups {
+                *counts.entry(g).or_default() += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+}
+
+/// The offset the backplane gave a publication (0 when it was delivered locally only, or the
+/// answer took more than 3 seconds).
+pub(super) async fn await_position(
+    rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>,
+) -> u64 {
+    match tokio::time::timeout(Duration::from_secs(3), rx).await {
+        Ok(Ok(Some((_, offset)))) => offset,
+        _ => 0,
+    }
+}
