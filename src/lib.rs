@@ -22,7 +22,7 @@
 //! - [`outbox`]: a connection's outbound queue, bounded in frames and bytes, the registry's
 //!   sink. Pushing never waits; a full queue makes the connection a slow consumer (1008).
 //! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
-//! - [`backplane`]: scale-out over Redis or NATS: the engines, the node's publisher,
+//! - [`backplane`]: scale-out over Redis, NATS or an in-process bus: the engines, the node's publisher,
 //!   subscriber and entry keeper. It calls the hub back only through the
 //!   [`backplane::Handler`] trait it defines.
 //! - [`hub`]: the handle every message goes through: register, announce, echo, broadcast,
