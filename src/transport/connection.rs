@@ -307,8 +307,10 @@ impl Conn<'_> {
                     v1::ErrorCode::RateLimited,
                     "message dropped: over this connection's rate limit",
                 );
-                let r = self.outbox.push_control(frame);
-                self.queued(r);
+                // A reply like any other: after a `publish` ack that waits for the backplane.
+                if let Role::Hub { hub, entry } = self.role {
+                    hub.reply(entry.id, frame, &mut self.cork);
+                }
             }
         }
     }
