@@ -1045,3 +1045,37 @@ async fn the_library_broadcast_answers_in_a_cluster() {
     let (n, offset) = a.hub.broadcast_everywhere("awaited").await.unwrap();
     assert_eq!((n, offset), (None, 2));
 }
+
+/// A client that pipelines commands behind a publish ack waiting for a stalled backplane: the
+/// replies held for it count against its budgets, and past them it is closed as a slow
+/// consumer instead of making the node hold them without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_held_behind_a_waiting_ack_are_bounded() {
+    let redis = Backend::start(Kind::Redis);
+    let a = node(&redis, "t10", "held-a").await;
+    let (mut ws, _) = client(&a, "u").await;
+    join(&mut ws, "q").await;
+    redis.signal("-STOP");
+    send_text(
+        &mut ws,
+        &json!({"id":"p","type":"publish","group":"q","message":1}).to_string(),
+    )
+    .await;
+    // More pings than the 1,024 frames a connection may have waiting.
+    for i in 0..1500 {
+        send_text(&mut ws, &json!({"id": i, "type": "ping"}).to_string()).await;
+    }
+    let code = next_close(&mut ws).await;
+    redis.signal("-CONT");
+    assert_eq!(code, Some(1008));
+    let metrics = String::from_utf8(http(a.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(
+        metrics.contains("wshub_slow_consumer_closes_total 1"),
+        "{metrics}"
+    );
+    // Closed for what was held back, not later for a full outbox.
+    assert!(
+        metrics.contains("wshub_drops_total{reason=\"replies_held\"} 1"),
+        "{metrics}"
+    );
+}

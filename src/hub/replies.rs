@@ -22,24 +22,54 @@ enum Reply {
     Ready(Frame),
 }
 
+/// What waits for one connection: the replies in order, and the bytes of those that are ready
+/// (held to the connection's byte and frame budgets, like its outbox).
+#[derive(Default)]
+struct Queue {
+    replies: VecDeque<Reply>,
+    bytes: usize,
+}
+
 /// The connections that have a reply waiting, and what queues behind it.
 #[derive(Default)]
 pub(crate) struct Replies {
-    queues: Mutex<HashMap<ConnId, VecDeque<Reply>>>,
+    queues: Mutex<HashMap<ConnId, Queue>>,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
-    /// Sends a reply to connection `id`, after any reply that is still waiting.
+    /// Sends a reply to connection `id`, after any reply that is still waiting. Replies held
+    /// behind a waiting one count against the connection's budgets: a client that pipelines
+    /// past them is closed as a slow consumer, as if its outbox were full.
     pub(crate) fn reply(&self, id: ConnId, frame: Frame, cork: &mut HubCork) {
-        {
+        let over = {
             let mut queues = self.shared.replies.queues.lock();
-            if let Some(q) = queues.get_mut(&id) {
-                q.push_back(Reply::Ready(frame));
+            let Some(q) = queues.get_mut(&id) else {
+                drop(queues);
+                self.send_corked(id, &frame, cork);
                 return;
+            };
+            let c = &self.shared.config;
+            if q.bytes + frame.len() > c.max_send_buffer || q.replies.len() >= c.send_queue {
+                true
+            } else {
+                q.bytes += frame.len();
+                q.replies.push_back(Reply::Ready(frame));
+                false
             }
+        };
+        if over {
+            self.forget_replies(id);
+            self.shared.metrics.slow_consumers.inc();
+            self.shared
+                .metrics
+                .drops
+                .get_or_create(&crate::metrics::Reason {
+                    reason: "replies_held",
+                })
+                .inc();
+            self.disconnect(id, crate::close::CloseReason::SlowConsumer);
         }
-        self.send_corked(id, &frame, cork);
     }
 
     /// Reserves the place of a reply that comes later; `None` when the connection already has
@@ -48,11 +78,16 @@ impl Hub {
         let r = &self.shared.replies;
         let mut queues = r.queues.lock();
         let q = queues.entry(id).or_default();
-        if q.len() >= MAX_WAITING {
+        let waiting = q
+            .replies
+            .iter()
+            .filter(|r| matches!(r, Reply::Waiting(_)))
+            .count();
+        if waiting >= MAX_WAITING {
             return None;
         }
         let ticket = r.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        q.push_back(Reply::Waiting(ticket));
+        q.replies.push_back(Reply::Waiting(ticket));
         Some(ticket)
     }
 
@@ -64,18 +99,21 @@ impl Hub {
                 return;
             };
             if let Some(slot) = q
+                .replies
                 .iter_mut()
                 .find(|r| matches!(r, Reply::Waiting(t) if *t == ticket))
             {
+                q.bytes += frame.len();
                 *slot = Reply::Ready(frame);
             }
             let mut ready = Vec::new();
-            while let Some(Reply::Ready(_)) = q.front() {
-                if let Some(Reply::Ready(f)) = q.pop_front() {
+            while let Some(Reply::Ready(_)) = q.replies.front() {
+                if let Some(Reply::Ready(f)) = q.replies.pop_front() {
+                    q.bytes -= f.len();
                     ready.push(f);
                 }
             }
-            if q.is_empty() {
+            if q.replies.is_empty() {
                 queues.remove(&id);
             }
             ready
