@@ -177,7 +177,7 @@ impl Outbox {
     }
 
     /// Drops the frames of `batch` after the first `keep`, forgetting their bytes.
-    fn drop_after(&self, batch: &mut VecDeque<Frame>, keep: usize) {
+    pub(crate) fn drop_after(&self, batch: &mut VecDeque<Frame>, keep: usize) {
         let dropped: usize = batch.iter().skip(keep).map(|f| f.len()).sum();
         batch.truncate(keep);
         self.sent(dropped);

@@ -1079,3 +1079,27 @@ async fn replies_held_behind_a_waiting_ack_are_bounded() {
         "{metrics}"
     );
 }
+
+/// A backplane URL the engine refuses leaves the hub as it was: a single node that still
+/// numbers its own publications.
+#[tokio::test]
+async fn a_refused_backplane_leaves_the_hub_a_single_node() {
+    let hub = Hub::new(HubConfig::default());
+    let bad = BackplaneConfig {
+        url: "redis://127.0.0.1:notaport"
+            .parse::<BackplaneUrl>()
+            .unwrap(),
+        ..BackplaneConfig::default()
+    };
+    assert!(hub.connect_backplane(bad).is_err());
+    assert!(hub.cluster().is_none());
+    assert_eq!(
+        hub.broadcast_text_at("still here").1,
+        1,
+        "numbered here, as before"
+    );
+    assert!(
+        hub.render_metrics().contains("wshub_backplane_up 1"),
+        "a single node's backplane is up"
+    );
+}

@@ -263,17 +263,32 @@ impl QueueFull {
     }
 }
 
-/// Connects a hub to its backplane and starts the node's tasks (they end with the hub). The
-/// engine need not be reachable yet: the node starts degraded and connects in the background.
+/// The node's tasks, made but not started: the hub stores the [`Cluster`] handle first, so
+/// nothing the tasks bring (a connection, a bus message) can find it missing.
+pub struct Tasks {
+    cluster: Arc<Cluster>,
+    out: mpsc::Receiver<Outgoing>,
+    entries: mpsc::Receiver<EntryChange>,
+}
+
+impl Tasks {
+    /// Starts the subscriber, the publisher and the entry keeper (they end with the hub). The
+    /// engine need not be reachable yet: the node starts degraded and connects in the
+    /// background.
+    pub fn start(self, handler: Arc<dyn Handler>) {
+        spawn_tasks(handler, self.cluster, self.out, self.entries);
+    }
+}
+
+/// Makes a node's side of the backplane `config` names; [`Tasks::start`] sets it going.
 ///
 /// # Errors
-/// When the URL is not usable at all.
-pub fn start(
-    handler: Arc<dyn Handler>,
+/// When the URL is not usable at all (nothing was made).
+pub fn prepare(
     history: HistoryConfig,
     config: BackplaneConfig,
     node: Arc<str>,
-) -> Result<Arc<Cluster>, String> {
+) -> Result<(Arc<Cluster>, Tasks), String> {
     let engine = match &config.url {
         BackplaneUrl::Memory => return Err("the memory backplane needs no cluster".into()),
         BackplaneUrl::Redis(url) => {
@@ -306,8 +321,12 @@ pub fn start(
         config,
         history,
     });
-    spawn_tasks(handler, cluster.clone(), out_rx, entries_rx);
-    Ok(cluster)
+    let tasks = Tasks {
+        cluster: cluster.clone(),
+        out: out_rx,
+        entries: entries_rx,
+    };
+    Ok((cluster, tasks))
 }
 
 /// Why the engine could not do something (it is unreachable, or answered with an error).

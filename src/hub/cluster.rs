@@ -80,20 +80,18 @@ impl Hub {
         if self.cluster().is_some() {
             return Err("a backplane is already attached".to_owned());
         }
-        // Before the backplane's tasks start: they may connect (and deliver) at once.
+        let (cluster, tasks) =
+            backplane::prepare(self.shared.config.history, config, self.shared.node.clone())?;
+        // All of this before the tasks start: they may connect (and deliver) at once, and a
+        // publication from here must already go to the backplane.
         self.shared.history.set_clustered();
         self.shared.metrics.backplane_up.set(0);
-        let handler = Arc::new(NodeHandler(self.downgrade()));
-        let cluster = backplane::start(
-            handler,
-            self.shared.config.history,
-            config,
-            self.shared.node.clone(),
-        )?;
         self.shared
             .cluster
             .set(cluster)
-            .map_err(|_| "a backplane is already attached".to_owned())
+            .map_err(|_| "a backplane is already attached".to_owned())?;
+        tasks.start(Arc::new(NodeHandler(self.downgrade())));
+        Ok(())
     }
 
     /// The backplane, when this node is part of a cluster.

@@ -36,54 +36,37 @@ impl Hub {
     /// Handles one text frame of a `wshub.v1` connection. Every command gets an `ack` or an
     /// `error` with its `id`; nothing a client sends closes the connection here.
     ///
-    /// `pre` is what [`command_prefetch`](Self::command_prefetch) fetched for this command.
+    /// In a cluster a command may first need the backplane (a `join`'s recovery from the
+    /// shared history, a `send`'s target): then nothing is done yet and the fetch to await,
+    /// with no lock held, is returned; the caller calls again with what it brought (`pre`).
+    /// `None`: the command was handled (always, on a single node).
     pub(crate) fn on_command(
         &self,
         me: &HubEntry,
         text: &str,
         pre: Option<Fetched>,
         cork: &mut HubCork,
-    ) {
+    ) -> Option<PrefetchFuture> {
+        let parsed = v1::parse(text);
+        if let (Ok((_, cmd)), None) = (&parsed, &pre) {
+            if let Some(fetch) = self.fetch_for(cmd) {
+                return Some(fetch);
+            }
+        }
         self.count_in(text.len());
-        let reply = match v1::parse(text) {
+        let reply = match parsed {
             Ok((id, cmd)) => match self.run(me, cmd, pre, cork) {
                 Ok(Answer::Now(extra)) => v1::ack(id, extra),
                 Ok(Answer::Numbered(rx)) => {
                     self.ack_when_numbered(me.id, id, rx, cork);
-                    return;
+                    return None;
                 }
                 Err(e) => v1::error(Some(id), e.code(), &e.to_string()),
             },
             Err(rejected) => v1::error(rejected.id, rejected.code, &rejected.message),
         };
         self.reply(me.id, reply, cork);
-    }
-
-    /// In a cluster, what a command needs from the backplane before it can be handled: a
-    /// `join`'s recovery from the shared history, a `send`'s target. The fetch to await, with
-    /// no lock held; `None` for every other command, and always on a single node.
-    pub(crate) fn command_prefetch(&self, text: &str) -> Option<PrefetchFuture> {
-        self.shared_bus()?;
-        let hub = self.clone();
-        match v1::parse(text) {
-            Ok((_, Command::Join { group, since })) => {
-                let group = group.into_owned();
-                Some(Box::pin(async move {
-                    let stream = crate::wire::StreamName::Group(&group);
-                    Fetched::Stream(hub.prefetch(stream, since.as_ref()).await)
-                }))
-            }
-            Ok((_, Command::Send { to, .. })) => {
-                let to = match to {
-                    Target::Connection(c) => Target::Connection(c.into_owned().into()),
-                    Target::User(u) => Target::User(u.into_owned().into()),
-                };
-                Some(Box::pin(async move {
-                    Fetched::Target(hub.locate_target(&to).await)
-                }))
-            }
-            _ => None,
-        }
+        None
     }
 
     /// A publish the backplane is numbering: its ack (with the offset) takes its place among

@@ -37,6 +37,43 @@ const LOCATE_TIMEOUT: Duration = Duration::from_secs(3);
 const FILL_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Hub {
+    /// In a cluster, what `cmd` needs from the backplane before it can be handled: a `join`
+    /// whose recovery needs the shared history, a `send` to a target that is not a connection
+    /// of this node. Decided here without I/O; the fetch is for the caller to await.
+    pub(super) fn fetch_for(&self, cmd: &v1::Command<'_>) -> Option<super::PrefetchFuture> {
+        self.shared_bus()?;
+        let hub = self.clone();
+        match cmd {
+            v1::Command::Join { group, since } => {
+                if !self.needs_prefetch(StreamName::Group(group), since.as_ref()) {
+                    return None;
+                }
+                let (group, since) = (group.to_string(), since.clone());
+                Some(Box::pin(async move {
+                    let stream = StreamName::Group(&group);
+                    Fetched::Stream(hub.prefetch(stream, since.as_ref()).await)
+                }))
+            }
+            v1::Command::Send { to, .. } => {
+                let to = match to {
+                    v1::Target::Connection(c) => {
+                        if c.parse::<ConnId>()
+                            .is_ok_and(|id| self.shared.manager.get(id).is_some())
+                        {
+                            return None;
+                        }
+                        v1::Target::Connection(c.to_string().into())
+                    }
+                    v1::Target::User(u) => v1::Target::User(u.to_string().into()),
+                };
+                Some(Box::pin(async move {
+                    Fetched::Target(hub.locate_target(&to).await)
+                }))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a recovery from `since` (or a first join) on `stream` needs the shared history:
     /// this node has not seen the stream yet, or keeps less than the client missed.
     fn needs_prefetch(&self, stream: StreamName<'_>, since: Option<&Position>) -> bool {

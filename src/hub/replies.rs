@@ -6,6 +6,7 @@
 //! nothing waits (always, on a single node) a reply goes straight to the connection.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -28,13 +29,28 @@ enum Reply {
 struct Queue {
     replies: VecDeque<Reply>,
     bytes: usize,
+    /// How many of `replies` still wait.
+    waiting: usize,
 }
 
 /// The connections that have a reply waiting, and what queues behind it.
 #[derive(Default)]
 pub(crate) struct Replies {
     queues: Mutex<HashMap<ConnId, Queue>>,
-    next: std::sync::atomic::AtomicU64,
+    /// How many connections have a queue: while none has (always, on a single node), a reply
+    /// goes straight out without taking the lock. A connection's queue is made by its own
+    /// task before any later reply of that task, so it never misses its own.
+    queued: AtomicUsize,
+    next: AtomicU64,
+}
+
+impl Replies {
+    /// Removes a connection's queue (under the lock).
+    fn remove(&self, queues: &mut HashMap<ConnId, Queue>, id: ConnId) {
+        if queues.remove(&id).is_some() {
+            self.queued.fetch_sub(1, Ordering::Release);
+        }
+    }
 }
 
 impl Hub {
@@ -42,6 +58,10 @@ impl Hub {
     /// behind a waiting one count against the connection's budgets: a client that pipelines
     /// past them is closed as a slow consumer, as if its outbox were full.
     pub(crate) fn reply(&self, id: ConnId, frame: Frame, cork: &mut HubCork) {
+        if self.shared.replies.queued.load(Ordering::Acquire) == 0 {
+            self.send_corked(id, &frame, cork);
+            return;
+        }
         let over = {
             let mut queues = self.shared.replies.queues.lock();
             let Some(q) = queues.get_mut(&id) else {
@@ -77,24 +97,24 @@ impl Hub {
     pub(crate) fn reserve_reply(&self, id: ConnId) -> Option<u64> {
         let r = &self.shared.replies;
         let mut queues = r.queues.lock();
-        let q = queues.entry(id).or_default();
-        let waiting = q
-            .replies
-            .iter()
-            .filter(|r| matches!(r, Reply::Waiting(_)))
-            .count();
-        if waiting >= MAX_WAITING {
+        let q = queues.entry(id).or_insert_with(|| {
+            r.queued.fetch_add(1, Ordering::Release);
+            Queue::default()
+        });
+        if q.waiting >= MAX_WAITING {
             return None;
         }
-        let ticket = r.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ticket = r.next.fetch_add(1, Ordering::Relaxed);
         q.replies.push_back(Reply::Waiting(ticket));
+        q.waiting += 1;
         Some(ticket)
     }
 
     /// Fills a reserved reply and sends every reply that no longer waits, in order.
     pub(crate) fn fill_reply(&self, id: ConnId, ticket: u64, frame: Frame) {
+        let r = &self.shared.replies;
         let ready = {
-            let mut queues = self.shared.replies.queues.lock();
+            let mut queues = r.queues.lock();
             let Some(q) = queues.get_mut(&id) else {
                 return;
             };
@@ -104,6 +124,7 @@ impl Hub {
                 .find(|r| matches!(r, Reply::Waiting(t) if *t == ticket))
             {
                 q.bytes += frame.len();
+                q.waiting -= 1;
                 *slot = Reply::Ready(frame);
             }
             let mut ready = Vec::new();
@@ -114,7 +135,7 @@ impl Hub {
                 }
             }
             if q.replies.is_empty() {
-                queues.remove(&id);
+                r.remove(&mut queues, id);
             }
             ready
         };
@@ -127,6 +148,10 @@ impl Hub {
 
     /// Forgets what waited for a connection that is gone.
     pub(crate) fn forget_replies(&self, id: ConnId) {
-        self.shared.replies.queues.lock().remove(&id);
+        let r = &self.shared.replies;
+        if r.queued.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        r.remove(&mut r.queues.lock(), id);
     }
 }

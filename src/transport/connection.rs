@@ -48,6 +48,16 @@ pub(crate) enum Role {
     Echo(EchoSlot),
 }
 
+impl Role {
+    /// The hub the connection belongs to (its metrics, its limits).
+    fn hub(&self) -> &Hub {
+        match self {
+            Role::Hub { hub, .. } => hub,
+            Role::Echo(slot) => &slot.0,
+        }
+    }
+}
+
 /// A `/ws/echo` connection's place in the hub's connection count and metrics; given back when
 /// dropped.
 pub(crate) struct EchoSlot(pub(crate) Hub);
@@ -228,11 +238,7 @@ impl Conn<'_> {
             Ok(Queued::Done) | Err(SendError::Closed) => {}
             Err(SendError::Full) => {
                 if self.outbox.close(CloseReason::SlowConsumer) {
-                    let hub = match self.role {
-                        Role::Hub { hub, .. } => hub,
-                        Role::Echo(slot) => &slot.0,
-                    };
-                    hub.metrics().slow_consumers.inc();
+                    self.role.hub().metrics().slow_consumers.inc();
                 }
             }
         }
@@ -252,7 +258,8 @@ impl Conn<'_> {
     /// Handles a command after the fetch it needed.
     fn command_prefetched(&mut self, text: &[u8], pre: crate::hub::Fetched) {
         if let (Role::Hub { hub, entry }, Ok(text)) = (self.role, std::str::from_utf8(text)) {
-            hub.on_command(entry, text, Some(pre), &mut self.cork);
+            // With `pre` given, the command is handled now: no second fetch.
+            let _ = hub.on_command(entry, text, Some(pre), &mut self.cork);
         }
     }
 
@@ -284,11 +291,9 @@ impl Conn<'_> {
 
     /// A message over the rate limit: dropped, answered or closed for, as configured.
     fn over_limit(&mut self, payload: &[u8]) {
-        let hub = match self.role {
-            Role::Hub { hub, .. } => hub,
-            Role::Echo(slot) => &slot.0,
-        };
-        hub.metrics()
+        self.role
+            .hub()
+            .metrics()
             .drops
             .get_or_create(&crate::metrics::Reason {
                 reason: "rate_limited",
@@ -322,9 +327,8 @@ impl Conn<'_> {
             Message::Text(b) => match self.role {
                 Role::Hub { hub, entry } => match std::str::from_utf8(&b) {
                     Ok(text) if entry.info.protocol == Protocol::V1 => {
-                        match hub.command_prefetch(text) {
-                            None => hub.on_command(entry, text, None, &mut self.cork),
-                            Some(fetch) => return Step::Fetch(fetch, b),
+                        if let Some(fetch) = hub.on_command(entry, text, None, &mut self.cork) {
+                            return Step::Fetch(fetch, b);
                         }
                     }
                     Ok(text) => hub.on_text(entry.id, text, &mut self.cork),

@@ -112,10 +112,7 @@ async fn write_batch<W: FrameWrite>(
 ) -> io::Result<()> {
     while !batch.is_empty() {
         if let Some(o) = outbox.filter(|o| o.discarding()) {
-            let keep = usize::from(partial);
-            let dropped: usize = batch.iter().skip(keep).map(|f| f.len()).sum();
-            batch.truncate(keep);
-            o.sent(dropped);
+            o.drop_after(batch, usize::from(partial));
             if batch.is_empty() {
                 break;
             }
