@@ -182,6 +182,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// A Pusher app as ID:KEY:SECRET (repeatable; in a file, `[[apps]]` tables with `id`, `key`, `secret` and limits). Without any, one development app `app-id`/`app-key`/`app-secret` is served.
+    #[arg(long = "app", env = "WSHUB_APP", value_parser = crate::apps::App::parse)]
+    pub apps: Vec<crate::apps::App>,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "WSHUB_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -246,6 +250,7 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_request_body: self.max_request_body,
             node_id: self.node_id.clone(),
+            apps: crate::apps::Apps::new(self.apps.clone()),
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,
@@ -304,6 +309,11 @@ impl ServeArgs {
                     "# {key} is set but not printed: give it with {env} (or add `{key} = \"...\"` here)\n"
                 ));
             }
+        }
+        if !self.apps.is_empty() {
+            out.push_str(
+                "# app secrets are not printed: add `secret = \"...\"` to each [[apps]] table\n",
+            );
         }
         match toml::to_string(self) {
             Ok(t) => out.push_str(&t),
@@ -367,6 +377,20 @@ pub fn file_args_from_str(
                 path.display(),
                 id.to_ascii_uppercase()
             ));
+        }
+        if id == "apps" {
+            let toml::Value::Array(tables) = &value else {
+                return Err(format!(
+                    "{}: `apps` is a list of [[apps]] tables",
+                    path.display()
+                ));
+            };
+            for t in tables {
+                let json = serde_json::to_string(t)
+                    .map_err(|e| format!("{}: apps: {e}", path.display()))?;
+                out.push(format!("--app={json}"));
+            }
+            continue;
         }
         let v = match &value {
             // An empty list is the default: nothing to add.

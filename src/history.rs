@@ -98,6 +98,8 @@ pub struct Stream {
     bytes: usize,
     /// The bytes of every stream of the history, this one included.
     total: Arc<AtomicUsize>,
+    /// A cache channel's last event, as its subscribers get it (Pusher cache channels).
+    cached: Option<Frame>,
 }
 
 /// What [`Stream::adopt`] made of a numbered publication.
@@ -160,6 +162,7 @@ impl Stream {
             touched: Instant::now(),
             config,
             cold: false,
+            cached: None,
             bytes: 0,
             total,
         }
@@ -194,10 +197,27 @@ impl Stream {
     }
 
     fn clear(&mut self) {
-        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
-        self.bytes = 0;
+        // A cache channel's last event stays: it is not part of the numbered history.
+        let kept = self.cached.as_ref().map_or(0, |f| f.len());
+        self.total.fetch_sub(self.bytes - kept, Ordering::Relaxed);
+        self.bytes = kept;
         // Give the memory back, not only the elements.
         self.entries = VecDeque::new();
+    }
+
+    /// Keeps `frame` as the stream's last event (a cache channel's), counted in the history's
+    /// bytes like a stored message.
+    pub fn set_cached(&mut self, frame: Frame) {
+        let old = self.cached.replace(frame).map_or(0, |f| f.len());
+        let new = self.cached.as_ref().map_or(0, |f| f.len());
+        self.bytes = self.bytes + new - old;
+        self.total.fetch_add(new, Ordering::Relaxed);
+        self.total.fetch_sub(old, Ordering::Relaxed);
+    }
+
+    /// The stream's last event, if one is kept (see [`set_cached`](Self::set_cached)).
+    pub fn cached(&self) -> Option<&Frame> {
+        self.cached.as_ref()
     }
 
     /// Bytes this stream's stored messages take.

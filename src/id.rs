@@ -18,6 +18,24 @@ impl ConnId {
     pub fn short(&self) -> String {
         format!("{:08x}", (self.0 >> 96) as u32)
     }
+
+    /// The id as a Pusher `socket_id`: two decimal numbers joined by a dot (the upper and lower
+    /// 64 bits), the only form Pusher's client and server libraries accept.
+    pub fn socket_id(&self) -> String {
+        format!("{}.{}", (self.0 >> 64) as u64, self.0 as u64)
+    }
+
+    /// Reads a [`socket_id`](Self::socket_id) back; `None` for anything else.
+    pub fn from_socket_id(s: &str) -> Option<Self> {
+        let (hi, lo) = s.split_once('.')?;
+        let digits =
+            |t: &str| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(hi) || !digits(lo) {
+            return None;
+        }
+        let (hi, lo) = (hi.parse::<u64>().ok()?, lo.parse::<u64>().ok()?);
+        Some(ConnId((u128::from(hi) << 64) | u128::from(lo)))
+    }
 }
 
 impl fmt::Display for ConnId {
@@ -68,6 +86,31 @@ mod tests {
         assert!(s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
         assert_eq!(id.short(), &s[..8]);
         assert_eq!(s.parse::<ConnId>().unwrap(), id);
+    }
+
+    #[test]
+    fn socket_ids_round_trip_and_nothing_else_parses() {
+        for id in [ConnId(0), ConnId(1), ConnId(u128::MAX), ConnId::random()] {
+            let s = id.socket_id();
+            assert!(
+                s.split('.').all(|p| p.bytes().all(|b| b.is_ascii_digit())),
+                "{s}"
+            );
+            assert_eq!(ConnId::from_socket_id(&s), Some(id));
+        }
+        for bad in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "1.2.3",
+            "a.1",
+            "18446744073709551616.1",
+            "-1.1",
+            "1 .1",
+        ] {
+            assert_eq!(ConnId::from_socket_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

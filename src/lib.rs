@@ -44,6 +44,7 @@
 //! ```
 
 pub mod api;
+pub mod apps;
 pub mod auth;
 pub mod backplane;
 pub mod close;
@@ -59,6 +60,7 @@ pub mod outbox;
 pub mod problem;
 pub mod protocol;
 pub mod server;
+pub mod signing;
 pub mod tls;
 pub mod transport;
 pub mod web;
@@ -80,6 +82,7 @@ pub fn router(hub: Hub) -> axum::Router {
     axum::Router::new()
         .route("/ws", get(transport::ws_handler))
         .route("/ws/echo", get(transport::echo_handler))
+        .route("/app/{key}", get(transport::pusher_handler))
         .route("/", get(web::index))
         .route("/client.js", get(web::client_js))
         .route("/client.d.ts", get(web::client_dts))

@@ -124,7 +124,21 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.allowed_origins.is_empty() || args.allowed_origins.iter().any(|o| o == "*") {
         tracing::warn!("the Origin policy is open: any web page can open WebSockets here with its visitors' cookies (set --allowed-origins)");
     }
-    let hub = wshub::Hub::with_auth(args.hub_config(), auth);
+    let config = args.hub_config();
+    config.apps.validate()?;
+    if args.apps.is_empty() {
+        let dev = wshub::apps::App::development();
+        tracing::warn!(
+            app_id = %dev.id, key = %dev.key, secret = %dev.secret,
+            "Pusher protocol: serving the development app at /app/{} (public credentials: configure your own with --app ID:KEY:SECRET)",
+            dev.key
+        );
+    } else {
+        for a in config.apps.all() {
+            tracing::info!(app_id = %a.id, key = %a.key, "Pusher app served at /app/{}", a.key);
+        }
+    }
+    let hub = wshub::Hub::with_auth(config, auth);
     if args.backplane != wshub::backplane::BackplaneUrl::Memory {
         hub.connect_backplane(wshub::backplane::BackplaneConfig {
             url: args.backplane.clone(),

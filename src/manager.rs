@@ -69,6 +69,24 @@ pub enum Protocol {
     Plain,
     /// `wshub.v1`: commands with acks; join/leave announcements scoped to groups.
     V1,
+    /// The Pusher Channels protocol (`/app/{key}`): only channel events reach it.
+    Pusher,
+}
+
+/// A publication's frames, one per protocol: what each recipient gets, or `None` when the
+/// publication is not for connections of that protocol. Encoded when first asked for, once
+/// per publication (not once per recipient).
+pub trait Frames {
+    /// The frame for connections speaking `protocol`.
+    fn frame_for(&self, protocol: Protocol) -> Option<&Frame>;
+}
+
+/// One frame for everyone but Pusher connections (which only get channel events in their
+/// own format).
+impl Frames for Frame {
+    fn frame_for(&self, protocol: Protocol) -> Option<&Frame> {
+        (protocol != Protocol::Pusher).then_some(self)
+    }
 }
 
 /// What the registry knows about a connection besides its sink.
@@ -561,16 +579,15 @@ impl<S: Sink> ConnectionManager<S> {
         frame: &Frame,
         cork: &mut Cork<S>,
     ) -> Delivery {
-        self.publish_by_protocol(audience, frame, frame, cork)
+        self.publish_by_protocol(audience, frame, cork)
     }
 
-    /// Like [`publish_corked`](Self::publish_corked), with one frame for plain connections and
-    /// another for `wshub.v1` ones (which carry stream offsets).
+    /// Like [`publish_corked`](Self::publish_corked), with a frame per protocol (`wshub.v1`
+    /// frames carry stream offsets, Pusher frames are Pusher events).
     pub fn publish_by_protocol(
         &self,
         audience: Audience<'_>,
-        plain: &Frame,
-        v1: &Frame,
+        frames: &dyn Frames,
         cork: &mut Cork<S>,
     ) -> Delivery {
         let mut report = Delivery::default();
@@ -595,9 +612,8 @@ impl<S: Sink> ConnectionManager<S> {
                 if only.is_some_and(|p| entry.info.protocol != p) || except == Some(entry.id) {
                     continue;
                 }
-                let frame = match entry.info.protocol {
-                    Protocol::Plain => plain,
-                    Protocol::V1 => v1,
+                let Some(frame) = frames.frame_for(entry.info.protocol) else {
+                    continue;
                 };
                 match entry.sink.try_send(frame) {
                     Ok(q) => {

@@ -111,6 +111,46 @@ pub enum Publication {
         /// The close reason.
         reason: String,
     },
+    /// An event on a Pusher channel (a stream: gets an offset). `group` is the hub stream
+    /// that carries the channel (see `crate::apps`).
+    Event {
+        /// The stream.
+        group: String,
+        /// The event name.
+        event: String,
+        /// The data, verbatim (a JSON string from the HTTP API; what a client sent).
+        data: Box<RawValue>,
+        /// The sender's user, for client events on presence channels.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+        /// A connection id not to deliver to (the sender, or the API's `socket_id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except: Option<String>,
+    },
+    /// A user became a member of a presence channel, or stopped being one (Pusher
+    /// `member_added`/`member_removed`).
+    Presence {
+        /// The stream.
+        group: String,
+        /// The user.
+        user_id: String,
+        /// Added (true) or removed.
+        added: bool,
+        /// The user's info, when added.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<Box<RawValue>>,
+        /// A connection id not to tell (the one that joined).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except: Option<String>,
+    },
+    /// Close every connection signed in as a user of an app (Pusher
+    /// `terminate_connections`).
+    Terminate {
+        /// The app id.
+        app: String,
+        /// The user.
+        user: String,
+    },
     /// Add a connection to a group or remove it (REST on another node).
     Member {
         /// The connection id.
@@ -137,6 +177,7 @@ impl Publication {
     pub fn stream(&self) -> Option<StreamName<'_>> {
         match self {
             Publication::Group { group, .. } => Some(StreamName::Group(group)),
+            Publication::Event { group, .. } => Some(StreamName::Group(group)),
             Publication::All { .. } => Some(StreamName::All),
             _ => None,
         }

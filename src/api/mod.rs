@@ -6,6 +6,7 @@
 pub mod connections;
 pub mod groups;
 pub mod history;
+pub mod pusher;
 
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -97,6 +98,7 @@ pub fn routes(hub: Hub) -> Router<Hub> {
             hub.clone(),
             require_api_key,
         ))
+        .merge(pusher::routes())
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))

@@ -14,8 +14,9 @@ use crate::close::CloseReason;
 use crate::envelope::{self, Kind};
 use crate::frame::{self, Frame, OpCode};
 use crate::id::ConnId;
-use crate::manager::{Audience, Delivery};
-use crate::protocol::v1;
+use crate::manager::{Audience, Delivery, Frames, Protocol};
+use crate::protocol::{pusher, v1};
+use std::cell::OnceCell;
 
 /// Who numbers a stream publication being delivered.
 #[derive(Debug, Clone, Copy)]
@@ -37,10 +38,148 @@ pub struct Published {
     pub offset: Option<u64>,
 }
 
-/// A publication's frames: one for every recipient, or one per protocol.
-enum Frames {
-    One(Frame),
-    ByProtocol { plain: Frame, v1: Frame },
+/// A publication's frames, one per protocol, each encoded once when a recipient of that
+/// protocol first needs it (a group without Pusher subscribers never builds a Pusher frame).
+pub(crate) struct Encoded<'p> {
+    p: &'p Publication,
+    offset: Option<u64>,
+    plain: OnceCell<Option<Frame>>,
+    v1: OnceCell<Option<Frame>>,
+    pusher: OnceCell<Option<Frame>>,
+}
+
+impl<'p> Encoded<'p> {
+    pub(crate) fn new(p: &'p Publication, offset: Option<u64>) -> Self {
+        Self {
+            p,
+            offset,
+            plain: OnceCell::new(),
+            v1: OnceCell::new(),
+            pusher: OnceCell::new(),
+        }
+    }
+
+    /// The frame a `wshub.v1` client gets (what history keeps).
+    pub(crate) fn v1(&self) -> Option<&Frame> {
+        self.v1.get_or_init(|| self.encode_v1()).as_ref()
+    }
+
+    /// The frame a Pusher client gets.
+    pub(crate) fn pusher(&self) -> Option<&Frame> {
+        self.pusher.get_or_init(|| self.encode_pusher()).as_ref()
+    }
+
+    fn encode_v1(&self) -> Option<Frame> {
+        Some(match self.p {
+            Publication::Group {
+                group,
+                from,
+                user,
+                message,
+            } => v1::delivery(
+                "message",
+                Some(group),
+                self.offset,
+                from.as_deref(),
+                user.as_deref(),
+                message,
+            ),
+            Publication::Event {
+                group,
+                event,
+                data,
+                user_id,
+                ..
+            } => {
+                #[derive(serde::Serialize)]
+                struct Wrapped<'a> {
+                    event: &'a str,
+                    data: &'a serde_json::value::RawValue,
+                }
+                let message = serde_json::value::to_raw_value(&Wrapped { event, data }).ok()?;
+                v1::delivery(
+                    "message",
+                    Some(group),
+                    self.offset,
+                    None,
+                    user_id.as_deref(),
+                    &message,
+                )
+            }
+            Publication::All { kind, from, text } => match self.offset {
+                Some(o) => envelope::encode_with_offset(all_kind(*kind), from.as_deref(), text, o),
+                None => return self.encode_plain(),
+            },
+            _ => return None,
+        })
+    }
+
+    fn encode_plain(&self) -> Option<Frame> {
+        match self.p {
+            Publication::All { kind, from, text } => {
+                Some(envelope::encode(all_kind(*kind), from.as_deref(), text))
+            }
+            // Plain connections in a group (added through the REST API) get what v1 ones get.
+            Publication::Group { .. } | Publication::Event { .. } => self.v1().cloned(),
+            _ => None,
+        }
+    }
+
+    fn encode_pusher(&self) -> Option<Frame> {
+        Some(match self.p {
+            Publication::Group { group, message, .. } => {
+                pusher::event("message", crate::apps::channel_name(group), message, None)
+            }
+            Publication::Event {
+                group,
+                event,
+                data,
+                user_id,
+                ..
+            } => pusher::event(
+                event,
+                crate::apps::channel_name(group),
+                data,
+                user_id.as_deref(),
+            ),
+            Publication::Presence {
+                group,
+                user_id,
+                added,
+                info,
+                ..
+            } => {
+                let channel = crate::apps::channel_name(group);
+                if *added {
+                    pusher::member_added(channel, user_id, info.as_deref())
+                } else {
+                    pusher::member_removed(channel, user_id)
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.v1().or_else(|| self.pusher()).map_or(0, |f| f.len())
+    }
+}
+
+impl Frames for Encoded<'_> {
+    fn frame_for(&self, protocol: Protocol) -> Option<&Frame> {
+        match protocol {
+            Protocol::Plain => self.plain.get_or_init(|| self.encode_plain()).as_ref(),
+            Protocol::V1 => self.v1(),
+            Protocol::Pusher => self.pusher(),
+        }
+    }
+}
+
+fn all_kind(kind: AllKind) -> Kind {
+    match kind {
+        AllKind::ServerBroadcast => Kind::ServerBroadcast,
+        AllKind::Message => Kind::Message,
+    }
 }
 
 impl Hub {
@@ -87,59 +226,18 @@ impl Hub {
 
     /// The frame of a stream publication as a `wshub.v1` client gets it (for history).
     pub(crate) fn v1_frame(p: &Publication, offset: Option<u64>) -> Option<Frame> {
-        Some(match Self::frames(p, offset)? {
-            Frames::One(f) | Frames::ByProtocol { v1: f, .. } => f,
-        })
+        Encoded::new(p, offset).v1().cloned()
     }
 
-    /// Builds the frames of a stream publication, encoded once for every recipient.
-    fn frames(p: &Publication, offset: Option<u64>) -> Option<Frames> {
-        Some(match p {
-            Publication::Group {
-                group,
-                from,
-                user,
-                message,
-            } => Frames::One(v1::delivery(
-                "message",
-                Some(group),
-                offset,
-                from.as_deref(),
-                user.as_deref(),
-                message,
-            )),
-            Publication::All { kind, from, text } => {
-                let kind = match kind {
-                    AllKind::ServerBroadcast => Kind::ServerBroadcast,
-                    AllKind::Message => Kind::Message,
-                };
-                let plain = envelope::encode(kind, from.as_deref(), text);
-                match offset {
-                    Some(o) => Frames::ByProtocol {
-                        plain,
-                        v1: envelope::encode_with_offset(kind, from.as_deref(), text, o),
-                    },
-                    None => Frames::One(plain),
-                }
-            }
-            _ => return None,
-        })
-    }
-
-    fn offer(&self, audience: Audience<'_>, frames: &Frames, cork: &mut HubCork) -> Delivery {
-        match frames {
-            Frames::One(f) => self.publish_corked(audience, f, cork),
-            Frames::ByProtocol { plain, v1 } => {
-                let d = self
-                    .shared
-                    .manager
-                    .publish_by_protocol(audience, plain, v1, cork);
-                self.shared
-                    .metrics
-                    .delivered(v1.len(), d.delivered, d.slow, d.dead);
-                d
-            }
-        }
+    fn offer(&self, audience: Audience<'_>, frames: &Encoded<'_>, cork: &mut HubCork) -> Delivery {
+        let d = self
+            .shared
+            .manager
+            .publish_by_protocol(audience, frames, cork);
+        self.shared
+            .metrics
+            .delivered(frames.len(), d.delivered, d.slow, d.dead);
+        d
     }
 
     /// Delivers one publication to the local connections it is for. A stream publication is
@@ -233,11 +331,38 @@ impl Hub {
                 }
                 Delivery::default()
             }
-            Publication::Group { .. } | Publication::All { .. } => Delivery::default(),
+            Publication::Presence { group, except, .. } => {
+                let audience = match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
+                    Some(id) => Audience::GroupExcept(group, id),
+                    None => Audience::Group(group),
+                };
+                self.offer(audience, &Encoded::new(p, None), cork)
+            }
+            Publication::Terminate { app, user } => {
+                self.terminate_here(app, user);
+                Delivery::default()
+            }
+            Publication::Group { .. } | Publication::All { .. } | Publication::Event { .. } => {
+                Delivery::default()
+            }
         };
         Published {
             delivery,
             offset: None,
+        }
+    }
+
+    /// On a cache channel, keeps the event as the channel's last (what a new subscriber gets).
+    fn keep_cached(
+        &self,
+        s: &mut crate::history::Stream,
+        stream: StreamName<'_>,
+        frames: &Encoded<'_>,
+    ) {
+        let StreamName::Group(g) = stream else { return };
+        let cache = pusher::Channel::parse(crate::apps::channel_name(g)).is_some_and(|c| c.cache);
+        if let (true, Some(f)) = (cache, frames.pusher()) {
+            s.set_cached(f.clone());
         }
     }
 
@@ -248,14 +373,19 @@ impl Hub {
         numbering: Numbering<'_>,
         cork: &mut HubCork,
     ) -> Published {
-        let audience = match stream {
-            StreamName::All => Audience::All,
-            StreamName::Group(g) => Audience::Group(g),
+        let except = match p {
+            Publication::Event { except, .. } => except.as_deref().and_then(|e| e.parse().ok()),
+            _ => None,
+        };
+        let audience = match (stream, except) {
+            (StreamName::All, _) => Audience::All,
+            (StreamName::Group(g), Some(id)) => Audience::GroupExcept(g, id),
+            (StreamName::Group(g), None) => Audience::Group(g),
         };
         if let Numbering::None = numbering {
-            let Some(frames) = Self::frames(p, None) else {
-                return Published::default();
-            };
+            let frames = Encoded::new(p, None);
+            let s = self.stream_ref(stream);
+            self.keep_cached(&mut s.lock(), stream, &frames);
             return Published {
                 delivery: self.offer(audience, &frames, cork),
                 offset: None,
@@ -284,13 +414,12 @@ impl Hub {
             }
             Numbering::Here | Numbering::None => s.next_offset(),
         };
-        let Some(frames) = Self::frames(p, Some(offset)) else {
+        let frames = Encoded::new(p, Some(offset));
+        let Some(kept) = frames.v1().cloned() else {
             return Published::default();
         };
-        let kept = match &frames {
-            Frames::One(f) | Frames::ByProtocol { v1: f, .. } => f.clone(),
-        };
         s.append(kept);
+        self.keep_cached(&mut s, stream, &frames);
         let delivery = self.offer(audience, &frames, cork);
         drop(s);
         self.shared.history.enforce_budget();

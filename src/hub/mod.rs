@@ -15,6 +15,7 @@ mod cluster;
 mod commands;
 mod deliver;
 mod error;
+mod pusher;
 mod recovery;
 mod replies;
 mod routing;
@@ -23,6 +24,8 @@ pub use cluster::Busy;
 pub(crate) use commands::PrefetchFuture;
 pub use deliver::Published;
 pub use error::HubError;
+pub(crate) use pusher::Session;
+pub use pusher::{PresenceUser, TriggerError};
 pub(crate) use recovery::{Fetched, Prefetch};
 
 use crate::close::CloseReason;
@@ -73,6 +76,9 @@ pub struct HubConfig {
     pub history: HistoryConfig,
     /// This node's id (random when `None`), shown in listings and metrics.
     pub node_id: Option<String>,
+    /// The Pusher apps served at `/app/{key}` and `/apps/{id}` (the first is the default
+    /// app, whose channels are the hub's groups).
+    pub apps: crate::apps::Apps,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -114,6 +120,7 @@ impl Default for HubConfig {
             rate_limit: None,
             history: HistoryConfig::default(),
             node_id: None,
+            apps: crate::apps::Apps::default(),
         }
     }
 }
@@ -132,6 +139,8 @@ pub(crate) struct Shared {
     echo: std::sync::atomic::AtomicUsize,
     /// Replies that wait for the backplane, per connection.
     replies: replies::Replies,
+    /// Presence, signed-in users and connection counts of Pusher apps.
+    pusher: pusher::PusherState,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -213,6 +222,7 @@ impl Hub {
                 tasks: TaskTracker::new(),
                 echo: std::sync::atomic::AtomicUsize::new(0),
                 replies: replies::Replies::default(),
+                pusher: pusher::PusherState::default(),
             }),
         };
         hub.shared
@@ -368,6 +378,7 @@ impl Hub {
             protocol: match c.protocol {
                 Protocol::Plain => "plain".into(),
                 Protocol::V1 => crate::protocol::V1.into(),
+                Protocol::Pusher => "pusher".into(),
             },
         }
     }
@@ -587,7 +598,7 @@ impl Hub {
         }
         drop(all);
         self.entry_changed(id);
-        if self.shared.config.announce {
+        if self.shared.config.announce && protocol != Protocol::Pusher {
             self.announce(envelope::joined(&id.short()));
         }
         entry
@@ -620,7 +631,7 @@ impl Hub {
             );
         }
         cork.flush_deferred();
-        if self.shared.config.announce {
+        if self.shared.config.announce && entry.info.protocol != Protocol::Pusher {
             self.announce(envelope::left(&short));
         }
     }

@@ -1,5 +1,7 @@
-//! What travels inside the frames: the `wshub.v1` commands and envelopes.
+//! What travels inside the frames: the `wshub.v1` commands and envelopes, and the Pusher
+//! Channels protocol.
 
+pub mod pusher;
 pub mod v1;
 
 /// The subprotocol name negotiated with `Sec-WebSocket-Protocol`.

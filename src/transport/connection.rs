@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
 use crate::frame::{self, DecodeError, Decoder, Message, OpCode};
-use crate::hub::{Hub, HubCork, HubEntry, RateLimit, RateLimitAction};
+use crate::hub::{Hub, HubCork, HubEntry, RateLimit, RateLimitAction, Session};
 use crate::manager::Protocol;
 use crate::outbox::{Outbox, Queued, SendError};
 use crate::protocol::v1;
@@ -43,16 +43,28 @@ pub(crate) enum Role {
         /// This connection's registry entry.
         entry: HubEntry,
     },
+    /// A Pusher client at `/app/{key}`.
+    Pusher {
+        /// The hub.
+        hub: Hub,
+        /// This connection's registry entry.
+        entry: HubEntry,
+        /// Its Pusher session.
+        session: Box<Session>,
+    },
     /// A `/ws/echo` client: every message comes back unchanged. Holds its place in the
     /// hub's connection count until the task ends.
     Echo(EchoSlot),
+    /// A connection refused after the upgrade (a protocol that answers with its own error and
+    /// close code, such as Pusher's unknown app key): what was queued is sent, then it closes.
+    Refused(Hub),
 }
 
 impl Role {
     /// The hub the connection belongs to (its metrics, its limits).
     fn hub(&self) -> &Hub {
         match self {
-            Role::Hub { hub, .. } => hub,
+            Role::Hub { hub, .. } | Role::Pusher { hub, .. } | Role::Refused(hub) => hub,
             Role::Echo(slot) => &slot.0,
         }
     }
@@ -247,8 +259,10 @@ impl Conn<'_> {
     /// Writes everything the last burst of messages produced.
     fn flush(&mut self) {
         match self.role {
-            Role::Hub { hub, .. } => hub.flush(&mut self.cork, self.burst_started),
-            Role::Echo(_) => self.cork.flush(),
+            Role::Hub { hub, .. } | Role::Pusher { hub, .. } => {
+                hub.flush(&mut self.cork, self.burst_started)
+            }
+            Role::Echo(_) | Role::Refused(_) => self.cork.flush(),
         }
         if std::mem::take(&mut self.own_dirty) {
             self.outbox.flush();
@@ -304,7 +318,15 @@ impl Conn<'_> {
                 self.outbox.close(CloseReason::RateLimited);
             }
             // A raw echo has no error frame: the message is dropped (and counted).
-            _ if matches!(self.role, Role::Echo(_)) => {}
+            _ if matches!(self.role, Role::Echo(_) | Role::Refused(_)) => {}
+            _ if matches!(self.role, Role::Pusher { .. }) => {
+                let frame = crate::protocol::pusher::error(
+                    crate::protocol::pusher::Code::ClientEventRate,
+                    "message dropped: over this connection's rate limit",
+                );
+                let r = self.outbox.push(frame);
+                self.queued(r);
+            }
             _ => {
                 let id = std::str::from_utf8(payload).ok().and_then(v1::command_id);
                 let frame = v1::error(
@@ -337,6 +359,17 @@ impl Conn<'_> {
                         self.outbox.close(CloseReason::InvalidUtf8);
                     }
                 },
+                Role::Pusher {
+                    hub,
+                    entry,
+                    session,
+                } => match std::str::from_utf8(&b) {
+                    Ok(text) => hub.on_pusher(entry, session, text, &mut self.cork),
+                    Err(_) => {
+                        self.outbox.close(CloseReason::InvalidUtf8);
+                    }
+                },
+                Role::Refused(_) => {}
                 Role::Echo(_) => {
                     let r = self.outbox.push(frame::encode(OpCode::Text, &b));
                     self.queued(r);
@@ -347,6 +380,15 @@ impl Conn<'_> {
                     hub.on_v1_binary(entry, &mut self.cork)
                 }
                 Role::Hub { hub, entry } => hub.on_binary(entry.id, &b, &mut self.cork),
+                Role::Pusher { .. } => {
+                    let frame = crate::protocol::pusher::error(
+                        crate::protocol::pusher::Code::Generic,
+                        "the Pusher protocol has no binary messages",
+                    );
+                    let r = self.outbox.push(frame);
+                    self.queued(r);
+                }
+                Role::Refused(_) => {}
                 Role::Echo(_) => {
                     let r = self.outbox.push(frame::encode(OpCode::Binary, &b));
                     self.queued(r);
@@ -512,8 +554,14 @@ where
     // Close the socket before announcing the departure.
     outbox.detach();
     drop(reader);
-    if let Role::Hub { hub, entry } = &role {
-        hub.unregister(entry, ending.label());
+    match &role {
+        Role::Hub { hub, entry } => hub.unregister(entry, ending.label()),
+        Role::Pusher {
+            hub,
+            entry,
+            session,
+        } => hub.pusher_closed(entry, session, ending.label()),
+        Role::Echo(_) | Role::Refused(_) => {}
     }
     ending
 }

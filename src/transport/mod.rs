@@ -5,4 +5,4 @@ mod connection;
 pub mod upgrade;
 mod writer;
 
-pub use upgrade::{echo_handler, ws_handler};
+pub use upgrade::{echo_handler, pusher_handler, ws_handler};

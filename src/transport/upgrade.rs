@@ -21,11 +21,12 @@ use tracing::Instrument as _;
 use crate::auth::Identity;
 use crate::frame;
 use crate::history::Position;
-use crate::hub::Hub;
+use crate::hub::{Hub, Session};
 use crate::manager::{ConnInfo, Protocol};
 use crate::outbox::Outbox;
 use crate::problem::Problem;
 use crate::protocol;
+use crate::protocol::pusher::{self, Code};
 
 use super::connection::{self, EchoSlot, Ending, Params, Role};
 use super::writer;
@@ -290,7 +291,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
             hub.prefetch(crate::wire::StreamName::All, recover.as_ref())
                 .await
         }
-        Protocol::Plain => None,
+        Protocol::Plain | Protocol::Pusher => None,
     };
     let entry = hub.register(info, recover.as_ref(), prefetched);
     let id = entry.id;
@@ -307,6 +308,109 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     hub.tasks()
         .spawn(run_upgraded(hs.on_upgrade, outbox, role, params, hub.clone()).instrument(span));
     switching_protocols(&hs.accept, hs.v1)
+}
+
+/// Why a Pusher client is refused once upgraded: the protocol's own error and close code.
+fn pusher_refusal(
+    hub: &Hub,
+    key: &str,
+    req: &Request,
+) -> Result<Arc<crate::apps::App>, (Code, String)> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        protocol: Option<String>,
+    }
+    let app = hub
+        .apps()
+        .by_key(key)
+        .cloned()
+        .ok_or_else(|| (Code::UnknownApp, format!("no app has the key `{key}`")))?;
+    let version = axum::extract::Query::<Version>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|q| q.0.protocol);
+    match version.as_deref().map(str::parse::<u32>) {
+        None => {
+            return Err((
+                Code::NoVersion,
+                "no protocol version: connect with ?protocol=7".into(),
+            ))
+        }
+        Some(Err(_)) => {
+            return Err((
+                Code::InvalidVersion,
+                "the protocol version is a number, such as 7".into(),
+            ))
+        }
+        Some(Ok(v)) if !pusher::VERSIONS.contains(&v) => {
+            return Err((
+                Code::UnsupportedVersion,
+                format!("protocol version {v} is not supported (5 to 7 are)"),
+            ))
+        }
+        Some(Ok(_)) => {}
+    }
+    match hub.pusher_admit(&app) {
+        Ok(()) => Ok(app),
+        Err(Code::AppDisabled) => Err((Code::AppDisabled, format!("app {} is disabled", app.id))),
+        Err(code) => Err((code, format!("app {} is over its connection quota", app.id))),
+    }
+}
+
+/// `GET /app/{key}`: a Pusher Channels client (protocol 7; pusher-js, Laravel Echo, the
+/// mobile SDKs). What the protocol refuses (an unknown key, a missing version, an app over
+/// its quota) is refused after the upgrade with `pusher:error` and the close code it names,
+/// as Pusher does: that is what its clients understand.
+pub async fn pusher_handler(
+    State(hub): State<Hub>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    mut req: Request,
+) -> Response {
+    let hs = match handshake(&mut req) {
+        Ok(hs) => hs,
+        Err(e) => return e.into_response(),
+    };
+    if hub.is_shutting_down() {
+        return unavailable();
+    }
+    if let Err(problem) = hub.auth().check_origin(req.headers()) {
+        return problem.into_response();
+    }
+    if let Some(res) = over_connection_limit(&hub) {
+        return res;
+    }
+    let params = params(&hub, hub.config().max_message_size);
+    let span = tracing::debug_span!("pusher", remote = ?hs.remote);
+    let (outbox, role) = match pusher_refusal(&hub, &key, &req) {
+        Ok(app) => {
+            let mut info = ConnInfo::now(hs.remote);
+            info.protocol = Protocol::Pusher;
+            let entry = hub.register(info, None, None);
+            let session = Session::new(app, entry.id);
+            let _ = entry
+                .sink
+                .push(pusher::connection_established(&session.socket_id));
+            (
+                entry.sink.clone(),
+                Role::Pusher {
+                    hub: hub.clone(),
+                    entry,
+                    session: Box::new(session),
+                },
+            )
+        }
+        Err((code, why)) => {
+            let outbox = Arc::new(hub.new_outbox());
+            let _ = outbox.push(pusher::error(code, &why));
+            outbox.close(crate::close::CloseReason::Disconnected {
+                code: code.get(),
+                reason: Arc::from(why.as_str()),
+            });
+            (outbox, Role::Refused(hub.clone()))
+        }
+    };
+    hub.tasks()
+        .spawn(run_upgraded(hs.on_upgrade, outbox, role, params, hub.clone()).instrument(span));
+    switching_protocols(&hs.accept, false)
 }
 
 /// `GET /ws/echo`: raw RFC 6455 echo, for conformance testing and diagnostics.
@@ -349,8 +453,14 @@ async fn run_upgraded(
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
-            if let Role::Hub { hub, entry } = &role {
-                hub.unregister(entry, "upgrade_failed");
+            match &role {
+                Role::Hub { hub, entry } => hub.unregister(entry, "upgrade_failed"),
+                Role::Pusher {
+                    hub,
+                    entry,
+                    session,
+                } => hub.pusher_closed(entry, session, "upgrade_failed"),
+                Role::Echo(_) | Role::Refused(_) => {}
             }
             return;
         }
