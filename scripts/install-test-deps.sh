@@ -37,3 +37,10 @@ if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
   echo "== npm ci (tests/browser)"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# pusher-js, laravel-echo and the `pusher` server SDK, from their lock file: the Pusher
+# compatibility tests run the real libraries.
+if [[ ! -d tests/pusher/node_modules/pusher-js || ! -d tests/pusher/node_modules/laravel-echo ]]; then
+  echo "== npm ci (tests/pusher)"
+  (cd tests/pusher && npm ci --no-audit --no-fund --loglevel=error)
+fi
