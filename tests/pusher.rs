@@ -2,6 +2,8 @@
 //! real-library tests are in tests/pusher/), answered with the protocol's own errors and
 //! close codes, without disturbing other connections.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
