@@ -38,9 +38,9 @@ if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# pusher-js, laravel-echo and the `pusher` server SDK, from their lock file: the Pusher
-# compatibility tests run the real libraries.
-if [[ ! -d tests/pusher/node_modules/pusher-js || ! -d tests/pusher/node_modules/laravel-echo ]]; then
+# pusher-js, laravel-echo, the `pusher` server SDK and playwright-core, from their lock file:
+# the Pusher compatibility tests run the real libraries (Echo in Debian's Chromium).
+if [[ ! -d tests/pusher/node_modules/pusher-js || ! -d tests/pusher/node_modules/laravel-echo || ! -d tests/pusher/node_modules/playwright-core ]]; then
   echo "== npm ci (tests/pusher)"
   (cd tests/pusher && npm ci --no-audit --no-fund --loglevel=error)
 fi
