@@ -127,8 +127,10 @@ pub enum Publication {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         except: Option<String>,
     },
-    /// A user became a member of a presence channel, or stopped being one (Pusher
-    /// `member_added`/`member_removed`).
+    /// A connection became a member of a presence channel as a user, or stopped being one.
+    /// Every node applies these, in the bus's order, to its copy of the cluster's members,
+    /// and so decides alike whether a user is new (`member_added`) or gone
+    /// (`member_removed`).
     Presence {
         /// The stream.
         group: String,
@@ -139,9 +141,22 @@ pub enum Publication {
         /// The user's info, when added.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         info: Option<Box<RawValue>>,
-        /// A connection id not to tell (the one that joined).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        except: Option<String>,
+        /// The connection id.
+        connection: String,
+        /// The node that holds the connection.
+        node: String,
+    },
+    /// A node is alive (sent every heartbeat): a node not heard of for the node TTL is gone,
+    /// and its presence members with it.
+    Alive {
+        /// The node.
+        node: String,
+    },
+    /// A node (re)joined the bus: every node announces its presence members again, so the
+    /// newcomer's copy is complete.
+    Resync {
+        /// The node.
+        node: String,
     },
     /// Close every connection signed in as a user of an app (Pusher
     /// `terminate_connections`).

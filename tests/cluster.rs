@@ -217,6 +217,7 @@ mod in_process {
         offsets_stay_ordered_and_gap_free_with_publishers_on_several_nodes,
         listings_groups_and_users_are_cluster_wide,
         a_client_recovers_on_a_node_it_was_never_on,
+        pusher_presence_events_and_terminate_are_cluster_wide,
     );
 }
 
@@ -228,6 +229,7 @@ on_both!(
     the_backplane_dies_and_comes_back,
     a_client_recovers_on_a_node_it_was_never_on,
     every_delivery_counted_across_a_backplane_outage,
+    pusher_presence_events_and_terminate_are_cluster_wide,
 );
 
 fn token(sub: &str) -> String {
@@ -1102,4 +1104,150 @@ async fn a_refused_backplane_leaves_the_hub_a_single_node() {
         hub.render_metrics().contains("wshub_backplane_up 1"),
         "a single node's backplane is up"
     );
+}
+
+/// A Pusher client of the development app on `srv`, and its socket id.
+async fn pusher_client(srv: &TestServer) -> (Ws, String) {
+    let url = format!("ws://{}/app/app-key?protocol=7", srv.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["event"], "pusher:connection_established", "{v}");
+    let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+    (ws, data["socket_id"].as_str().unwrap().to_owned())
+}
+
+/// Joins `presence-room` as `user`; the member ids the subscription answered with.
+async fn presence_join(ws: &mut Ws, socket: &str, user: &str) -> Vec<String> {
+    let cd = json!({"user_id": user, "user_info": {"name": user}}).to_string();
+    let msg = wshub::signing::channel_message(socket, "presence-room", Some(&cd));
+    let auth = format!(
+        "app-key:{}",
+        wshub::signing::sign("app-secret", msg.as_bytes())
+    );
+    let sub = json!({"event": "pusher:subscribe", "data": {"channel": "presence-room", "auth": auth, "channel_data": cd}});
+    send_text(ws, &sub.to_string()).await;
+    let v = next_json_where(ws, |v| {
+        v["event"] == "pusher_internal:subscription_succeeded"
+    })
+    .await;
+    let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+    let mut ids: Vec<String> = data["presence"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits until `hub` sees exactly `users` in `presence-room`.
+async fn presence_is(hub: &Hub, users: &[&str]) {
+    let app = hub.apps().default_app().unwrap().clone();
+    let hub = hub.clone();
+    let want: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+    tokio::time::timeout(WAIT, async move {
+        loop {
+            let got: Vec<String> = hub
+                .presence_users(&app, "presence-room")
+                .into_iter()
+                .map(|u| u.id)
+                .collect();
+            if got == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("presence never became {users:?}"));
+}
+
+/// Pusher channels across nodes: presence is the cluster's (one `member_added` for a user's
+/// first connection anywhere, one `member_removed` for its last), events and client events
+/// reach every node, a user's connections are terminated wherever they are.
+async fn pusher_presence_events_and_terminate_are_cluster_wide(kind: Kind) {
+    let engine = Backend::start(kind);
+    let a = node(&engine, "tp", "node-a").await;
+    let b = node(&engine, "tp", "node-b").await;
+    let (mut alice, sa) = pusher_client(&a).await;
+    assert_eq!(presence_join(&mut alice, &sa, "alice").await, ["alice"]);
+    presence_is(&b.hub, &["alice"]).await;
+    let (mut bob1, sb1) = pusher_client(&b).await;
+    assert_eq!(
+        presence_join(&mut bob1, &sb1, "bob").await,
+        ["alice", "bob"]
+    );
+    let v = next_json_where(&mut alice, |v| v["event"] == "pusher_internal:member_added").await;
+    assert_eq!(
+        v["data"],
+        json!({"user_id": "bob", "user_info": {"name": "bob"}}).to_string()
+    );
+    // bob's second connection, on the other node: no second member_added.
+    let (mut bob2, sb2) = pusher_client(&a).await;
+    assert_eq!(
+        presence_join(&mut bob2, &sb2, "bob").await,
+        ["alice", "bob"]
+    );
+    // An event triggered on node B reaches node A's subscribers (and B's), once each.
+    let app = b.hub.apps().default_app().unwrap().clone();
+    let data = serde_json::value::to_raw_value("\"hi\"").unwrap();
+    b.hub
+        .trigger(&app, "presence-room", "greeting", data, None)
+        .unwrap();
+    for ws in [&mut alice, &mut bob1, &mut bob2] {
+        let v = next_json_where(ws, |v| v["event"] == "greeting").await;
+        assert_eq!(v["channel"], "presence-room");
+    }
+    // A client event from alice (node A) reaches bob on node B with her user id.
+    let ce = json!({"event": "client-wave", "channel": "presence-room", "data": {"x": 1}});
+    send_text(&mut alice, &ce.to_string()).await;
+    let v = next_json_where(&mut bob1, |v| v["event"] == "client-wave").await;
+    assert_eq!(
+        (v["user_id"].as_str(), v["data"].clone()),
+        (Some("alice"), json!({"x": 1}))
+    );
+    // bob1 leaves: bob is still there (bob2). Then bob2 leaves: one member_removed.
+    bob1.close(None).await.unwrap();
+    drop(bob1);
+    presence_is(&a.hub, &["alice", "bob"]).await;
+    bob2.close(None).await.unwrap();
+    drop(bob2);
+    presence_is(&a.hub, &["alice"]).await;
+    presence_is(&b.hub, &["alice"]).await;
+    // What alice got meanwhile: exactly one member_added (above) and one member_removed.
+    let marker = json!({"event": "pusher:ping", "data": {}});
+    send_text(&mut alice, &marker.to_string()).await;
+    let mut seen = Vec::new();
+    loop {
+        let v = next_json(&mut alice).await;
+        if v["event"] == "pusher:pong" {
+            break;
+        }
+        seen.push(v["event"].as_str().unwrap_or("").to_owned());
+    }
+    let removed = seen
+        .iter()
+        .filter(|e| *e == "pusher_internal:member_removed")
+        .count();
+    let added = seen
+        .iter()
+        .filter(|e| *e == "pusher_internal:member_added")
+        .count();
+    assert_eq!((added, removed), (0, 1), "{seen:?}");
+    // A user signed in on node B is terminated from node A.
+    let (mut carol, sc) = pusher_client(&b).await;
+    let user_data = json!({"id": "carol"}).to_string();
+    let msg = wshub::signing::user_message(&sc, &user_data);
+    let auth = format!(
+        "app-key:{}",
+        wshub::signing::sign("app-secret", msg.as_bytes())
+    );
+    let signin = json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}});
+    send_text(&mut carol, &signin.to_string()).await;
+    next_json_where(&mut carol, |v| v["event"] == "pusher:signin_success").await;
+    a.hub.terminate_user(&app, "carol");
+    assert_eq!(next_close(&mut carol).await, Some(4009));
+    a.stop().await;
+    b.stop().await;
 }

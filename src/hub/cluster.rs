@@ -91,7 +91,32 @@ impl Hub {
             .set(cluster)
             .map_err(|_| "a backplane is already attached".to_owned())?;
         tasks.start(Arc::new(NodeHandler(self.downgrade())));
+        self.spawn_heartbeat();
         Ok(())
+    }
+
+    /// Says every heartbeat that this node is alive, and forgets the presence members of nodes
+    /// silent for the node TTL. Ends with the hub.
+    fn spawn_heartbeat(&self) {
+        let Some(c) = self.cluster() else { return };
+        let (every, ttl) = (c.config().heartbeat, c.config().node_ttl);
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(hub) = Hub::upgrade(&weak) else {
+                    return;
+                };
+                let mut cork = HubCork::new();
+                let alive = Publication::Alive {
+                    node: hub.node_id().to_owned(),
+                };
+                hub.publish(alive, &mut cork);
+                hub.forget_silent_nodes(ttl);
+            }
+        });
     }
 
     /// The backplane, when this node is part of a cluster.
@@ -131,6 +156,13 @@ impl Hub {
         self.shared.metrics.backplane_up.set(i64::from(up));
         if up {
             tracing::info!(node = %self.node_id(), "backplane connected: cross-node delivery on");
+            // Every node (this one included) announces its presence members again: a newcomer
+            // learns them, and whoever forgot this node's while it was away relearns them.
+            let mut cork = HubCork::new();
+            let resync = Publication::Resync {
+                node: self.node_id().to_owned(),
+            };
+            self.publish(resync, &mut cork);
         } else {
             self.backplane_event("disconnected");
             tracing::warn!(node = %self.node_id(), "backplane unreachable: delivering to this node's connections only, reconnecting");

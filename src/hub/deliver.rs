@@ -142,20 +142,6 @@ impl<'p> Encoded<'p> {
                 data,
                 user_id.as_deref(),
             ),
-            Publication::Presence {
-                group,
-                user_id,
-                added,
-                info,
-                ..
-            } => {
-                let channel = crate::apps::channel_name(group);
-                if *added {
-                    pusher::member_added(channel, user_id, info.as_deref())
-                } else {
-                    pusher::member_removed(channel, user_id)
-                }
-            }
             _ => return None,
         })
     }
@@ -331,12 +317,29 @@ impl Hub {
                 }
                 Delivery::default()
             }
-            Publication::Presence { group, except, .. } => {
-                let audience = match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
-                    Some(id) => Audience::GroupExcept(group, id),
-                    None => Audience::Group(group),
-                };
-                self.offer(audience, &Encoded::new(p, None), cork)
+            Publication::Presence {
+                group,
+                user_id,
+                added,
+                info,
+                connection,
+                node,
+            } => self.apply_presence(
+                group,
+                user_id,
+                *added,
+                info.as_deref(),
+                connection,
+                node,
+                cork,
+            ),
+            Publication::Alive { node } => {
+                self.node_alive(node);
+                Delivery::default()
+            }
+            Publication::Resync { node } => {
+                self.resync_presence(node);
+                Delivery::default()
             }
             Publication::Terminate { app, user } => {
                 self.terminate_here(app, user);

@@ -19,6 +19,7 @@ use crate::apps::App;
 use crate::close::CloseReason;
 use crate::frame::Frame;
 use crate::id::ConnId;
+use crate::manager::Audience;
 use crate::protocol::pusher::{self, Channel, Code, Kind};
 use crate::wire::Publication;
 
@@ -86,7 +87,8 @@ struct Members {
 
 struct Member {
     info: Option<Box<RawValue>>,
-    conns: Vec<ConnId>,
+    /// Its connections in the channel, anywhere in the cluster: the node and the id.
+    conns: Vec<(Arc<str>, ConnId)>,
 }
 
 /// A signed-in user: the app id and the user id.
@@ -95,8 +97,12 @@ type UserKey = (Arc<str>, String);
 /// What the hub keeps for Pusher connections.
 #[derive(Default)]
 pub(crate) struct PusherState {
-    /// Presence channels by stream.
+    /// Presence channels by stream: this node's copy of the members of the whole cluster,
+    /// kept by applying [`Publication::Presence`] in the bus's order (on a single node, as
+    /// they happen).
     presence: Mutex<HashMap<Arc<str>, Members>>,
+    /// When each other node was last heard of (cluster only).
+    alive: Mutex<HashMap<Arc<str>, Instant>>,
     /// Signed-in users: `(app id, user id)` → their connections.
     users: Mutex<HashMap<UserKey, Vec<ConnId>>>,
     /// Connections per app id.
@@ -395,9 +401,26 @@ impl Hub {
         let mut frames = Vec::with_capacity(2);
         match presence {
             Some((user, info)) if joined.changed => {
-                let stream: Arc<str> = Arc::from(stream.as_str());
-                frames.push(self.presence_join(&stream, name, user.clone(), info, me.id, cork));
-                session.state.lock().presence.push((stream, user));
+                // The answer (the members, this one included) and the cache come when the
+                // membership is applied: at once on a single node, when the bus brings it
+                // back in a cluster (so the list is the cluster's at that point of its order).
+                session
+                    .state
+                    .lock()
+                    .presence
+                    .push((Arc::from(stream.as_str()), user.clone()));
+                self.publish(
+                    Publication::Presence {
+                        group: stream,
+                        user_id: user,
+                        added: true,
+                        info,
+                        connection: me.id.to_string(),
+                        node: self.node_id().to_owned(),
+                    },
+                    cork,
+                );
+                return Ok(frames);
             }
             Some(_) => {
                 // Already subscribed: the member list again, nothing announced.
@@ -406,53 +429,131 @@ impl Hub {
             None => frames.push(pusher::subscription_succeeded(name)),
         }
         if channel.cache {
-            let cached = self
-                .shared
-                .history
-                .existing(&stream)
-                .and_then(|s| s.lock().cached().cloned());
-            frames.push(cached.unwrap_or_else(|| pusher::cache_miss(name)));
+            frames.push(self.cached_or_miss(&stream, name));
         }
         Ok(frames)
     }
 
-    /// Adds a connection as `user` to a presence channel; tells the other subscribers when
-    /// it is the user's first connection there. Returns the `subscription_succeeded` with
-    /// the members, this one included.
-    fn presence_join(
+    /// A cache channel's last event, or `pusher:cache_miss`.
+    fn cached_or_miss(&self, stream: &str, channel: &str) -> Frame {
+        self.shared
+            .history
+            .existing(stream)
+            .and_then(|s| s.lock().cached().cloned())
+            .unwrap_or_else(|| pusher::cache_miss(channel))
+    }
+
+    /// Applies a presence change (from this node or another, in the bus's order) to this
+    /// node's copy of the members, and tells this node's subscribers what it means: a user's
+    /// first connection is `member_added` (to all but that connection), its last is
+    /// `member_removed`; the connection that joined, when it is here, gets the member list.
+    #[allow(clippy::too_many_arguments)] // the fields of one publication
+    pub(crate) fn apply_presence(
         &self,
-        stream: &Arc<str>,
-        channel: &str,
-        user: String,
-        info: Option<Box<RawValue>>,
-        id: ConnId,
+        group: &str,
+        user: &str,
+        added: bool,
+        info: Option<&RawValue>,
+        connection: &str,
+        node: &str,
         cork: &mut HubCork,
-    ) -> Frame {
-        let (first, frame) = {
-            let mut all = self.shared.pusher.presence.lock();
-            let members = all.entry(stream.clone()).or_default();
-            let first = !members.users.contains_key(&user);
-            let m = members.users.entry(user.clone()).or_insert_with(|| Member {
-                info: None,
-                conns: Vec::new(),
-            });
-            if first {
-                m.info = info.clone();
-            }
-            m.conns.push(id);
-            (first, Self::presence_frame(members, channel))
+    ) -> crate::manager::Delivery {
+        let Ok(id) = connection.parse::<ConnId>() else {
+            return crate::manager::Delivery::default();
         };
-        if first {
-            let p = Publication::Presence {
-                group: stream.to_string(),
-                user_id: user,
-                added: true,
-                info,
-                except: Some(id.to_string()),
-            };
-            self.publish(p, cork);
+        let channel = crate::apps::channel_name(group);
+        let node: Arc<str> = Arc::from(node);
+        let here = *node == *self.shared.node;
+        if !here {
+            self.shared
+                .pusher
+                .alive
+                .lock()
+                .insert(node.clone(), Instant::now());
         }
-        frame
+        let mut to_joiner = None;
+        let changed_user = {
+            let mut all = self.shared.pusher.presence.lock();
+            if added {
+                let members = all.entry(Arc::from(group)).or_default();
+                let first = !members.users.contains_key(user);
+                let m = members
+                    .users
+                    .entry(user.to_owned())
+                    .or_insert_with(|| Member {
+                        info: info.map(|i| i.to_owned()),
+                        conns: Vec::new(),
+                    });
+                let new_conn = !m.conns.iter().any(|(n, c)| *c == id && *n == node);
+                if new_conn {
+                    m.conns.push((node, id));
+                    if here && self.shared.manager.is_member(id, group) {
+                        to_joiner = Some(Self::presence_frame(members, channel));
+                    }
+                }
+                first
+            } else {
+                let Some(members) = all.get_mut(group) else {
+                    return crate::manager::Delivery::default();
+                };
+                let Some(m) = members.users.get_mut(user) else {
+                    return crate::manager::Delivery::default();
+                };
+                m.conns.retain(|(n, c)| !(*c == id && *n == node));
+                let last = m.conns.is_empty();
+                if last {
+                    members.users.remove(user);
+                    if members.users.is_empty() {
+                        all.remove(group);
+                    }
+                }
+                last
+            }
+        };
+        if let Some(frame) = to_joiner {
+            self.to_pusher(id, frame, cork);
+            if Channel::parse(channel).is_some_and(|c| c.cache) {
+                let cached = self.cached_or_miss(group, channel);
+                self.to_pusher(id, cached, cork);
+            }
+        }
+        if !changed_user {
+            return crate::manager::Delivery::default();
+        }
+        let frame = if added {
+            pusher::member_added(channel, user, info)
+        } else {
+            pusher::member_removed(channel, user)
+        };
+        let audience = if added {
+            Audience::GroupExcept(group, id)
+        } else {
+            Audience::Group(group)
+        };
+        self.pusher_only(audience, &frame, cork)
+    }
+
+    /// Offers a frame to the Pusher connections of an audience only.
+    fn pusher_only(
+        &self,
+        audience: Audience<'_>,
+        frame: &Frame,
+        cork: &mut HubCork,
+    ) -> crate::manager::Delivery {
+        struct OnlyPusher<'a>(&'a Frame);
+        impl crate::manager::Frames for OnlyPusher<'_> {
+            fn frame_for(&self, p: crate::manager::Protocol) -> Option<&Frame> {
+                (p == crate::manager::Protocol::Pusher).then_some(self.0)
+            }
+        }
+        let d = self
+            .shared
+            .manager
+            .publish_by_protocol(audience, &OnlyPusher(frame), cork);
+        self.shared
+            .metrics
+            .delivered(frame.len(), d.delivered, d.slow, d.dead);
+        d
     }
 
     fn presence_frame(members: &Members, channel: &str) -> Frame {
@@ -473,37 +574,100 @@ impl Hub {
         }
     }
 
-    /// Removes a connection of `user` from a presence channel; tells the subscribers when it
-    /// was the user's last connection there.
+    /// Takes a connection of `user` out of a presence channel, on every node.
     fn presence_leave(&self, stream: &Arc<str>, user: &str, id: ConnId, cork: &mut HubCork) {
-        let last = {
-            let mut all = self.shared.pusher.presence.lock();
-            let Some(members) = all.get_mut(stream) else {
-                return;
-            };
-            let Some(m) = members.users.get_mut(user) else {
-                return;
-            };
-            m.conns.retain(|c| *c != id);
-            let last = m.conns.is_empty();
-            if last {
-                members.users.remove(user);
-                if members.users.is_empty() {
-                    all.remove(stream);
-                }
-            }
-            last
-        };
-        if last {
-            let p = Publication::Presence {
+        self.publish(
+            Publication::Presence {
                 group: stream.to_string(),
                 user_id: user.to_owned(),
                 added: false,
                 info: None,
-                except: None,
-            };
-            self.publish(p, cork);
+                connection: id.to_string(),
+                node: self.node_id().to_owned(),
+            },
+            cork,
+        );
+    }
+
+    /// Another node is alive.
+    pub(crate) fn node_alive(&self, node: &str) {
+        if node != self.node_id() {
+            self.shared
+                .pusher
+                .alive
+                .lock()
+                .insert(Arc::from(node), Instant::now());
         }
+    }
+
+    /// Another node (re)joined the bus, or this one did: this node announces its own presence
+    /// members again (applying one twice changes nothing).
+    pub(crate) fn resync_presence(&self, _node: &str) {
+        let mine: Vec<Publication> = {
+            let all = self.shared.pusher.presence.lock();
+            all.iter()
+                .flat_map(|(group, members)| {
+                    members.users.iter().flat_map(move |(user, m)| {
+                        m.conns
+                            .iter()
+                            .filter(|(n, _)| **n == *self.shared.node)
+                            .map(move |(_, c)| Publication::Presence {
+                                group: group.to_string(),
+                                user_id: user.clone(),
+                                added: true,
+                                info: m.info.clone(),
+                                connection: c.to_string(),
+                                node: self.node_id().to_owned(),
+                            })
+                    })
+                })
+                .collect()
+        };
+        let mut cork = HubCork::new();
+        for p in mine {
+            self.publish(p, &mut cork);
+        }
+        cork.flush();
+    }
+
+    /// Forgets the presence members of nodes not heard of for `ttl` (crashed, or cut off):
+    /// their users' last connections are `member_removed` here, as on every other node.
+    pub(crate) fn forget_silent_nodes(&self, ttl: std::time::Duration) {
+        let now = Instant::now();
+        let gone: Vec<Arc<str>> = {
+            let mut alive = self.shared.pusher.alive.lock();
+            let gone = alive
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) > ttl)
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>();
+            for n in &gone {
+                alive.remove(n);
+            }
+            gone
+        };
+        if gone.is_empty() {
+            return;
+        }
+        let removals: Vec<(String, String, String, String)> = {
+            let all = self.shared.pusher.presence.lock();
+            all.iter()
+                .flat_map(|(g, members)| {
+                    members
+                        .users
+                        .iter()
+                        .flat_map(move |(u, m)| m.conns.iter().map(move |(n, c)| (g, u, n, c)))
+                })
+                .filter(|(_, _, n, _)| gone.contains(n))
+                .map(|(g, u, n, c)| (g.to_string(), u.clone(), n.to_string(), c.to_string()))
+                .collect()
+        };
+        tracing::info!(nodes = ?gone, members = removals.len(), "forgetting the presence members of silent nodes");
+        let mut cork = HubCork::new();
+        for (g, u, n, c) in removals {
+            self.apply_presence(&g, &u, false, None, &c, &n, &mut cork);
+        }
+        cork.flush();
     }
 
     fn pusher_unsubscribe(&self, me: &HubEntry, session: &Session, name: &str, cork: &mut HubCork) {
