@@ -75,6 +75,20 @@ pub enum Publication {
         /// A connection id not to tell (who joined).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         except: Option<String>,
+        /// The node that holds the connection (every node counts each group's members per
+        /// node from these; absent from nodes of older versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
+    /// A node's member counts per group, whole (when nodes resynchronise): replaces what was
+    /// counted for that node.
+    Occupancy {
+        /// The node.
+        node: String,
+        /// Groups with members on that node, and how many.
+        groups: Vec<(String, usize)>,
+        /// Whether this is the first part of the node's counts (the others follow in order).
+        first: bool,
     },
     /// A `direct` envelope to every connection of a user.
     User {

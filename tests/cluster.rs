@@ -647,15 +647,38 @@ async fn a_killed_node_leaves_the_listing_within_its_ttl(kind: Kind) {
         v["count"] == 1 && v["connections"][0]["node"] == "doomed"
     })
     .await;
+    // A Pusher presence member on each node.
+    let (mut here, sh) = pusher_client(&a).await;
+    presence_join(&mut here, &sh, "stays").await;
+    let url = format!("ws://{addr}/app/app-key?protocol=7");
+    let (mut there, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let v = next_json(&mut there).await;
+    let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+    let st = data["socket_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        presence_join(&mut there, &st, "goes").await,
+        ["goes", "stays"]
+    );
+    next_json_where(&mut here, |v| v["event"] == "pusher_internal:member_added").await;
     doomed.start_kill().unwrap();
     let _ = doomed.wait().await;
     let started = std::time::Instant::now();
-    wait_listing(&a, "", |v| v["count"] == 0).await;
+    wait_listing(&a, "", |v| v["count"] == 1).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
     );
+    // The dead node's presence member is removed on the survivor, within the TTL too.
+    let v = next_json_where(&mut here, |v| {
+        v["event"] == "pusher_internal:member_removed"
+    })
+    .await;
+    assert_eq!(v["data"], json!({"user_id": "goes"}).to_string());
+    presence_is(&a.hub, &["stays"]).await;
+    let app = a.hub.apps().default_app().unwrap().clone();
+    assert_eq!(a.hub.subscription_count(&app, "presence-room"), 1);
+    drop(here);
     drop(ws.close(None).await);
     a.stop().await;
 }
@@ -1170,6 +1193,7 @@ async fn pusher_presence_events_and_terminate_are_cluster_wide(kind: Kind) {
     let engine = Backend::start(kind);
     let a = node(&engine, "tp", "node-a").await;
     let b = node(&engine, "tp", "node-b").await;
+    let app = b.hub.apps().default_app().unwrap().clone();
     let (mut alice, sa) = pusher_client(&a).await;
     assert_eq!(presence_join(&mut alice, &sa, "alice").await, ["alice"]);
     presence_is(&b.hub, &["alice"]).await;
@@ -1189,8 +1213,20 @@ async fn pusher_presence_events_and_terminate_are_cluster_wide(kind: Kind) {
         presence_join(&mut bob2, &sb2, "bob").await,
         ["alice", "bob"]
     );
+    // Both nodes count the channel's three subscriptions, wherever they are.
+    for hub in [&a.hub, &b.hub] {
+        let (hub, app) = (hub.clone(), app.clone());
+        tokio::time::timeout(WAIT, async move {
+            while hub.subscription_count(&app, "presence-room") != 3
+                || hub.app_channels(&app) != [("presence-room".to_owned(), 3)]
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the subscription count is the cluster's");
+    }
     // An event triggered on node B reaches node A's subscribers (and B's), once each.
-    let app = b.hub.apps().default_app().unwrap().clone();
     let data = serde_json::value::to_raw_value("\"hi\"").unwrap();
     b.hub
         .trigger(&app, "presence-room", "greeting", data, None)

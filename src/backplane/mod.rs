@@ -251,13 +251,13 @@ impl Cluster {
 /// The publication queue to the engine is full (the engine is slower than the node
 /// publishes): the publication comes back, unsent.
 #[derive(Debug)]
-pub struct QueueFull(pub Publication);
+pub struct QueueFull(pub Box<Publication>);
 
 impl QueueFull {
     fn of(e: mpsc::error::TrySendError<Outgoing>) -> Self {
         match e {
             mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => {
-                Self(o.publication)
+                Self(Box::new(o.publication))
             }
         }
     }

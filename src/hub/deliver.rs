@@ -255,7 +255,11 @@ impl Hub {
                 connection,
                 user,
                 except,
+                node,
             } => {
+                if let Some(node) = node {
+                    self.shared.occupancy.change(group, node, *joined);
+                }
                 let f = v1::membership(*joined, group, connection, user.as_deref());
                 match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
                     Some(id) => self.publish_corked(Audience::GroupExcept(group, id), &f, cork),
@@ -339,6 +343,15 @@ impl Hub {
             }
             Publication::Resync { node } => {
                 self.resync_presence(node);
+                self.announce_occupancy();
+                Delivery::default()
+            }
+            Publication::Occupancy {
+                node,
+                groups,
+                first,
+            } => {
+                self.shared.occupancy.replace(node, groups, *first);
                 Delivery::default()
             }
             Publication::Terminate { app, user } => {

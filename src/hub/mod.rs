@@ -15,6 +15,7 @@ mod cluster;
 mod commands;
 mod deliver;
 mod error;
+mod occupancy;
 mod pusher;
 mod recovery;
 mod replies;
@@ -141,6 +142,8 @@ pub(crate) struct Shared {
     replies: replies::Replies,
     /// Presence, signed-in users and connection counts of Pusher apps.
     pusher: pusher::PusherState,
+    /// Members per group in the whole cluster.
+    occupancy: occupancy::Occupancy,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -223,6 +226,7 @@ impl Hub {
                 echo: std::sync::atomic::AtomicUsize::new(0),
                 replies: replies::Replies::default(),
                 pusher: pusher::PusherState::default(),
+                occupancy: occupancy::Occupancy::default(),
             }),
         };
         hub.shared
@@ -675,6 +679,7 @@ impl Hub {
             connection: short.to_owned(),
             user: user.map(str::to_owned),
             except: except.map(|e| e.to_string()),
+            node: Some(self.node_id().to_owned()),
         };
         self.publish(p, cork);
     }

@@ -649,6 +649,9 @@ impl Hub {
         if gone.is_empty() {
             return;
         }
+        for n in &gone {
+            self.shared.occupancy.forget(n);
+        }
         let removals: Vec<(String, String, String, String)> = {
             let all = self.shared.pusher.presence.lock();
             all.iter()
@@ -830,16 +833,13 @@ impl Hub {
         Ok(())
     }
 
-    /// Subscribers of a channel of `app` on this node.
+    /// Subscribers of a channel of `app`, on every node.
     pub fn subscription_count(&self, app: &App, channel: &str) -> usize {
         let stream = self.apps().stream_of(app, channel);
-        self.shared
-            .manager
-            .group_members(&stream)
-            .map_or(0, |m| m.len())
+        self.shared.occupancy.count(&stream)
     }
 
-    /// The users of a presence channel of `app` on this node.
+    /// The users of a presence channel of `app`, on every node.
     pub fn presence_users(&self, app: &App, channel: &str) -> Vec<PresenceUser> {
         let stream = self.apps().stream_of(app, channel);
         let all = self.shared.pusher.presence.lock();
@@ -856,10 +856,12 @@ impl Hub {
         users
     }
 
-    /// The occupied channels of `app` on this node, with their subscriber counts.
+    /// The occupied channels of `app` on every node, with their subscriber counts.
     pub fn app_channels(&self, app: &App) -> Vec<(String, usize)> {
         let apps = self.apps();
-        self.groups()
+        self.shared
+            .occupancy
+            .all()
             .into_iter()
             .filter_map(|(g, n)| {
                 let (a, c) = apps.channel_of(&g)?;
