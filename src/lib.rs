@@ -8,15 +8,19 @@
 //! From the bottom up; a module uses only those above it in this list, never one below (no
 //! import cycle: `../shared/tools/modgraph.py src` checks it):
 //!
-//! - [`frame`], [`id`], [`problem`], [`metrics`], [`wire`], [`web`], [`tls`]: leaves. The RFC
-//!   6455 wire format (a server frame is encoded **once** into a shared buffer and handed to
-//!   every recipient; client frames are decoded incrementally); connection ids; RFC 9457
-//!   errors; Prometheus metrics; the types nodes exchange through a backplane (publications,
-//!   stream names, connection entries, node ids); the demo page and JavaScript client; TLS.
+//! - [`frame`], [`id`], [`problem`], [`metrics`], [`wire`], [`web`], [`tls`], [`apps`],
+//!   [`signing`]: leaves. The RFC 6455 wire format (a server frame is encoded **once** into a
+//!   shared buffer and handed to every recipient; client frames are decoded incrementally);
+//!   connection ids (and their Pusher `socket_id` form); RFC 9457 errors; Prometheus metrics;
+//!   the types nodes exchange through a backplane (publications, stream names, connection
+//!   entries, node ids); the demo page and JavaScript client; TLS; Pusher apps (id, key,
+//!   secret, limits) and how their channels map to hub streams; Pusher's HMAC signatures.
 //! - [`close`], [`envelope`]: close reasons and their codes; the JSON envelopes of SPEC 1.2.
 //! - [`history`]: offsets, epochs and bounded history per group and for the all-clients
 //!   stream (bounded in bytes overall): what lets a reconnecting client recover what it missed.
-//! - [`protocol`]: the `wshub.v1` subprotocol: commands, acks, errors, group envelopes.
+//! - [`protocol`]: what travels in the frames: the `wshub.v1` subprotocol (commands, acks,
+//!   errors, group envelopes) and the Pusher Channels protocol 7 (events, channel kinds, close
+//!   codes).
 //! - [`manager`]: the thread-safe registry of connections, generic over the [`manager::Sink`]
 //!   trait it defines.
 //! - [`outbox`]: a connection's outbound queue, bounded in frames and bytes, the registry's
@@ -26,10 +30,12 @@
 //!   subscriber and entry keeper. It calls the hub back only through the
 //!   [`backplane::Handler`] trait it defines.
 //! - [`hub`]: the handle every message goes through: register, announce, echo, broadcast,
-//!   groups, delivery of what the backplane brings.
-//! - [`transport`]: the upgrade handshake and the per-connection task (reader, batched
-//!   writer, keep-alive, closing handshake).
-//! - [`api`]: the REST companion API, OpenAPI document and Swagger UI.
+//!   groups, Pusher sessions (subscriptions, cluster-wide presence and occupancy, client
+//!   events, sign-in), and the one delivery path for what any protocol or node publishes.
+//! - [`transport`]: the upgrade handshakes (`/ws`, `/ws/echo`, Pusher's `/app/{key}`) and the
+//!   per-connection task (reader, batched writer, keep-alive, closing handshake).
+//! - [`api`]: the REST companion API, Pusher's signed HTTP API (`/apps/{id}/…`), the OpenAPI
+//!   document and Swagger UI.
 //! - [`config`], [`server`]: options, the accept loop with graceful shutdown.
 //!
 //! # Embedding
@@ -73,7 +79,7 @@ pub use id::ConnId;
 use axum::routing::get;
 
 /// Every wshub route, ready to serve or to merge into another application: `/ws`, `/ws/echo`,
-/// `/api/*`, `/openapi.json`, `/swagger`, `/healthz`, the demo page `/`, `/client.js`, and a
+/// `/app/{key}` and `/apps/*` (Pusher), `/api/*`, `/openapi.json`, `/swagger`, `/healthz`, the demo page `/`, `/client.js`, and a
 /// problem+json 404 fallback.
 ///
 /// Serve it with [`server::run`], or with `axum::serve` using

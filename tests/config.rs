@@ -178,3 +178,52 @@ fn the_production_example_is_a_valid_configuration_with_echo_off() {
     assert!(out.contains("echo_endpoint = false"), "{out}");
     assert!(out.contains("announce = \"none\""), "{out}");
 }
+
+#[test]
+fn pusher_apps_come_from_tables_or_flags_and_their_secrets_are_never_printed() {
+    let path = file(
+        "apps.toml",
+        "[[apps]]\nid = \"shop\"\nkey = \"shop-key\"\nsecret = \"shop-secret-value\"\nclient_events = false\nmax_connections = 5\n\n[[apps]]\nid = \"blog\"\nkey = \"blog-key\"\nsecret = \"blog-secret-value\"\n",
+    );
+    let p = path.to_str().unwrap();
+    let (ok, out, err) = wshub(&["serve", "--config", p, "--print-config"], &[]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("secret-value"), "{out}");
+    assert!(out.contains("app secrets are not printed"), "{out}");
+    let cfg: toml::Table = out
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .parse()
+        .unwrap();
+    let apps = cfg["apps"].as_array().unwrap();
+    assert_eq!(apps.len(), 2);
+    assert_eq!(apps[0]["id"].as_str(), Some("shop"));
+    assert_eq!(apps[0]["client_events"].as_bool(), Some(false));
+    assert_eq!(apps[0]["max_connections"].as_integer(), Some(5));
+    // The command line's form; a bad app stops the server naming what is wrong.
+    let (ok, out, err) = wshub(&["serve", "--app", "7:k7:s7", "--print-config"], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("k7") && !out.contains("s7\""), "{out}");
+    let (ok, _, err) = wshub(&["serve", "--app", "bad id:k:s"], &[]);
+    assert!(!ok);
+    assert!(err.contains("app id"), "{err}");
+    let bad = file("bad-app.toml", "[[apps]]\nid = \"x\"\nkey = \"k\"\n");
+    let (ok, _, err) = wshub(&["serve", "--config", bad.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("secret"), "{err}");
+    let dup = file("dup-app.toml", "[[apps]]\nid = \"x\"\nkey = \"k\"\nsecret = \"s\"\n[[apps]]\nid = \"x\"\nkey = \"k2\"\nsecret = \"s\"\n");
+    let (ok, _, err) = wshub(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            dup.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("two apps have the id"), "{err}");
+}

@@ -31,7 +31,9 @@ use crate::problem::Problem;
     paths(
         connections::list, connections::broadcast, connections::get_one, connections::delete_one,
         connections::send_one, groups::list, groups::get_one, groups::broadcast, groups::add_member,
-        groups::remove_member, groups::send_to_user, history::group, history::all, health, ready, metrics
+        groups::remove_member, groups::send_to_user, history::group, history::all, health, ready, metrics,
+        pusher::events, pusher::batch_events, pusher::channels, pusher::channel, pusher::users,
+        pusher::terminate
     ),
     components(schemas(
         connections::Connection,
@@ -46,12 +48,15 @@ use crate::problem::Problem;
         groups::Membership,
         groups::Published,
         history::HistoryPage,
+        pusher::EventRequest,
+        pusher::BatchRequest,
         Problem
     )),
     tags((name = "connections", description = "Connected WebSocket clients"),
          (name = "groups", description = "Groups (rooms, channels) and their members"),
          (name = "users", description = "Every connection of an authenticated user"),
-         (name = "operations", description = "Health, readiness and metrics"))
+         (name = "operations", description = "Health, readiness and metrics"),
+         (name = "pusher", description = "Pusher's HTTP API (signed with an app's secret; see docs/PUSHER.md)"))
 )]
 pub struct ApiDoc;
 

@@ -45,7 +45,8 @@ pub fn routes() -> Router<Hub> {
 }
 
 /// A refusal: the status and a plain-text reason, as Pusher answers.
-struct Refusal(StatusCode, String);
+#[derive(Debug)]
+pub struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -128,6 +129,32 @@ fn authenticate(
         ));
     }
     Ok((app, params))
+}
+
+/// `POST /apps/{app_id}/events`'s body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // read as [`EventBody`]; this is its schema
+pub struct EventRequest {
+    /// The event name (1 to 200 characters).
+    name: String,
+    /// The data: a string (the SDKs send JSON as a string).
+    data: String,
+    /// 1 to 100 channels (or `channel`).
+    channels: Option<Vec<String>>,
+    /// One channel (or `channels`).
+    channel: Option<String>,
+    /// A connection not to send it to.
+    socket_id: Option<String>,
+    /// Attributes to answer with: `subscription_count`, `user_count`.
+    info: Option<String>,
+}
+
+/// `POST /apps/{app_id}/batch_events`'s body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // read as events; this is its schema
+pub struct BatchRequest {
+    /// Up to 10 events, each with `channel`.
+    batch: Vec<EventRequest>,
 }
 
 #[derive(Deserialize)]
@@ -263,7 +290,26 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal>
 }
 
 /// `POST /apps/{app_id}/events`: an event on one or more channels.
-async fn events(
+#[utoipa::path(post, path = "/apps/{app_id}/events", tag = "pusher",
+    request_body = EventRequest,
+    params(
+        ("app_id" = String, Path, description = "The app id"),
+        ("auth_key" = String, Query, description = "The app key"),
+        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
+        ("auth_version" = String, Query, description = "`1.0`"),
+        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        ("body_md5" = String, Query, description = "hex MD5 of the body"),
+    ),
+    responses(
+        (status = 200, description = "Published: `{}`, or `{\"channels\": {…}}` with the attributes `info` asked for", body = Object),
+        (status = 400, description = "Bad request", body = String, content_type = "text/plain"),
+        (status = 413, description = "Data over the app's max_event_size", body = String, content_type = "text/plain"),
+        (status = 429, description = "The backplane is not keeping up: nothing was published", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
+        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
+        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+    ))]
+pub async fn events(
     State(hub): State<Hub>,
     Path(app_id): Path<String>,
     method: Method,
@@ -285,7 +331,25 @@ async fn events(
 }
 
 /// `POST /apps/{app_id}/batch_events`: up to 10 events, each on one channel.
-async fn batch_events(
+#[utoipa::path(post, path = "/apps/{app_id}/batch_events", tag = "pusher",
+    request_body = BatchRequest,
+    params(
+        ("app_id" = String, Path, description = "The app id"),
+        ("auth_key" = String, Query, description = "The app key"),
+        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
+        ("auth_version" = String, Query, description = "`1.0`"),
+        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        ("body_md5" = String, Query, description = "hex MD5 of the body"),
+    ),
+    responses(
+        (status = 200, description = "Published: `{}`, or `{\"batch\": […]}` with the attributes `info` asked for", body = Object),
+        (status = 400, description = "Bad request (nothing was published)", body = String, content_type = "text/plain"),
+        (status = 413, description = "Data over the app's max_event_size", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
+        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
+        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+    ))]
+pub async fn batch_events(
     State(hub): State<Hub>,
     Path(app_id): Path<String>,
     method: Method,
@@ -334,7 +398,24 @@ fn info_param(params: &[(String, String)]) -> Vec<String> {
 }
 
 /// `GET /apps/{app_id}/channels`: the occupied channels, optionally by prefix.
-async fn channels(
+#[utoipa::path(get, path = "/apps/{app_id}/channels", tag = "pusher",
+    params(
+        ("app_id" = String, Path, description = "The app id"),
+        ("auth_key" = String, Query, description = "The app key"),
+        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
+        ("auth_version" = String, Query, description = "`1.0`"),
+        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        ("filter_by_prefix" = Option<String>, Query, description = "Only channels starting with this"),
+        ("info" = Option<String>, Query, description = "`user_count` (with a presence- prefix), `subscription_count`"),
+    ),
+    responses(
+        (status = 200, description = "`{\"channels\": {\"name\": {…}}}`", body = Object),
+        (status = 400, description = "Bad request", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
+        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
+        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+    ))]
+pub async fn channels(
     State(hub): State<Hub>,
     Path(app_id): Path<String>,
     method: Method,
@@ -365,7 +446,24 @@ async fn channels(
 }
 
 /// `GET /apps/{app_id}/channels/{channel}`: whether it is occupied, and counts on request.
-async fn channel(
+#[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}", tag = "pusher",
+    params(
+        ("app_id" = String, Path, description = "The app id"),
+        ("auth_key" = String, Query, description = "The app key"),
+        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
+        ("auth_version" = String, Query, description = "`1.0`"),
+        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        ("channel" = String, Path, description = "The channel"),
+        ("info" = Option<String>, Query, description = "`subscription_count`, `user_count` (presence)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"occupied\": true, …}`", body = Object),
+        (status = 400, description = "Bad request", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
+        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
+        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+    ))]
+pub async fn channel(
     State(hub): State<Hub>,
     Path((app_id, channel)): Path<(String, String)>,
     method: Method,
@@ -387,7 +485,23 @@ async fn channel(
 }
 
 /// `GET /apps/{app_id}/channels/{channel}/users`: a presence channel's users.
-async fn users(
+#[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}/users", tag = "pusher",
+    params(
+        ("app_id" = String, Path, description = "The app id"),
+        ("auth_key" = String, Query, description = "The app key"),
+        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
+        ("auth_version" = String, Query, description = "`1.0`"),
+        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        ("channel" = String, Path, description = "A presence channel"),
+    ),
+    responses(
+        (status = 200, description = "`{\"users\": [{\"id\": …}]}`", body = Object),
+        (status = 400, description = "Not a presence channel", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
+        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
+        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+    ))]
+pub async fn users(
     State(hub): State<Hub>,
     Path((app_id, channel)): Path<(String, String)>,
     method: Method,
@@ -407,7 +521,23 @@ async fn users(
 
 /// `POST /apps/{app_id}/users/{user_id}/terminate_connections`: closes every connection the
 /// user signed in with, on every node.
-async fn terminate(
+#[utoipa::path(post, path = "/apps/{app_id}/users/{user_id}/terminate_connections", tag = "pusher",
+    request_body(content = Object, description = "`{}` (signed with body_md5)"),
+    params(
+        ("app_id" = String, Path, description = "The app id"),
+        ("auth_key" = String, Query, description = "The app key"),
+        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
+        ("auth_version" = String, Query, description = "`1.0`"),
+        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        ("user_id" = String, Path, description = "The user"),
+    ),
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
+        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
+        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+    ))]
+pub async fn terminate(
     State(hub): State<Hub>,
     Path((app_id, user)): Path<(String, String)>,
     method: Method,
