@@ -492,6 +492,16 @@ impl<S: Sink> ConnectionManager<S> {
         list
     }
 
+    /// Every user with connections, and how many.
+    pub fn users(&self) -> Vec<(Arc<str>, usize)> {
+        self.inner
+            .read()
+            .users
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+
     /// The members of a group, or `None` when the group does not exist (it has no members).
     pub fn group_members(&self, group: &str) -> Option<Vec<Arc<Entry<S>>>> {
         self.inner

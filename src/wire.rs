@@ -87,8 +87,21 @@ pub enum Publication {
         node: String,
         /// Groups with members on that node, and how many.
         groups: Vec<(String, usize)>,
+        /// Users with connections on that node, and how many.
+        #[serde(default)]
+        users: Vec<(String, usize)>,
         /// Whether this is the first part of the node's counts (the others follow in order).
         first: bool,
+    },
+    /// A connection of an authenticated user opened or closed on a node (every node counts
+    /// each user's connections per node from these).
+    Online {
+        /// The user.
+        user: String,
+        /// The node.
+        node: String,
+        /// Opened (true) or closed.
+        online: bool,
     },
     /// A `direct` envelope to every connection of a user.
     User {

@@ -313,15 +313,9 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Connection>, Problem> {
     let id = parse_id(&id)?;
-    if let Some(c) = hub.connection_entry(id) {
-        return Ok(Json(c.into()));
-    }
-    let text = id.to_string();
-    hub.list_connections(None, None)
+    hub.connection_anywhere(id)
         .await
         .map_err(unavailable)?
-        .into_iter()
-        .find(|c| c.id == text)
         .map(|c| Json(c.into()))
         .ok_or_else(|| Problem::not_found(format!("no connection `{id}`")))
 }

@@ -118,6 +118,14 @@ impl LocalEngine {
             .collect()
     }
 
+    pub(crate) fn entry(&self, id: &str) -> Option<String> {
+        self.bus
+            .entries
+            .lock()
+            .values()
+            .find_map(|m| m.get(id).cloned())
+    }
+
     pub(crate) fn locate(&self, id: &str) -> Option<String> {
         self.bus
             .entries
@@ -200,14 +208,12 @@ impl LocalEngine {
 
 /// Carries the bus to the hub. A node that falls more than the bus's capacity behind counts as
 /// disconnected for a moment and resumes (filling what it missed from the shared history).
-pub(crate) async fn subscriber(
+async fn subscriber(
+    engine: Arc<LocalEngine>,
     h: Arc<dyn super::Handler>,
     cluster: Arc<Cluster>,
     resync: Arc<tokio::sync::Notify>,
 ) -> Result<(), BackplaneError> {
-    let super::Engine::Local(engine) = cluster.engine() else {
-        return Ok(());
-    };
     loop {
         let mut rx = engine.bus.tx.subscribe();
         cluster.engine_changed(h.as_ref(), true);
@@ -249,5 +255,92 @@ fn carried(m: &Carried) -> BusMessage {
         epoch: position.as_ref().map(|(e, _)| e.clone()),
         offset: position.as_ref().map(|(_, o)| *o),
         publication: publication.clone(),
+    }
+}
+
+impl super::Engine for LocalEngine {
+    fn meta<'a>(
+        &'a self,
+        stream: StreamName<'a>,
+        _keep: std::time::Duration,
+    ) -> super::EngineFuture<'a, (String, u64)> {
+        let r = LocalEngine::meta(self, stream);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn range<'a>(
+        &'a self,
+        stream: StreamName<'a>,
+        from: u64,
+        to: u64,
+    ) -> super::EngineFuture<'a, Vec<Stored>> {
+        let r = LocalEngine::range(self, stream, from, to);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn entries(&self, _ttl: std::time::Duration) -> super::EngineFuture<'_, Vec<String>> {
+        let r = LocalEngine::entries(self);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn locate<'a>(
+        &'a self,
+        id: &'a str,
+        _ttl: std::time::Duration,
+    ) -> super::EngineFuture<'a, Option<String>> {
+        let r = LocalEngine::locate(self, id);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn entry<'a>(
+        &'a self,
+        id: &'a str,
+        _ttl: std::time::Duration,
+    ) -> super::EngineFuture<'a, Option<String>> {
+        let r = LocalEngine::entry(self, id);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn leave(&self) -> super::EngineFuture<'_, ()> {
+        LocalEngine::leave(self);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish_batch<'a>(
+        &'a self,
+        batch: &'a [super::Outgoing],
+        _history: HistoryConfig,
+    ) -> super::EngineFuture<'a, Vec<Option<(String, u64)>>> {
+        let r = LocalEngine::publish_batch(self, batch);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn rewrite_entries(
+        &self,
+        entries: Vec<(String, String)>,
+        _ttl: std::time::Duration,
+    ) -> super::EngineFuture<'_, ()> {
+        LocalEngine::rewrite_entries(self, entries);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        changes: &'a [EntryChange],
+        _ttl: std::time::Duration,
+    ) -> super::EngineFuture<'a, ()> {
+        LocalEngine::apply(self, changes);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn subscriber(
+        self: Arc<Self>,
+        h: Arc<dyn super::Handler>,
+        cluster: Arc<Cluster>,
+        resync: Arc<tokio::sync::Notify>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let _ = subscriber(self, h, cluster, resync).await;
+        })
     }
 }

@@ -1,5 +1,5 @@
 //! Scale-out (SPEC section 4): several wshub nodes share an existing engine, Redis or NATS with
-//! JetStream, as their backplane. No home-made cluster protocol: the engine carries every publication to every
+//! JetStream (or an in-process bus), as their backplane; each implements the [`Engine`] trait. No home-made cluster protocol: the engine carries every publication to every
 //! node, assigns the offsets of group and all-clients streams, keeps their shared history, and
 //! holds each node's connection entries under a TTL.
 //!
@@ -127,8 +127,10 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// A queued publication and who waits for its offset.
-pub(crate) struct Outgoing {
+pub struct Outgoing {
+    /// The publication.
     pub publication: Publication,
+    /// Who waits for its position (epoch, offset), if anyone.
     pub reply: Option<oneshot::Sender<Option<(String, u64)>>>,
 }
 
@@ -142,7 +144,7 @@ pub struct Cluster {
     entries: mpsc::Sender<EntryChange>,
     /// Asks the entry keeper for a full rewrite (a change could not be queued).
     resync: Arc<tokio::sync::Notify>,
-    engine: Engine,
+    engine: Arc<dyn Engine>,
     config: BackplaneConfig,
     history: HistoryConfig,
 }
@@ -197,8 +199,8 @@ impl Cluster {
     }
 
     /// The engine.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    pub fn engine(&self) -> &dyn Engine {
+        &*self.engine
     }
 
     /// Queues a publication for every node; the receiver gets its stream position once the
@@ -289,19 +291,17 @@ pub fn prepare(
     config: BackplaneConfig,
     node: Arc<str>,
 ) -> Result<(Arc<Cluster>, Tasks), String> {
-    let engine = match &config.url {
+    let engine: Arc<dyn Engine> = match &config.url {
         BackplaneUrl::Memory => return Err("the memory backplane needs no cluster".into()),
-        BackplaneUrl::Redis(url) => {
-            Engine::Redis(redis::RedisEngine::new(url, &config.prefix, &node)?)
-        }
-        BackplaneUrl::Nats(url) => Engine::Nats(nats::NatsEngine::new(
+        BackplaneUrl::Redis(url) => Arc::new(redis::RedisEngine::new(url, &config.prefix, &node)?),
+        BackplaneUrl::Nats(url) => Arc::new(nats::NatsEngine::new(
             url,
             &config.prefix,
             &node,
             history,
             config.node_ttl,
         )?),
-        BackplaneUrl::Local(name) => Engine::Local(local::LocalEngine::new(
+        BackplaneUrl::Local(name) => Arc::new(local::LocalEngine::new(
             &format!("{}/{name}", config.prefix),
             &node,
             history,
@@ -340,126 +340,77 @@ impl From<::redis::RedisError> for BackplaneError {
     }
 }
 
-/// The engine behind the backplane.
-pub enum Engine {
-    /// Redis: pub/sub, a Lua script, Streams, hashes.
-    Redis(redis::RedisEngine),
-    /// NATS: core subjects, JetStream, a key-value bucket.
-    Nats(nats::NatsEngine),
-    /// A bus shared by the hubs of this process.
-    Local(local::LocalEngine),
-}
+/// What an engine's operations return.
+pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackplaneError>> + Send + 'a>>;
 
-impl Engine {
-    /// A stream's epoch and last offset (created when missing; see the engines).
-    ///
-    /// # Errors
-    /// When the engine cannot be reached.
-    pub async fn meta(
-        &self,
-        stream: StreamName<'_>,
+/// An engine behind the backplane: it numbers stream publications and keeps their shared
+/// history, carries every publication to every node, and holds the nodes' connection entries.
+/// Redis, NATS and the in-process bus implement it side by side; the node's tasks and the hub
+/// use only this.
+///
+/// A single node has no engine: it is the cluster of one whose "engine" is its own stream
+/// lock, so its publications are numbered and delivered inline by the hub, through the same
+/// delivery function the engines' messages go through (see `crate::hub`). Calling through a
+/// trait object and a queue there would add a hop to every publication and buy nothing.
+pub trait Engine: Send + Sync + 'static {
+    /// A stream's epoch and last offset (created when missing).
+    fn meta<'a>(
+        &'a self,
+        stream: StreamName<'a>,
         keep: Duration,
-    ) -> Result<(String, u64), BackplaneError> {
-        match self {
-            Engine::Redis(e) => Ok(e.meta(stream, keep).await?),
-            Engine::Nats(e) => e.meta(stream).await,
-            Engine::Local(e) => Ok(e.meta(stream)),
-        }
-    }
+    ) -> EngineFuture<'a, (String, u64)>;
 
     /// Stored publications with offsets in `from..=to`, oldest first.
-    ///
-    /// # Errors
-    /// When the engine cannot be reached.
-    pub async fn range(
-        &self,
-        stream: StreamName<'_>,
+    fn range<'a>(
+        &'a self,
+        stream: StreamName<'a>,
         from: u64,
         to: u64,
-    ) -> Result<Vec<Stored>, BackplaneError> {
-        match self {
-            Engine::Redis(e) => Ok(e.range(stream, from, to).await?),
-            Engine::Nats(e) => e.range(stream, from, to).await,
-            Engine::Local(e) => Ok(e.range(stream, from, to)),
-        }
-    }
+    ) -> EngineFuture<'a, Vec<Stored>>;
 
     /// Every connection entry of every live node.
-    ///
-    /// # Errors
-    /// When the engine cannot be reached.
-    pub async fn entries(&self, ttl: Duration) -> Result<Vec<String>, BackplaneError> {
-        match self {
-            Engine::Redis(e) => Ok(e.entries(ttl).await?),
-            Engine::Nats(e) => e.entries().await,
-            Engine::Local(e) => Ok(e.entries()),
-        }
-    }
+    fn entries(&self, ttl: Duration) -> EngineFuture<'_, Vec<String>>;
 
     /// Which live node holds connection `id`, if any.
-    ///
-    /// # Errors
-    /// When the engine cannot be reached.
-    pub async fn locate(&self, id: &str, ttl: Duration) -> Result<Option<String>, BackplaneError> {
-        match self {
-            Engine::Redis(e) => Ok(e.locate(id, ttl).await?),
-            Engine::Nats(e) => e.locate(id).await,
-            Engine::Local(e) => Ok(e.locate(id)),
-        }
-    }
+    fn locate<'a>(&'a self, id: &'a str, ttl: Duration) -> EngineFuture<'a, Option<String>>;
+
+    /// Connection `id`'s entry (its JSON) on whichever live node holds it.
+    fn entry<'a>(&'a self, id: &'a str, ttl: Duration) -> EngineFuture<'a, Option<String>>;
 
     /// Removes this node's entries (a clean shutdown).
-    ///
-    /// # Errors
-    /// When the engine cannot be reached.
-    pub async fn leave(&self) -> Result<(), BackplaneError> {
-        match self {
-            Engine::Redis(e) => Ok(e.leave().await?),
-            Engine::Nats(e) => e.leave().await,
-            Engine::Local(e) => {
-                e.leave();
-                Ok(())
-            }
-        }
-    }
+    fn leave(&self) -> EngineFuture<'_, ()>;
 
-    async fn publish_batch(
-        &self,
-        batch: &[Outgoing],
+    /// Sends a batch in order; each stream publication's position.
+    fn publish_batch<'a>(
+        &'a self,
+        batch: &'a [Outgoing],
         history: HistoryConfig,
-    ) -> Result<Vec<Option<(String, u64)>>, BackplaneError> {
-        match self {
-            Engine::Redis(e) => Ok(e.publish_batch(batch, history).await?),
-            Engine::Nats(e) => e.publish_batch(batch).await,
-            Engine::Local(e) => Ok(e.publish_batch(batch)),
-        }
-    }
+    ) -> EngineFuture<'a, Vec<Option<(String, u64)>>>;
 
-    async fn rewrite_entries(
+    /// Replaces this node's entries.
+    fn rewrite_entries(
         &self,
         entries: Vec<(String, String)>,
         ttl: Duration,
-    ) -> Result<(), BackplaneError> {
-        match self {
-            Engine::Redis(e) => Ok(e.rewrite_entries(entries, ttl).await?),
-            Engine::Nats(e) => e.rewrite_entries(entries).await,
-            Engine::Local(e) => {
-                e.rewrite_entries(entries);
-                Ok(())
-            }
-        }
+    ) -> EngineFuture<'_, ()>;
+
+    /// Applies changes to this node's entries.
+    fn apply<'a>(&'a self, changes: &'a [EntryChange], ttl: Duration) -> EngineFuture<'a, ()>;
+
+    /// Whether entries expire from their own last write (so each heartbeat rewrites them all,
+    /// and a heartbeat a third of the TTL is enough).
+    fn entries_expire_per_write(&self) -> bool {
+        false
     }
 
-    async fn apply(&self, changes: &[EntryChange], ttl: Duration) -> Result<(), BackplaneError> {
-        match self {
-            Engine::Redis(e) => Ok(e.apply(changes, ttl).await?),
-            Engine::Nats(e) => e.apply(changes).await,
-            Engine::Local(e) => {
-                e.apply(changes);
-                Ok(())
-            }
-        }
-    }
+    /// The subscriber task: carries the bus to `h` until the hub is gone, telling the cluster
+    /// when the engine comes and goes, and `resync` when entries must be rewritten.
+    fn subscriber(
+        self: Arc<Self>,
+        h: Arc<dyn Handler>,
+        cluster: Arc<Cluster>,
+        resync: Arc<tokio::sync::Notify>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// Starts the node's three tasks: the subscriber (bus → hub), the publisher (hub → engine), the
@@ -471,29 +422,12 @@ fn spawn_tasks(
     entries: mpsc::Receiver<EntryChange>,
 ) {
     let resync = cluster.resync.clone();
-    match cluster.engine() {
-        Engine::Redis(_) => {
-            tokio::spawn(redis::subscriber(
-                handler.clone(),
-                cluster.clone(),
-                resync.clone(),
-            ));
-        }
-        Engine::Nats(_) => {
-            tokio::spawn(nats::subscriber(
-                handler.clone(),
-                cluster.clone(),
-                resync.clone(),
-            ));
-        }
-        Engine::Local(_) => {
-            tokio::spawn(local::subscriber(
-                handler.clone(),
-                cluster.clone(),
-                resync.clone(),
-            ));
-        }
-    }
+    let subscriber =
+        cluster
+            .engine
+            .clone()
+            .subscriber(handler.clone(), cluster.clone(), resync.clone());
+    tokio::spawn(subscriber);
     tokio::spawn(publisher(handler.clone(), cluster.clone(), out));
     tokio::spawn(keeper(handler, cluster, entries, resync));
 }
@@ -580,9 +514,11 @@ async fn keeper(
     let ttl = cluster.config().node_ttl;
     // NATS keys expire from their last write, so a heartbeat rewrites them all: three times
     // per TTL is enough and spares JetStream the churn of a short heartbeat.
-    let period = match cluster.engine() {
-        Engine::Redis(_) | Engine::Local(_) => cluster.config().heartbeat,
-        Engine::Nats(_) => (ttl / 3).max(cluster.config().heartbeat),
+    let rewrites = cluster.engine().entries_expire_per_write();
+    let period = if rewrites {
+        (ttl / 3).max(cluster.config().heartbeat)
+    } else {
+        cluster.config().heartbeat
     };
     let mut beat = tokio::time::interval(period);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -599,7 +535,7 @@ async fn keeper(
                 }
                 None => return,
             },
-            _ = beat.tick() => stale |= matches!(cluster.engine(), Engine::Nats(_)),
+            _ = beat.tick() => stale |= rewrites,
             _ = resync.notified() => stale = true,
         }
         if !h.alive() {

@@ -338,6 +338,16 @@ impl NatsEngine {
             .and_then(|(k, _)| k.split('.').next().map(str::to_owned)))
     }
 
+    pub(crate) async fn entry(&self, id: &str) -> Result<Option<String>, BackplaneError> {
+        let suffix = format!(".{id}");
+        Ok(self
+            .all_entries()
+            .await?
+            .into_iter()
+            .find(|(k, _)| k.ends_with(&suffix))
+            .map(|(_, v)| v))
+    }
+
     pub(crate) async fn leave(&self) -> Result<(), BackplaneError> {
         let r = self.ready()?;
         let mine = format!("{}.", self.key("").trim_end_matches('.'));
@@ -472,14 +482,12 @@ fn offset_of(headers: &async_nats::HeaderMap) -> Option<u64> {
 /// Connects, sets up, and carries messages from the bus and the streams to the hub; on a
 /// disconnection, marks the node degraded and sets up again once NATS is back (the client
 /// reconnects by itself), resuming the streams after the last message this node saw.
-pub(crate) async fn subscriber(
+async fn subscriber(
+    engine: Arc<NatsEngine>,
     h: Arc<dyn super::Handler>,
     cluster: Arc<Cluster>,
     resync: Arc<tokio::sync::Notify>,
 ) {
-    let super::Engine::Nats(engine) = cluster.engine() else {
-        return;
-    };
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let options = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
@@ -660,4 +668,81 @@ pub(crate) async fn subscriber(
 enum Item {
     Bus(async_nats::Message),
     Stream(Box<jetstream::Message>),
+}
+
+impl super::Engine for NatsEngine {
+    fn meta<'a>(
+        &'a self,
+        stream: StreamName<'a>,
+        _keep: Duration,
+    ) -> super::EngineFuture<'a, (String, u64)> {
+        Box::pin(NatsEngine::meta(self, stream))
+    }
+
+    fn range<'a>(
+        &'a self,
+        stream: StreamName<'a>,
+        from: u64,
+        to: u64,
+    ) -> super::EngineFuture<'a, Vec<Stored>> {
+        Box::pin(NatsEngine::range(self, stream, from, to))
+    }
+
+    fn entries(&self, _ttl: Duration) -> super::EngineFuture<'_, Vec<String>> {
+        Box::pin(NatsEngine::entries(self))
+    }
+
+    fn locate<'a>(
+        &'a self,
+        id: &'a str,
+        _ttl: Duration,
+    ) -> super::EngineFuture<'a, Option<String>> {
+        Box::pin(NatsEngine::locate(self, id))
+    }
+
+    fn entry<'a>(&'a self, id: &'a str, _ttl: Duration) -> super::EngineFuture<'a, Option<String>> {
+        Box::pin(NatsEngine::entry(self, id))
+    }
+
+    fn leave(&self) -> super::EngineFuture<'_, ()> {
+        Box::pin(NatsEngine::leave(self))
+    }
+
+    fn publish_batch<'a>(
+        &'a self,
+        batch: &'a [super::Outgoing],
+        _history: HistoryConfig,
+    ) -> super::EngineFuture<'a, Vec<Option<(String, u64)>>> {
+        Box::pin(NatsEngine::publish_batch(self, batch))
+    }
+
+    fn rewrite_entries(
+        &self,
+        entries: Vec<(String, String)>,
+        _ttl: Duration,
+    ) -> super::EngineFuture<'_, ()> {
+        Box::pin(NatsEngine::rewrite_entries(self, entries))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        changes: &'a [EntryChange],
+        _ttl: Duration,
+    ) -> super::EngineFuture<'a, ()> {
+        Box::pin(NatsEngine::apply(self, changes))
+    }
+
+    /// NATS keys expire from their last write.
+    fn entries_expire_per_write(&self) -> bool {
+        true
+    }
+
+    fn subscriber(
+        self: Arc<Self>,
+        h: Arc<dyn super::Handler>,
+        cluster: Arc<Cluster>,
+        resync: Arc<tokio::sync::Notify>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(subscriber(self, h, cluster, resync))
+    }
 }

@@ -310,6 +310,20 @@ impl RedisEngine {
             .map(|(n, _)| n))
     }
 
+    /// Connection `id`'s entry on whichever live node holds it.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn entry(&self, id: &str, ttl: Duration) -> redis::RedisResult<Option<String>> {
+        let nodes = self.live_nodes(ttl).await?;
+        let mut pipe = redis::pipe();
+        for n in &nodes {
+            pipe.cmd("HGET").arg(self.node_key(n)).arg(id);
+        }
+        let found: Vec<Option<String>> = self.pipe(&pipe).await?;
+        Ok(found.into_iter().flatten().next())
+    }
+
     /// Rewrites this node's entries from scratch and renews them.
     pub(crate) async fn rewrite_entries(
         &self,
@@ -398,14 +412,12 @@ fn new_epoch() -> String {
 
 /// Carries bus messages from Redis pub/sub to the hub, reconnecting with backoff; tells the
 /// hub when the engine comes and goes.
-pub(crate) async fn subscriber(
+async fn subscriber(
+    engine: Arc<RedisEngine>,
     h: Arc<dyn super::Handler>,
     cluster: Arc<Cluster>,
     resync: Arc<tokio::sync::Notify>,
 ) {
-    let super::Engine::Redis(engine) = cluster.engine() else {
-        return;
-    };
     let mut attempt = 0;
     loop {
         let connected = async {
@@ -457,5 +469,73 @@ pub(crate) async fn subscriber(
         cluster.engine_changed(h.as_ref(), false);
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
+    }
+}
+
+impl super::Engine for RedisEngine {
+    fn meta<'a>(
+        &'a self,
+        stream: StreamName<'a>,
+        keep: Duration,
+    ) -> super::EngineFuture<'a, (String, u64)> {
+        Box::pin(async move { Ok(RedisEngine::meta(self, stream, keep).await?) })
+    }
+
+    fn range<'a>(
+        &'a self,
+        stream: StreamName<'a>,
+        from: u64,
+        to: u64,
+    ) -> super::EngineFuture<'a, Vec<Stored>> {
+        Box::pin(async move { Ok(RedisEngine::range(self, stream, from, to).await?) })
+    }
+
+    fn entries(&self, ttl: Duration) -> super::EngineFuture<'_, Vec<String>> {
+        Box::pin(async move { Ok(RedisEngine::entries(self, ttl).await?) })
+    }
+
+    fn locate<'a>(&'a self, id: &'a str, ttl: Duration) -> super::EngineFuture<'a, Option<String>> {
+        Box::pin(async move { Ok(RedisEngine::locate(self, id, ttl).await?) })
+    }
+
+    fn entry<'a>(&'a self, id: &'a str, ttl: Duration) -> super::EngineFuture<'a, Option<String>> {
+        Box::pin(async move { Ok(RedisEngine::entry(self, id, ttl).await?) })
+    }
+
+    fn leave(&self) -> super::EngineFuture<'_, ()> {
+        Box::pin(async move { Ok(RedisEngine::leave(self).await?) })
+    }
+
+    fn publish_batch<'a>(
+        &'a self,
+        batch: &'a [super::Outgoing],
+        history: crate::history::HistoryConfig,
+    ) -> super::EngineFuture<'a, Vec<Option<(String, u64)>>> {
+        Box::pin(async move { Ok(RedisEngine::publish_batch(self, batch, history).await?) })
+    }
+
+    fn rewrite_entries(
+        &self,
+        entries: Vec<(String, String)>,
+        ttl: Duration,
+    ) -> super::EngineFuture<'_, ()> {
+        Box::pin(async move { Ok(RedisEngine::rewrite_entries(self, entries, ttl).await?) })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        changes: &'a [EntryChange],
+        ttl: Duration,
+    ) -> super::EngineFuture<'a, ()> {
+        Box::pin(async move { Ok(RedisEngine::apply(self, changes, ttl).await?) })
+    }
+
+    fn subscriber(
+        self: Arc<Self>,
+        h: Arc<dyn super::Handler>,
+        cluster: Arc<Cluster>,
+        resync: Arc<tokio::sync::Notify>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(subscriber(self, h, cluster, resync))
     }
 }

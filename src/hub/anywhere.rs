@@ -38,6 +38,29 @@ impl Hub {
         Ok(all)
     }
 
+    /// Connection `id`'s entry, on whichever node holds it: one lookup in the backplane, not
+    /// a listing.
+    ///
+    /// # Errors
+    /// When the backplane cannot be read.
+    pub async fn connection_anywhere(
+        &self,
+        id: ConnId,
+    ) -> Result<Option<crate::wire::ConnectionEntry>, String> {
+        if let Some(e) = self.connection_entry(id) {
+            return Ok(Some(e));
+        }
+        let Some(c) = self.cluster() else {
+            return Ok(None);
+        };
+        let found = c
+            .engine()
+            .entry(&id.to_string(), c.config().node_ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(found.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
     /// Where connection `id` is: `Ok(true)` here, `Ok(false)` on another live node.
     ///
     /// # Errors

@@ -349,9 +349,14 @@ impl Hub {
             Publication::Occupancy {
                 node,
                 groups,
+                users,
                 first,
             } => {
-                self.shared.occupancy.replace(node, groups, *first);
+                self.shared.occupancy.replace(node, groups, users, *first);
+                Delivery::default()
+            }
+            Publication::Online { user, node, online } => {
+                self.shared.occupancy.user_change(user, node, *online);
                 Delivery::default()
             }
             Publication::Terminate { app, user } => {

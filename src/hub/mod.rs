@@ -602,6 +602,9 @@ impl Hub {
         }
         drop(all);
         self.entry_changed(id);
+        if let Some(user) = &entry.info.user {
+            self.user_online(user, true);
+        }
         if self.shared.config.announce && protocol != Protocol::Pusher {
             self.announce(envelope::joined(&id.short()));
         }
@@ -622,6 +625,9 @@ impl Hub {
         self.shared.manager.remove(entry.id);
         self.forget_replies(entry.id);
         self.entry_changed(entry.id);
+        if let Some(user) = &entry.info.user {
+            self.user_online(user, false);
+        }
         let short = entry.id.short();
         let mut cork = Cork::new();
         for group in entry.groups() {
@@ -682,6 +688,17 @@ impl Hub {
             node: Some(self.node_id().to_owned()),
         };
         self.publish(p, cork);
+    }
+
+    /// A connection of `user` opened or closed: counted on every node.
+    fn user_online(&self, user: &str, online: bool) {
+        let mut cork = Cork::new();
+        let p = crate::backplane::Publication::Online {
+            user: user.to_owned(),
+            node: self.node_id().to_owned(),
+            online,
+        };
+        self.publish(p, &mut cork);
     }
 
     pub(crate) fn count_in(&self, bytes: usize) {

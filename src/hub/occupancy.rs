@@ -1,6 +1,7 @@
-//! How many members each group (each Pusher channel) has in the whole cluster: every node
-//! counts them per node from the membership publications every join and leave makes, applied
-//! in the bus's order (on a single node, inline). A node's counts are replaced whole when it
+//! How many members each group (each Pusher channel) has in the whole cluster, and how many
+//! connections each user has: every node counts them per node from the publications every
+//! join, leave, connect and disconnect makes, applied in the bus's order (on a single node,
+//! inline). A node's counts are replaced whole when it
 //! resynchronises, and dropped when it goes silent. What the Pusher HTTP API answers
 //! (`occupied`, `subscription_count`, the channel list) comes from here, without reading any
 //! listing.
@@ -19,16 +20,33 @@ const CHUNK: usize = 1000;
 /// Members per node of each group.
 type Groups = HashMap<Arc<str>, HashMap<Arc<str>, usize>>;
 
-/// Members per group per node.
+/// Members per group per node, and connections per user per node.
 #[derive(Default)]
 pub(crate) struct Occupancy {
     groups: Mutex<Groups>,
+    users: Mutex<Groups>,
 }
 
 impl Occupancy {
     /// A member joined (`+1`) or left on `node`.
     pub(crate) fn change(&self, group: &str, node: &str, joined: bool) {
-        let mut groups = self.groups.lock();
+        Self::add(&mut self.groups.lock(), group, node, joined);
+    }
+
+    /// A connection of `user` opened (`+1`) or closed on `node`.
+    pub(crate) fn user_change(&self, user: &str, node: &str, online: bool) {
+        Self::add(&mut self.users.lock(), user, node, online);
+    }
+
+    /// Connections of `user` everywhere.
+    pub(crate) fn user_count(&self, user: &str) -> usize {
+        self.users
+            .lock()
+            .get(user)
+            .map_or(0, |nodes| nodes.values().sum())
+    }
+
+    fn add(groups: &mut Groups, group: &str, node: &str, joined: bool) {
         if joined {
             *groups
                 .entry(Arc::from(group))
@@ -52,10 +70,20 @@ impl Occupancy {
     }
 
     /// Replaces `node`'s counts (`first`: forget what it had before).
-    pub(crate) fn replace(&self, node: &str, counts: &[(String, usize)], first: bool) {
-        let mut groups = self.groups.lock();
+    pub(crate) fn replace(
+        &self,
+        node: &str,
+        groups: &[(String, usize)],
+        users: &[(String, usize)],
+        first: bool,
+    ) {
+        Self::replace_in(&mut self.groups.lock(), node, groups, first);
+        Self::replace_in(&mut self.users.lock(), node, users, first);
+    }
+
+    fn replace_in(groups: &mut Groups, node: &str, counts: &[(String, usize)], first: bool) {
         if first {
-            Self::drop_node(&mut groups, node);
+            Self::drop_node(groups, node);
         }
         let node: Arc<str> = Arc::from(node);
         for (g, n) in counts.iter().filter(|(_, n)| *n > 0) {
@@ -69,6 +97,7 @@ impl Occupancy {
     /// Forgets a node's counts.
     pub(crate) fn forget(&self, node: &str) {
         Self::drop_node(&mut self.groups.lock(), node);
+        Self::drop_node(&mut self.users.lock(), node);
     }
 
     fn drop_node(groups: &mut Groups, node: &str) {
@@ -97,29 +126,36 @@ impl Occupancy {
 }
 
 impl Hub {
-    /// Publishes this node's member counts whole (after a node joined the bus), in chunks.
+    /// Publishes this node's counts whole (after a node joined the bus), in chunks.
     pub(crate) fn announce_occupancy(&self) {
-        let mine: Vec<(String, usize)> = self
+        let groups: Vec<(String, usize)> = self
             .shared
             .manager
             .groups()
             .into_iter()
             .map(|(g, n)| (g.to_string(), n))
             .collect();
+        let users: Vec<(String, usize)> = self
+            .shared
+            .manager
+            .users()
+            .into_iter()
+            .map(|(u, n)| (u.to_string(), n))
+            .collect();
         let mut cork = HubCork::new();
-        let mut chunks = mine.chunks(CHUNK).peekable();
-        if chunks.peek().is_none() {
-            let p = Publication::Occupancy {
-                node: self.node_id().to_owned(),
-                groups: Vec::new(),
-                first: true,
+        let parts = groups.len().max(users.len()).div_ceil(CHUNK).max(1);
+        for i in 0..parts {
+            let slice = |v: &[(String, usize)]| {
+                v.iter()
+                    .skip(i * CHUNK)
+                    .take(CHUNK)
+                    .cloned()
+                    .collect::<Vec<_>>()
             };
-            self.publish(p, &mut cork);
-        }
-        for (i, chunk) in chunks.enumerate() {
             let p = Publication::Occupancy {
                 node: self.node_id().to_owned(),
-                groups: chunk.to_vec(),
+                groups: slice(&groups),
+                users: slice(&users),
                 first: i == 0,
             };
             self.publish(p, &mut cork);
@@ -141,10 +177,14 @@ mod tests {
         assert_eq!(o.count("g"), 3);
         o.change("g", "a", false);
         assert_eq!(o.count("g"), 2);
-        o.replace("a", &[("h".into(), 5)], true);
+        o.replace("a", &[("h".into(), 5)], &[("u".into(), 2)], true);
+        assert_eq!(o.user_count("u"), 2);
+        o.user_change("u", "b", true);
+        assert_eq!(o.user_count("u"), 3);
         assert_eq!((o.count("g"), o.count("h")), (1, 5));
         o.forget("b");
         assert_eq!((o.count("g"), o.count("h")), (0, 5));
+        assert_eq!(o.user_count("u"), 2);
         assert_eq!(o.all().len(), 1);
         // A leave never counted below zero.
         o.change("x", "a", false);

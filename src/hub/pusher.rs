@@ -27,9 +27,11 @@ use crate::wire::Publication;
 pub(crate) struct Session {
     /// The app it connected to.
     pub app: Arc<App>,
-    /// Its `socket_id`.
-    pub socket_id: String,
-    state: Mutex<SessionState>,
+    /// Its connection id (the `socket_id` is made from it).
+    id: ConnId,
+    /// Made when first needed (most connections never sign in, join a presence channel or
+    /// send a client event): an idle connection holds no more than the pointer.
+    state: Mutex<Option<Box<SessionState>>>,
 }
 
 #[derive(Default)]
@@ -47,35 +49,52 @@ impl Session {
     pub(crate) fn new(app: Arc<App>, id: ConnId) -> Self {
         Self {
             app,
-            socket_id: id.socket_id(),
-            state: Mutex::new(SessionState::default()),
+            id,
+            state: Mutex::new(None),
         }
+    }
+
+    /// Its `socket_id`.
+    pub(crate) fn socket_id(&self) -> String {
+        self.id.socket_id()
+    }
+
+    /// Runs `f` on the state, made if needed.
+    fn with<R>(&self, f: impl FnOnce(&mut SessionState) -> R) -> R {
+        let mut s = self.state.lock();
+        f(s.get_or_insert_with(Box::default))
     }
 
     /// Takes a client-event token (`client_event_rate` a second, as many in a burst).
     fn take_token(&self) -> bool {
         let rate = f64::from(self.app.client_event_rate.max(1));
-        let mut s = self.state.lock();
-        let now = Instant::now();
-        s.tokens = match s.counted {
-            None => rate,
-            Some(then) => (s.tokens + now.duration_since(then).as_secs_f64() * rate).min(rate),
-        };
-        s.counted = Some(now);
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.with(|s| {
+            let now = Instant::now();
+            s.tokens = match s.counted {
+                None => rate,
+                Some(then) => (s.tokens + now.duration_since(then).as_secs_f64() * rate).min(rate),
+            };
+            s.counted = Some(now);
+            if s.tokens >= 1.0 {
+                s.tokens -= 1.0;
+                true
+            } else {
+                false
+            }
+        })
     }
 
     fn presence_user(&self, stream: &str) -> Option<String> {
         let s = self.state.lock();
-        s.presence
+        s.as_ref()?
+            .presence
             .iter()
             .find(|(g, _)| &**g == stream)
             .map(|(_, u)| u.clone())
+    }
+
+    fn user(&self) -> Option<String> {
+        self.state.lock().as_ref().and_then(|s| s.user.clone())
     }
 }
 
@@ -191,9 +210,9 @@ impl Hub {
     /// A Pusher connection ended: its presence memberships and sign-in are undone (members
     /// told), then it is unregistered like any connection.
     pub(crate) fn pusher_closed(&self, entry: &HubEntry, session: &Session, reason: &'static str) {
-        let (presence, user) = {
-            let mut s = session.state.lock();
-            (std::mem::take(&mut s.presence), s.user.take())
+        let (presence, user) = match session.state.lock().take() {
+            Some(mut s) => (std::mem::take(&mut s.presence), s.user.take()),
+            None => (Vec::new(), None),
         };
         let mut cork = HubCork::new();
         for (stream, user) in presence {
@@ -331,7 +350,7 @@ impl Hub {
         let presence = match channel.kind {
             Kind::Public => None,
             Kind::User => {
-                let mine = session.state.lock().user.clone();
+                let mine = session.user();
                 if mine.as_deref() != name.strip_prefix(pusher::USER_CHANNEL) {
                     return Err(Refused::new(
                         "AuthError",
@@ -352,7 +371,7 @@ impl Hub {
                         400,
                     ));
                 }
-                let message = crate::signing::channel_message(&session.socket_id, name, data);
+                let message = crate::signing::channel_message(&session.socket_id(), name, data);
                 let auth = sub.auth.as_deref().unwrap_or("");
                 if !crate::signing::verify_auth(&app.key, &app.secret, message.as_bytes(), auth) {
                     return Err(Refused::new(
@@ -404,11 +423,7 @@ impl Hub {
                 // The answer (the members, this one included) and the cache come when the
                 // membership is applied: at once on a single node, when the bus brings it
                 // back in a cluster (so the list is the cluster's at that point of its order).
-                session
-                    .state
-                    .lock()
-                    .presence
-                    .push((Arc::from(stream.as_str()), user.clone()));
+                session.with(|s| s.presence.push((Arc::from(stream.as_str()), user.clone())));
                 self.publish(
                     Publication::Presence {
                         group: stream,
@@ -675,11 +690,10 @@ impl Hub {
 
     fn pusher_unsubscribe(&self, me: &HubEntry, session: &Session, name: &str, cork: &mut HubCork) {
         let stream = self.apps().stream_of(&session.app, name);
-        let membership = {
-            let mut s = session.state.lock();
+        let membership = session.state.lock().as_mut().and_then(|s| {
             let at = s.presence.iter().position(|(g, _)| **g == *stream);
             at.map(|i| s.presence.swap_remove(i))
-        };
+        });
         if let Some((stream, user)) = membership {
             self.presence_leave(&stream, &user, me.id, cork);
         }
@@ -702,7 +716,7 @@ impl Hub {
                 cork,
             );
         }
-        let message = crate::signing::user_message(&session.socket_id, &s.user_data);
+        let message = crate::signing::user_message(&session.socket_id(), &s.user_data);
         if !crate::signing::verify_auth(&app.key, &app.secret, message.as_bytes(), &s.auth) {
             return self.to_pusher(me.id, refuse("invalid signature for pusher:signin"), cork);
         }
@@ -721,7 +735,7 @@ impl Hub {
                 )
             }
         };
-        let previous = session.state.lock().user.replace(id.clone());
+        let previous = session.with(|st| st.user.replace(id.clone()));
         let mut users = self.shared.pusher.users.lock();
         if let Some(prev) = previous {
             let key = (Arc::from(app.id.as_str()), prev);

@@ -200,9 +200,8 @@ impl Hub {
                     .await
                     .map(|r| r.map(|node| usize::from(node.is_some())))
             }
-            v1::Target::User(u) => tokio::time::timeout(LOCATE_TIMEOUT, c.engine().entries(ttl))
-                .await
-                .map(|r| r.map(|all| count_user(&all, u))),
+            // Counted on every node from the connects and disconnects: no listing read.
+            v1::Target::User(u) => Ok(Ok(self.shared.occupancy.user_count(u))),
         };
         match asked {
             Ok(Ok(n)) => Some(n),
@@ -266,13 +265,4 @@ impl Hub {
         self.publish(p, cork);
         Some(n)
     }
-}
-
-/// How many of these connection entries belong to `user`.
-fn count_user(entries: &[String], user: &str) -> usize {
-    entries
-        .iter()
-        .filter_map(|j| serde_json::from_str::<crate::wire::ConnectionEntry>(j).ok())
-        .filter(|c| c.user.as_deref() == Some(user))
-        .count()
 }

@@ -388,7 +388,7 @@ pub async fn pusher_handler(
             let session = Session::new(app, entry.id);
             let _ = entry
                 .sink
-                .push(pusher::connection_established(&session.socket_id));
+                .push(pusher::connection_established(&session.socket_id()));
             (
                 entry.sink.clone(),
                 Role::Pusher {

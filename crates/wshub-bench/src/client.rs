@@ -142,11 +142,16 @@ pub fn scan_frames(buf: &mut BytesMut, mut f: impl FnMut(u8, &[u8])) {
     buf.advance(at);
 }
 
-/// Finds the `"message":"<tag>:` marker in an envelope and parses the two numbers after it:
-/// `"message":"b:SEQ:NANOS"` → `(SEQ, NANOS)`. Works on the raw bytes, no JSON parser.
+/// Finds the `"message":"<tag>:` marker in an envelope (or `"data":"<tag>:` in a Pusher
+/// event) and parses the two numbers after it: `"message":"b:SEQ:NANOS"` → `(SEQ, NANOS)`.
+/// Works on the raw bytes, no JSON parser.
 pub fn parse_marker(payload: &[u8], tag: u8) -> Option<(u64, u64)> {
     const KEY: &[u8] = b"\"message\":\"";
-    let start = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    const DATA: &[u8] = b"\"data\":\"";
+    let start = match payload.windows(KEY.len()).position(|w| w == KEY) {
+        Some(at) => at + KEY.len(),
+        None => payload.windows(DATA.len()).position(|w| w == DATA)? + DATA.len(),
+    };
     let rest = payload.get(start..)?;
     if rest.first() != Some(&tag) || rest.get(1) != Some(&b':') {
         return None;

@@ -29,6 +29,9 @@ pub enum Via {
     Ws,
     /// Through `POST /api/connections/broadcast` on a keep-alive HTTP connection.
     Rest,
+    /// Through Pusher's signed `POST /apps/{id}/events` on the channel `bench` (the
+    /// subscribers then connect to `/app/{key}` and subscribe to it).
+    Pusher,
 }
 
 /// Options of `bench fanout`.
@@ -64,6 +67,9 @@ pub struct FanoutArgs {
     /// Give up connecting after this long.
     #[arg(long, default_value = "120s", value_parser = wshub::config::parse_duration)]
     pub timeout: Duration,
+    /// With `--via pusher`: the app, `ID:KEY:SECRET` (subscribers connect to /app/KEY).
+    #[arg(long, default_value = "app-id:app-key:app-secret")]
+    pub pusher_app: String,
 }
 
 struct Shared {
@@ -71,6 +77,8 @@ struct Shared {
     delivered: AtomicU64,
     last_delivery_ns: AtomicU64,
     closed: AtomicU64,
+    /// Pusher subscribers whose subscription succeeded.
+    subscribed: AtomicU64,
     progress: Notify,
     hist: Mutex<Histogram<u64>>,
 }
@@ -111,6 +119,8 @@ async fn subscriber(
                 if let Some((_, t)) = parse_marker(p, b'b') {
                     n += 1;
                     lats.push(now.saturating_sub(t) / 1000);
+                } else if p.starts_with(br#"{"event":"pusher_internal:subscription_succeeded""#) {
+                    shared.subscribed.fetch_add(1, Ordering::Relaxed);
                 }
             }
             0x9 => encode_masked(0xA, p, [7, 7, 7, 7], &mut out),
@@ -265,9 +275,69 @@ impl RestPublisher {
     }
 }
 
+/// Publishes through Pusher's HTTP API: a signed trigger per message on the channel `bench`.
+struct PusherPublisher {
+    rest: RestPublisher,
+    app: wshub::apps::App,
+}
+
+impl PusherPublisher {
+    fn request(&self, text: &str) -> String {
+        let path = format!("/apps/{}/events", self.app.id);
+        let body =
+            serde_json::json!({ "name": "bench", "channel": "bench", "data": text }).to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let params = vec![
+            ("auth_key".to_owned(), self.app.key.clone()),
+            ("auth_timestamp".to_owned(), now.to_string()),
+            ("auth_version".to_owned(), "1.0".to_owned()),
+            (
+                "body_md5".to_owned(),
+                wshub::signing::body_md5(body.as_bytes()),
+            ),
+        ];
+        let sig = wshub::signing::sign(
+            &self.app.secret,
+            wshub::signing::request_message("POST", &path, &params).as_bytes(),
+        );
+        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "POST {path}?{}&auth_signature={sig} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            query.join("&"),
+            self.rest.addr,
+            body.len(),
+            body
+        )
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        for text in std::mem::take(&mut self.rest.pending) {
+            let req = self.request(&text);
+            self.rest
+                .stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("publisher write: {e}"))?;
+            self.rest.read_response().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The `{"event":"pusher:subscribe",…}` frame a Pusher subscriber sends for `bench`.
+fn pusher_subscribe() -> Vec<u8> {
+    let mut out = Vec::new();
+    let text = r#"{"event":"pusher:subscribe","data":{"channel":"bench"}}"#;
+    encode_masked(0x1, text.as_bytes(), [1, 2, 3, 4], &mut out);
+    out
+}
+
 enum Publisher {
     Ws(WsPublisher),
     Rest(RestPublisher),
+    Pusher(PusherPublisher),
 }
 
 impl Publisher {
@@ -275,6 +345,7 @@ impl Publisher {
         match self {
             Publisher::Ws(p) => p.queue(text),
             Publisher::Rest(p) => p.queue(text),
+            Publisher::Pusher(p) => p.rest.queue(text),
         }
     }
 
@@ -282,6 +353,7 @@ impl Publisher {
         match self {
             Publisher::Ws(p) => p.flush().await,
             Publisher::Rest(p) => p.flush().await,
+            Publisher::Pusher(p) => p.flush().await,
         }
     }
 }
@@ -301,6 +373,7 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
         delivered: AtomicU64::new(0),
         last_delivery_ns: AtomicU64::new(0),
         closed: AtomicU64::new(0),
+        subscribed: AtomicU64::new(0),
         progress: Notify::new(),
         hist: Mutex::new(histogram()),
     });
@@ -311,7 +384,13 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let n = conns.len() as u64;
     let mut tasks = Vec::with_capacity(conns.len());
-    for (stream, buf) in conns {
+    let subscribe = (a.via == Via::Pusher).then(pusher_subscribe);
+    for (mut stream, buf) in conns {
+        if let Some(frame) = &subscribe {
+            if let Err(e) = stream.write_all(frame).await {
+                return Err(format!("subscribe: {e}"));
+            }
+        }
         tasks.push(tokio::spawn(subscriber(
             stream,
             buf,
@@ -326,9 +405,20 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     let mut publisher = match a.via {
         Via::Ws => Publisher::Ws(WsPublisher::connect(&publish_target).await?),
         Via::Rest => Publisher::Rest(RestPublisher::connect(&publish_target).await?),
+        Via::Pusher => Publisher::Pusher(PusherPublisher {
+            rest: RestPublisher::connect(&publish_target).await?,
+            app: wshub::apps::App::parse(&a.pusher_app)?,
+        }),
     };
-    // Let join announcements and handshakes settle before measuring.
+    // Let join announcements and handshakes settle before measuring; Pusher subscribers must
+    // have their subscription first (what is published before it is not theirs).
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if subscribe.is_some() {
+        let deadline = Instant::now() + a.timeout;
+        while shared.subscribed.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let base_delivered = shared.delivered.load(Ordering::Relaxed);
 
     let cpu = super::CpuMeter::start(a.common.server_pid);
