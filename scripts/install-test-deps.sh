@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: system packages with apt-get (a C
 # compiler, OpenSSL, Node.js, Debian's Chromium for the browser test, redis-server and nats-server
-# for the cluster tests, which start their own on free ports) and the browser test's
-# npm packages (playwright-core, from its lock file; it never downloads a browser).
+# for the cluster tests, which start their own on free ports), the npm packages of the browser
+# and Pusher tests (from their lock files; nothing downloads a browser) and Pusher's Python SDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
+# `python3 -m venv` needs ensurepip (Debian's python3-venv) for the Python SDK test.
+[[ -x target/pyenv/bin/python ]] || python3 -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv)
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v node >/dev/null || need_apt+=(nodejs)
@@ -43,4 +45,13 @@ fi
 if [[ ! -d tests/pusher/node_modules/pusher-js || ! -d tests/pusher/node_modules/laravel-echo || ! -d tests/pusher/node_modules/playwright-core ]]; then
   echo "== npm ci (tests/pusher)"
   (cd tests/pusher && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Pusher's Python server SDK, pinned, in a virtual environment of its own (target/pyenv).
+if [[ ! -x target/pyenv/bin/python ]] || ! target/pyenv/bin/python -c "import pusher" 2>/dev/null; then
+  echo "== pip install -r tests/pusher/requirements.txt (target/pyenv)"
+  mkdir -p target
+  rm -rf target/pyenv
+  python3 -m venv target/pyenv
+  target/pyenv/bin/pip install --quiet --disable-pip-version-check -r tests/pusher/requirements.txt
 fi

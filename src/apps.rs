@@ -78,10 +78,10 @@ impl App {
         }
     }
 
-    /// The development app a server without configured apps has (the credentials Soketi's
-    /// examples use, so existing sample configurations work at once).
+    /// The development app a server without configured apps has: id `1` (numeric, as Pusher's
+    /// are: some SDKs, Python's, refuse others), key `app-key`, secret `app-secret`.
     pub fn development() -> Self {
-        Self::new("app-id", "app-key", "app-secret")
+        Self::new("1", "app-key", "app-secret")
     }
 
     /// Checks the fields a configuration may get wrong.

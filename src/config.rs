@@ -182,7 +182,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// A Pusher app as ID:KEY:SECRET (repeatable; in a file, `[[apps]]` tables with `id`, `key`, `secret` and limits). Without any, one development app `app-id`/`app-key`/`app-secret` is served.
+    /// A Pusher app as ID:KEY:SECRET (repeatable; in a file, `[[apps]]` tables with `id`, `key`, `secret` and limits). Without any, one development app (id `1`, key `app-key`, secret `app-secret`) is served.
     #[arg(long = "app", env = "WSHUB_APP", value_parser = crate::apps::App::parse)]
     pub apps: Vec<crate::apps::App>,
 

@@ -42,6 +42,12 @@ pub fn routes() -> Router<Hub> {
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             post(terminate),
         )
+        // Pusher's Python SDK (3.x) posts here, without the app in the path: the app is the
+        // one whose key signed the request.
+        .route(
+            "/users/{user_id}/terminate_connections",
+            post(terminate_by_key),
+        )
 }
 
 /// A refusal: the status and a plain-text reason, as Pusher answers.
@@ -69,6 +75,18 @@ fn unauthorized(why: impl Into<String>) -> Refusal {
 
 /// A request's query parameters, decoded, in their order.
 type Params = Vec<(String, String)>;
+
+/// The app whose key signed a request without an app id in its path.
+fn app_of_key(hub: &Hub, uri: &axum::http::Uri) -> Result<String, Refusal> {
+    let key = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "auth_key")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| unauthorized("Missing auth_key"))?;
+    hub.apps()
+        .by_key(&key)
+        .map(|a| a.id.clone())
+        .ok_or_else(|| unauthorized(format!("Unknown auth_key `{key}`")))
+}
 
 /// Checks a request's signature; the app and the query's parameters.
 fn authenticate(
@@ -544,6 +562,20 @@ pub async fn terminate(
     OriginalUri(uri): OriginalUri,
     body: Bytes,
 ) -> Result<Json<Value>, Refusal> {
+    let (app, _) = authenticate(&hub, &app_id, &method, &uri, &body)?;
+    hub.terminate_user(&app, &user);
+    Ok(Json(json!({})))
+}
+
+/// `POST /users/{user_id}/terminate_connections`: as above, the app found by the signing key.
+async fn terminate_by_key(
+    State(hub): State<Hub>,
+    Path(user): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Result<Json<Value>, Refusal> {
+    let app_id = app_of_key(&hub, &uri)?;
     let (app, _) = authenticate(&hub, &app_id, &method, &uri, &body)?;
     hub.terminate_user(&app, &user);
     Ok(Json(json!({})))

@@ -68,7 +68,7 @@ pub struct FanoutArgs {
     #[arg(long, default_value = "120s", value_parser = wshub::config::parse_duration)]
     pub timeout: Duration,
     /// With `--via pusher`: the app, `ID:KEY:SECRET` (subscribers connect to /app/KEY).
-    #[arg(long, default_value = "app-id:app-key:app-secret")]
+    #[arg(long, default_value = "1:app-key:app-secret")]
     pub pusher_app: String,
 }
 
