@@ -1,0 +1,125 @@
+//! What the HTTP API (and an embedding application) does with Pusher apps: trigger events,
+//! count subscribers and users, terminate a user's connections.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::{PresenceUser, TriggerError};
+use crate::apps::App;
+use crate::close::CloseReason;
+use crate::hub::{Hub, HubCork, HubError};
+use crate::id::ConnId;
+use crate::protocol::pusher::Code;
+use crate::wire::Publication;
+
+impl Hub {
+    /// Publishes an event on a channel of `app` (the HTTP API's trigger): to every
+    /// subscriber on every node but `except`; numbered and kept like any group message.
+    ///
+    /// # Errors
+    /// [`TriggerError`] when the hub may keep no more streams, or the backplane's queue is
+    /// full (nothing was published).
+    pub fn trigger(
+        &self,
+        app: &App,
+        channel: &str,
+        event: &str,
+        data: Box<RawValue>,
+        except: Option<ConnId>,
+    ) -> Result<(), TriggerError> {
+        let stream = self.apps().stream_of(app, channel);
+        self.ensure_group_stream(&stream).map_err(HubError::from)?;
+        let started = std::time::Instant::now();
+        let mut cork = HubCork::new();
+        let p = Publication::Event {
+            group: stream,
+            event: event.to_owned(),
+            data,
+            user_id: None,
+            except: except.map(|e| e.to_string()),
+        };
+        match self.cluster() {
+            Some(c) if c.accepts_publications() => {
+                if c.publish_and_forget(p).is_err() {
+                    self.backplane_event("queue_full");
+                    return Err(TriggerError::Busy(crate::hub::Busy));
+                }
+            }
+            _ => {
+                self.publish(p, &mut cork);
+            }
+        }
+        self.flush(&mut cork, started);
+        Ok(())
+    }
+
+    /// Subscribers of a channel of `app`, on every node.
+    pub fn subscription_count(&self, app: &App, channel: &str) -> usize {
+        let stream = self.apps().stream_of(app, channel);
+        self.shared.occupancy.count(&stream)
+    }
+
+    /// The users of a presence channel of `app`, on every node.
+    pub fn presence_users(&self, app: &App, channel: &str) -> Vec<PresenceUser> {
+        let stream = self.apps().stream_of(app, channel);
+        let all = self.shared.pusher.presence.lock();
+        let mut users: Vec<PresenceUser> = all
+            .get(stream.as_str())
+            .map(|m| {
+                m.users
+                    .keys()
+                    .map(|id| PresenceUser { id: id.clone() })
+                    .collect()
+            })
+            .unwrap_or_default();
+        users.sort_by(|a, b| a.id.cmp(&b.id));
+        users
+    }
+
+    /// The occupied channels of `app` on every node, with their subscriber counts.
+    pub fn app_channels(&self, app: &App) -> Vec<(String, usize)> {
+        let apps = self.apps();
+        self.shared
+            .occupancy
+            .all()
+            .into_iter()
+            .filter_map(|(g, n)| {
+                let (a, c) = apps.channel_of(&g)?;
+                (a.id == app.id && n > 0).then(|| (c.to_owned(), n))
+            })
+            .collect()
+    }
+
+    /// Closes every connection of `user` signed in to `app`, on every node.
+    pub fn terminate_user(&self, app: &App, user: &str) {
+        let p = Publication::Terminate {
+            app: app.id.clone(),
+            user: user.to_owned(),
+        };
+        let mut cork = HubCork::new();
+        self.publish(p, &mut cork);
+        cork.flush();
+    }
+
+    /// Closes this node's connections of `user` signed in to `app` (4009).
+    pub(crate) fn terminate_here(&self, app: &str, user: &str) {
+        let conns = self
+            .shared
+            .pusher
+            .users
+            .lock()
+            .get(&(Arc::from(app), user.to_owned()))
+            .cloned()
+            .unwrap_or_default();
+        for id in conns {
+            self.disconnect(
+                id,
+                CloseReason::Disconnected {
+                    code: Code::Unauthorized.get(),
+                    reason: Arc::from("terminated by the app"),
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Subscribing and unsubscribing, signing in, and client events.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::{Refused, Session};
+use crate::frame::Frame;
+use crate::hub::{Hub, HubCork, HubEntry};
+use crate::protocol::pusher::{self, Channel, Code, Kind};
+use crate::wire::Publication;
+
+impl Hub {
+    pub(super) fn pusher_subscribe(
+        &self,
+        me: &HubEntry,
+        session: &Session,
+        sub: pusher::Subscribe,
+        cork: &mut HubCork,
+    ) {
+        let name = sub.channel.as_str();
+        let reply = match self.try_subscribe(me, session, &sub, cork) {
+            Ok(frames) => frames,
+            Err(r) => vec![pusher::subscription_error(name, r.kind, &r.error, r.status)],
+        };
+        for f in reply {
+            self.to_pusher(me.id, f, cork);
+        }
+    }
+
+    /// Subscribes; the frames to answer with (success, then a cache channel's last event).
+    pub(super) fn try_subscribe(
+        &self,
+        me: &HubEntry,
+        session: &Session,
+        sub: &pusher::Subscribe,
+        cork: &mut HubCork,
+    ) -> Result<Vec<Frame>, Refused> {
+        let app = &session.app;
+        let name = sub.channel.as_str();
+        let channel = Channel::parse(name).ok_or_else(|| {
+            Refused::new(
+                "InvalidChannel",
+                "a channel name is 1 to 200 characters from A-Z a-z 0-9 _ - = @ , . ;",
+                400,
+            )
+        })?;
+        let presence = match channel.kind {
+            Kind::Public => None,
+            Kind::User => {
+                let mine = session.user();
+                if mine.as_deref() != name.strip_prefix(pusher::USER_CHANNEL) {
+                    return Err(Refused::new(
+                        "AuthError",
+                        "only the signed-in user may subscribe to its own channel",
+                        403,
+                    ));
+                }
+                None
+            }
+            Kind::Private | Kind::Encrypted | Kind::Presence => {
+                let data = (channel.kind == Kind::Presence)
+                    .then_some(sub.channel_data.as_deref())
+                    .flatten();
+                if channel.kind == Kind::Presence && data.is_none() {
+                    return Err(Refused::new(
+                        "AuthError",
+                        "a presence channel needs channel_data",
+                        400,
+                    ));
+                }
+                let message = crate::signing::channel_message(&session.socket_id(), name, data);
+                let auth = sub.auth.as_deref().unwrap_or("");
+                if !crate::signing::verify_auth(&app.key, &app.secret, message.as_bytes(), auth) {
+                    return Err(Refused::new(
+                        "AuthError",
+                        format!("invalid signature for `{name}`: expected HMAC-SHA256 of `{message}` with the app secret, as `key:signature`"),
+                        401,
+                    ));
+                }
+                match data {
+                    Some(d) => {
+                        let cd: pusher::ChannelData = serde_json::from_str(d).map_err(|e| {
+                            Refused::new("AuthError", format!("channel_data: {e}"), 400)
+                        })?;
+                        let user = cd.user_id().ok_or_else(|| {
+                            Refused::new(
+                                "AuthError",
+                                "channel_data.user_id is a non-empty string or a number",
+                                400,
+                            )
+                        })?;
+                        Some((user, cd.user_info))
+                    }
+                    None => None,
+                }
+            }
+        };
+        let stream = self.apps().stream_of(app, name);
+        if let Some((user, _)) = &presence {
+            let members = self.shared.pusher.presence.lock();
+            let m = members.get(stream.as_str());
+            let count = m.map_or(0, |m| m.users.len());
+            let known = m.is_some_and(|m| m.users.contains_key(user));
+            if !known && count >= app.max_presence_members {
+                return Err(Refused::new(
+                    "LimitReached",
+                    format!(
+                        "presence channel `{name}` has its maximum of {} members",
+                        app.max_presence_members
+                    ),
+                    403,
+                ));
+            }
+        }
+        let short = me.id.short();
+        let joined = self.join_and_announce(me.id, &stream, &short, None, None, None, cork)?;
+        let mut frames = Vec::with_capacity(2);
+        match presence {
+            Some((user, info)) if joined.changed => {
+                // The answer (the members, this one included) and the cache come when the
+                // membership is applied: at once on a single node, when the bus brings it
+                // back in a cluster (so the list is the cluster's at that point of its order).
+                session.with(|s| s.presence.push((Arc::from(stream.as_str()), user.clone())));
+                self.publish(
+                    Publication::Presence {
+                        group: stream,
+                        user_id: user,
+                        added: true,
+                        info,
+                        connection: me.id.to_string(),
+                        node: self.node_id().to_owned(),
+                    },
+                    cork,
+                );
+                return Ok(frames);
+            }
+            Some(_) => {
+                // Already subscribed: the member list again, nothing announced.
+                frames.push(self.presence_snapshot(&stream, name));
+            }
+            None => frames.push(pusher::subscription_succeeded(name)),
+        }
+        if channel.cache {
+            frames.push(self.cached_or_miss(&stream, name));
+        }
+        Ok(frames)
+    }
+
+    /// A cache channel's last event, or `pusher:cache_miss`.
+    pub(super) fn cached_or_miss(&self, stream: &str, channel: &str) -> Frame {
+        self.shared
+            .history
+            .existing(stream)
+            .and_then(|s| s.lock().cached().cloned())
+            .unwrap_or_else(|| pusher::cache_miss(channel))
+    }
+
+    pub(super) fn pusher_unsubscribe(
+        &self,
+        me: &HubEntry,
+        session: &Session,
+        name: &str,
+        cork: &mut HubCork,
+    ) {
+        let stream = self.apps().stream_of(&session.app, name);
+        let membership = session.state.lock().as_mut().and_then(|s| {
+            let at = s.presence.iter().position(|(g, _)| **g == *stream);
+            at.map(|i| s.presence.swap_remove(i))
+        });
+        if let Some((stream, user)) = membership {
+            self.presence_leave(&stream, &user, me.id, cork);
+        }
+        self.leave_and_announce(me.id, &stream, &me.id.short(), None, cork);
+    }
+
+    pub(super) fn pusher_signin(
+        &self,
+        me: &HubEntry,
+        session: &Session,
+        s: pusher::Signin,
+        cork: &mut HubCork,
+    ) {
+        let app = &session.app;
+        let refuse = |why: &str| pusher::error(Code::Unauthorized, why);
+        if !app.user_authentication {
+            return self.to_pusher(
+                me.id,
+                refuse("user sign-in is turned off for this app"),
+                cork,
+            );
+        }
+        let message = crate::signing::user_message(&session.socket_id(), &s.user_data);
+        if !crate::signing::verify_auth(&app.key, &app.secret, message.as_bytes(), &s.auth) {
+            return self.to_pusher(me.id, refuse("invalid signature for pusher:signin"), cork);
+        }
+        #[derive(serde::Deserialize)]
+        struct UserData {
+            id: serde_json::Value,
+        }
+        let id = match serde_json::from_str::<UserData>(&s.user_data).map(|u| u.id) {
+            Ok(serde_json::Value::String(s)) if !s.is_empty() => s,
+            Ok(serde_json::Value::Number(n)) => n.to_string(),
+            _ => {
+                return self.to_pusher(
+                    me.id,
+                    refuse("user_data is a JSON object with a non-empty `id`"),
+                    cork,
+                )
+            }
+        };
+        let previous = session.with(|st| st.user.replace(id.clone()));
+        let mut users = self.shared.pusher.users.lock();
+        if let Some(prev) = previous {
+            let key = (Arc::from(app.id.as_str()), prev);
+            if let Some(conns) = users.get_mut(&key) {
+                conns.retain(|c| *c != me.id);
+                if conns.is_empty() {
+                    users.remove(&key);
+                }
+            }
+        }
+        users
+            .entry((Arc::from(app.id.as_str()), id))
+            .or_default()
+            .push(me.id);
+        drop(users);
+        self.to_pusher(me.id, pusher::signin_success(&s.user_data), cork);
+    }
+
+    /// A `client-` event: relayed to the channel's other subscribers on every node.
+    pub(super) fn client_event(
+        &self,
+        me: &HubEntry,
+        session: &Session,
+        name: &str,
+        channel: &str,
+        data: Option<&RawValue>,
+        cork: &mut HubCork,
+    ) -> Result<(), String> {
+        let app = &session.app;
+        if !app.client_events {
+            return Err(format!("client events are turned off for app {}", app.id));
+        }
+        let kind = Channel::parse(channel).ok_or("a client event needs a valid `channel`")?;
+        if !kind.allows_client_events() {
+            return Err(format!(
+                "client events go on private- and presence- channels only, not `{channel}`"
+            ));
+        }
+        if name.len() > pusher::MAX_EVENT_NAME {
+            return Err("an event name is at most 200 characters".into());
+        }
+        let stream = self.apps().stream_of(app, channel);
+        if !self.shared.manager.is_member(me.id, &stream) {
+            return Err(format!("not subscribed to `{channel}`"));
+        }
+        let data = data.map_or("null", RawValue::get);
+        if data.len() > app.max_event_size {
+            return Err(format!(
+                "event data is {} bytes, above this app's limit of {}",
+                data.len(),
+                app.max_event_size
+            ));
+        }
+        if !session.take_token() {
+            return Err(format!(
+                "rate limit: at most {} client events a second",
+                app.client_event_rate
+            ));
+        }
+        let data = RawValue::from_string(data.to_owned()).map_err(|e| e.to_string())?;
+        let p = Publication::Event {
+            user_id: session.presence_user(&stream),
+            group: stream,
+            event: name.to_owned(),
+            data,
+            except: Some(me.id.to_string()),
+        };
+        self.publish(p, cork);
+        Ok(())
+    }
+}
