@@ -20,74 +20,11 @@ use crate::close::CloseReason;
 use crate::frame::Frame;
 use crate::id::ConnId;
 
-/// Why a frame could not be queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The queue is at capacity (in frames or in bytes): the connection does not read fast
-    /// enough.
-    #[error("outbound queue full")]
-    Full,
-    /// The connection is closing or closed.
-    #[error("connection closed")]
-    Closed,
-}
+mod cork;
+mod sink;
 
-/// What a sink did with a frame it was offered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Queued {
-    /// Queued; a writer already owns the socket, or the writer task was woken.
-    Done,
-    /// Queued into an idle outbox with an attached socket: call the sink's `flush` once the
-    /// frames published together are all pushed.
-    NeedsFlush,
-}
-
-/// Where the registry delivers frames for one connection.
-pub trait Sink: Send + Sync + 'static {
-    /// Offers a frame without waiting. [`Queued::NeedsFlush`] asks the caller to call
-    /// [`flush`](Self::flush) once everything published together has been offered.
-    ///
-    /// # Errors
-    /// [`SendError::Full`] when the connection cannot keep up, [`SendError::Closed`] when it is
-    /// gone.
-    fn try_send(&self, frame: &Frame) -> Result<Queued, SendError>;
-
-    /// Starts writing what was offered (see [`Queued::NeedsFlush`]).
-    fn flush(&self) {}
-
-    /// Asks the connection to close with `reason`.
-    fn close(&self, reason: CloseReason);
-
-    /// Whether the connection still accepts frames.
-    fn is_open(&self) -> bool;
-}
-
-/// Which protocol a connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// No subprotocol: the behaviour of SPEC section 1 (global join/leave announcements).
-    Plain,
-    /// `wshub.v1`: commands with acks; join/leave announcements scoped to groups.
-    V1,
-    /// The Pusher Channels protocol (`/app/{key}`): only channel events reach it.
-    Pusher,
-}
-
-/// A publication's frames, one per protocol: what each recipient gets, or `None` when the
-/// publication is not for connections of that protocol. Encoded when first asked for, once
-/// per publication (not once per recipient).
-pub trait Frames {
-    /// The frame for connections speaking `protocol`.
-    fn frame_for(&self, protocol: Protocol) -> Option<&Frame>;
-}
-
-/// One frame for everyone but Pusher connections (which only get channel events in their
-/// own format).
-impl Frames for Frame {
-    fn frame_for(&self, protocol: Protocol) -> Option<&Frame> {
-        (protocol != Protocol::Pusher).then_some(self)
-    }
-}
+pub use cork::Cork;
+pub use sink::{Frames, Protocol, Queued, SendError, Sink};
 
 /// What the registry knows about a connection besides its sink.
 #[derive(Debug, Clone)]
@@ -206,94 +143,6 @@ pub enum Undelivered {
     /// Its queue was full: it has been closed as a slow consumer and removed.
     #[error("slow consumer")]
     SlowConsumer,
-}
-
-/// Connections with frames offered but not yet flushed. Frames published together (a burst of
-/// client messages, one broadcast) are all offered first and flushed once, so each connection
-/// gets them in one write.
-pub struct Cork<S: Sink> {
-    entries: Vec<Arc<Entry<S>>>,
-}
-
-/// From this many connections on, [`Cork::flush`] shares the work with another worker.
-const PARALLEL_FLUSH: usize = 1024;
-
-/// Connections per task in a deferred flush.
-const FLUSH_CHUNK: usize = 1024;
-
-impl<S: Sink> Default for Cork<S> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<S: Sink> Cork<S> {
-    /// An empty cork.
-    pub fn new() -> Self {
-        Self {
-            entries: Vec::new(),
-        }
-    }
-
-    /// Whether nothing waits for a flush.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    fn add(&mut self, entry: Arc<Entry<S>>) {
-        self.entries.push(entry);
-    }
-
-    /// Flushes every connection that was offered frames, now. A large flush is split in two:
-    /// one half is handed to another worker, the other written here, so one broadcast's
-    /// system calls (several microseconds each on loopback) run on two cores.
-    pub fn flush(&mut self) {
-        if self.entries.len() >= PARALLEL_FLUSH {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let half = self.entries.split_off(self.entries.len() / 2);
-                rt.spawn(async move {
-                    for e in half {
-                        e.sink.flush();
-                    }
-                });
-            }
-        }
-        for e in self.entries.drain(..) {
-            e.sink.flush();
-        }
-        if self.entries.capacity() > 64 {
-            self.entries = Vec::new();
-        }
-    }
-
-    /// Hands the flush to tasks (of 1,024 connections each) instead of doing it now.
-    /// For traffic where a few hundred microseconds do not matter and volume does: frames
-    /// offered to the same connections before those tasks run (a storm of join announcements)
-    /// find their predecessors still queued and leave in the same writes. Flushes inline when
-    /// there is no Tokio runtime.
-    pub fn flush_deferred(&mut self) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return self.flush();
-        };
-        while !self.entries.is_empty() {
-            let at = self.entries.len().saturating_sub(FLUSH_CHUNK);
-            let chunk = self.entries.split_off(at);
-            rt.spawn(async move {
-                for e in chunk {
-                    e.sink.flush();
-                }
-            });
-        }
-    }
-}
-
-impl<S: Sink> Drop for Cork<S> {
-    /// Nothing offered is ever left unflushed, even on an early return.
-    fn drop(&mut self) {
-        for e in self.entries.drain(..) {
-            e.sink.flush();
-        }
-    }
 }
 
 /// A thread-safe registry of connections, keyed by [`ConnId`], with group and user indexes.

@@ -1,0 +1,93 @@
+//! Frames offered and not yet flushed: what lets a burst leave in one write per connection.
+
+use std::sync::Arc;
+
+use super::{Entry, Sink};
+
+/// Connections with frames offered but not yet flushed. Frames published together (a burst of
+/// client messages, one broadcast) are all offered first and flushed once, so each connection
+/// gets them in one write.
+pub struct Cork<S: Sink> {
+    entries: Vec<Arc<Entry<S>>>,
+}
+
+/// From this many connections on, [`Cork::flush`] shares the work with another worker.
+const PARALLEL_FLUSH: usize = 1024;
+
+/// Connections per task in a deferred flush.
+const FLUSH_CHUNK: usize = 1024;
+
+impl<S: Sink> Default for Cork<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Sink> Cork<S> {
+    /// An empty cork.
+    pub fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Whether nothing waits for a flush.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(super) fn add(&mut self, entry: Arc<Entry<S>>) {
+        self.entries.push(entry);
+    }
+
+    /// Flushes every connection that was offered frames, now. A large flush is split in two:
+    /// one half is handed to another worker, the other written here, so one broadcast's
+    /// system calls (several microseconds each on loopback) run on two cores.
+    pub fn flush(&mut self) {
+        if self.entries.len() >= PARALLEL_FLUSH {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let half = self.entries.split_off(self.entries.len() / 2);
+                rt.spawn(async move {
+                    for e in half {
+                        e.sink.flush();
+                    }
+                });
+            }
+        }
+        for e in self.entries.drain(..) {
+            e.sink.flush();
+        }
+        if self.entries.capacity() > 64 {
+            self.entries = Vec::new();
+        }
+    }
+
+    /// Hands the flush to tasks (of 1,024 connections each) instead of doing it now.
+    /// For traffic where a few hundred microseconds do not matter and volume does: frames
+    /// offered to the same connections before those tasks run (a storm of join announcements)
+    /// find their predecessors still queued and leave in the same writes. Flushes inline when
+    /// there is no Tokio runtime.
+    pub fn flush_deferred(&mut self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self.flush();
+        };
+        while !self.entries.is_empty() {
+            let at = self.entries.len().saturating_sub(FLUSH_CHUNK);
+            let chunk = self.entries.split_off(at);
+            rt.spawn(async move {
+                for e in chunk {
+                    e.sink.flush();
+                }
+            });
+        }
+    }
+}
+
+impl<S: Sink> Drop for Cork<S> {
+    /// Nothing offered is ever left unflushed, even on an early return.
+    fn drop(&mut self) {
+        for e in self.entries.drain(..) {
+            e.sink.flush();
+        }
+    }
+}
