@@ -148,6 +148,10 @@ impl Backend {
     }
 
     fn kill(&mut self) {
+        if self.kind == Kind::Local {
+            wshub::backplane::local::set_down(&format!("bus{}", self.port), true);
+            return;
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -167,6 +171,11 @@ impl Backend {
 
     /// The same server again, on the same port (NATS: with the same storage).
     fn restart(&mut self) {
+        if self.kind == Kind::Local {
+            // Back in service, having lost what it kept (as a Redis without persistence).
+            wshub::backplane::local::set_down(&format!("bus{}", self.port), false);
+            return;
+        }
         self.kill();
         let again = Self::on(self.kind, self.port, self.dir.clone());
         let mut old = std::mem::replace(self, again);
@@ -199,7 +208,7 @@ macro_rules! on_both {
     )*};
 }
 
-/// The scenarios that need no engine restart, also on the in-process bus.
+/// The scenarios also run on the in-process bus (its outage: `local::set_down`).
 macro_rules! in_process {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -218,6 +227,8 @@ mod in_process {
         listings_groups_and_users_are_cluster_wide,
         a_client_recovers_on_a_node_it_was_never_on,
         pusher_presence_events_and_terminate_are_cluster_wide,
+        the_backplane_dies_and_comes_back,
+        every_delivery_counted_across_a_backplane_outage,
     );
 }
 
@@ -771,7 +782,7 @@ async fn the_backplane_dies_and_comes_back(kind: Kind) {
         // its storage: same epoch, nothing to say.
         let resets: Vec<&Value> = before.iter().filter(|v| v["type"] == "reset").collect();
         match kind {
-            Kind::Redis => {
+            Kind::Redis | Kind::Local => {
                 assert_eq!(resets.len(), 1, "{before:?}");
                 assert_eq!(
                     (resets[0]["group"].as_str(), resets[0]["offset"].as_u64()),
@@ -779,7 +790,6 @@ async fn the_backplane_dies_and_comes_back(kind: Kind) {
                 );
             }
             Kind::Nats => assert!(resets.is_empty(), "{before:?}"),
-            Kind::Local => unreachable!("the in-process bus is not restarted"),
         }
     }
     // Numbered broadcasts reach both nodes again.

@@ -36,6 +36,30 @@ struct Bus {
     streams: Mutex<HashMap<String, Stream>>,
     entries: Mutex<HashMap<Arc<str>, HashMap<String, String>>>,
     tx: broadcast::Sender<Carried>,
+    /// Out of service (see [`set_down`]): every operation fails, subscribers disconnect.
+    down: std::sync::atomic::AtomicBool,
+}
+
+/// Takes the buses named `name` (whatever their key prefix) out of service, or puts them
+/// back: what a real engine's outage is to the nodes. Going down loses what the bus kept
+/// (shared history, positions, connection entries), as a Redis without persistence would;
+/// the nodes notice within a quarter of a second, serve their own connections meanwhile, and
+/// reconnect by themselves. For tests and for rehearsing outages in an embedding application.
+pub fn set_down(name: &str, down: bool) {
+    let all = BUSES.lock();
+    let suffix = format!("/{name}");
+    for bus in all
+        .iter()
+        .flat_map(|m| m.iter())
+        .filter(|(k, _)| *k == name || k.ends_with(&suffix))
+        .filter_map(|(_, w)| w.upgrade())
+    {
+        if down {
+            bus.streams.lock().clear();
+            bus.entries.lock().clear();
+        }
+        bus.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The buses of this process, by name (kept while a hub uses them).
@@ -51,6 +75,7 @@ fn bus(name: &str) -> Arc<Bus> {
         streams: Mutex::new(HashMap::new()),
         entries: Mutex::new(HashMap::new()),
         tx: broadcast::channel(BUS_CAPACITY).0,
+        down: std::sync::atomic::AtomicBool::new(false),
     });
     all.retain(|_, w| w.strong_count() > 0);
     all.insert(name.to_owned(), Arc::downgrade(&b));
@@ -76,6 +101,19 @@ pub struct LocalEngine {
 }
 
 impl LocalEngine {
+    fn is_down(&self) -> bool {
+        self.bus.down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The bus is out of service: every operation fails as an unreachable engine's would.
+    fn up(&self) -> Result<(), BackplaneError> {
+        if self.is_down() {
+            Err(BackplaneError("the in-process bus is down".into()))
+        } else {
+            Ok(())
+        }
+    }
+
     pub(crate) fn new(name: &str, node: &Arc<str>, history: HistoryConfig) -> Self {
         Self {
             bus: bus(name),
@@ -215,13 +253,21 @@ async fn subscriber(
     resync: Arc<tokio::sync::Notify>,
 ) -> Result<(), BackplaneError> {
     loop {
+        while engine.is_down() {
+            if !h.alive() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let mut rx = engine.bus.tx.subscribe();
         cluster.engine_changed(h.as_ref(), true);
         resync.notify_one();
         loop {
-            // Woken now and then to notice a hub that is gone (its entries go with it).
+            // Woken now and then to notice a hub that is gone (its entries go with it), or a
+            // bus taken down.
             let received = tokio::time::timeout(std::time::Duration::from_millis(250), rx.recv());
             let first = match received.await {
+                _ if engine.is_down() => break,
                 Err(_) if h.alive() => continue,
                 Err(_) => {
                     engine.leave();
@@ -264,8 +310,8 @@ impl super::Engine for LocalEngine {
         stream: StreamName<'a>,
         _keep: std::time::Duration,
     ) -> super::EngineFuture<'a, (String, u64)> {
-        let r = LocalEngine::meta(self, stream);
-        Box::pin(async move { Ok(r) })
+        let r = self.up().map(|()| LocalEngine::meta(self, stream));
+        Box::pin(async move { r })
     }
 
     fn range<'a>(
@@ -274,13 +320,15 @@ impl super::Engine for LocalEngine {
         from: u64,
         to: u64,
     ) -> super::EngineFuture<'a, Vec<Stored>> {
-        let r = LocalEngine::range(self, stream, from, to);
-        Box::pin(async move { Ok(r) })
+        let r = self
+            .up()
+            .map(|()| LocalEngine::range(self, stream, from, to));
+        Box::pin(async move { r })
     }
 
     fn entries(&self, _ttl: std::time::Duration) -> super::EngineFuture<'_, Vec<String>> {
-        let r = LocalEngine::entries(self);
-        Box::pin(async move { Ok(r) })
+        let r = self.up().map(|()| LocalEngine::entries(self));
+        Box::pin(async move { r })
     }
 
     fn locate<'a>(
@@ -288,8 +336,8 @@ impl super::Engine for LocalEngine {
         id: &'a str,
         _ttl: std::time::Duration,
     ) -> super::EngineFuture<'a, Option<String>> {
-        let r = LocalEngine::locate(self, id);
-        Box::pin(async move { Ok(r) })
+        let r = self.up().map(|()| LocalEngine::locate(self, id));
+        Box::pin(async move { r })
     }
 
     fn entry<'a>(
@@ -297,13 +345,13 @@ impl super::Engine for LocalEngine {
         id: &'a str,
         _ttl: std::time::Duration,
     ) -> super::EngineFuture<'a, Option<String>> {
-        let r = LocalEngine::entry(self, id);
-        Box::pin(async move { Ok(r) })
+        let r = self.up().map(|()| LocalEngine::entry(self, id));
+        Box::pin(async move { r })
     }
 
     fn leave(&self) -> super::EngineFuture<'_, ()> {
-        LocalEngine::leave(self);
-        Box::pin(async { Ok(()) })
+        let r = self.up().map(|()| LocalEngine::leave(self));
+        Box::pin(async move { r })
     }
 
     fn publish_batch<'a>(
@@ -311,8 +359,8 @@ impl super::Engine for LocalEngine {
         batch: &'a [super::Outgoing],
         _history: HistoryConfig,
     ) -> super::EngineFuture<'a, Vec<Option<(String, u64)>>> {
-        let r = LocalEngine::publish_batch(self, batch);
-        Box::pin(async move { Ok(r) })
+        let r = self.up().map(|()| LocalEngine::publish_batch(self, batch));
+        Box::pin(async move { r })
     }
 
     fn rewrite_entries(
@@ -320,8 +368,10 @@ impl super::Engine for LocalEngine {
         entries: Vec<(String, String)>,
         _ttl: std::time::Duration,
     ) -> super::EngineFuture<'_, ()> {
-        LocalEngine::rewrite_entries(self, entries);
-        Box::pin(async { Ok(()) })
+        let r = self
+            .up()
+            .map(|()| LocalEngine::rewrite_entries(self, entries));
+        Box::pin(async move { r })
     }
 
     fn apply<'a>(
@@ -329,8 +379,8 @@ impl super::Engine for LocalEngine {
         changes: &'a [EntryChange],
         _ttl: std::time::Duration,
     ) -> super::EngineFuture<'a, ()> {
-        LocalEngine::apply(self, changes);
-        Box::pin(async { Ok(()) })
+        let r = self.up().map(|()| LocalEngine::apply(self, changes));
+        Box::pin(async move { r })
     }
 
     fn subscriber(
