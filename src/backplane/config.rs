@@ -59,7 +59,7 @@ pub struct BackplaneConfig {
     /// disappear from listings within this).
     pub node_ttl: Duration,
     /// Publications waiting for the engine at most; past it a publication is refused
-    /// ([`QueueFull`]) rather than queued.
+    /// ([`QueueFull`](super::QueueFull)) rather than queued.
     pub queue: usize,
 }
 
