@@ -1,42 +1,11 @@
-//! The `wshub.v1` subprotocol: client commands (JSON objects with a client-chosen `id`) and
-//! the server's envelopes. `docs/PROTOCOL.md` is the reference for client authors.
+//! What a `wshub.v1` client sends: commands, parsed and checked, or refused with a code.
 
 use std::borrow::Cow;
-use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::envelope::Timestamp;
-use crate::frame::{Frame, FrameBuf, OpCode};
-
-/// Error codes of `error` replies, a contract for clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The frame is not a JSON object.
-    Malformed,
-    /// `type` names no command.
-    UnknownCommand,
-    /// A field is missing or has the wrong type.
-    Invalid,
-    /// The group name breaks the naming rules.
-    InvalidGroup,
-    /// Publishing to a group the connection is not a member of.
-    NotMember,
-    /// The connection's token does not allow this group.
-    Forbidden,
-    /// No such connection, or the user has no connections.
-    NotFound,
-    /// The connection is in as many groups as allowed.
-    TooManyGroups,
-    /// Binary frames carry no commands in `wshub.v1`.
-    BinaryUnsupported,
-    /// The message was dropped: the connection sends faster than its rate limit.
-    RateLimited,
-    /// The hub keeps as many groups as it may (`--max-groups`): no new group now.
-    HubFull,
-}
+use super::ErrorCode;
 
 /// A parsed command. Borrowed from the frame's text.
 #[derive(Debug)]
@@ -218,7 +187,7 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
             .group
             .take()
             .ok_or_else(|| reject(ErrorCode::Invalid, format!("`{cmd}` needs `group`")))?;
-        if !super::valid_group_name(&g) {
+        if !crate::protocol::valid_group_name(&g) {
             return Err(reject(
                 ErrorCode::InvalidGroup,
                 "a group name is 1 to 128 characters from A-Z a-z 0-9 _ - . : @ /".into(),
@@ -291,244 +260,10 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
     Ok((id, cmd))
 }
 
-fn encode<T: Serialize>(value: &T, hint: usize) -> Frame {
-    let mut buf = FrameBuf::with_capacity(hint + 96);
-    if serde_json::to_writer(&mut buf, value).is_err() {
-        tracing::error!("v1 envelope serialisation failed");
-    }
-    buf.finish(OpCode::Text)
-}
-
-fn now() -> Timestamp {
-    Timestamp::from(SystemTime::now())
-}
-
-/// `{"type":"ack","id":…}` plus optional counts.
-pub fn ack(id: &RawValue, extra: AckExtra<'_>) -> Frame {
-    #[derive(Serialize)]
-    struct Ack<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        id: &'a RawValue,
-        #[serde(flatten)]
-        extra: AckExtra<'a>,
-    }
-    encode(
-        &Ack {
-            kind: "ack",
-            id,
-            extra,
-        },
-        32,
-    )
-}
-
-/// Optional fields of an ack.
-#[derive(Debug, Default, Serialize)]
-pub struct AckExtra<'a> {
-    /// The group a join/leave/publish was about.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<&'a str>,
-    /// Group members after a join, or recipients of a publish/send.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub members: Option<usize>,
-    /// Connections a publish or send reached.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipients: Option<usize>,
-    /// Whether a join changed anything (false: already a member) or a leave did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub changed: Option<bool>,
-    /// The group stream's epoch, after a join.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<String>,
-    /// The group stream's last offset when the join took effect, or a publication's offset.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    /// After a join with `since`: whether everything missed was replayed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recovered: Option<bool>,
-}
-
-/// `{"type":"error","id":…,"code":…,"message":…}`.
-pub fn error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Frame {
-    #[derive(Serialize)]
-    struct Error<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        id: Option<&'a RawValue>,
-        code: ErrorCode,
-        message: &'a str,
-    }
-    encode(
-        &Error {
-            kind: "error",
-            id,
-            code,
-            message,
-        },
-        message.len(),
-    )
-}
-
-/// Where a stream stood, as told to a client.
-#[derive(Debug, Serialize)]
-pub struct StreamState<'a> {
-    /// The stream's epoch.
-    pub epoch: &'a str,
-    /// Its last offset.
-    pub offset: u64,
-    /// Whether what was missed was replayed (only when recovery was asked for).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recovered: Option<bool>,
-}
-
-/// `{"type":"welcome","connectionId":…,"shortId":…,"user":…,"all":{"epoch":…,"offset":…},…}`,
-/// the first frame of a `wshub.v1` connection. `all` is the all-clients stream's position.
-pub fn welcome(
-    connection_id: &str,
-    short_id: &str,
-    user: Option<&str>,
-    node: &str,
-    all: StreamState<'_>,
-) -> Frame {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Welcome<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        connection_id: &'a str,
-        short_id: &'a str,
-        user: Option<&'a str>,
-        protocol: &'static str,
-        node: &'a str,
-        all: StreamState<'a>,
-        timestamp: &'a str,
-    }
-    let ts = now();
-    encode(
-        &Welcome {
-            kind: "welcome",
-            connection_id,
-            short_id,
-            user,
-            protocol: super::V1,
-            node,
-            all,
-            timestamp: ts.as_str(),
-        },
-        96,
-    )
-}
-
-/// A message from a client or the server to a group or a connection/user.
-#[derive(Serialize)]
-pub struct Delivery<'a> {
-    /// `message` (to a group) or `direct` (to a connection or user).
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// The group, for group messages.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<&'a str>,
-    /// The message's offset in its group's stream, for group messages.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    /// The sender's short id; absent when the server (REST) sent it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<&'a str>,
-    /// The sender's user id, when it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<&'a str>,
-    /// The payload, verbatim.
-    pub message: &'a RawValue,
-    /// When the hub sent it.
-    pub timestamp: &'a str,
-}
-
-/// Encodes a [`Delivery`] stamped now.
-pub fn delivery(
-    kind: &'static str,
-    group: Option<&str>,
-    offset: Option<u64>,
-    from: Option<&str>,
-    user: Option<&str>,
-    message: &RawValue,
-) -> Frame {
-    let ts = now();
-    encode(
-        &Delivery {
-            kind,
-            group,
-            offset,
-            from,
-            user,
-            message,
-            timestamp: ts.as_str(),
-        },
-        message.get().len(),
-    )
-}
-
-/// `{"type":"reset","group":…,"epoch":…,"offset":…,"timestamp":…}`: a stream's history was
-/// lost (the backplane restarted without it); it goes on from `offset` in `epoch`. Without
-/// `group`: the all-clients stream.
-pub fn reset(group: Option<&str>, epoch: &str, offset: u64) -> Frame {
-    #[derive(Serialize)]
-    struct Reset<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        group: Option<&'a str>,
-        epoch: &'a str,
-        offset: u64,
-        timestamp: &'a str,
-    }
-    let ts = now();
-    encode(
-        &Reset {
-            kind: "reset",
-            group,
-            epoch,
-            offset,
-            timestamp: ts.as_str(),
-        },
-        64,
-    )
-}
-
-/// `{"type":"joined"|"left","group":…,"connection":short,"user":…,"timestamp":…}` to a group's
-/// members.
-pub fn membership(joined: bool, group: &str, short_id: &str, user: Option<&str>) -> Frame {
-    #[derive(Serialize)]
-    struct Membership<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        group: &'a str,
-        connection: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        user: Option<&'a str>,
-        timestamp: &'a str,
-    }
-    let ts = now();
-    encode(
-        &Membership {
-            kind: if joined { "joined" } else { "left" },
-            group,
-            connection: short_id,
-            user,
-            timestamp: ts.as_str(),
-        },
-        group.len(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn json(f: &Frame) -> serde_json::Value {
-        let h = if f[1] == 126 { 4 } else { 2 };
-        serde_json::from_slice(&f[h..]).unwrap()
-    }
+    use crate::protocol::v1::error;
 
     #[test]
     fn parses_every_command() {
@@ -634,46 +369,5 @@ mod tests {
         let r = parse(&unknown).unwrap_err();
         assert_eq!(r.code, ErrorCode::UnknownCommand);
         assert!(r.message.len() < 200, "{}", r.message);
-    }
-
-    #[test]
-    fn envelopes_have_their_documented_shape() {
-        let id = RawValue::from_string("\"c1\"".into()).unwrap();
-        assert_eq!(
-            json(&ack(&id, AckExtra::default())),
-            serde_json::json!({"type":"ack","id":"c1"})
-        );
-        let e = json(&error(None, ErrorCode::NotMember, "no"));
-        assert_eq!(e["code"], "not_member");
-        assert!(e["id"].is_null());
-        let msg = RawValue::from_string("{\"a\":1}".into()).unwrap();
-        let d = json(&delivery(
-            "message",
-            Some("g"),
-            Some(7),
-            Some("abcd1234"),
-            None,
-            &msg,
-        ));
-        assert_eq!(d["message"], serde_json::json!({"a":1}));
-        assert_eq!(d["group"], "g");
-        assert_eq!(d["offset"], 7);
-        assert!(d.get("user").is_none());
-        let all = StreamState {
-            epoch: "e1",
-            offset: 3,
-            recovered: None,
-        };
-        let w = json(&welcome(
-            &"a".repeat(32),
-            "aaaaaaaa",
-            Some("alice"),
-            "n1",
-            all,
-        ));
-        assert_eq!(w["node"], "n1");
-        assert_eq!(w["all"], serde_json::json!({"epoch":"e1","offset":3}));
-        assert_eq!(w["type"], "welcome");
-        assert_eq!(w["user"], "alice");
     }
 }
