@@ -61,9 +61,7 @@ pub(crate) fn check_group(group: &str) -> Result<(), Problem> {
     if valid_group_name(group) {
         Ok(())
     } else {
-        Err(Problem::bad_request(
-            "a group name is 1 to 128 characters from A-Z a-z 0-9 _ - . : @ /",
-        ))
+        Err(Problem::bad_request(crate::protocol::GROUP_NAME_RULE))
     }
 }
 

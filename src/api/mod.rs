@@ -278,3 +278,41 @@ pub(crate) fn json_body<T: DeserializeOwned>(
         Problem::new(status, format!("malformed JSON body: {e}"))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The group-name pattern is written in the handlers' OpenAPI annotations (a literal, as
+    /// the macro wants) and in the demo page: both must say what `valid_group_name` checks.
+    #[test]
+    fn every_group_pattern_is_the_protocols() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        let mut seen = 0;
+        for (_, item) in doc["paths"].as_object().into_iter().flatten() {
+            for (_, op) in item.as_object().into_iter().flatten() {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["name"] == "group" && p["in"] == "path" {
+                        assert_eq!(
+                            p["schema"]["pattern"].as_str(),
+                            Some(crate::protocol::GROUP_NAME_PATTERN),
+                            "{p}"
+                        );
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen >= 5, "only {seen} group parameters found");
+        let page = crate::web::INDEX_HTML;
+        let class = crate::protocol::GROUP_NAME_PATTERN
+            .trim_start_matches('^')
+            .trim_end_matches('$')
+            .replace('/', "\\/")
+            .replace("-]", "\\-]");
+        assert!(
+            page.contains(&format!("pattern=\"{class}\"")),
+            "the demo page's group pattern is not {class}"
+        );
+    }
+}

@@ -7,6 +7,14 @@ pub mod v1;
 /// The subprotocol name negotiated with `Sec-WebSocket-Protocol`.
 pub const V1: &str = "wshub.v1";
 
+/// The group-name rule, as people read it (error messages).
+pub const GROUP_NAME_RULE: &str =
+    "a group name is 1 to 128 characters from A-Z a-z 0-9 _ - . : @ /";
+
+/// The group-name rule as a regular expression (the OpenAPI document and the demo page say it
+/// so; tests hold them to this one).
+pub const GROUP_NAME_PATTERN: &str = "^[A-Za-z0-9_.:@/-]{1,128}$";
+
 /// Whether a group name is acceptable: 1 to 128 characters from `A-Z a-z 0-9 _ - . : @ /`.
 pub fn valid_group_name(name: &str) -> bool {
     (1..=128).contains(&name.len())

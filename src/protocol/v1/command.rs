@@ -190,7 +190,7 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
         if !crate::protocol::valid_group_name(&g) {
             return Err(reject(
                 ErrorCode::InvalidGroup,
-                "a group name is 1 to 128 characters from A-Z a-z 0-9 _ - . : @ /".into(),
+                crate::protocol::GROUP_NAME_RULE.into(),
             ));
         }
         Ok(g)
