@@ -229,6 +229,7 @@ mod in_process {
         pusher_presence_events_and_terminate_are_cluster_wide,
         the_backplane_dies_and_comes_back,
         every_delivery_counted_across_a_backplane_outage,
+        a_cache_channels_last_event_reaches_a_node_started_after_it,
     );
 }
 
@@ -241,6 +242,7 @@ on_both!(
     a_client_recovers_on_a_node_it_was_never_on,
     every_delivery_counted_across_a_backplane_outage,
     pusher_presence_events_and_terminate_are_cluster_wide,
+    a_cache_channels_last_event_reaches_a_node_started_after_it,
 );
 
 fn token(sub: &str) -> String {
@@ -1294,6 +1296,45 @@ async fn pusher_presence_events_and_terminate_are_cluster_wide(kind: Kind) {
     next_json_where(&mut carol, |v| v["event"] == "pusher:signin_success").await;
     a.hub.terminate_user(&app, "carol");
     assert_eq!(next_close(&mut carol).await, Some(4009));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A cache channel's last event is the cluster's: a node started after it was published reads
+/// it from the shared history when a client first subscribes there.
+async fn a_cache_channels_last_event_reaches_a_node_started_after_it(kind: Kind) {
+    let engine = Backend::start(kind);
+    let a = node(&engine, "tc", "node-a").await;
+    let app = a.hub.apps().default_app().unwrap().clone();
+    for price in [1, 2] {
+        let data = serde_json::value::to_raw_value(&format!("{{\"price\":{price}}}")).unwrap();
+        a.hub
+            .trigger(&app, "cache-prices", "tick", data, None)
+            .unwrap();
+    }
+    // Numbered by the engine before the second node exists.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = node(&engine, "tc", "node-b").await;
+    let (mut ws, _) = pusher_client(&b).await;
+    let sub = json!({"event": "pusher:subscribe", "data": {"channel": "cache-prices"}});
+    send_text(&mut ws, &sub.to_string()).await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["event"], "pusher_internal:subscription_succeeded", "{v}");
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["event"].as_str(), v["data"].as_str()),
+        (Some("tick"), Some(r#"{"price":2}"#)),
+        "{v}"
+    );
+    // A cache channel nobody published to: a miss, from either node.
+    let sub = json!({"event": "pusher:subscribe", "data": {"channel": "cache-empty"}});
+    send_text(&mut ws, &sub.to_string()).await;
+    next_json_where(&mut ws, |v| {
+        v["event"] == "pusher_internal:subscription_succeeded"
+    })
+    .await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["event"], "pusher:cache_miss", "{v}");
     a.stop().await;
     b.stop().await;
 }

@@ -19,6 +19,8 @@ pub(crate) enum Fetched {
     Stream(Option<Prefetch>),
     /// For a `send`: how many connections the target has in the cluster.
     Target(Option<usize>),
+    /// For a Pusher subscription to a cache channel: its last event, as Pusher clients get it.
+    Cache(Option<Frame>),
 }
 
 /// What a recovery needs from the shared history, fetched before any lock is taken.

@@ -271,9 +271,22 @@ impl Conn<'_> {
 
     /// Handles a command after the fetch it needed.
     fn command_prefetched(&mut self, text: &[u8], pre: crate::hub::Fetched) {
-        if let (Role::Hub { hub, entry }, Ok(text)) = (self.role, std::str::from_utf8(text)) {
-            // With `pre` given, the command is handled now: no second fetch.
-            let _ = hub.on_command(entry, text, Some(pre), &mut self.cork);
+        let Ok(text) = std::str::from_utf8(text) else {
+            return;
+        };
+        // With `pre` given, the message is handled now: no second fetch.
+        match self.role {
+            Role::Hub { hub, entry } => {
+                let _ = hub.on_command(entry, text, Some(pre), &mut self.cork);
+            }
+            Role::Pusher {
+                hub,
+                entry,
+                session,
+            } => {
+                let _ = hub.on_pusher(entry, session, text, Some(pre), &mut self.cork);
+            }
+            Role::Echo(_) | Role::Refused(_) => {}
         }
     }
 
@@ -364,7 +377,13 @@ impl Conn<'_> {
                     entry,
                     session,
                 } => match std::str::from_utf8(&b) {
-                    Ok(text) => hub.on_pusher(entry, session, text, &mut self.cork),
+                    Ok(text) => {
+                        if let Some(fetch) =
+                            hub.on_pusher(entry, session, text, None, &mut self.cork)
+                        {
+                            return Step::Fetch(fetch, b);
+                        }
+                    }
                     Err(_) => {
                         self.outbox.close(CloseReason::InvalidUtf8);
                     }

@@ -235,22 +235,44 @@ impl Hub {
     /// One text message from a Pusher client. Every refusal is answered with the protocol's
     /// own error (`pusher:error`, `pusher:subscription_error`); nothing here closes the
     /// connection.
+    ///
+    /// In a cluster, a subscription to a cache channel this node has not followed first needs
+    /// the channel's last event from the shared history: then nothing is done yet and the fetch
+    /// to await (no lock held) is returned; the caller calls again with what it brought.
     pub(crate) fn on_pusher(
         &self,
         me: &HubEntry,
         session: &Session,
         text: &str,
+        pre: Option<super::Fetched>,
         cork: &mut HubCork,
-    ) {
-        self.count_in(text.len());
+    ) -> Option<super::PrefetchFuture> {
         let msg: pusher::ClientMessage<'_> = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
+                self.count_in(text.len());
                 let why = format!("malformed message: {e}");
-                return self.to_pusher(me.id, pusher::error(Code::Generic, &why), cork);
+                self.to_pusher(me.id, pusher::error(Code::Generic, &why), cork);
+                return None;
             }
         };
         let data = msg.data.map(RawValue::get);
+        if msg.event == "pusher:subscribe" {
+            if let Some(Ok(sub)) = data.map(serde_json::from_str::<pusher::Subscribe>) {
+                match pre {
+                    None => {
+                        if let Some(fetch) = self.fetch_cached(session, &sub.channel) {
+                            return Some(fetch);
+                        }
+                    }
+                    Some(super::Fetched::Cache(frame)) => {
+                        self.adopt_cached(session, &sub.channel, frame)
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        self.count_in(text.len());
         match &*msg.event {
             "pusher:ping" => self.to_pusher(me.id, pusher::pong(), cork),
             "pusher:pong" => {}
@@ -297,6 +319,7 @@ impl Hub {
                 self.to_pusher(me.id, pusher::error(Code::Generic, &why), cork);
             }
         }
+        None
     }
 
     /// A frame for one Pusher connection (a reply).

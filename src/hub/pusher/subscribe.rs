@@ -11,6 +11,70 @@ use crate::protocol::pusher::{self, Channel, Code, Kind};
 use crate::wire::Publication;
 
 impl Hub {
+    /// In a cluster: the fetch of a cache channel's last event from the shared history, when
+    /// this node keeps none for it and has not followed the channel (it started after the
+    /// event). Decided without I/O.
+    pub(super) fn fetch_cached(
+        &self,
+        session: &Session,
+        channel: &str,
+    ) -> Option<crate::hub::PrefetchFuture> {
+        let c = self.shared_bus()?.clone();
+        if !Channel::parse(channel).is_some_and(|k| k.cache) {
+            return None;
+        }
+        let stream = self.apps().stream_of(&session.app, channel);
+        let known = self.shared.history.existing(&stream).is_some_and(|s| {
+            let s = s.lock();
+            s.cached().is_some() || !s.is_cold()
+        });
+        if known {
+            return None;
+        }
+        let keep = self.shared.config.history.ttl;
+        Some(Box::pin(async move {
+            let name = crate::wire::StreamName::Group(&stream);
+            let engine = c.engine();
+            let last = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                let (_, top) = engine.meta(name, keep).await?;
+                if top == 0 {
+                    return Ok(None);
+                }
+                let stored = engine.range(name, top, top).await?;
+                Ok::<_, crate::backplane::BackplaneError>(stored.into_iter().next())
+            })
+            .await;
+            let frame = match last {
+                Ok(Ok(Some(s))) => crate::hub::deliver::Encoded::new(&s.publication, None)
+                    .pusher()
+                    .cloned(),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "a cache channel's last event could not be read");
+                    None
+                }
+                Err(_) => None,
+            };
+            crate::hub::Fetched::Cache(frame)
+        }))
+    }
+
+    /// Keeps what [`fetch_cached`](Self::fetch_cached) brought, unless an event arrived
+    /// meanwhile (that one is newer).
+    pub(super) fn adopt_cached(&self, session: &Session, channel: &str, frame: Option<Frame>) {
+        let Some(frame) = frame else { return };
+        let stream = self.apps().stream_of(&session.app, channel);
+        if self.ensure_group_stream(&stream).is_err() {
+            return;
+        }
+        if let Some(s) = self.shared.history.existing(&stream) {
+            let mut s = s.lock();
+            if s.cached().is_none() {
+                s.set_cached(frame);
+            }
+        }
+    }
+
     pub(super) fn pusher_subscribe(
         &self,
         me: &HubEntry,
