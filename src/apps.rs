@@ -43,6 +43,10 @@ pub struct App {
     /// Largest event `data`, in bytes, from the API or a client.
     #[serde(default = "default_max_event_size")]
     pub max_event_size: usize,
+    /// Largest presence `channel_data` (the member's id and info), in bytes: every node keeps
+    /// every member's info, so it is bounded like any other byte budget.
+    #[serde(default = "default_max_member_size")]
+    pub max_member_size: usize,
 }
 
 fn yes() -> bool {
@@ -61,6 +65,10 @@ fn default_max_event_size() -> usize {
     10 * 1024
 }
 
+fn default_max_member_size() -> usize {
+    2 * 1024
+}
+
 impl App {
     /// An app with these credentials and the default limits.
     pub fn new(id: &str, key: &str, secret: &str) -> Self {
@@ -75,6 +83,7 @@ impl App {
             user_authentication: true,
             max_presence_members: default_max_presence_members(),
             max_event_size: default_max_event_size(),
+            max_member_size: default_max_member_size(),
         }
     }
 

@@ -256,6 +256,18 @@ async fn a_presence_channel_holds_its_member_limit_in_distinct_users() {
         next_json(&mut a2).await["event"],
         "pusher_internal:subscription_succeeded"
     );
+    // Member info is bounded in bytes (every node keeps every member's).
+    let (mut big, sbig) = pusher(&s).await;
+    let cd = json!({"user_id": "ann", "user_info": {"bio": "x".repeat(3000)}}).to_string();
+    let a_big = auth(&sbig, "presence-p", Some(&cd));
+    let msg = json!({"event": "pusher:subscribe", "data": {"channel": "presence-p", "auth": a_big, "channel_data": cd}});
+    send(&mut big, msg).await;
+    let v = next_json(&mut big).await;
+    assert_eq!(
+        (v["event"].as_str(), v["data"]["status"].as_u64()),
+        (Some("pusher:subscription_error"), Some(413)),
+        "{v}"
+    );
     let (mut b, sb) = pusher(&s).await;
     join(&mut b, &sb, "bob").await;
     let v = next_json(&mut b).await;

@@ -126,6 +126,17 @@ impl Hub {
                 let data = (channel.kind == Kind::Presence)
                     .then_some(sub.channel_data.as_deref())
                     .flatten();
+                if let Some(d) = data.filter(|d| d.len() > app.max_member_size) {
+                    return Err(Refused::new(
+                        "LimitReached",
+                        format!(
+                            "channel_data is {} bytes, above this app's limit of {}",
+                            d.len(),
+                            app.max_member_size
+                        ),
+                        413,
+                    ));
+                }
                 if channel.kind == Kind::Presence && data.is_none() {
                     return Err(Refused::new(
                         "AuthError",
