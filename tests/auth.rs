@@ -212,13 +212,16 @@ async fn sub_is_the_user_and_user_sends_reach_every_connection_of_it() {
 #[tokio::test]
 async fn groups_claim_restricts_joins() {
     let srv = TestServer::with_auth(jwt_settings()).await;
-    let t = hs256(json!({"sub":"carol","exp":exp(),"groups":["chat:*","lobby"]}));
+    let t = hs256(json!({"sub":"carol","exp":exp(),"groups":["chat:*","lobby","private-orders"]}));
     let (mut ws, _) = connect_v1_with(&format!("{}?access_token={t}", srv.ws_url())).await;
     for (group, ok) in [
         ("chat:general", true),
         ("lobby", true),
         ("lobby2", false),
         ("admin", false),
+        // A Pusher private channel of the default app: only when the token names it.
+        ("private-orders", true),
+        ("private-other", false),
     ] {
         send_text(
             &mut ws,

@@ -477,3 +477,26 @@ async fn the_http_api_refuses_what_pusher_refuses() {
     assert_eq!((r.status, r.json()), (200, json!({"occupied": false})));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn wshub_clients_do_not_read_private_pusher_channels_without_a_token_naming_them() {
+    let s = server(vec![], |_| {}).await;
+    let (mut v1, _) = connect_v1(&s.ws_url()).await;
+    for (group, ok) in [
+        ("public-news", true),
+        ("private-orders", false),
+        ("presence-room", false),
+        ("private-encrypted-x", false),
+    ] {
+        let ack = cmd(
+            &mut v1,
+            json!({"id": group, "type": "join", "group": group}),
+        )
+        .await;
+        assert_eq!(ack["type"] == "ack", ok, "{group}: {ack}");
+        if !ok {
+            assert_eq!(ack["code"], "forbidden", "{ack}");
+        }
+    }
+    s.stop().await;
+}

@@ -116,7 +116,12 @@ impl Hub {
         let user = me.info.user.as_deref();
         match cmd {
             Command::Join { group, since } => {
-                if !me.info.may_join(&group) {
+                // A private, encrypted or presence channel of the default app is joined only
+                // with a token that names it (Pusher clients need a signed authorization for
+                // it; a token allowing every group is not one).
+                let private =
+                    crate::protocol::pusher::Channel::parse(&group).is_some_and(|c| c.needs_auth());
+                if !me.info.may_join(&group) || (private && me.info.allowed_groups.is_none()) {
                     return Err(HubError::Forbidden(group.into_owned()));
                 }
                 let joined = self.join_and_announce(
