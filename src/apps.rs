@@ -147,25 +147,44 @@ impl App {
 #[derive(Debug, Clone)]
 pub struct Apps {
     apps: Arc<[Arc<App>]>,
+    /// Nothing was configured: the development app stands in.
+    development: bool,
 }
 
 impl Default for Apps {
+    /// Nothing configured: the development app.
     fn default() -> Self {
-        Self::new(vec![App::development()])
+        Self::new(Vec::new())
     }
 }
 
 impl Apps {
     /// These apps (the development app when `apps` is empty).
     pub fn new(apps: Vec<App>) -> Self {
-        let apps = if apps.is_empty() {
+        let development = apps.is_empty();
+        let apps = if development {
             vec![App::development()]
         } else {
             apps
         };
         Self {
             apps: apps.into_iter().map(Arc::new).collect(),
+            development,
         }
+    }
+
+    /// No app at all: `/app/{key}` refuses every key (4001) and `/apps/{id}` every id (404).
+    pub fn none() -> Self {
+        Self {
+            apps: Arc::from(Vec::new()),
+            development: false,
+        }
+    }
+
+    /// Whether nothing was configured and the development app stands in (an app configured
+    /// with the same credentials is not this).
+    pub fn is_development(&self) -> bool {
+        self.development
     }
 
     /// Checks that ids and keys are unique and every app is valid.
@@ -289,6 +308,9 @@ mod tests {
         let dup = Apps::new(vec![App::new("1", "a", "s"), App::new("1", "b", "s")]);
         assert!(dup.validate().is_err());
         assert!(Apps::new(vec![]).by_key("app-key").is_some());
+        assert!(Apps::new(vec![]).is_development());
+        assert!(!Apps::new(vec![App::development()]).is_development());
+        assert!(Apps::none().all().is_empty());
     }
 
     #[test]

@@ -126,7 +126,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let config = args.hub_config();
     config.apps.validate()?;
-    if args.apps.is_empty() {
+    if args.apps.is_empty() && (auth.requires_token() || auth.requires_api_key()) {
+        tracing::info!("Pusher protocol: no app configured (the development app is served only without --api-key and JWT auth): add --app ID:KEY:SECRET");
+    } else if args.apps.is_empty() {
         let dev = wshub::apps::App::development();
         tracing::warn!(
             app_id = %dev.id, key = %dev.key, secret = %dev.secret,

@@ -285,6 +285,8 @@ async fn node_with(bp: BackplaneConfig, id: &str) -> TestServer {
         node_id: Some(id.into()),
         announce: false,
         shutdown_timeout: Duration::from_secs(1),
+        // JWT auth is on: the development app is not served unless configured.
+        apps: wshub::apps::Apps::new(vec![wshub::apps::App::development()]),
         ..HubConfig::default()
     };
     let auth = wshub::auth::Auth::new(&wshub::auth::AuthSettings {

@@ -500,3 +500,49 @@ async fn wshub_clients_do_not_read_private_pusher_channels_without_a_token_namin
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_development_app_is_not_served_when_the_hub_is_secured() {
+    // With an API key (or JWT auth), the development app's public credentials would be a way
+    // around both: it is not served; configured apps are.
+    let s = TestServer::with_auth(wshub::auth::AuthSettings {
+        api_key: Some("an-api-key-of-some-length".into()),
+        ..Default::default()
+    })
+    .await;
+    let (v, close) = refused(&s, "app-key", "?protocol=7").await;
+    assert_eq!(
+        (v["data"]["code"].as_u64(), close),
+        (Some(4001), Some(4001))
+    );
+    let body = r#"{"name":"e","channel":"c","data":"x"}"#;
+    let signed = |secret: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let params = vec![
+            ("auth_key".to_owned(), "app-key".to_owned()),
+            ("auth_timestamp".to_owned(), now.to_string()),
+            ("auth_version".to_owned(), "1.0".to_owned()),
+            (
+                "body_md5".to_owned(),
+                wshub::signing::body_md5(body.as_bytes()),
+            ),
+        ];
+        let msg = wshub::signing::request_message("POST", "/apps/1/events", &params);
+        let sig = wshub::signing::sign(secret, msg.as_bytes());
+        let q: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("/apps/1/events?{}&auth_signature={sig}", q.join("&"))
+    };
+    let r = http(
+        s.addr,
+        "POST",
+        &signed("app-secret"),
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    s.stop().await;
+}

@@ -205,7 +205,15 @@ impl Hub {
     }
 
     /// A hub with the given settings and security checks.
-    pub fn with_auth(config: HubConfig, auth: crate::auth::Auth) -> Self {
+    ///
+    /// The development Pusher app (public credentials) is served only by a hub without
+    /// security: with an API key or connection tokens required, it would be a way around both
+    /// (anyone could publish with its well-known secret, or read the default app's channels,
+    /// which are the hub's groups). Configure apps of your own there.
+    pub fn with_auth(mut config: HubConfig, auth: crate::auth::Auth) -> Self {
+        if config.apps.is_development() && (auth.requires_token() || auth.requires_api_key()) {
+            config.apps = crate::apps::Apps::none();
+        }
         let metrics = Metrics::new();
         let hub = Self {
             shared: Arc::new(Shared {
