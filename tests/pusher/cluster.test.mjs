@@ -2,39 +2,14 @@
 // here on a free port): clients on different nodes, the SDK talking to either node.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import net from "node:net";
 import Pusher from "pusher-js";
 import PusherServer from "pusher";
 import { startServer, until } from "../../clients/js/test/server.mjs";
+import { startRedis } from "./redis.mjs";
 
 const APP = { appId: "100", key: "key-one", secret: "secret-one" };
 let redis, n1, n2;
 const open = [];
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startRedis() {
-  const port = await freePort();
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-  await until(
-    () => new Promise((r) => {
-      const c = net.connect(port, "127.0.0.1", () => { c.end(); r(true); });
-      c.on("error", () => r(false));
-    }),
-    10000,
-    "redis-server listening",
-  );
-  return { port, stop: () => child.kill("SIGKILL") };
-}
 
 before(async () => {
   redis = await startRedis();

@@ -10,6 +10,7 @@ import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 import PusherServer from "pusher";
 import { startServer, until } from "../../clients/js/test/server.mjs";
+import { startRedis } from "./redis.mjs";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const APP = { appId: "echo-app", key: "echo-key", secret: "echo-secret" };
@@ -17,7 +18,7 @@ const ARGS = ["--app", `${APP.appId}:${APP.key}:${APP.secret}`];
 const modules = new URL("./node_modules/", import.meta.url).pathname;
 let srv, web, browser, wsPort;
 
-const sdk = () => new PusherServer({ appId: APP.appId, key: APP.key, secret: APP.secret, host: "127.0.0.1", port: String(wsPort), useTLS: false });
+const sdk = (port = wsPort) => new PusherServer({ appId: APP.appId, key: APP.key, secret: APP.secret, host: "127.0.0.1", port: String(port), useTLS: false });
 
 /** The application's web server: the page, the scripts, and Laravel's /broadcasting/auth. */
 function startWeb() {
@@ -75,8 +76,8 @@ after(async () => {
   await srv?.stop();
 });
 
-/** A page of the app, signed in as `user`, with Echo connected. */
-async function page(user) {
+/** A page of the app, signed in as `user`, with Echo connected to the server on `port`. */
+async function page(user, port = wsPort) {
   const p = await browser.newPage();
   p.on("pageerror", (e) => console.error("page error:", e));
   await p.goto(`http://127.0.0.1:${web.address().port}/`);
@@ -97,7 +98,7 @@ async function page(user) {
       });
       window.echo.connector.pusher.connection.bind("state_change", (s) => window.log("state", s.current));
     },
-    { key: APP.key, port: wsPort, user },
+    { key: APP.key, port, user },
   );
   await p.waitForFunction(() => window.echo.connector.pusher.connection.state === "connected", null, { timeout: 10000 });
   return p;
@@ -171,4 +172,49 @@ test("public, private and presence channels, whispers, and a server restart", as
   await bob.close();
   await waitFor(alice, "leaving", (n) => n === "BOB");
   await alice.close();
+});
+
+test("two pages on two nodes of a cluster: presence, events and whispers cross nodes", async () => {
+  const redis = await startRedis();
+  const args = (id) => [...ARGS, "--backplane", `redis://127.0.0.1:${redis.port}`, "--node-id", id, "--node-ttl", "2s"];
+  const n1 = await startServer({ args: args("e1") });
+  const n2 = await startServer({ args: args("e2") });
+  try {
+    for (const n of [n1, n2]) {
+      await until(async () => (await fetch(`${n.base}/readyz`)).status === 200, 10000, "node ready");
+    }
+    const alice = await page("alice", n1.port);
+    const bob = await page("bob", n2.port);
+    await alice.evaluate(() =>
+      echo.join("team")
+        .here((users) => log("here", users.map((u) => u.name).sort()))
+        .joining((u) => log("joining", u.name))
+        .leaving((u) => log("leaving", u.name)),
+    );
+    await waitFor(alice, "here");
+    // Bob's node has learned alice through the backplane before bob joins there.
+    await until(async () => (await (await sdk(n2.port).get({ path: "/channels/presence-team/users" })).json()).users.length === 1, 10000, "alice known on node 2");
+    await bob.evaluate(() => {
+      echo.join("team").here((users) => log("here", users.map((u) => u.name).sort()));
+      echo.private("ops").listen(".deployed", (e) => log("deployed", e));
+      echo.private("ops").listenForWhisper("typing", (e) => log("typing", e));
+    });
+    await alice.evaluate(() => echo.private("ops"));
+    await waitFor(bob, "here", (names) => names.length === 2);
+    assert.deepEqual((await events(bob, "here"))[0], ["ALICE", "BOB"]);
+    await waitFor(alice, "joining", (n) => n === "BOB");
+    await until(async () => (await (await sdk(n1.port).get({ path: "/channels/private-ops", params: { info: "subscription_count" } })).json()).subscription_count === 2, 10000, "both on private-ops");
+    // Triggered through node 1, received by bob on node 2; a whisper from alice (node 1) too.
+    await sdk(n1.port).trigger("private-ops", "deployed", { version: 7 });
+    await waitFor(bob, "deployed", (e) => e.version === 7);
+    await alice.evaluate(() => echo.private("ops").whisper("typing", { who: "alice" }));
+    await waitFor(bob, "typing", (e) => e.who === "alice");
+    await bob.close();
+    await waitFor(alice, "leaving", (n) => n === "BOB");
+    await alice.close();
+  } finally {
+    await n1.stop();
+    await n2.stop();
+    redis.stop();
+  }
 });
