@@ -47,6 +47,37 @@ pub struct App {
     /// every member's info, so it is bounded like any other byte budget.
     #[serde(default = "default_max_member_size")]
     pub max_member_size: usize,
+    /// Where this app's webhooks go (Pusher's format, signed with the app secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// A webhook target of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// The `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// The events it gets (`channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`); empty: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_types: Vec<String>,
+}
+
+/// The webhook events an app can be told.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+];
+
+impl Webhook {
+    /// Whether this target gets events named `name`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|t| t == name)
+    }
 }
 
 fn yes() -> bool {
@@ -84,6 +115,7 @@ impl App {
             max_presence_members: default_max_presence_members(),
             max_event_size: default_max_event_size(),
             max_member_size: default_max_member_size(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -117,6 +149,25 @@ impl App {
         }
         if self.max_event_size == 0 {
             return Err(format!("app `{}`: max_event_size must be above 0", self.id));
+        }
+        for w in &self.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(format!(
+                    "app `{}`: webhook URL `{}` is not http:// or https://",
+                    self.id, w.url
+                ));
+            }
+            if let Some(t) = w
+                .event_types
+                .iter()
+                .find(|t| !WEBHOOK_EVENTS.contains(&t.as_str()))
+            {
+                return Err(format!(
+                    "app `{}`: unknown webhook event `{t}` (known: {})",
+                    self.id,
+                    WEBHOOK_EVENTS.join(", ")
+                ));
+            }
         }
         Ok(())
     }
@@ -185,6 +236,29 @@ impl Apps {
     /// with the same credentials is not this).
     pub fn is_development(&self) -> bool {
         self.development
+    }
+
+    /// These apps, each also sending every webhook event to each of `urls`.
+    pub fn with_webhooks(self, urls: &[String]) -> Self {
+        if urls.is_empty() {
+            return self;
+        }
+        let apps = self
+            .apps
+            .iter()
+            .map(|a| {
+                let mut a = App::clone(a);
+                a.webhooks.extend(urls.iter().map(|u| Webhook {
+                    url: u.clone(),
+                    event_types: Vec::new(),
+                }));
+                Arc::new(a)
+            })
+            .collect();
+        Self {
+            apps,
+            development: self.development,
+        }
     }
 
     /// Checks that ids and keys are unique and every app is valid.

@@ -186,6 +186,10 @@ pub struct ServeArgs {
     #[arg(long = "app", env = "WSHUB_APP", value_parser = crate::apps::App::parse)]
     pub apps: Vec<crate::apps::App>,
 
+    /// Send every webhook event (Pusher format: channel_occupied/vacated, member_added/removed, client_event) of every app to this URL (repeatable).
+    #[arg(long = "app-webhook", env = "WSHUB_APP_WEBHOOK")]
+    pub app_webhooks: Vec<String>,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "WSHUB_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -250,7 +254,7 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_request_body: self.max_request_body,
             node_id: self.node_id.clone(),
-            apps: crate::apps::Apps::new(self.apps.clone()),
+            apps: crate::apps::Apps::new(self.apps.clone()).with_webhooks(&self.app_webhooks),
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,

@@ -26,6 +26,7 @@
 //! - [`outbox`]: a connection's outbound queue, bounded in frames and bytes, the registry's
 //!   sink. Pushing never waits; a full queue makes the connection a slow consumer (1008).
 //! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
+//! - [`webhooks`]: Pusher-format webhooks: bounded queues, batching, signing, retries.
 //! - [`backplane`]: scale-out over Redis, NATS or an in-process bus: the engines, the node's publisher,
 //!   subscriber and entry keeper. It calls the hub back only through the
 //!   [`backplane::Handler`] trait it defines.
@@ -70,6 +71,7 @@ pub mod signing;
 pub mod tls;
 pub mod transport;
 pub mod web;
+pub mod webhooks;
 pub mod wire;
 
 pub use close::CloseReason;

@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Backplane trouble by kind: `disconnected`, `publish_failed` (delivered locally only),
     /// `gap_filled` (missed bus messages fetched from the shared history).
     pub backplane_events: Family<Reason, Counter>,
+    /// Webhook events by outcome: `queued`, `delivered`, `retried`, `rejected` (a 4xx answer:
+    /// not retried), `given_up` (retries exhausted), `dropped` (the target's queue was full).
+    pub webhook_events: Family<Reason, Counter>,
     /// Time from a publication entering the hub to its frames being written to every
     /// connection that could take them at once (frames that had to wait for a slow socket are
     /// not in it).
@@ -105,6 +108,7 @@ impl Metrics {
             backplane_up: Gauge::default(),
             node_info: Family::default(),
             backplane_events: Family::default(),
+            webhook_events: Family::default(),
             // 10 µs … ~5 s
             fanout_seconds: Histogram::new(exponential_buckets(0.000_01, 3.0, 13)),
             echo_connections: Gauge::default(),
@@ -206,6 +210,11 @@ impl Metrics {
             "backplane_events",
             "Backplane events: disconnected, publish_failed, gap_filled, queue_full",
             m.backplane_events.clone(),
+        );
+        registry.register(
+            "webhook_events",
+            "Webhook events: queued, delivered, retried, rejected, given_up, dropped",
+            m.webhook_events.clone(),
         );
         registry.register(
             "node_info",

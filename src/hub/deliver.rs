@@ -258,7 +258,11 @@ impl Hub {
                 node,
             } => {
                 if let Some(node) = node {
-                    self.shared.occupancy.change(group, node, *joined);
+                    let (before, after) = self.shared.occupancy.change(group, node, *joined);
+                    // The node whose member made the change tells the app: exactly one does.
+                    if *node == *self.node_id() && (before == 0) != (after == 0) {
+                        self.occupancy_webhook(group, after > 0);
+                    }
                 }
                 let f = v1::membership(*joined, group, connection, user.as_deref());
                 match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
@@ -335,6 +339,7 @@ impl Hub {
                 info.as_deref(),
                 connection,
                 node,
+                *node == *self.node_id(),
                 cork,
             ),
             Publication::Alive { node } => {

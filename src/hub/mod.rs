@@ -144,6 +144,8 @@ pub(crate) struct Shared {
     pusher: pusher::PusherState,
     /// Members per group in the whole cluster.
     occupancy: occupancy::Occupancy,
+    /// Where Pusher apps' webhooks go.
+    webhooks: crate::webhooks::Webhooks,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -215,6 +217,8 @@ impl Hub {
             config.apps = crate::apps::Apps::none();
         }
         let metrics = Metrics::new();
+        let webhooks =
+            crate::webhooks::Webhooks::start(&config.apps, metrics.webhook_events.clone());
         let hub = Self {
             shared: Arc::new(Shared {
                 node: Arc::from(
@@ -235,6 +239,7 @@ impl Hub {
                 replies: replies::Replies::default(),
                 pusher: pusher::PusherState::default(),
                 occupancy: occupancy::Occupancy::default(),
+                webhooks,
             }),
         };
         hub.shared

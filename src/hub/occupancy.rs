@@ -28,9 +28,14 @@ pub(crate) struct Occupancy {
 }
 
 impl Occupancy {
-    /// A member joined (`+1`) or left on `node`.
-    pub(crate) fn change(&self, group: &str, node: &str, joined: bool) {
-        Self::add(&mut self.groups.lock(), group, node, joined);
+    /// A member joined (`+1`) or left on `node`; the group's members everywhere before and
+    /// after.
+    pub(crate) fn change(&self, group: &str, node: &str, joined: bool) -> (usize, usize) {
+        let mut groups = self.groups.lock();
+        let total = |g: &Groups| g.get(group).map_or(0, |n| n.values().sum());
+        let before = total(&groups);
+        Self::add(&mut groups, group, node, joined);
+        (before, total(&groups))
     }
 
     /// A connection of `user` opened (`+1`) or closed on `node`.

@@ -41,6 +41,7 @@ impl Hub {
         info: Option<&RawValue>,
         connection: &str,
         node: &str,
+        tell_app: bool,
         cork: &mut HubCork,
     ) -> crate::manager::Delivery {
         let Ok(id) = connection.parse::<ConnId>() else {
@@ -104,6 +105,17 @@ impl Hub {
         }
         if !changed_user {
             return crate::manager::Delivery::default();
+        }
+        if tell_app {
+            let name = if added {
+                "member_added"
+            } else {
+                "member_removed"
+            };
+            self.webhook(
+                group,
+                |channel| serde_json::json!({ "name": name, "channel": channel, "user_id": user }),
+            );
         }
         let frame = if added {
             pusher::member_added(channel, user, info)
@@ -257,9 +269,14 @@ impl Hub {
                 .collect()
         };
         tracing::info!(nodes = ?gone, members = removals.len(), "forgetting the presence members of silent nodes");
+        // The gone node cannot tell the apps: the first live node by id does, one for all.
+        let leader = {
+            let alive = self.shared.pusher.alive.lock();
+            alive.keys().all(|n| **n > *self.shared.node)
+        };
         let mut cork = HubCork::new();
         for (g, u, n, c) in removals {
-            self.apply_presence(&g, &u, false, None, &c, &n, &mut cork);
+            self.apply_presence(&g, &u, false, None, &c, &n, leader, &mut cork);
         }
         cork.flush();
     }

@@ -14,6 +14,35 @@ use crate::protocol::pusher::Code;
 use crate::wire::Publication;
 
 impl Hub {
+    /// Tells the app whose channel `stream` is, through its webhooks (when it has one that
+    /// wants the event): `event` makes the JSON from the channel name.
+    pub(crate) fn webhook(&self, stream: &str, event: impl FnOnce(&str) -> serde_json::Value) {
+        let Some((app, channel)) = self.apps().channel_of(stream) else {
+            return;
+        };
+        let e = event(channel);
+        let name = e["name"].as_str().unwrap_or("");
+        if self.shared.webhooks.wants(&app.id, name) {
+            self.shared
+                .webhooks
+                .emit(&app.id, e, &self.shared.metrics.webhook_events);
+        }
+    }
+
+    /// `channel_occupied` or `channel_vacated` (the cluster's first member came, or its last
+    /// left).
+    pub(crate) fn occupancy_webhook(&self, stream: &str, occupied: bool) {
+        let name = if occupied {
+            "channel_occupied"
+        } else {
+            "channel_vacated"
+        };
+        self.webhook(
+            stream,
+            |channel| serde_json::json!({ "name": name, "channel": channel }),
+        );
+    }
+
     /// Publishes an event on a channel of `app` (the HTTP API's trigger): to every
     /// subscriber on every node but `except`; numbered and kept like any group message.
     ///

@@ -344,6 +344,21 @@ impl Hub {
                 app.client_event_rate
             ));
         }
+        let user_id = session.presence_user(&stream);
+        let socket_id = session.socket_id();
+        self.webhook(&stream, |channel| {
+            let mut e = serde_json::json!({
+                "name": "client_event",
+                "channel": channel,
+                "event": name,
+                "data": data,
+                "socket_id": socket_id,
+            });
+            if let Some(u) = &user_id {
+                e["user_id"] = serde_json::Value::String(u.clone());
+            }
+            e
+        });
         let data = RawValue::from_string(data.to_owned()).map_err(|e| e.to_string())?;
         let p = Publication::Event {
             user_id: session.presence_user(&stream),

@@ -1,0 +1,307 @@
+//! Pusher-format webhooks to a real HTTP receiver: the events, their signature, retries and
+//! refusals, and exactly one webhook per logical event across a cluster.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use wshub::apps::{App, Apps, Webhook};
+use wshub::backplane::{BackplaneConfig, BackplaneUrl};
+use wshub::{Hub, HubConfig};
+
+/// A webhook receiver: what it got (key header, signature header, body), and the statuses it
+/// answers with (in order; then 200).
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<(String, String, String)>>>,
+    answers: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Receiver {
+    async fn start(answers: Vec<u16>) -> (Self, String) {
+        let r = Receiver {
+            answers: Arc::new(Mutex::new(answers)),
+            ..Receiver::default()
+        };
+        let state = r.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let state = state.clone();
+                async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    state
+                        .got
+                        .lock()
+                        .push((h("x-pusher-key"), h("x-pusher-signature"), body));
+                    let mut a = state.answers.lock();
+                    let status = if a.is_empty() { 200 } else { a.remove(0) };
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (r, url)
+    }
+
+    /// Every event received so far, in order, from requests that were answered 2xx or not.
+    fn events(&self) -> Vec<Value> {
+        self.got
+            .lock()
+            .iter()
+            .flat_map(|(_, _, body)| {
+                serde_json::from_str::<Value>(body).unwrap()["events"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
+            })
+            .collect()
+    }
+
+    async fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                let e = self.events();
+                if pred(&e) {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {what}: got {:?}", self.events()))
+    }
+}
+
+fn names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn app(url: &str) -> App {
+    let mut a = App::new("1", "key-1", "secret-1");
+    a.webhooks.push(Webhook {
+        url: url.to_owned(),
+        event_types: Vec::new(),
+    });
+    a
+}
+
+async fn pusher(addr: std::net::SocketAddr) -> (Ws, String) {
+    let url = format!("ws://{addr}/app/key-1?protocol=7");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let v = next_json(&mut ws).await;
+    let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+    (ws, data["socket_id"].as_str().unwrap().to_owned())
+}
+
+async fn subscribe(ws: &mut Ws, socket: &str, channel: &str, user: Option<&str>) {
+    let cd = user.map(|u| json!({ "user_id": u }).to_string());
+    let msg = wshub::signing::channel_message(socket, channel, cd.as_deref());
+    let auth = format!("key-1:{}", wshub::signing::sign("secret-1", msg.as_bytes()));
+    let mut data = json!({"channel": channel, "auth": auth});
+    if let Some(cd) = cd {
+        data["channel_data"] = Value::String(cd);
+    }
+    send_text(
+        ws,
+        &json!({"event": "pusher:subscribe", "data": data}).to_string(),
+    )
+    .await;
+    next_json_where(ws, |v| {
+        v["event"] == "pusher_internal:subscription_succeeded" && v["channel"] == channel
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_app_is_told_of_occupancy_members_and_client_events_signed_as_pusher_signs() {
+    let (rx, url) = Receiver::start(vec![]).await;
+    let s = TestServer::with_config(HubConfig {
+        shutdown_timeout: Duration::from_secs(1),
+        apps: Apps::new(vec![app(&url)]),
+        ..HubConfig::default()
+    })
+    .await;
+    let (mut a, sa) = pusher(s.addr).await;
+    let (mut b, sb) = pusher(s.addr).await;
+    subscribe(&mut a, &sa, "presence-room", Some("ann")).await;
+    subscribe(&mut b, &sb, "presence-room", Some("bob")).await;
+    let ce = json!({"event": "client-hi", "channel": "presence-room", "data": {"x": 1}});
+    send_text(&mut a, &ce.to_string()).await;
+    next_json_where(&mut b, |v| v["event"] == "client-hi").await;
+    drop(b);
+    drop(a);
+    let events = rx
+        .wait_for("channel_vacated", |e| {
+            names(e).contains(&"channel_vacated".to_owned())
+        })
+        .await;
+    let n = names(&events);
+    assert_eq!(
+        n.iter().filter(|x| *x == "channel_occupied").count(),
+        1,
+        "{n:?}"
+    );
+    assert_eq!(
+        n.iter().filter(|x| *x == "member_added").count(),
+        2,
+        "{n:?}"
+    );
+    assert_eq!(
+        n.iter().filter(|x| *x == "member_removed").count(),
+        2,
+        "{n:?}"
+    );
+    let pos = |name: &str| n.iter().position(|x| x == name).unwrap();
+    assert!(pos("channel_occupied") < pos("channel_vacated"), "{n:?}");
+    let client = events.iter().find(|e| e["name"] == "client_event").unwrap();
+    assert_eq!(
+        (
+            client["channel"].as_str(),
+            client["event"].as_str(),
+            client["data"].as_str()
+        ),
+        (Some("presence-room"), Some("client-hi"), Some(r#"{"x":1}"#))
+    );
+    assert_eq!(
+        (client["socket_id"].as_str(), client["user_id"].as_str()),
+        (Some(sa.as_str()), Some("ann"))
+    );
+    // Every request is signed with the app's key and secret.
+    for (key, sig, body) in rx.got.lock().iter() {
+        assert_eq!(key, "key-1");
+        assert_eq!(*sig, wshub::signing::sign("secret-1", body.as_bytes()));
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert!(v["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn failures_are_retried_with_backoff_and_4xx_is_not() {
+    // Two 503s, then 200: the batch arrives three times, is delivered once.
+    let (rx, url) = Receiver::start(vec![503, 503]).await;
+    let s = TestServer::with_config(HubConfig {
+        apps: Apps::new(vec![app(&url)]),
+        ..HubConfig::default()
+    })
+    .await;
+    let (mut a, sa) = pusher(s.addr).await;
+    subscribe(&mut a, &sa, "news", None).await;
+    rx.wait_for("three attempts", |e| e.len() >= 3).await;
+    let metrics = String::from_utf8(http(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(
+        metrics.contains(r#"wshub_webhook_events_total{reason="retried"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"wshub_webhook_events_total{reason="delivered"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(names(&rx.events()), ["channel_occupied"; 3]);
+    s.stop().await;
+
+    // A 400: not retried.
+    let (rx, url) = Receiver::start(vec![400]).await;
+    let s = TestServer::with_config(HubConfig {
+        apps: Apps::new(vec![app(&url)]),
+        ..HubConfig::default()
+    })
+    .await;
+    let (mut a, sa) = pusher(s.addr).await;
+    subscribe(&mut a, &sa, "news", None).await;
+    rx.wait_for("one attempt", |e| !e.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.events().len(), 1);
+    let metrics = String::from_utf8(http(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(
+        metrics.contains(r#"wshub_webhook_events_total{reason="rejected"} 1"#),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+/// A node of an in-process cluster whose app sends webhooks to `url`.
+async fn node(bus: &str, id: &str, url: &str) -> TestServer {
+    let hub = Hub::new(HubConfig {
+        node_id: Some(id.into()),
+        announce: false,
+        shutdown_timeout: Duration::from_secs(1),
+        apps: Apps::new(vec![app(url)]),
+        ..HubConfig::default()
+    });
+    hub.connect_backplane(BackplaneConfig {
+        url: format!("local://{bus}").parse::<BackplaneUrl>().unwrap(),
+        heartbeat: Duration::from_millis(100),
+        node_ttl: Duration::from_millis(1500),
+        ..BackplaneConfig::default()
+    })
+    .unwrap();
+    let srv = TestServer::with_hub(hub, wshub::server::ServerOptions::default()).await;
+    let h = srv.hub.clone();
+    tokio::time::timeout(WAIT, async move {
+        while !h.cluster().unwrap().is_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    srv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_each_logical_event_is_one_webhook() {
+    let (rx, url) = Receiver::start(vec![]).await;
+    let a = node("webhooks", "wa", &url).await;
+    let b = node("webhooks", "wb", &url).await;
+    // Subscribers on both nodes at the same moment, the same user on both.
+    let ((mut x, sx), (mut y, sy)) = tokio::join!(pusher(a.addr), pusher(b.addr));
+    tokio::join!(
+        subscribe(&mut x, &sx, "presence-game", Some("zoe")),
+        subscribe(&mut y, &sy, "presence-game", Some("zoe")),
+    );
+    rx.wait_for("occupied and added", |e| {
+        let n = names(e);
+        n.contains(&"channel_occupied".to_owned()) && n.contains(&"member_added".to_owned())
+    })
+    .await;
+    drop(x);
+    drop(y);
+    let events = rx
+        .wait_for("vacated and removed", |e| {
+            let n = names(e);
+            n.contains(&"channel_vacated".to_owned()) && n.contains(&"member_removed".to_owned())
+        })
+        .await;
+    // Anything late would have arrived by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = names(&rx.events());
+    for name in [
+        "channel_occupied",
+        "member_added",
+        "member_removed",
+        "channel_vacated",
+    ] {
+        assert_eq!(n.iter().filter(|x| *x == name).count(), 1, "{name}: {n:?}");
+    }
+    assert!(events.len() >= 4);
+    a.stop().await;
+    b.stop().await;
+}
