@@ -3,6 +3,7 @@
 // channel queries, user sign-in, terminate), against a real wshub server started here.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
 import Pusher from "pusher-js";
 import PusherServer from "pusher";
 import { startServer, until } from "../../clients/js/test/server.mjs";
@@ -306,4 +307,46 @@ test("one hub, two protocols: a wshub group is the default app's channel of the 
   assert.deepEqual(JSON.parse(m.message.data), { id: 7 });
   ws.close();
   p.disconnect();
+});
+
+test("webhooks: the SDK's own validation accepts them, and they say what happened", async () => {
+  const got = [];
+  const receiver = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      got.push({ headers: req.headers, rawBody: body });
+      res.writeHead(200);
+      res.end();
+    });
+  });
+  await new Promise((r) => receiver.listen(0, "127.0.0.1", r));
+  const W = { appId: "300", key: "key-w", secret: "secret-w" };
+  const hooked = await startServer({ args: ["--app", `${W.appId}:${W.key}:${W.secret}`, "--app-webhook", `http://127.0.0.1:${receiver.address().port}/hook`] });
+  try {
+    const signer = new PusherServer({ appId: W.appId, key: W.key, secret: W.secret, host: "127.0.0.1", port: String(hooked.port), useTLS: false });
+    const c = new Pusher(W.key, {
+      cluster: "mt1", wsHost: "127.0.0.1", wsPort: hooked.port, forceTLS: false, enabledTransports: ["ws"],
+      channelAuthorization: { customHandler: ({ socketId, channelName }, cb) => cb(null, signer.authorizeChannel(socketId, channelName, { user_id: "wes" })) },
+    });
+    open.push(c);
+    const ch = c.subscribe("presence-hooked");
+    await next(ch, "pusher:subscription_succeeded");
+    c.disconnect();
+    await until(() => got.flatMap((g) => JSON.parse(g.rawBody).events).some((e) => e.name === "channel_vacated"), 10000, "channel_vacated webhook");
+    const events = [];
+    for (const g of got) {
+      const hook = signer.webhook(g);
+      assert.equal(hook.isValid(), true, "the SDK validates the signature");
+      assert.ok(hook.getTime() instanceof Date);
+      events.push(...hook.getEvents());
+    }
+    assert.deepEqual(events.map((e) => e.name), ["channel_occupied", "member_added", "member_removed", "channel_vacated"]);
+    assert.deepEqual(events[1], { name: "member_added", channel: "presence-hooked", user_id: "wes" });
+    // A forged one is not valid.
+    assert.equal(signer.webhook({ ...got[0], headers: { ...got[0].headers, "x-pusher-signature": "00" } }).isValid(), false);
+  } finally {
+    await hooked.stop();
+    receiver.close();
+  }
 });
