@@ -149,6 +149,46 @@ fn authenticate(
     Ok((app, params))
 }
 
+/// The signature every request carries in its query (see [`crate::signing`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read from the query by `authenticate`; this is its documentation
+pub struct Signed {
+    /// The app key.
+    auth_key: String,
+    /// Unix seconds, within 600 s of the server's clock.
+    auth_timestamp: i64,
+    /// `1.0`.
+    auth_version: String,
+    /// Hex HMAC-SHA256 of `METHOD\npath\nsorted query` (without `auth_signature`) with the app
+    /// secret.
+    auth_signature: String,
+}
+
+/// A request body's digest, part of the signed query.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read from the query by `authenticate`; this is its documentation
+pub struct BodyMd5 {
+    /// Hex MD5 of the body.
+    body_md5: String,
+}
+
+/// What any signed request may be refused with.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // the `Refusal`s `authenticate` answers; this is their documentation
+pub enum AuthRefusals {
+    /// Missing or bad signature, key, timestamp or body_md5.
+    #[response(status = 401, content_type = "text/plain")]
+    Unauthorized(String),
+    /// The app is disabled.
+    #[response(status = 403, content_type = "text/plain")]
+    Disabled(String),
+    /// No app has this id.
+    #[response(status = 404, content_type = "text/plain")]
+    UnknownApp(String),
+}
+
 /// `POST /apps/{app_id}/events`'s body.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // read as [`EventBody`]; this is its schema
@@ -312,20 +352,15 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal>
     request_body = EventRequest,
     params(
         ("app_id" = String, Path, description = "The app id"),
-        ("auth_key" = String, Query, description = "The app key"),
-        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
-        ("auth_version" = String, Query, description = "`1.0`"),
-        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
-        ("body_md5" = String, Query, description = "hex MD5 of the body"),
+        Signed,
+        BodyMd5,
     ),
     responses(
         (status = 200, description = "Published: `{}`, or `{\"channels\": {…}}` with the attributes `info` asked for", body = Object),
         (status = 400, description = "Bad request", body = String, content_type = "text/plain"),
         (status = 413, description = "Data over the app's max_event_size", body = String, content_type = "text/plain"),
         (status = 429, description = "The backplane is not keeping up: nothing was published", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
-        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
-        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+        AuthRefusals,
     ))]
 pub async fn events(
     State(hub): State<Hub>,
@@ -353,19 +388,14 @@ pub async fn events(
     request_body = BatchRequest,
     params(
         ("app_id" = String, Path, description = "The app id"),
-        ("auth_key" = String, Query, description = "The app key"),
-        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
-        ("auth_version" = String, Query, description = "`1.0`"),
-        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
-        ("body_md5" = String, Query, description = "hex MD5 of the body"),
+        Signed,
+        BodyMd5,
     ),
     responses(
         (status = 200, description = "Published: `{}`, or `{\"batch\": […]}` with the attributes `info` asked for", body = Object),
         (status = 400, description = "Bad request (nothing was published)", body = String, content_type = "text/plain"),
         (status = 413, description = "Data over the app's max_event_size", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
-        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
-        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+        AuthRefusals,
     ))]
 pub async fn batch_events(
     State(hub): State<Hub>,
@@ -419,19 +449,14 @@ fn info_param(params: &[(String, String)]) -> Vec<String> {
 #[utoipa::path(get, path = "/apps/{app_id}/channels", tag = "pusher",
     params(
         ("app_id" = String, Path, description = "The app id"),
-        ("auth_key" = String, Query, description = "The app key"),
-        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
-        ("auth_version" = String, Query, description = "`1.0`"),
-        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        Signed,
         ("filter_by_prefix" = Option<String>, Query, description = "Only channels starting with this"),
         ("info" = Option<String>, Query, description = "`user_count` (with a presence- prefix), `subscription_count`"),
     ),
     responses(
         (status = 200, description = "`{\"channels\": {\"name\": {…}}}`", body = Object),
         (status = 400, description = "Bad request", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
-        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
-        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+        AuthRefusals,
     ))]
 pub async fn channels(
     State(hub): State<Hub>,
@@ -467,19 +492,14 @@ pub async fn channels(
 #[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}", tag = "pusher",
     params(
         ("app_id" = String, Path, description = "The app id"),
-        ("auth_key" = String, Query, description = "The app key"),
-        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
-        ("auth_version" = String, Query, description = "`1.0`"),
-        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        Signed,
         ("channel" = String, Path, description = "The channel"),
         ("info" = Option<String>, Query, description = "`subscription_count`, `user_count` (presence)"),
     ),
     responses(
         (status = 200, description = "`{\"occupied\": true, …}`", body = Object),
         (status = 400, description = "Bad request", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
-        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
-        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+        AuthRefusals,
     ))]
 pub async fn channel(
     State(hub): State<Hub>,
@@ -506,18 +526,13 @@ pub async fn channel(
 #[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}/users", tag = "pusher",
     params(
         ("app_id" = String, Path, description = "The app id"),
-        ("auth_key" = String, Query, description = "The app key"),
-        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
-        ("auth_version" = String, Query, description = "`1.0`"),
-        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        Signed,
         ("channel" = String, Path, description = "A presence channel"),
     ),
     responses(
         (status = 200, description = "`{\"users\": [{\"id\": …}]}`", body = Object),
         (status = 400, description = "Not a presence channel", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
-        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
-        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+        AuthRefusals,
     ))]
 pub async fn users(
     State(hub): State<Hub>,
@@ -543,17 +558,12 @@ pub async fn users(
     request_body(content = Object, description = "`{}` (signed with body_md5)"),
     params(
         ("app_id" = String, Path, description = "The app id"),
-        ("auth_key" = String, Query, description = "The app key"),
-        ("auth_timestamp" = i64, Query, description = "Unix seconds, within 600 s of the server's clock"),
-        ("auth_version" = String, Query, description = "`1.0`"),
-        ("auth_signature" = String, Query, description = "hex HMAC-SHA256 of `METHOD\\npath\\nsorted query` (without auth_signature) with the app secret"),
+        Signed,
         ("user_id" = String, Path, description = "The user"),
     ),
     responses(
         (status = 200, description = "`{}`", body = Object),
-        (status = 401, description = "Missing or bad signature, key, timestamp or body_md5", body = String, content_type = "text/plain"),
-        (status = 403, description = "App disabled", body = String, content_type = "text/plain"),
-        (status = 404, description = "Unknown app", body = String, content_type = "text/plain"),
+        AuthRefusals,
     ))]
 pub async fn terminate(
     State(hub): State<Hub>,
