@@ -59,7 +59,7 @@ pub struct Webhook {
     /// The `http://` or `https://` URL events are POSTed to.
     pub url: String,
     /// The events it gets (`channel_occupied`, `channel_vacated`, `member_added`,
-    /// `member_removed`, `client_event`); empty: all of them.
+    /// `member_removed`, `client_event`, `cache_miss`); empty: all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_types: Vec<String>,
 }
@@ -71,6 +71,7 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "member_added",
     "member_removed",
     "client_event",
+    "cache_miss",
 ];
 
 impl Webhook {

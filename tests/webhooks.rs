@@ -141,6 +141,8 @@ async fn the_app_is_told_of_occupancy_members_and_client_events_signed_as_pusher
     .await;
     let (mut a, sa) = pusher(s.addr).await;
     let (mut b, sb) = pusher(s.addr).await;
+    subscribe(&mut a, &sa, "cache-quotes", None).await;
+    next_json_where(&mut a, |v| v["event"] == "pusher:cache_miss").await;
     subscribe(&mut a, &sa, "presence-room", Some("ann")).await;
     subscribe(&mut b, &sb, "presence-room", Some("bob")).await;
     let ce = json!({"event": "client-hi", "channel": "presence-room", "data": {"x": 1}});
@@ -149,28 +151,33 @@ async fn the_app_is_told_of_occupancy_members_and_client_events_signed_as_pusher
     drop(b);
     drop(a);
     let events = rx
-        .wait_for("channel_vacated", |e| {
-            names(e).contains(&"channel_vacated".to_owned())
+        .wait_for("both channels vacated", |e| {
+            names(e).iter().filter(|n| *n == "channel_vacated").count() == 2
         })
         .await;
-    let n = names(&events);
-    assert_eq!(
-        n.iter().filter(|x| *x == "channel_occupied").count(),
-        1,
-        "{n:?}"
+    let room: Vec<String> = names(
+        &events
+            .iter()
+            .filter(|e| e["channel"] == "presence-room")
+            .cloned()
+            .collect::<Vec<_>>(),
     );
+    let count = |name: &str| room.iter().filter(|x| *x == name).count();
     assert_eq!(
-        n.iter().filter(|x| *x == "member_added").count(),
-        2,
-        "{n:?}"
+        (
+            count("channel_occupied"),
+            count("member_added"),
+            count("member_removed"),
+            count("channel_vacated")
+        ),
+        (1, 2, 2, 1),
+        "{room:?}"
     );
-    assert_eq!(
-        n.iter().filter(|x| *x == "member_removed").count(),
-        2,
-        "{n:?}"
-    );
-    let pos = |name: &str| n.iter().position(|x| x == name).unwrap();
-    assert!(pos("channel_occupied") < pos("channel_vacated"), "{n:?}");
+    let pos = |name: &str| room.iter().position(|x| x == name).unwrap();
+    assert!(pos("channel_occupied") < pos("member_added"), "{room:?}");
+    assert!(pos("member_removed") < pos("channel_vacated"), "{room:?}");
+    let miss = events.iter().find(|e| e["name"] == "cache_miss").unwrap();
+    assert_eq!(miss["channel"], "cache-quotes");
     let client = events.iter().find(|e| e["name"] == "client_event").unwrap();
     assert_eq!(
         (

@@ -223,12 +223,20 @@ impl Hub {
     }
 
     /// A cache channel's last event, or `pusher:cache_miss`.
+    /// A miss is also told to the app (`cache_miss`), by this node: the subscription is here.
     pub(super) fn cached_or_miss(&self, stream: &str, channel: &str) -> Frame {
-        self.shared
+        let cached = self
+            .shared
             .history
             .existing(stream)
-            .and_then(|s| s.lock().cached().cloned())
-            .unwrap_or_else(|| pusher::cache_miss(channel))
+            .and_then(|s| s.lock().cached().cloned());
+        cached.unwrap_or_else(|| {
+            self.webhook(
+                stream,
+                |c| serde_json::json!({ "name": "cache_miss", "channel": c }),
+            );
+            pusher::cache_miss(channel)
+        })
     }
 
     pub(super) fn pusher_unsubscribe(
