@@ -186,6 +186,9 @@ test("a client's events over the app's rate are refused with 4301, the connectio
   assert.ok(errors.every((c) => c === 4301), JSON.stringify(errors));
   assert.ok(received >= 10 && received < 30, `received ${received}`);
   assert.equal(a.connection.state, "connected");
+  const metrics = await (await fetch(`${srv.base}/metrics`)).text();
+  const dropped = Number(/wshub_drops_total\{reason="client_event_rate"\} (\d+)/.exec(metrics)?.[1]);
+  assert.equal(dropped, 30 - received, "every refused client event is counted");
   a.disconnect();
   b.disconnect();
 });

@@ -347,6 +347,13 @@ impl Hub {
             ));
         }
         if !session.take_token() {
+            self.shared
+                .metrics
+                .drops
+                .get_or_create(&crate::metrics::Reason {
+                    reason: "client_event_rate",
+                })
+                .inc();
             return Err(format!(
                 "rate limit: at most {} client events a second",
                 app.client_event_rate
