@@ -184,3 +184,81 @@ async fn send_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apps(url: &str) -> Apps {
+        let mut app = App::new("1", "k", "s");
+        app.webhooks.push(Webhook {
+            url: url.to_owned(),
+            event_types: vec!["client_event".into()],
+        });
+        Apps::new(vec![app])
+    }
+
+    fn counted(counter: &Family<Reason, Counter>, reason: &'static str) -> u64 {
+        counter.get_or_create(&Reason { reason }).get()
+    }
+
+    #[tokio::test]
+    async fn a_target_that_never_answers_fills_its_queue_and_the_rest_is_dropped() {
+        // Accepts connections, never reads nor answers: the sending task waits on its first
+        // batch while events keep coming.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let counter = Family::default();
+        let hooks = Webhooks::start(&apps(&url), counter.clone());
+        let event = serde_json::json!({ "name": "client_event", "channel": "c" });
+        // Events it does not want are not even queued.
+        hooks.emit(
+            "1",
+            serde_json::json!({ "name": "channel_occupied" }),
+            &counter,
+        );
+        assert_eq!(counted(&counter, "queued"), 0);
+        for _ in 0..QUEUE + 2 * BATCH_MAX {
+            hooks.emit("1", event.clone(), &counter);
+        }
+        let dropped = counted(&counter, "dropped");
+        assert!(dropped >= BATCH_MAX as u64, "{dropped} dropped");
+        assert_eq!(
+            counted(&counter, "queued") + dropped,
+            (QUEUE + 2 * BATCH_MAX) as u64
+        );
+        held.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_target_is_retried_then_given_up() {
+        // Nothing listens there: every attempt fails at once; the waits between them pass on
+        // the paused clock.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let counter = Family::default();
+        let hooks = Webhooks::start(&apps(&format!("http://127.0.0.1:{port}/")), counter.clone());
+        hooks.emit(
+            "1",
+            serde_json::json!({ "name": "client_event", "channel": "c" }),
+            &counter,
+        );
+        for _ in 0..10_000 {
+            if counted(&counter, "given_up") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(counted(&counter, "given_up"), 1);
+        assert_eq!(counted(&counter, "retried"), u64::from(ATTEMPTS - 1));
+        assert_eq!(counted(&counter, "delivered"), 0);
+    }
+}

@@ -1031,6 +1031,17 @@ async fn a_stalled_backplane_fills_a_bounded_queue_and_rest_publishes_get_429() 
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A Pusher trigger is refused the same way (the HTTP API answers it with 429), not
+    // delivered on this node only.
+    let app = a.hub.apps().default_app().unwrap().clone();
+    let busy = (0..300).any(|_| {
+        let data = serde_json::value::to_raw_value("x").unwrap();
+        matches!(
+            a.hub.trigger(&app, "pq", "e", data, None),
+            Err(wshub::hub::TriggerError::Busy(_))
+        )
+    });
+    assert!(busy, "a trigger into a full queue was not refused");
     redis.signal("-CONT");
     let mut refused = 0;
     let mut accepted = 0;

@@ -190,7 +190,8 @@ impl Hub {
         Ok(((offset == 0).then(|| self.connection_count()), offset))
     }
 
-    fn busy(&self) -> Busy {
+    /// The backplane's queue was full: counted, and said as [`Busy`].
+    pub(super) fn busy(&self) -> Busy {
         self.backplane_event("queue_full");
         Busy
     }

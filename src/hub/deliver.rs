@@ -378,15 +378,18 @@ impl Hub {
         }
     }
 
-    /// On a cache channel, keeps the event as the channel's last (what a new subscriber gets).
-    fn keep_cached(
-        &self,
-        s: &mut crate::history::Stream,
-        stream: StreamName<'_>,
-        frames: &Encoded<'_>,
-    ) {
-        let StreamName::Group(g) = stream else { return };
-        let cache = pusher::Channel::parse(crate::apps::channel_name(g)).is_some_and(|c| c.cache);
+    /// Whether `stream` is a Pusher cache channel (its last event is kept for new subscribers).
+    fn is_cache(stream: StreamName<'_>) -> bool {
+        match stream {
+            StreamName::Group(g) => {
+                pusher::Channel::parse(crate::apps::channel_name(g)).is_some_and(|c| c.cache)
+            }
+            StreamName::All => false,
+        }
+    }
+
+    /// On a cache channel (`cache`), keeps the event as the channel's last.
+    fn keep_cached(s: &mut crate::history::Stream, cache: bool, frames: &Encoded<'_>) {
         if let (true, Some(f)) = (cache, frames.pusher()) {
             s.set_cached(f.clone());
         }
@@ -410,8 +413,10 @@ impl Hub {
         };
         if let Numbering::None = numbering {
             let frames = Encoded::new(p, None);
-            let s = self.stream_ref(stream);
-            self.keep_cached(&mut s.lock(), stream, &frames);
+            if Self::is_cache(stream) {
+                let s = self.stream_ref(stream);
+                Self::keep_cached(&mut s.lock(), true, &frames);
+            }
             return Published {
                 delivery: self.offer(audience, &frames, cork),
                 offset: None,
@@ -445,7 +450,7 @@ impl Hub {
             return Published::default();
         };
         s.append(kept);
-        self.keep_cached(&mut s, stream, &frames);
+        Self::keep_cached(&mut s, Self::is_cache(stream), &frames);
         let delivery = self.offer(audience, &frames, cork);
         drop(s);
         self.shared.history.enforce_budget();

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import Pusher from "pusher-js";
 import PusherServer from "pusher";
 import { startServer, until } from "../../clients/js/test/server.mjs";
-import { startRedis } from "./redis.mjs";
+import { next, startRedis } from "./helpers.mjs";
 
 const APP = { appId: "100", key: "key-one", secret: "secret-one" };
 let redis, n1, n2;
@@ -47,19 +47,6 @@ function client(n, user) {
   });
   open.push(c);
   return c;
-}
-
-function next(target, event, ms = 8000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
-    timer.unref();
-    const handler = (data) => {
-      clearTimeout(timer);
-      target.unbind(event, handler);
-      resolve(data);
-    };
-    target.bind(event, handler);
-  });
 }
 
 async function subscribed(c, name) {

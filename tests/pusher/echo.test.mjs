@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 import PusherServer from "pusher";
 import { startServer, until } from "../../clients/js/test/server.mjs";
-import { startRedis } from "./redis.mjs";
+import { startRedis } from "./helpers.mjs";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const APP = { appId: "echo-app", key: "echo-key", secret: "echo-secret" };

@@ -7,6 +7,7 @@ import http from "node:http";
 import Pusher from "pusher-js";
 import PusherServer from "pusher";
 import { startServer, until } from "../../clients/js/test/server.mjs";
+import { next } from "./helpers.mjs";
 import { WshubClient } from "../../clients/js/wshub.js";
 
 const APP = { appId: "100", key: "key-one", secret: "secret-one" };
@@ -55,20 +56,6 @@ function client(app = APP, { user = "u1", info = {}, signer = sdk(app), key = ap
   });
   open.push(c);
   return c;
-}
-
-/** The next `event` on `target` (a channel, a connection, a user), within `ms`. */
-function next(target, event, ms = 5000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
-    timer.unref();
-    const handler = (data) => {
-      clearTimeout(timer);
-      target.unbind(event, handler);
-      resolve(data);
-    };
-    target.bind(event, handler);
-  });
 }
 
 async function subscribed(c, name) {

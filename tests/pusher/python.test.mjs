@@ -7,6 +7,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import Pusher from "pusher-js";
 import { startServer, until } from "../../clients/js/test/server.mjs";
+import { next } from "./helpers.mjs";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const PYTHON = process.env.WSHUB_PYTHON ?? `${ROOT}target/pyenv/bin/python`;
@@ -28,19 +29,6 @@ after(async () => {
 function py(...args) {
   const out = execFileSync(PYTHON, [SCRIPT, String(srv.port), ...args], { encoding: "utf8", timeout: 20000 });
   return JSON.parse(out);
-}
-
-function next(target, event, ms = 8000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
-    timer.unref();
-    const handler = (data) => {
-      clearTimeout(timer);
-      target.unbind(event, handler);
-      resolve(data);
-    };
-    target.bind(event, handler);
-  });
 }
 
 function client() {

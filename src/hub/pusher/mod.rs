@@ -258,10 +258,12 @@ impl Hub {
         };
         let data = msg.data.map(RawValue::get);
         if msg.event == "pusher:subscribe" {
-            if let Some(Ok(sub)) = data.map(serde_json::from_str::<pusher::Subscribe>) {
+            let sub = data.map(serde_json::from_str::<pusher::Subscribe>);
+            if let Some(Ok(sub)) = &sub {
                 match pre {
                     None => {
                         if let Some(fetch) = self.fetch_cached(session, &sub.channel) {
+                            // Counted when it is handled, after the fetch.
                             return Some(fetch);
                         }
                     }
@@ -271,12 +273,8 @@ impl Hub {
                     Some(_) => {}
                 }
             }
-        }
-        self.count_in(text.len());
-        match &*msg.event {
-            "pusher:ping" => self.to_pusher(me.id, pusher::pong(), cork),
-            "pusher:pong" => {}
-            "pusher:subscribe" => match data.map(serde_json::from_str::<pusher::Subscribe>) {
+            self.count_in(text.len());
+            match sub {
                 Some(Ok(sub)) => self.pusher_subscribe(me, session, sub, cork),
                 _ => self.to_pusher(
                     me.id,
@@ -286,7 +284,13 @@ impl Hub {
                     ),
                     cork,
                 ),
-            },
+            }
+            return None;
+        }
+        self.count_in(text.len());
+        match &*msg.event {
+            "pusher:ping" => self.to_pusher(me.id, pusher::pong(), cork),
+            "pusher:pong" => {}
             "pusher:unsubscribe" => {
                 if let Some(Ok(u)) = data.map(serde_json::from_str::<pusher::Unsubscribe>) {
                     self.pusher_unsubscribe(me, session, &u.channel, cork);
@@ -305,12 +309,9 @@ impl Hub {
             },
             name if name.starts_with("client-") => {
                 let channel = msg.channel.as_deref().unwrap_or("");
-                if let Err(why) = self.client_event(me, session, name, channel, msg.data, cork) {
-                    let code = if why.starts_with("rate") {
-                        Code::ClientEventRate
-                    } else {
-                        Code::Generic
-                    };
+                if let Err((code, why)) =
+                    self.client_event(me, session, name, channel, msg.data, cork)
+                {
                     self.to_pusher(me.id, pusher::error(code, &why), cork);
                 }
             }

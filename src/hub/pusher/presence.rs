@@ -114,6 +114,7 @@ impl Hub {
             };
             self.webhook(
                 group,
+                name,
                 |channel| serde_json::json!({ "name": name, "channel": channel, "user_id": user }),
             );
         }

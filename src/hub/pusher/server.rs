@@ -14,18 +14,22 @@ use crate::protocol::pusher::Code;
 use crate::wire::Publication;
 
 impl Hub {
-    /// Tells the app whose channel `stream` is, through its webhooks (when it has one that
-    /// wants the event): `event` makes the JSON from the channel name.
-    pub(crate) fn webhook(&self, stream: &str, event: impl FnOnce(&str) -> serde_json::Value) {
+    /// Tells the app whose channel `stream` is about event `name`, through its webhooks: when it
+    /// has one that wants it, `event` makes the JSON from the channel name (nothing is built
+    /// otherwise).
+    pub(crate) fn webhook(
+        &self,
+        stream: &str,
+        name: &str,
+        event: impl FnOnce(&str) -> serde_json::Value,
+    ) {
         let Some((app, channel)) = self.apps().channel_of(stream) else {
             return;
         };
-        let e = event(channel);
-        let name = e["name"].as_str().unwrap_or("");
         if self.shared.webhooks.wants(&app.id, name) {
             self.shared
                 .webhooks
-                .emit(&app.id, e, &self.shared.metrics.webhook_events);
+                .emit(&app.id, event(channel), &self.shared.metrics.webhook_events);
         }
     }
 
@@ -39,6 +43,7 @@ impl Hub {
         };
         self.webhook(
             stream,
+            name,
             |channel| serde_json::json!({ "name": name, "channel": channel }),
         );
     }
@@ -68,14 +73,11 @@ impl Hub {
             user_id: None,
             except: except.map(|e| e.to_string()),
         };
-        match self.cluster() {
-            Some(c) if c.accepts_publications() => {
-                if c.publish_and_forget(p).is_err() {
-                    self.backplane_event("queue_full");
-                    return Err(TriggerError::Busy(crate::hub::Busy));
-                }
-            }
-            _ => {
+        // Unlike a client's publication, an API call that the backplane cannot take now is
+        // refused (429), not delivered on this node only.
+        match self.shared_bus() {
+            Some(c) => c.publish_and_forget(p).map_err(|_| self.busy())?,
+            None => {
                 self.publish(p, &mut cork);
             }
         }

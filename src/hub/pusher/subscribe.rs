@@ -233,6 +233,7 @@ impl Hub {
         cached.unwrap_or_else(|| {
             self.webhook(
                 stream,
+                "cache_miss",
                 |c| serde_json::json!({ "name": "cache_miss", "channel": c }),
             );
             pusher::cache_miss(channel)
@@ -320,31 +321,34 @@ impl Hub {
         channel: &str,
         data: Option<&RawValue>,
         cork: &mut HubCork,
-    ) -> Result<(), String> {
+    ) -> Result<(), (Code, String)> {
         let app = &session.app;
         if !app.client_events {
-            return Err(format!("client events are turned off for app {}", app.id));
+            return Err(refused(format!(
+                "client events are turned off for app {}",
+                app.id
+            )));
         }
-        let kind = Channel::parse(channel).ok_or("a client event needs a valid `channel`")?;
+        let kind = Channel::parse(channel)
+            .ok_or_else(|| refused("a client event needs a valid `channel`".into()))?;
         if !kind.allows_client_events() {
-            return Err(format!(
+            return Err(refused(format!(
                 "client events go on private- and presence- channels only, not `{channel}`"
-            ));
+            )));
         }
         if name.len() > pusher::MAX_EVENT_NAME {
-            return Err("an event name is at most 200 characters".into());
+            return Err(refused("an event name is at most 200 characters".into()));
         }
         let stream = self.apps().stream_of(app, channel);
         if !self.shared.manager.is_member(me.id, &stream) {
-            return Err(format!("not subscribed to `{channel}`"));
+            return Err(refused(format!("not subscribed to `{channel}`")));
         }
-        let data = data.map_or("null", RawValue::get);
-        if data.len() > app.max_event_size {
-            return Err(format!(
-                "event data is {} bytes, above this app's limit of {}",
-                data.len(),
+        let size = data.map_or(0, |d| d.get().len());
+        if size > app.max_event_size {
+            return Err(refused(format!(
+                "event data is {size} bytes, above this app's limit of {}",
                 app.max_event_size
-            ));
+            )));
         }
         if !session.take_token() {
             self.shared
@@ -354,29 +358,31 @@ impl Hub {
                     reason: "client_event_rate",
                 })
                 .inc();
-            return Err(format!(
-                "rate limit: at most {} client events a second",
-                app.client_event_rate
+            return Err((
+                Code::ClientEventRate,
+                format!(
+                    "rate limit: at most {} client events a second",
+                    app.client_event_rate
+                ),
             ));
         }
+        let data = data.map_or_else(null, RawValue::to_owned);
         let user_id = session.presence_user(&stream);
-        let socket_id = session.socket_id();
-        self.webhook(&stream, |channel| {
+        self.webhook(&stream, "client_event", |channel| {
             let mut e = serde_json::json!({
                 "name": "client_event",
                 "channel": channel,
                 "event": name,
-                "data": data,
-                "socket_id": socket_id,
+                "data": data.get(),
+                "socket_id": session.socket_id(),
             });
             if let Some(u) = &user_id {
                 e["user_id"] = serde_json::Value::String(u.clone());
             }
             e
         });
-        let data = RawValue::from_string(data.to_owned()).map_err(|e| e.to_string())?;
         let p = Publication::Event {
-            user_id: session.presence_user(&stream),
+            user_id,
             group: stream,
             event: name.to_owned(),
             data,
@@ -385,4 +391,14 @@ impl Hub {
         self.publish(p, cork);
         Ok(())
     }
+}
+
+/// A client event refused for what it is (not for its rate): `pusher:error` 4300.
+fn refused(why: String) -> (Code, String) {
+    (Code::Generic, why)
+}
+
+/// JSON `null`, for a client event without `data`.
+fn null() -> Box<RawValue> {
+    serde_json::value::to_raw_value(&serde_json::Value::Null).unwrap_or_default()
 }

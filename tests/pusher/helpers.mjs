@@ -1,4 +1,5 @@
-// A redis-server of the test's own, on a free port (the cluster tests' backplane).
+// What the Pusher tests share: the next event of a pusher-js object, and a redis-server of the
+// test's own on a free port (the cluster tests' backplane).
 import { spawn } from "node:child_process";
 import net from "node:net";
 import { until } from "../../clients/js/test/server.mjs";
@@ -27,3 +28,17 @@ export async function startRedis() {
   return { port, stop: () => child.kill("SIGKILL") };
 }
 
+
+/** The next `event` on `target` (a channel, a connection, a user), within `ms`. */
+export function next(target, event, ms = 8000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    timer.unref();
+    const handler = (data) => {
+      clearTimeout(timer);
+      target.unbind(event, handler);
+      resolve(data);
+    };
+    target.bind(event, handler);
+  });
+}
