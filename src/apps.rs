@@ -59,7 +59,8 @@ pub struct Webhook {
     /// The `http://` or `https://` URL events are POSTed to.
     pub url: String,
     /// The events it gets (`channel_occupied`, `channel_vacated`, `member_added`,
-    /// `member_removed`, `client_event`, `cache_miss`); empty: all of them.
+    /// `member_removed`, `client_event`, `cache_miss`, `subscription_count`; for the hub's own
+    /// webhooks, the names of [`crate::webhooks::EventType`]); empty: all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_types: Vec<String>,
 }
@@ -72,9 +73,28 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "member_removed",
     "client_event",
     "cache_miss",
+    "subscription_count",
 ];
 
 impl Webhook {
+    /// Parses a target: a URL (every event), or a JSON object with `url` and `event_types`
+    /// (what a configuration file's `[[webhooks]]` table becomes).
+    ///
+    /// # Errors
+    /// A message saying what is expected.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.starts_with('{') {
+            return serde_json::from_str(t).map_err(|e| {
+                format!("a webhook is a URL or {{\"url\": ..., \"event_types\": [...]}}: {e}")
+            });
+        }
+        Ok(Self {
+            url: t.to_owned(),
+            event_types: Vec::new(),
+        })
+    }
+
     /// Whether this target gets events named `name`.
     pub fn wants(&self, name: &str) -> bool {
         self.event_types.is_empty() || self.event_types.iter().any(|t| t == name)

@@ -190,6 +190,59 @@ pub struct ServeArgs {
     #[arg(long = "app-webhook", env = "WSHUB_APP_WEBHOOK")]
     pub app_webhooks: Vec<String>,
 
+    /// Send wshub's webhook events (connection.opened/closed, group.occupied/vacated, group.joined/left, message.received, node.lost; see docs/HOOKS.md) to this URL (repeatable; in a file, `[[webhooks]]` tables with `url` and `event_types`). Needs --webhook-secret.
+    #[arg(long = "webhook", env = "WSHUB_WEBHOOK", value_parser = crate::apps::Webhook::parse)]
+    pub webhooks: Vec<crate::apps::Webhook>,
+
+    /// The key wshub signs its webhooks and hook requests with (Standard Webhooks: `whsec_` + base64, or any string of at least 16 bytes).
+    #[arg(long, env = "WSHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    #[serde(serialize_with = "ser_secret")]
+    pub webhook_secret: Option<String>,
+
+    /// Ask this URL whether a /ws client without a token may connect (cookies, selected headers, address, query in; user, info, allowed groups or a close code out). See docs/HOOKS.md.
+    #[arg(long, env = "WSHUB_CONNECT_HOOK")]
+    pub connect_hook: Option<String>,
+
+    /// Ask this URL whether a wshub.v1 client may join a group matching --join-hook-groups.
+    #[arg(long, env = "WSHUB_JOIN_HOOK")]
+    pub join_hook: Option<String>,
+
+    /// Group patterns (exact names, or prefixes ending in `*`) whose joins ask --join-hook.
+    #[arg(
+        long,
+        env = "WSHUB_JOIN_HOOK_GROUPS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub join_hook_groups: Vec<String>,
+
+    /// Ask this URL whether a wshub.v1 client may publish to a group matching --publish-hook-groups (allow, deny, or replace the message).
+    #[arg(long, env = "WSHUB_PUBLISH_HOOK")]
+    pub publish_hook: Option<String>,
+
+    /// Group patterns whose publishes ask --publish-hook.
+    #[arg(
+        long,
+        env = "WSHUB_PUBLISH_HOOK_GROUPS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub publish_hook_groups: Vec<String>,
+
+    /// How long an authorization hook may take to answer; no answer in time is a refusal (fail-closed).
+    #[arg(long, env = "WSHUB_HOOK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub hook_timeout: Duration,
+
+    /// Request headers passed to --connect-hook (comma-separated, case-insensitive).
+    #[arg(
+        long,
+        env = "WSHUB_HOOK_HEADERS",
+        value_delimiter = ',',
+        default_value = "cookie,authorization,origin,user-agent,x-forwarded-for,x-real-ip"
+    )]
+    pub hook_headers: Vec<String>,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "WSHUB_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -237,6 +290,31 @@ impl ServeArgs {
         })
     }
 
+    /// The signing key of --webhook-secret (empty when unset or unusable: [`Self::check`]
+    /// says why).
+    fn webhook_key(&self) -> std::sync::Arc<[u8]> {
+        self.webhook_secret
+            .as_deref()
+            .and_then(|s| crate::signing::webhook_key(s).ok())
+            .unwrap_or_default()
+            .into()
+    }
+
+    /// Checks what the hub settings cannot say by themselves: apps, webhook targets, hooks and
+    /// the secret that signs them.
+    ///
+    /// # Errors
+    /// A message naming the option and what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(s) = &self.webhook_secret {
+            crate::signing::webhook_key(s).map_err(|e| format!("--webhook-secret: {e}"))?;
+        }
+        let c = self.hub_config();
+        c.apps.validate()?;
+        c.webhooks.validate()?;
+        c.hooks.validate()
+    }
+
     /// The hub settings these options describe.
     pub fn hub_config(&self) -> HubConfig {
         HubConfig {
@@ -255,6 +333,29 @@ impl ServeArgs {
             max_request_body: self.max_request_body,
             node_id: self.node_id.clone(),
             apps: crate::apps::Apps::new(self.apps.clone()).with_webhooks(&self.app_webhooks),
+            webhooks: crate::webhooks::Settings {
+                targets: self.webhooks.clone(),
+                key: self.webhook_key(),
+            },
+            hooks: crate::hooks::Settings {
+                connect: self.connect_hook.clone(),
+                join: self.join_hook.clone().map(|url| crate::hooks::Route {
+                    url,
+                    groups: self.join_hook_groups.clone(),
+                }),
+                publish: self.publish_hook.clone().map(|url| crate::hooks::Route {
+                    url,
+                    groups: self.publish_hook_groups.clone(),
+                }),
+                timeout: self.hook_timeout,
+                headers: self
+                    .hook_headers
+                    .iter()
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect(),
+                key: self.webhook_key(),
+            },
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,
@@ -307,6 +408,11 @@ impl ServeArgs {
         for (key, env, set) in [
             ("api_key", "WSHUB_API_KEY", self.api_key.is_some()),
             ("jwt_secret", "WSHUB_JWT_SECRET", self.jwt_secret.is_some()),
+            (
+                "webhook_secret",
+                "WSHUB_WEBHOOK_SECRET",
+                self.webhook_secret.is_some(),
+            ),
         ] {
             if set {
                 out.push_str(&format!(
@@ -375,24 +481,30 @@ pub fn file_args_from_str(
                 path.display()
             )),
         };
-        if matches!(id.as_str(), "api_key" | "jwt_secret") && value.as_str() == Some(MASK) {
+        if matches!(id.as_str(), "api_key" | "jwt_secret" | "webhook_secret")
+            && value.as_str() == Some(MASK)
+        {
             return Err(format!(
                 "{}: `{key}` is the placeholder `{MASK}`, not a secret: put the real value there or give it with WSHUB_{}",
                 path.display(),
                 id.to_ascii_uppercase()
             ));
         }
-        if id == "apps" {
+        if id == "apps" || id == "webhooks" {
+            let flag = if id == "apps" { "app" } else { "webhook" };
             let toml::Value::Array(tables) = &value else {
                 return Err(format!(
-                    "{}: `apps` is a list of [[apps]] tables",
+                    "{}: `{id}` is a list of [[{id}]] tables",
                     path.display()
                 ));
             };
             for t in tables {
-                let json = serde_json::to_string(t)
-                    .map_err(|e| format!("{}: apps: {e}", path.display()))?;
-                out.push(format!("--app={json}"));
+                let one = match t {
+                    toml::Value::String(url) => url.clone(),
+                    _ => serde_json::to_string(t)
+                        .map_err(|e| format!("{}: {id}: {e}", path.display()))?,
+                };
+                out.push(format!("--{flag}={one}"));
             }
             continue;
         }

@@ -26,7 +26,10 @@
 //! - [`outbox`]: a connection's outbound queue, bounded in frames and bytes, the registry's
 //!   sink. Pushing never waits; a full queue makes the connection a slow consumer (1008).
 //! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
-//! - [`webhooks`]: Pusher-format webhooks: bounded queues, batching, signing, retries.
+//! - [`webhooks`]: webhooks in Pusher's format (per app) and wshub's (Standard Webhooks
+//!   signatures): bounded queues, batching, signing, retries.
+//! - [`hooks`]: authorization hooks: the backend asked at connect, join and publish
+//!   (fail-closed, timed out, metered).
 //! - [`backplane`]: scale-out over Redis, NATS or an in-process bus: the engines, the node's publisher,
 //!   subscriber and entry keeper. It calls the hub back only through the
 //!   [`backplane::Handler`] trait it defines.
@@ -59,6 +62,7 @@ pub mod config;
 pub mod envelope;
 pub mod frame;
 pub mod history;
+pub mod hooks;
 pub mod hub;
 pub mod id;
 pub mod manager;

@@ -124,8 +124,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.allowed_origins.is_empty() || args.allowed_origins.iter().any(|o| o == "*") {
         tracing::warn!("the Origin policy is open: any web page can open WebSockets here with its visitors' cookies (set --allowed-origins)");
     }
+    args.check()?;
     let config = args.hub_config();
-    config.apps.validate()?;
     if args.apps.is_empty() && (auth.requires_token() || auth.requires_api_key()) {
         tracing::info!("Pusher protocol: no app configured (the development app is served only without --api-key and JWT auth): add --app ID:KEY:SECRET");
     } else if args.apps.is_empty() {

@@ -20,6 +20,16 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// Labels of an authorization hook call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    /// `connect`, `join` or `publish`.
+    pub hook: &'static str,
+    /// `allow`, `deny`, `replace`, `cached`, `timeout`, `error` (not reached, 5xx),
+    /// `invalid` (an answer that is not one).
+    pub outcome: &'static str,
+}
+
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -64,6 +74,10 @@ pub struct Metrics {
     /// Webhook events by outcome: `queued`, `delivered`, `retried`, `rejected` (a 4xx answer:
     /// not retried), `given_up` (retries exhausted), `dropped` (the target's queue was full).
     pub webhook_events: Family<Reason, Counter>,
+    /// Authorization hook calls by hook and outcome.
+    pub hook_calls: Family<HookLabels, Counter>,
+    /// How long authorization hooks took to answer (or fail).
+    pub hook_seconds: Histogram,
     /// Time from a publication entering the hub to its frames being written to every
     /// connection that could take them at once (frames that had to wait for a slow socket are
     /// not in it).
@@ -109,6 +123,9 @@ impl Metrics {
             node_info: Family::default(),
             backplane_events: Family::default(),
             webhook_events: Family::default(),
+            hook_calls: Family::default(),
+            // 1 ms … ~6.5 s
+            hook_seconds: Histogram::new(exponential_buckets(0.001, 3.0, 9)),
             // 10 µs … ~5 s
             fanout_seconds: Histogram::new(exponential_buckets(0.000_01, 3.0, 13)),
             echo_connections: Gauge::default(),
@@ -213,8 +230,18 @@ impl Metrics {
         );
         registry.register(
             "webhook_events",
-            "Webhook events: queued, delivered, retried, rejected, given_up, dropped",
+            "Webhook events (Pusher and wshub formats): queued, delivered, retried, rejected, given_up, dropped",
             m.webhook_events.clone(),
+        );
+        registry.register(
+            "hook_calls",
+            "Authorization hook calls by hook (connect, join, publish) and outcome",
+            m.hook_calls.clone(),
+        );
+        registry.register(
+            "hook_seconds",
+            "How long authorization hooks took to answer",
+            m.hook_seconds.clone(),
         );
         registry.register(
             "node_info",

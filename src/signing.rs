@@ -8,6 +8,10 @@
 //!   named by its MD5 (`body_md5`).
 //! - A webhook signs its body.
 //!
+//! And what wshub signs for the application's backend (its own webhooks and authorization
+//! hooks), as the Standard Webhooks specification says, so that its libraries verify them:
+//! `v1,base64(HMAC-SHA256(key, "id.timestamp.body"))`.
+//!
 //! A leaf: it knows nothing of apps or the hub.
 
 use hmac::{Mac, SimpleHmac};
@@ -84,6 +88,42 @@ pub fn body_md5(body: &[u8]) -> String {
     hex::encode(md5::Md5::digest(body))
 }
 
+/// The HMAC key of a Standard Webhooks secret: `whsec_<base64>` is the base64 decoded (what
+/// the specification's libraries expect), anything else its own bytes (`format: "raw"` in
+/// the JavaScript library).
+///
+/// # Errors
+/// When a `whsec_` secret is not base64, or the key is shorter than 16 bytes.
+pub fn webhook_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let key = match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("a `whsec_` secret is base64 after the prefix: {e}"))?,
+        None => secret.as_bytes().to_vec(),
+    };
+    if key.len() < 16 {
+        return Err(format!(
+            "the webhook secret is {} bytes: at least 16 (e.g. `whsec_` and 24 random bytes in base64)",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// A Standard Webhooks signature header value: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
+pub fn standard_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine as _;
+    HmacSha256::new_from_slice(key)
+        .map(|mut mac| {
+            mac.update(format!("{id}.{timestamp}.").as_bytes());
+            mac.update(body);
+            let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+            format!("v1,{sig}")
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +173,23 @@ mod tests {
             "POST\n/apps/1/events\nauth_key=k&auth_version=1.0&body_md5=abc"
         );
         assert_eq!(body_md5(b""), "d41d8cd98f00b204e9800998ecf8427e");
+    }
+
+    #[test]
+    fn standard_webhooks_example() {
+        // The example of the Standard Webhooks specification's test suites.
+        let key = webhook_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            standard_signature(
+                &key,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert_eq!(webhook_key("0123456789abcdef").unwrap().len(), 16);
+        assert!(webhook_key("short").is_err());
+        assert!(webhook_key("whsec_!!!").is_err());
     }
 }

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -243,6 +245,7 @@ on_both!(
     every_delivery_counted_across_a_backplane_outage,
     pusher_presence_events_and_terminate_are_cluster_wide,
     a_cache_channels_last_event_reaches_a_node_started_after_it,
+    hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes,
 );
 
 fn token(sub: &str) -> String {
@@ -276,6 +279,15 @@ async fn node(redis: &Backend, prefix: &str, id: &str) -> TestServer {
 
 /// A node on the backplane `bp` describes.
 async fn node_with(bp: BackplaneConfig, id: &str) -> TestServer {
+    node_configured(bp, id, |_| {}).await
+}
+
+/// A node on the backplane `bp` describes, its settings changed by `change`.
+async fn node_configured(
+    bp: BackplaneConfig,
+    id: &str,
+    change: impl FnOnce(&mut HubConfig),
+) -> TestServer {
     // `RUST_LOG=wshub=debug cargo test --test cluster -- --nocapture` shows what the nodes do.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -289,6 +301,8 @@ async fn node_with(bp: BackplaneConfig, id: &str) -> TestServer {
         apps: wshub::apps::Apps::new(vec![wshub::apps::App::development()]),
         ..HubConfig::default()
     };
+    let mut config = config;
+    change(&mut config);
     let auth = wshub::auth::Auth::new(&wshub::auth::AuthSettings {
         jwt_secret: Some(SECRET.into()),
         ..Default::default()
@@ -1348,6 +1362,106 @@ async fn a_cache_channels_last_event_reaches_a_node_started_after_it(kind: Kind)
     .await;
     let v = next_json(&mut ws).await;
     assert_eq!(v["event"], "pusher:cache_miss", "{v}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// wshub's own webhooks in a cluster: two nodes whose members join and leave a group at the
+/// same instant give one `group.occupied` and one `group.vacated`; a node killed with a
+/// group's only member leaves it vacated by the survivors (one of them), with one
+/// `node.lost`.
+async fn hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes(kind: Kind) {
+    let engine = Backend::start(kind);
+    let rx = receiver::Receiver::start(vec![]).await;
+    let hooked = |id: &'static str| {
+        let url = rx.url.clone();
+        node_configured(backplane(&engine, "wshub"), id, move |c| {
+            c.webhooks = wshub::webhooks::Settings {
+                targets: vec![wshub::apps::Webhook {
+                    url,
+                    event_types: Vec::new(),
+                }],
+                key: std::sync::Arc::from(&b"cluster-webhook-key-0123"[..]),
+            };
+        })
+    };
+    let a = hooked("node-a").await;
+    let b = hooked("node-b").await;
+    let count = |events: &[Value], ty: &str, group: &str| {
+        events
+            .iter()
+            .filter(|e| e["type"] == ty && e["data"]["group"] == group)
+            .count()
+    };
+    let ((mut x, _), (mut y, _)) = tokio::join!(client(&a, "xa"), client(&b, "yb"));
+    tokio::join!(join(&mut x, "room"), join(&mut y, "room"));
+    rx.wait_for("two joins", |e| count(e, "group.joined", "room") == 2)
+        .await;
+    tokio::join!(
+        cmd(&mut x, json!({"id": "l", "type": "leave", "group": "room"})),
+        cmd(&mut y, json!({"id": "l", "type": "leave", "group": "room"})),
+    );
+    rx.wait_for("vacated", |e| count(e, "group.vacated", "room") >= 1)
+        .await;
+    // A node with the only member of `lonely`, killed: no goodbye.
+    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backplane",
+            &engine.url(),
+            "--node-id",
+            "doomed",
+            "--node-ttl",
+            "1500ms",
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(doomed.stdout.take().unwrap()).await;
+    let (mut z, _) = connect_v1(&format!("ws://{addr}/ws")).await;
+    join(&mut z, "lonely").await;
+    let (ha, hb) = (a.hub.clone(), b.hub.clone());
+    let app = a.hub.apps().default_app().unwrap().clone();
+    tokio::time::timeout(WAIT, async move {
+        while ha.subscription_count(&app, "lonely") != 1
+            || hb.subscription_count(&app, "lonely") != 1
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both survivors count the dead node's member");
+    doomed.start_kill().unwrap();
+    let _ = doomed.wait().await;
+    rx.wait_for("the dead node's group vacated", |e| {
+        count(e, "group.vacated", "lonely") >= 1 && e.iter().any(|e| e["type"] == "node.lost")
+    })
+    .await;
+    // Anything late or duplicated would have arrived by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = rx.events();
+    assert_eq!(
+        (
+            count(&events, "group.occupied", "room"),
+            count(&events, "group.joined", "room"),
+            count(&events, "group.left", "room"),
+            count(&events, "group.vacated", "room"),
+            count(&events, "group.vacated", "lonely"),
+        ),
+        (1, 2, 2, 1, 1),
+        "{events:#?}"
+    );
+    let lost: Vec<&Value> = events.iter().filter(|e| e["type"] == "node.lost").collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0]["data"]["node"], "doomed");
+    assert_eq!(lost[0]["node"], "node-a", "the first live node by id tells");
+    drop((x, y, z));
     a.stop().await;
     b.stop().await;
 }

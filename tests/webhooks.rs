@@ -4,88 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use parking_lot::Mutex;
+use receiver::Receiver;
 use serde_json::{json, Value};
 use wshub::apps::{App, Apps, Webhook};
 use wshub::backplane::{BackplaneConfig, BackplaneUrl};
 use wshub::{Hub, HubConfig};
-
-/// A webhook receiver: what it got (key header, signature header, body), and the statuses it
-/// answers with (in order; then 200).
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, String, String)>>>,
-    answers: Arc<Mutex<Vec<u16>>>,
-}
-
-impl Receiver {
-    async fn start(answers: Vec<u16>) -> (Self, String) {
-        let r = Receiver {
-            answers: Arc::new(Mutex::new(answers)),
-            ..Receiver::default()
-        };
-        let state = r.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-                let state = state.clone();
-                async move {
-                    let h = |n: &str| {
-                        headers
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned()
-                    };
-                    state
-                        .got
-                        .lock()
-                        .push((h("x-pusher-key"), h("x-pusher-signature"), body));
-                    let mut a = state.answers.lock();
-                    let status = if a.is_empty() { 200 } else { a.remove(0) };
-                    axum::http::StatusCode::from_u16(status).unwrap()
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (r, url)
-    }
-
-    /// Every event received so far, in order, from requests that were answered 2xx or not.
-    fn events(&self) -> Vec<Value> {
-        self.got
-            .lock()
-            .iter()
-            .flat_map(|(_, _, body)| {
-                serde_json::from_str::<Value>(body).unwrap()["events"]
-                    .as_array()
-                    .unwrap()
-                    .clone()
-            })
-            .collect()
-    }
-
-    async fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                let e = self.events();
-                if pred(&e) {
-                    return e;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {what}: got {:?}", self.events()))
-    }
-}
 
 fn names(events: &[Value]) -> Vec<String> {
     events
@@ -132,7 +61,8 @@ async fn subscribe(ws: &mut Ws, socket: &str, channel: &str, user: Option<&str>)
 
 #[tokio::test]
 async fn the_app_is_told_of_occupancy_members_and_client_events_signed_as_pusher_signs() {
-    let (rx, url) = Receiver::start(vec![]).await;
+    let rx = Receiver::start(vec![]).await;
+    let url = rx.url.clone();
     let s = TestServer::with_config(HubConfig {
         shutdown_timeout: Duration::from_secs(1),
         apps: Apps::new(vec![app(&url)]),
@@ -192,10 +122,13 @@ async fn the_app_is_told_of_occupancy_members_and_client_events_signed_as_pusher
         (Some(sa.as_str()), Some("ann"))
     );
     // Every request is signed with the app's key and secret.
-    for (key, sig, body) in rx.got.lock().iter() {
-        assert_eq!(key, "key-1");
-        assert_eq!(*sig, wshub::signing::sign("secret-1", body.as_bytes()));
-        let v: Value = serde_json::from_str(body).unwrap();
+    for got in rx.got.lock().iter() {
+        assert_eq!(got.header("x-pusher-key"), "key-1");
+        assert_eq!(
+            got.header("x-pusher-signature"),
+            wshub::signing::sign("secret-1", got.body.as_bytes())
+        );
+        let v = got.json();
         assert!(v["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
     }
     s.stop().await;
@@ -204,7 +137,8 @@ async fn the_app_is_told_of_occupancy_members_and_client_events_signed_as_pusher
 #[tokio::test]
 async fn failures_are_retried_with_backoff_and_4xx_is_not() {
     // Two 503s, then 200: the batch arrives three times, is delivered once.
-    let (rx, url) = Receiver::start(vec![503, 503]).await;
+    let rx = Receiver::start(vec![503, 503]).await;
+    let url = rx.url.clone();
     let s = TestServer::with_config(HubConfig {
         apps: Apps::new(vec![app(&url)]),
         ..HubConfig::default()
@@ -226,7 +160,8 @@ async fn failures_are_retried_with_backoff_and_4xx_is_not() {
     s.stop().await;
 
     // A 400: not retried.
-    let (rx, url) = Receiver::start(vec![400]).await;
+    let rx = Receiver::start(vec![400]).await;
+    let url = rx.url.clone();
     let s = TestServer::with_config(HubConfig {
         apps: Apps::new(vec![app(&url)]),
         ..HubConfig::default()
@@ -275,7 +210,8 @@ async fn node(bus: &str, id: &str, url: &str) -> TestServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_each_logical_event_is_one_webhook() {
-    let (rx, url) = Receiver::start(vec![]).await;
+    let rx = Receiver::start(vec![]).await;
+    let url = rx.url.clone();
     let a = node("webhooks", "wa", &url).await;
     let b = node("webhooks", "wb", &url).await;
     // Subscribers on both nodes at the same moment, the same user on both.

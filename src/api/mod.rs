@@ -235,9 +235,9 @@ impl From<crate::hub::HubError> for Problem {
         use crate::hub::HubError;
         let status = match &e {
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
-            HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HubError::Forbidden(_) | HubError::Denied(_) => StatusCode::FORBIDDEN,
             HubError::NotMember(_) | HubError::TooManyGroups(_) => StatusCode::CONFLICT,
-            HubError::HubFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::HubFull(_) | HubError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         Problem::new(status, e.to_string())
     }

@@ -2,6 +2,7 @@
 
 use serde_json::value::RawValue;
 
+use super::authorize::Decision;
 use super::recovery::Fetched;
 use super::{Hub, HubCork, HubEntry, HubError};
 
@@ -13,6 +14,8 @@ use crate::history::Position;
 use crate::id::ConnId;
 use crate::manager::Audience;
 use crate::protocol::v1::{self, AckExtra, Command, ErrorCode, Target};
+use crate::webhooks::EventType;
+use serde_json::json;
 
 /// How a command is answered.
 enum Answer {
@@ -49,7 +52,7 @@ impl Hub {
     ) -> Option<PrefetchFuture> {
         let parsed = v1::parse(text);
         if let (Ok((_, cmd)), None) = (&parsed, &pre) {
-            if let Some(fetch) = self.fetch_for(cmd) {
+            if let Some(fetch) = self.hook_for(me, cmd).or_else(|| self.fetch_for(cmd)) {
                 return Some(fetch);
             }
         }
@@ -114,6 +117,14 @@ impl Hub {
     ) -> Result<Answer, HubError> {
         let short = me.id.short();
         let user = me.info.user.as_deref();
+        // An authorization hook's decision comes first, with what else was fetched.
+        let (pre, replaced) = match pre {
+            Some(Fetched::Hooked(Decision::Refused(e), _)) => return Err(e),
+            Some(Fetched::Hooked(Decision::Allowed(replaced), then)) => {
+                (then.map(|t| *t), replaced)
+            }
+            other => (other, None),
+        };
         match cmd {
             Command::Join { group, since } => {
                 // A private, encrypted or presence channel of the default app is joined only
@@ -127,7 +138,6 @@ impl Hub {
                 let joined = self.join_and_announce(
                     me.id,
                     &group,
-                    &short,
                     user,
                     since.as_ref(),
                     match pre {
@@ -146,7 +156,7 @@ impl Hub {
                 }))
             }
             Command::Leave { group } => {
-                let changed = self.leave_and_announce(me.id, &group, &short, user, cork);
+                let changed = self.leave_and_announce(me.id, &group, user, cork);
                 Ok(Answer::Now(AckExtra {
                     changed: Some(changed),
                     ..AckExtra::default()
@@ -156,6 +166,17 @@ impl Hub {
                 if !self.shared.manager.is_member(me.id, &group) {
                     return Err(HubError::NotMember(group.into_owned()));
                 }
+                // The backend's replacement, when its hook gave one.
+                let message: &RawValue = replaced.as_deref().unwrap_or(message);
+                self.hub_webhook(EventType::MessageReceived, || {
+                    json!({
+                        "connection": me.id.to_string(),
+                        "user": user,
+                        "kind": "publish",
+                        "group": group,
+                        "data": message,
+                    })
+                });
                 if let Some(c) = self.shared_bus() {
                     // The backplane numbers it and brings it back to every node: the ack waits
                     // for the offset; how many it reaches across nodes is not known here.
@@ -183,10 +204,27 @@ impl Hub {
                     Some(Fetched::Target(n)) => n,
                     _ => None,
                 };
+                let target = self
+                    .shared
+                    .webhooks
+                    .hub_wants(EventType::MessageReceived)
+                    .then(|| match &to {
+                        Target::Connection(c) => json!({ "connection": c }),
+                        Target::User(u) => json!({ "user": u }),
+                    });
                 let n = self.direct(to, Some(&short), user, message, found, cork);
                 if n == 0 {
                     return Err(HubError::NotFound("no such connection or user online"));
                 }
+                self.hub_webhook(EventType::MessageReceived, || {
+                    json!({
+                        "connection": me.id.to_string(),
+                        "user": user,
+                        "kind": "send",
+                        "to": target,
+                        "data": message,
+                    })
+                });
                 Ok(Answer::Now(AckExtra {
                     recipients: Some(n),
                     ..AckExtra::default()
@@ -204,7 +242,6 @@ impl Hub {
         &self,
         id: ConnId,
         group: &str,
-        short: &str,
         user: Option<&str>,
         since: Option<&Position>,
         pre: Option<super::Prefetch>,
@@ -231,7 +268,7 @@ impl Hub {
         drop(s);
         if changed {
             self.entry_changed(id);
-            self.membership_event(true, group, short, user, Some(id), cork);
+            self.membership_event(true, group, id, user, Some(id), cork);
         }
         Ok(Joined {
             changed,
@@ -251,14 +288,13 @@ impl Hub {
         &self,
         id: ConnId,
         group: &str,
-        short: &str,
         user: Option<&str>,
         cork: &mut HubCork,
     ) -> bool {
         let changed = self.shared.manager.leave(id, group);
         if changed {
             self.entry_changed(id);
-            self.membership_event(false, group, short, user, None, cork);
+            self.membership_event(false, group, id, user, None, cork);
         }
         changed
     }

@@ -258,10 +258,13 @@ impl Hub {
                 node,
             } => {
                 if let Some(node) = node {
+                    // Heard from: a node that dies before its first heartbeat reaches us is
+                    // still forgotten (and its groups vacated) after the node TTL.
+                    self.node_alive(node);
                     let (before, after) = self.shared.occupancy.change(group, node, *joined);
                     // The node whose member made the change tells the app: exactly one does.
-                    if *node == *self.node_id() && (before == 0) != (after == 0) {
-                        self.occupancy_webhook(group, after > 0);
+                    if *node == *self.node_id() && before != after {
+                        self.occupancy_changed(group, before, after);
                     }
                 }
                 let f = v1::membership(*joined, group, connection, user.as_deref());
@@ -332,21 +335,25 @@ impl Hub {
                 info,
                 connection,
                 node,
-            } => self.apply_presence(
-                group,
-                user_id,
-                *added,
-                info.as_deref(),
-                connection,
-                node,
-                *node == *self.node_id(),
-                cork,
-            ),
+            } => {
+                self.node_alive(node);
+                self.apply_presence(
+                    group,
+                    user_id,
+                    *added,
+                    info.as_deref(),
+                    connection,
+                    node,
+                    *node == *self.node_id(),
+                    cork,
+                )
+            }
             Publication::Alive { node } => {
                 self.node_alive(node);
                 Delivery::default()
             }
             Publication::Resync { node } => {
+                self.node_alive(node);
                 self.resync_presence(node);
                 self.announce_occupancy();
                 Delivery::default()
@@ -357,10 +364,12 @@ impl Hub {
                 users,
                 first,
             } => {
+                self.node_alive(node);
                 self.shared.occupancy.replace(node, groups, users, *first);
                 Delivery::default()
             }
             Publication::Online { user, node, online } => {
+                self.node_alive(node);
                 self.shared.occupancy.user_change(user, node, *online);
                 Delivery::default()
             }

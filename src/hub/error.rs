@@ -21,6 +21,12 @@ pub enum HubError {
     /// The hub keeps as many groups as it may.
     #[error("the hub keeps as many groups as it may ({0}); try again later")]
     HubFull(usize),
+    /// The application's backend refused it (an authorization hook), with its reason.
+    #[error("refused: {0}")]
+    Denied(String),
+    /// The authorization hook gave no usable answer: refused (fail-closed).
+    #[error("authorization unavailable; try again later")]
+    Unavailable,
 }
 
 impl HubError {
@@ -32,6 +38,8 @@ impl HubError {
             HubError::NotMember(_) => ErrorCode::NotMember,
             HubError::TooManyGroups(_) => ErrorCode::TooManyGroups,
             HubError::HubFull(_) => ErrorCode::HubFull,
+            HubError::Denied(_) => ErrorCode::Forbidden,
+            HubError::Unavailable => ErrorCode::Unavailable,
         }
     }
 }

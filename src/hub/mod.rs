@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod anywhere;
+mod authorize;
 mod cluster;
 mod commands;
 mod deliver;
@@ -40,6 +41,8 @@ use crate::manager::{
 use crate::metrics::{Metrics, Reason};
 use crate::outbox::Outbox;
 use crate::protocol::v1;
+use crate::webhooks::EventType;
+use serde_json::json;
 
 /// Settings that shape every connection's behaviour.
 #[derive(Debug, Clone)]
@@ -80,6 +83,10 @@ pub struct HubConfig {
     /// The Pusher apps served at `/app/{key}` and `/apps/{id}` (the first is the default
     /// app, whose channels are the hub's groups).
     pub apps: crate::apps::Apps,
+    /// wshub's own webhooks (for `/ws` clients): targets and signing key.
+    pub webhooks: crate::webhooks::Settings,
+    /// The authorization hooks asked at connect, join and publish.
+    pub hooks: crate::hooks::Settings,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -122,6 +129,8 @@ impl Default for HubConfig {
             history: HistoryConfig::default(),
             node_id: None,
             apps: crate::apps::Apps::default(),
+            webhooks: crate::webhooks::Settings::default(),
+            hooks: crate::hooks::Settings::default(),
         }
     }
 }
@@ -144,8 +153,10 @@ pub(crate) struct Shared {
     pusher: pusher::PusherState,
     /// Members per group in the whole cluster.
     occupancy: occupancy::Occupancy,
-    /// Where Pusher apps' webhooks go.
+    /// Where Pusher apps' webhooks and the hub's own go.
     webhooks: crate::webhooks::Webhooks,
+    /// The authorization hooks.
+    hooks: crate::hooks::Hooks,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -217,16 +228,26 @@ impl Hub {
             config.apps = crate::apps::Apps::none();
         }
         let metrics = Metrics::new();
-        let webhooks =
-            crate::webhooks::Webhooks::start(&config.apps, metrics.webhook_events.clone());
+        let node: Arc<str> = Arc::from(
+            config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| ConnId::random().short()),
+        );
+        let webhooks = crate::webhooks::Webhooks::start(
+            &config.apps,
+            &config.webhooks,
+            node.clone(),
+            metrics.webhook_events.clone(),
+        );
+        let hooks = crate::hooks::Hooks::new(
+            config.hooks.clone(),
+            metrics.hook_calls.clone(),
+            metrics.hook_seconds.clone(),
+        );
         let hub = Self {
             shared: Arc::new(Shared {
-                node: Arc::from(
-                    config
-                        .node_id
-                        .clone()
-                        .unwrap_or_else(|| ConnId::random().short()),
-                ),
+                node,
                 cluster: std::sync::OnceLock::new(),
                 history: History::with_counter(config.history, metrics.history_evicted.clone()),
                 config,
@@ -240,6 +261,7 @@ impl Hub {
                 pusher: pusher::PusherState::default(),
                 occupancy: occupancy::Occupancy::default(),
                 webhooks,
+                hooks,
             }),
         };
         hub.shared
@@ -299,6 +321,24 @@ impl Hub {
     /// The hub's settings.
     pub fn config(&self) -> &HubConfig {
         &self.shared.config
+    }
+
+    /// The authorization hooks.
+    pub fn hooks(&self) -> &crate::hooks::Hooks {
+        &self.shared.hooks
+    }
+
+    /// Tells the hub's webhook targets about an event of type `ty`: when one wants it, `data`
+    /// makes its JSON (nothing is built otherwise).
+    pub(crate) fn hub_webhook(
+        &self,
+        ty: crate::webhooks::EventType,
+        data: impl FnOnce() -> serde_json::Value,
+    ) {
+        let w = &self.shared.webhooks;
+        if w.hub_wants(ty) {
+            w.emit_hub(ty, data(), &self.shared.metrics.webhook_events);
+        }
     }
 
     /// The hub's security checks.
@@ -618,8 +658,18 @@ impl Hub {
         if let Some(user) = &entry.info.user {
             self.user_online(user, true);
         }
-        if self.shared.config.announce && protocol != Protocol::Pusher {
-            self.announce(envelope::joined(&id.short()));
+        if protocol != Protocol::Pusher {
+            self.hub_webhook(EventType::ConnectionOpened, || {
+                json!({
+                    "connection": id.to_string(),
+                    "user": entry.info.user.as_deref(),
+                    "protocol": if protocol == Protocol::V1 { crate::protocol::V1 } else { "plain" },
+                    "remote": entry.info.remote_addr.map(|a| a.to_string()),
+                })
+            });
+            if self.shared.config.announce {
+                self.announce(envelope::joined(&id.short()));
+            }
         }
         entry
     }
@@ -627,7 +677,8 @@ impl Hub {
     /// Removes a `/ws` connection (if a failed send has not already) and announces its leaving:
     /// to every plain client (SPEC 1.2), and to the members of each group it was in. Called
     /// exactly once per registered connection, by the task that owns it.
-    pub(crate) fn unregister(&self, entry: &HubEntry, reason: &'static str) {
+    pub(crate) fn unregister(&self, entry: &HubEntry, ending: (&'static str, u16)) {
+        let reason = ending.0;
         // Metrics first: whoever sees the connection gone from the registry also sees it counted.
         self.shared.metrics.connections.dec();
         self.shared
@@ -641,21 +692,32 @@ impl Hub {
         if let Some(user) = &entry.info.user {
             self.user_online(user, false);
         }
-        let short = entry.id.short();
         let mut cork = Cork::new();
         for group in entry.groups() {
             self.membership_event(
                 false,
                 &group,
-                &short,
+                entry.id,
                 entry.info.user.as_deref(),
                 None,
                 &mut cork,
             );
         }
         cork.flush_deferred();
-        if self.shared.config.announce && entry.info.protocol != Protocol::Pusher {
-            self.announce(envelope::left(&short));
+        if entry.info.protocol != Protocol::Pusher {
+            let user = entry.info.user.as_deref();
+            self.hub_webhook(EventType::ConnectionClosed, || {
+                json!({
+                    "connection": entry.id.to_string(),
+                    "user": user,
+                    "code": ending.1,
+                    "reason": ending.0,
+                    "duration_ms": entry.info.connected_at.elapsed().map_or(0, |d| d.as_millis() as u64),
+                })
+            });
+            if self.shared.config.announce {
+                self.announce(envelope::left(&entry.id.short()));
+            }
         }
     }
 
@@ -663,6 +725,19 @@ impl Hub {
     /// writes happen when the caller flushes `cork` (after the whole burst it read).
     pub(crate) fn on_text(&self, from: ConnId, text: &str, cork: &mut HubCork) {
         self.count_in(text.len());
+        self.hub_webhook(EventType::MessageReceived, || {
+            let user = self
+                .shared
+                .manager
+                .get(from)
+                .and_then(|e| e.info.user.clone());
+            json!({
+                "connection": from.to_string(),
+                "user": user.as_deref(),
+                "kind": "broadcast",
+                "data": text,
+            })
+        });
         let short = from.short();
         self.send_corked(
             from,
@@ -687,20 +762,43 @@ impl Hub {
         &self,
         joined: bool,
         group: &str,
-        short: &str,
+        id: ConnId,
         user: Option<&str>,
         except: Option<ConnId>,
         cork: &mut HubCork,
     ) {
+        // A hub group (not another app's channel) tells the hub's webhooks, from the member's
+        // node: exactly once. On a single node, where the publication is applied inline, a
+        // join is told after the group's `group.occupied` and a leave before its
+        // `group.vacated`.
+        let member_webhook = || {
+            if !group.contains('#') {
+                let ty = if joined {
+                    EventType::GroupJoined
+                } else {
+                    EventType::GroupLeft
+                };
+                self.hub_webhook(
+                    ty,
+                    || json!({ "group": group, "connection": id.to_string(), "user": user }),
+                );
+            }
+        };
+        if !joined {
+            member_webhook();
+        }
         let p = crate::backplane::Publication::Membership {
             group: group.to_owned(),
             joined,
-            connection: short.to_owned(),
+            connection: id.short(),
             user: user.map(str::to_owned),
             except: except.map(|e| e.to_string()),
             node: Some(self.node_id().to_owned()),
         };
         self.publish(p, cork);
+        if joined {
+            member_webhook();
+        }
     }
 
     /// A connection of `user` opened or closed: counted on every node.

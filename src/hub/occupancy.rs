@@ -99,17 +99,22 @@ impl Occupancy {
         }
     }
 
-    /// Forgets a node's counts.
-    pub(crate) fn forget(&self, node: &str) {
-        Self::drop_node(&mut self.groups.lock(), node);
+    /// Forgets a node's counts; the groups that had members only there (now empty).
+    pub(crate) fn forget(&self, node: &str) -> Vec<Arc<str>> {
         Self::drop_node(&mut self.users.lock(), node);
+        Self::drop_node(&mut self.groups.lock(), node)
     }
 
-    fn drop_node(groups: &mut Groups, node: &str) {
-        groups.retain(|_, nodes| {
+    fn drop_node(groups: &mut Groups, node: &str) -> Vec<Arc<str>> {
+        let mut emptied = Vec::new();
+        groups.retain(|g, nodes| {
             nodes.remove(node);
+            if nodes.is_empty() {
+                emptied.push(g.clone());
+            }
             !nodes.is_empty()
         });
+        emptied
     }
 
     /// Members of `group` everywhere.
@@ -187,7 +192,9 @@ mod tests {
         o.user_change("u", "b", true);
         assert_eq!(o.user_count("u"), 3);
         assert_eq!((o.count("g"), o.count("h")), (1, 5));
-        o.forget("b");
+        let mut emptied = o.forget("b");
+        emptied.sort();
+        assert_eq!(emptied, vec![Arc::from("g")]);
         assert_eq!((o.count("g"), o.count("h")), (0, 5));
         assert_eq!(o.user_count("u"), 2);
         assert_eq!(o.all().len(), 1);

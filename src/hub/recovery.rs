@@ -21,6 +21,9 @@ pub(crate) enum Fetched {
     Target(Option<usize>),
     /// For a Pusher subscription to a cache channel: its last event, as Pusher clients get it.
     Cache(Option<Frame>),
+    /// An authorization hook's decision, then what the command needs next (a join's
+    /// recovery).
+    Hooked(super::authorize::Decision, Option<Box<Fetched>>),
 }
 
 /// What a recovery needs from the shared history, fetched before any lock is taken.

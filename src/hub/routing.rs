@@ -87,15 +87,8 @@ impl Hub {
             .get(id)
             .ok_or(HubError::NotFound("no connection with that id"))?;
         let mut cork = HubCork::new();
-        let r = self.join_and_announce(
-            id,
-            group,
-            &id.short(),
-            entry.info.user.as_deref(),
-            None,
-            None,
-            &mut cork,
-        );
+        let r =
+            self.join_and_announce(id, group, entry.info.user.as_deref(), None, None, &mut cork);
         cork.flush();
         r.map(|j| j.changed)
     }
@@ -107,13 +100,7 @@ impl Hub {
             return false;
         };
         let mut cork = HubCork::new();
-        let r = self.leave_and_announce(
-            id,
-            group,
-            &id.short(),
-            entry.info.user.as_deref(),
-            &mut cork,
-        );
+        let r = self.leave_and_announce(id, group, entry.info.user.as_deref(), &mut cork);
         cork.flush();
         r
     }

@@ -40,16 +40,17 @@ pub struct ConnInfo {
     /// Group patterns this connection may join (exact names, or prefixes ending in `*`);
     /// `None` allows every group.
     pub allowed_groups: Option<Arc<[String]>>,
+    /// What the backend said about the user (JSON text, from the `connect` hook).
+    pub user_info: Option<Arc<str>>,
 }
 
 impl ConnInfo {
     /// Whether the connection may join `group`.
     pub fn may_join(&self, group: &str) -> bool {
         self.allowed_groups.as_ref().is_none_or(|patterns| {
-            patterns.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => group.starts_with(prefix),
-                None => p == group,
-            })
+            patterns
+                .iter()
+                .any(|p| crate::protocol::group_matches(p, group))
         })
     }
 
@@ -61,6 +62,7 @@ impl ConnInfo {
             user: None,
             protocol: Protocol::Plain,
             allowed_groups: None,
+            user_info: None,
         }
     }
 }

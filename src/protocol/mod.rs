@@ -23,6 +23,15 @@ pub fn valid_group_name(name: &str) -> bool {
         })
 }
 
+/// Whether `group` matches a group pattern: an exact name, or a prefix ending in `*` (`*`
+/// alone matches every group).
+pub fn group_matches(pattern: &str, group: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => group.starts_with(prefix),
+        None => pattern == group,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

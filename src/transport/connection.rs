@@ -152,6 +152,15 @@ impl Ending {
             Ending::TimedOut(_) => "close_timeout",
         }
     }
+
+    /// The label and the close code that ended the connection (1006: none was exchanged).
+    pub(crate) fn outcome(&self) -> (&'static str, u16) {
+        let code = match self {
+            Ending::Closed(reason) | Ending::TimedOut(reason) => reason.code(),
+            Ending::Dropped | Ending::Io(_) => 1006,
+        };
+        (self.label(), code)
+    }
 }
 
 struct Reader {
@@ -223,6 +232,10 @@ enum Step {
     End(Ending),
 }
 
+/// A command waiting for its fetch or hook (boxed: rare, and kept out of every connection
+/// task's own size).
+type Pending = Box<(crate::hub::PrefetchFuture, Bytes)>;
+
 /// The per-connection state the select loop works on.
 struct Conn<'a> {
     outbox: &'a Outbox,
@@ -266,6 +279,36 @@ impl Conn<'_> {
         }
         if std::mem::take(&mut self.own_dirty) {
             self.outbox.flush();
+        }
+    }
+
+    /// Handles what is already buffered after `step`, until a command needs a fetch (then
+    /// kept in `pending`, after what came before it is written), the buffer is empty or the
+    /// connection ends; then writes what it all produced.
+    fn drain(
+        &mut self,
+        mut step: Step,
+        rd: &mut Reader,
+        pending: &mut Option<Pending>,
+    ) -> Option<Ending> {
+        loop {
+            if let Step::Fetch(fetch, text) = step {
+                *pending = Some(Box::new((fetch, text)));
+                step = Step::Continue;
+                break;
+            }
+            if !(matches!(step, Step::Continue) && self.reading && !rd.discard) {
+                break;
+            }
+            match rd.buffered() {
+                Ok(None) => break,
+                r => step = self.on_read(r, rd),
+            }
+        }
+        self.flush();
+        match step {
+            Step::End(ending) => Some(ending),
+            _ => None,
         }
     }
 
@@ -485,6 +528,7 @@ where
         let closing = outbox.closing();
         tokio::pin!(closing);
         let mut shutdown_seen = false;
+        let mut pending: Option<Pending> = None;
 
         loop {
             tokio::select! {
@@ -522,29 +566,29 @@ where
                         Err(e) => break Ending::Io(e),
                     }
                 }
-                r = rd.next(&mut reader), if c.reading => {
+                r = rd.next(&mut reader), if c.reading && pending.is_none() => {
                     // Handle the whole burst already read, then write what it produced: frames
                     // published together leave together.
                     c.burst_started = std::time::Instant::now();
-                    let mut step = c.on_read(r, &mut rd);
-                    loop {
-                        if let Step::Fetch(fetch, text) = step {
-                            // What came before it leaves first; then the fetch, then the command.
-                            c.flush();
-                            let pre = fetch.await;
-                            c.command_prefetched(&text, pre);
-                            step = Step::Continue;
-                        }
-                        if !(matches!(step, Step::Continue) && c.reading && !rd.discard) {
-                            break;
-                        }
-                        match rd.buffered() {
-                            Ok(None) => break,
-                            r => step = c.on_read(r, &mut rd),
-                        }
+                    let step = c.on_read(r, &mut rd);
+                    if let Some(ending) = c.drain(step, &mut rd, &mut pending) {
+                        break ending;
                     }
-                    c.flush();
-                    if let Step::End(ending) = step {
+                }
+                pre = async {
+                    match pending.as_mut() {
+                        Some(p) => p.0.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if pending.is_some() => {
+                    // The fetch or hook a command waited for: the command now, then the rest of
+                    // the burst. Meanwhile the connection read nothing more (its commands keep
+                    // their order) but kept writing, pinging and closing.
+                    c.burst_started = std::time::Instant::now();
+                    if let Some(p) = pending.take().filter(|_| !c.closing) {
+                        c.command_prefetched(&p.1, pre);
+                    }
+                    if let Some(ending) = c.drain(Step::Continue, &mut rd, &mut pending) {
                         break ending;
                     }
                 }
@@ -574,12 +618,12 @@ where
     outbox.detach();
     drop(reader);
     match &role {
-        Role::Hub { hub, entry } => hub.unregister(entry, ending.label()),
+        Role::Hub { hub, entry } => hub.unregister(entry, ending.outcome()),
         Role::Pusher {
             hub,
             entry,
             session,
-        } => hub.pusher_closed(entry, session, ending.label()),
+        } => hub.pusher_closed(entry, session, ending.outcome()),
         Role::Echo(_) | Role::Refused(_) => {}
     }
     ending

@@ -183,6 +183,101 @@ fn switching_protocols(accept: &str, v1: bool) -> Response {
     res
 }
 
+/// Whether the `connect` hook decides about this request: one is configured, and the request
+/// carries no token that the hub could check itself (a valid JWT needs no hook).
+fn asks_connect_hook(hub: &Hub, req: &Request) -> bool {
+    if !hub.hooks().asks_connect() {
+        return false;
+    }
+    if !hub.auth().requires_token() {
+        return true;
+    }
+    let query: Option<axum::extract::Query<TokenQuery>> =
+        axum::extract::Query::try_from_uri(req.uri()).ok();
+    let has_query_token = query.is_some_and(|q| q.access_token.is_some());
+    let has_bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    !(has_query_token || has_bearer)
+}
+
+/// Asks the `connect` hook: who the connection is, or the close code that refuses it. (What
+/// it needs of the request is taken first: the request itself is not held across the wait.)
+fn ask_connect_hook(
+    hub: &Hub,
+    req: &Request,
+    remote: Option<SocketAddr>,
+    v1: bool,
+) -> impl std::future::Future<Output = Result<ConnInfo, (u16, String)>> + Send + 'static {
+    let query = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let headers = req.headers().clone();
+    let path = req.uri().path().to_owned();
+    let hub = hub.clone();
+    async move { connect_verdict(&hub, &headers, &path, query, remote, v1).await }
+}
+
+async fn connect_verdict(
+    hub: &Hub,
+    headers: &HeaderMap,
+    path: &str,
+    query: Vec<(String, String)>,
+    remote: Option<SocketAddr>,
+    v1: bool,
+) -> Result<ConnInfo, (u16, String)> {
+    let verdict = hub
+        .hooks()
+        .connect(crate::hooks::ConnectRequest {
+            remote,
+            path,
+            query,
+            headers,
+            protocol: if v1 { protocol::V1 } else { "plain" },
+        })
+        .await;
+    match verdict {
+        crate::hooks::Verdict::Allow(who) => {
+            let mut info = ConnInfo::now(remote);
+            info.user = who.user;
+            info.allowed_groups = who.groups;
+            info.user_info = who.info;
+            Ok(info)
+        }
+        crate::hooks::Verdict::Deny { code, reason } => Err((code, reason)),
+        crate::hooks::Verdict::Failed { code, .. } => {
+            Err((code, "authorization unavailable: try again later".into()))
+        }
+    }
+}
+
+/// Refuses a `/ws` client after the upgrade, with a close code it can read (a browser sees
+/// nothing of a refused handshake but "failed").
+fn refuse_upgraded(hub: &Hub, hs: Handshake, code: u16, reason: &str) -> Response {
+    let outbox = Arc::new(hub.new_outbox());
+    outbox.close(crate::close::CloseReason::Disconnected {
+        code,
+        reason: Arc::from(reason),
+    });
+    let params = params(hub, hub.config().max_message_size);
+    let span = tracing::debug_span!("refused", remote = ?hs.remote);
+    hub.tasks().spawn(
+        run_upgraded(
+            hs.on_upgrade,
+            outbox,
+            Role::Refused(hub.clone()),
+            params,
+            hub.clone(),
+        )
+        .instrument(span),
+    );
+    switching_protocols(&hs.accept, hs.v1)
+}
+
 /// The Origin allow-list, then the connection token.
 fn admit(hub: &Hub, req: &Request) -> Result<Identity, Problem> {
     let auth = hub.auth();
@@ -267,7 +362,14 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     if hub.is_shutting_down() {
         return unavailable();
     }
-    let identity = match admit(&hub, &req) {
+    let hooked = asks_connect_hook(&hub, &req);
+    let identity = match if hooked {
+        hub.auth()
+            .check_origin(req.headers())
+            .map(|()| Identity::default())
+    } else {
+        admit(&hub, &req)
+    } {
         Ok(identity) => identity,
         Err(problem) => return problem.into_response(),
     };
@@ -278,14 +380,22 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     if let Some(res) = over_connection_limit(&hub) {
         return res;
     }
+    let mut info = if hooked {
+        match ask_connect_hook(&hub, &req, hs.remote, hs.v1).await {
+            Ok(info) => info,
+            Err((code, reason)) => return refuse_upgraded(&hub, hs, code, &reason),
+        }
+    } else {
+        let mut info = ConnInfo::now(hs.remote);
+        info.user = identity.user;
+        info.allowed_groups = identity.allowed_groups;
+        info
+    };
     // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade
     // is queued for it, and flows as soon as the socket is ours.
-    let mut info = ConnInfo::now(hs.remote);
     if hs.v1 {
         info.protocol = Protocol::V1;
     }
-    info.user = identity.user;
-    info.allowed_groups = identity.allowed_groups;
     let prefetched = match info.protocol {
         Protocol::V1 => {
             hub.prefetch(crate::wire::StreamName::All, recover.as_ref())
@@ -454,12 +564,12 @@ async fn run_upgraded(
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             match &role {
-                Role::Hub { hub, entry } => hub.unregister(entry, "upgrade_failed"),
+                Role::Hub { hub, entry } => hub.unregister(entry, ("upgrade_failed", 1006)),
                 Role::Pusher {
                     hub,
                     entry,
                     session,
-                } => hub.pusher_closed(entry, session, "upgrade_failed"),
+                } => hub.pusher_closed(entry, session, ("upgrade_failed", 1006)),
                 Role::Echo(_) | Role::Refused(_) => {}
             }
             return;

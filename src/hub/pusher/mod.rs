@@ -200,7 +200,12 @@ impl Hub {
 
     /// A Pusher connection ended: its presence memberships and sign-in are undone (members
     /// told), then it is unregistered like any connection.
-    pub(crate) fn pusher_closed(&self, entry: &HubEntry, session: &Session, reason: &'static str) {
+    pub(crate) fn pusher_closed(
+        &self,
+        entry: &HubEntry,
+        session: &Session,
+        reason: (&'static str, u16),
+    ) {
         let (presence, user) = match session.state.lock().take() {
             Some(mut s) => (std::mem::take(&mut s.presence), s.user.take()),
             None => (Vec::new(), None),

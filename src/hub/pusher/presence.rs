@@ -253,9 +253,10 @@ impl Hub {
         if gone.is_empty() {
             return;
         }
-        for n in &gone {
-            self.shared.occupancy.forget(n);
-        }
+        let emptied: Vec<Arc<str>> = gone
+            .iter()
+            .flat_map(|n| self.shared.occupancy.forget(n))
+            .collect();
         let removals: Vec<(String, String, String, String)> = {
             let all = self.shared.pusher.presence.lock();
             all.iter()
@@ -280,5 +281,17 @@ impl Hub {
             self.apply_presence(&g, &u, false, None, &c, &n, leader, &mut cork);
         }
         cork.flush();
+        if leader {
+            // Channels whose members were all there are vacated now, told by the leader.
+            for g in &emptied {
+                self.occupancy_webhook(g, false);
+            }
+            for n in &gone {
+                self.hub_webhook(
+                    crate::webhooks::EventType::NodeLost,
+                    || serde_json::json!({ "node": n.as_ref(), "groups_vacated": emptied.len() }),
+                );
+            }
+        }
     }
 }

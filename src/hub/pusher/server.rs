@@ -33,9 +33,38 @@ impl Hub {
         }
     }
 
+    /// A stream's members in the whole cluster went from `before` to `after`, by a member of
+    /// this node (which alone tells): `channel_occupied`/`channel_vacated` and
+    /// `subscription_count` for the app, `group.occupied`/`group.vacated` for the hub's
+    /// webhooks.
+    pub(crate) fn occupancy_changed(&self, stream: &str, before: usize, after: usize) {
+        if (before == 0) != (after == 0) {
+            self.occupancy_webhook(stream, after > 0);
+        }
+        let presence = crate::protocol::pusher::Channel::parse(crate::apps::channel_name(stream))
+            .is_some_and(|c| c.kind == crate::protocol::pusher::Kind::Presence);
+        if !presence {
+            self.webhook(stream, "subscription_count", |channel| {
+                serde_json::json!({
+                    "name": "subscription_count",
+                    "channel": channel,
+                    "subscription_count": after,
+                })
+            });
+        }
+    }
+
     /// `channel_occupied` or `channel_vacated` (the cluster's first member came, or its last
-    /// left).
+    /// left), and the hub's `group.occupied` or `group.vacated` for a hub group.
     pub(crate) fn occupancy_webhook(&self, stream: &str, occupied: bool) {
+        if !stream.contains('#') {
+            let ty = if occupied {
+                crate::webhooks::EventType::GroupOccupied
+            } else {
+                crate::webhooks::EventType::GroupVacated
+            };
+            self.hub_webhook(ty, || serde_json::json!({ "group": stream }));
+        }
         let name = if occupied {
             "channel_occupied"
         } else {

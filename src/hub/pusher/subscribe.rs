@@ -188,8 +188,7 @@ impl Hub {
                 ));
             }
         }
-        let short = me.id.short();
-        let joined = self.join_and_announce(me.id, &stream, &short, None, None, None, cork)?;
+        let joined = self.join_and_announce(me.id, &stream, None, None, None, cork)?;
         let mut frames = Vec::with_capacity(2);
         match presence {
             Some((user, info)) if joined.changed => {
@@ -255,7 +254,7 @@ impl Hub {
         if let Some((stream, user)) = membership {
             self.presence_leave(&stream, &user, me.id, cork);
         }
-        self.leave_and_announce(me.id, &stream, &me.id.short(), None, cork);
+        self.leave_and_announce(me.id, &stream, None, cork);
     }
 
     pub(super) fn pusher_signin(

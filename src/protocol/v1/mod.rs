@@ -37,4 +37,6 @@ pub enum ErrorCode {
     RateLimited,
     /// The hub keeps as many groups as it may (`--max-groups`): no new group now.
     HubFull,
+    /// The authorization hook did not answer usably: refused (fail-closed); try again later.
+    Unavailable,
 }

@@ -1,7 +1,12 @@
-//! Webhooks in Pusher's format: what happened in an app's channels, POSTed to its targets as
-//! `{"time_ms": …, "events": [...]}` with `X-Pusher-Key` and `X-Pusher-Signature` (hex
-//! HMAC-SHA256 of the body with the app secret), so the Pusher server SDKs' webhook validation
-//! accepts them.
+//! Webhooks: what happened, POSTed to the application's backend. Two formats:
+//!
+//! - **Pusher's**, per app: `{"time_ms": …, "events": [...]}` with `X-Pusher-Key` and
+//!   `X-Pusher-Signature` (hex HMAC-SHA256 of the body with the app secret), so the Pusher
+//!   server SDKs' webhook validation accepts them;
+//! - **wshub's** ([`events`], for `/ws` clients): `{"time_ms": …, "events": [...]}`, each event
+//!   with its own `id`, signed as the Standard Webhooks specification says (`webhook-id`,
+//!   `webhook-timestamp`, `webhook-signature`; the timestamp is the attempt's, against replay),
+//!   so its libraries verify them.
 //!
 //! Delivery never blocks the hub: [`Webhooks::emit`] puts the event in the target's bounded
 //! queue (full: the event is dropped and counted). One task per target sends them in order,
@@ -11,6 +16,8 @@
 //! with another 4xx is not retried (`rejected`). Every outcome is counted in
 //! `wshub_webhook_events_total{reason}` and logged. Which node emits an event in a cluster is
 //! the hub's business (exactly one does).
+
+pub mod events;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::apps::{App, Apps, Webhook};
 use crate::metrics::Reason;
+pub use events::EventType;
 
 /// Events waiting for one target at most.
 pub const QUEUE: usize = 10_000;
@@ -37,10 +45,69 @@ pub const ATTEMPTS: u32 = 6;
 /// How long one POST may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The webhook targets of every app, each with its queue and its sending task.
+/// wshub's own webhooks: where they go (each with the events it wants, none: all) and the
+/// key that signs them ([`crate::signing::webhook_key`]).
+#[derive(Clone, Default)]
+pub struct Settings {
+    /// The targets.
+    pub targets: Vec<Webhook>,
+    /// The HMAC key of the signatures.
+    pub key: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("targets", &self.targets)
+            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Checks every target's URL and event names.
+    ///
+    /// # Errors
+    /// A message naming the target and what is wrong with it.
+    pub fn validate(&self) -> Result<(), String> {
+        for t in &self.targets {
+            if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+                return Err(format!("webhook `{}`: an http:// or https:// URL", t.url));
+            }
+            if let Some(e) = t.event_types.iter().find(|e| EventType::parse(e).is_none()) {
+                return Err(format!(
+                    "webhook `{}`: unknown event `{e}` (known: {})",
+                    t.url,
+                    events::names()
+                ));
+            }
+        }
+        if !self.targets.is_empty() && self.key.len() < 16 {
+            return Err(
+                "webhooks need --webhook-secret (the key receivers verify their signatures with)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How a target's batches are signed.
+enum Format {
+    /// Pusher's, with the app's key and secret.
+    Pusher(Arc<App>),
+    /// Standard Webhooks, with this key.
+    Standard(Arc<[u8]>),
+}
+
+/// The webhook targets of every app and of the hub, each with its queue and its sending task.
 #[derive(Default)]
 pub struct Webhooks {
-    targets: HashMap<String, Vec<Target>>,
+    apps: HashMap<String, Vec<Target>>,
+    hub: Vec<Target>,
+    /// The events some hub target wants (one bit each).
+    hub_wants: u16,
+    node: Arc<str>,
 }
 
 struct Target {
@@ -48,43 +115,76 @@ struct Target {
     tx: mpsc::Sender<Value>,
 }
 
+impl Target {
+    fn offer(&self, event: Value, name: &str, counter: &Family<Reason, Counter>) {
+        let outcome = match self.tx.try_send(event) {
+            Ok(()) => "queued",
+            Err(_) => {
+                tracing::warn!(url = %self.webhook.url, event = %name, "webhook queue full: event dropped");
+                "dropped"
+            }
+        };
+        counter.get_or_create(&Reason { reason: outcome }).inc();
+    }
+}
+
 impl Webhooks {
-    /// Starts a sending task per target of `apps` (in the current Tokio runtime; outside one,
-    /// there are no targets and events go nowhere).
-    pub fn start(apps: &Apps, counter: Family<Reason, Counter>) -> Self {
-        let mut targets: HashMap<String, Vec<Target>> = HashMap::new();
+    /// Starts a sending task per target of `apps` and of `hub` (in the current Tokio runtime;
+    /// outside one, there are no targets and events go nowhere).
+    pub fn start(
+        apps: &Apps,
+        hub: &Settings,
+        node: Arc<str>,
+        counter: Family<Reason, Counter>,
+    ) -> Self {
+        let none = Self {
+            node: node.clone(),
+            ..Self::default()
+        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return Self::default();
+            return none;
         };
         let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhooks off: no HTTP client");
-                return Self::default();
+                return none;
             }
         };
+        let spawn = |webhook: &Webhook, format: Format| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            rt.spawn(send_loop(
+                client.clone(),
+                format,
+                webhook.url.clone(),
+                rx,
+                counter.clone(),
+            ));
+            Target {
+                webhook: webhook.clone(),
+                tx,
+            }
+        };
+        let mut out = none;
         for app in apps.all() {
             for w in &app.webhooks {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                rt.spawn(send_loop(
-                    client.clone(),
-                    app.clone(),
-                    w.url.clone(),
-                    rx,
-                    counter.clone(),
-                ));
-                targets.entry(app.id.clone()).or_default().push(Target {
-                    webhook: w.clone(),
-                    tx,
-                });
+                let t = spawn(w, Format::Pusher(app.clone()));
+                out.apps.entry(app.id.clone()).or_default().push(t);
             }
         }
-        Self { targets }
+        for w in &hub.targets {
+            out.hub.push(spawn(w, Format::Standard(hub.key.clone())));
+            out.hub_wants |= EventType::ALL
+                .into_iter()
+                .filter(|t| w.wants(t.name()))
+                .fold(0, |m, t| m | t.bit());
+        }
+        out
     }
 
     /// Whether `app` has a target for events named `name` (so the caller may skip building one).
     pub fn wants(&self, app: &str, name: &str) -> bool {
-        self.targets
+        self.apps
             .get(app)
             .is_some_and(|ts| ts.iter().any(|t| t.webhook.wants(name)))
     }
@@ -93,32 +193,79 @@ impl Webhooks {
     /// never waits.
     pub fn emit(&self, app: &str, event: Value, counter: &Family<Reason, Counter>) {
         let name = event["name"].as_str().unwrap_or("").to_owned();
-        for t in self.targets.get(app).into_iter().flatten() {
-            if !t.webhook.wants(&name) {
-                continue;
+        for t in self.apps.get(app).into_iter().flatten() {
+            if t.webhook.wants(&name) {
+                t.offer(event.clone(), &name, counter);
             }
-            let outcome = match t.tx.try_send(event.clone()) {
-                Ok(()) => "queued",
-                Err(_) => {
-                    tracing::warn!(app, url = %t.webhook.url, event = %name, "webhook queue full: event dropped");
-                    "dropped"
-                }
-            };
-            counter.get_or_create(&Reason { reason: outcome }).inc();
+        }
+    }
+
+    /// Whether some hub target wants events of type `ty` (a bit test: cheap on every message).
+    pub fn hub_wants(&self, ty: EventType) -> bool {
+        self.hub_wants & ty.bit() != 0
+    }
+
+    /// Queues a wshub event of type `ty` with `data` for every hub target that wants it.
+    pub fn emit_hub(&self, ty: EventType, data: Value, counter: &Family<Reason, Counter>) {
+        if !self.hub_wants(ty) {
+            return;
+        }
+        let event = events::event(ty, &self.node, data);
+        for t in &self.hub {
+            if t.webhook.wants(ty.name()) {
+                t.offer(event.clone(), ty.name(), counter);
+            }
         }
     }
 }
 
-/// The body and signature of a batch.
+/// The body and signature of a Pusher batch.
 pub fn sign_batch(app: &App, events: &[Value], time_ms: u64) -> (String, String) {
     let body = serde_json::json!({ "time_ms": time_ms, "events": events }).to_string();
     let signature = crate::signing::sign(&app.secret, body.as_bytes());
     (body, signature)
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Format {
+    /// The body of a batch, and the headers of an attempt to send it (a Standard Webhooks
+    /// signature covers the attempt's timestamp: it is made anew for each).
+    fn body(&self, batch: &[Value]) -> String {
+        serde_json::json!({ "time_ms": now_ms(), "events": batch }).to_string()
+    }
+
+    fn headers(&self, batch_id: &str, body: &str) -> Vec<(&'static str, String)> {
+        match self {
+            Format::Pusher(app) => vec![
+                ("x-pusher-key", app.key.clone()),
+                (
+                    "x-pusher-signature",
+                    crate::signing::sign(&app.secret, body.as_bytes()),
+                ),
+            ],
+            Format::Standard(key) => {
+                let ts = now_ms() / 1000;
+                vec![
+                    ("webhook-id", batch_id.to_owned()),
+                    ("webhook-timestamp", ts.to_string()),
+                    (
+                        "webhook-signature",
+                        crate::signing::standard_signature(key, batch_id, ts, body.as_bytes()),
+                    ),
+                ]
+            }
+        }
+    }
+}
+
 async fn send_loop(
     client: reqwest::Client,
-    app: Arc<App>,
+    format: Format,
     url: String,
     mut rx: mpsc::Receiver<Value>,
     counter: Family<Reason, Counter>,
@@ -135,21 +282,18 @@ async fn send_loop(
                 Ok(None) | Err(_) => break,
             }
         }
-        let time_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let (body, signature) = sign_batch(&app, &batch, time_ms);
+        let body = format.body(&batch);
+        let batch_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
         let mut wait = RETRY_FIRST;
         for attempt in 1..=ATTEMPTS {
-            let sent = client
+            let mut req = client
                 .post(&url)
                 .header("content-type", "application/json")
-                .header("x-pusher-key", &app.key)
-                .header("x-pusher-signature", &signature)
-                .body(body.clone())
-                .send()
-                .await;
-            let retry = match sent {
+                .body(body.clone());
+            for (name, value) in format.headers(&batch_id, &body) {
+                req = req.header(name, value);
+            }
+            let retry = match req.send().await {
                 Ok(res) if res.status().is_success() => {
                     count("delivered", batch.len());
                     false
@@ -215,7 +359,12 @@ mod tests {
             }
         });
         let counter = Family::default();
-        let hooks = Webhooks::start(&apps(&url), counter.clone());
+        let hooks = Webhooks::start(
+            &apps(&url),
+            &Settings::default(),
+            "n".into(),
+            counter.clone(),
+        );
         let event = serde_json::json!({ "name": "client_event", "channel": "c" });
         // Events it does not want are not even queued.
         hooks.emit(
@@ -245,7 +394,12 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let counter = Family::default();
-        let hooks = Webhooks::start(&apps(&format!("http://127.0.0.1:{port}/")), counter.clone());
+        let hooks = Webhooks::start(
+            &apps(&format!("http://127.0.0.1:{port}/")),
+            &Settings::default(),
+            "n".into(),
+            counter.clone(),
+        );
         hooks.emit(
             "1",
             serde_json::json!({ "name": "client_event", "channel": "c" }),
