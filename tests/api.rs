@@ -180,6 +180,12 @@ async fn openapi_document_describes_the_api() {
     assert!(post["requestBody"].is_object());
     assert!(post["responses"]["400"]["content"]["application/problem+json"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+    // What wshub POSTs to the backend, with every schema as written (nothing lost in the
+    // document's own types).
+    assert_eq!(doc["webhooks"], wshub::webhooks::schema::webhooks());
+    for (name, schema) in wshub::webhooks::schema::schemas() {
+        assert_eq!(doc["components"]["schemas"][&name], schema, "{name}");
+    }
 }
 
 #[tokio::test]

@@ -562,3 +562,18 @@ async fn a_slow_hook_holds_only_its_own_connections_commands() {
     assert_eq!(order, ["message", "error:2", "ack:3"]);
     s.stop().await;
 }
+
+#[test]
+fn docs_hooks_openapi_json_is_what_the_server_serves() {
+    // `WSHUB_BLESS=1 cargo test --test hooks docs_` writes it anew.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/hooks.openapi.json");
+    let now = serde_json::to_string_pretty(&wshub::webhooks::schema::document()).unwrap() + "\n";
+    if std::env::var_os("WSHUB_BLESS").is_some() {
+        std::fs::write(path, &now).unwrap();
+    }
+    let kept = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        kept == now,
+        "docs/hooks.openapi.json is out of date: run WSHUB_BLESS=1 cargo test --test hooks docs_"
+    );
+}

@@ -24,10 +24,15 @@ fn names(events: &[Value]) -> Vec<String> {
 }
 
 fn app(url: &str) -> App {
+    app_told(url, &[])
+}
+
+/// An app whose webhook target wants `events` (none: all).
+fn app_told(url: &str, events: &[&str]) -> App {
     let mut a = App::new("1", "key-1", "secret-1");
     a.webhooks.push(Webhook {
         url: url.to_owned(),
-        event_types: Vec::new(),
+        event_types: events.iter().map(|e| e.to_string()).collect(),
     });
     a
 }
@@ -106,6 +111,24 @@ async fn the_app_is_told_of_occupancy_members_and_client_events_signed_as_pusher
     let pos = |name: &str| room.iter().position(|x| x == name).unwrap();
     assert!(pos("channel_occupied") < pos("member_added"), "{room:?}");
     assert!(pos("member_removed") < pos("channel_vacated"), "{room:?}");
+    // Subscription counts as they change, for channels that are not presence channels.
+    let counts: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| e["name"] == "subscription_count")
+        .map(|e| {
+            (
+                e["channel"].as_str().unwrap().to_owned(),
+                e["subscription_count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("cache-quotes".to_owned(), 1),
+            ("cache-quotes".to_owned(), 0)
+        ]
+    );
     let miss = events.iter().find(|e| e["name"] == "cache_miss").unwrap();
     assert_eq!(miss["channel"], "cache-quotes");
     let client = events.iter().find(|e| e["name"] == "client_event").unwrap();
@@ -140,7 +163,7 @@ async fn failures_are_retried_with_backoff_and_4xx_is_not() {
     let rx = Receiver::start(vec![503, 503]).await;
     let url = rx.url.clone();
     let s = TestServer::with_config(HubConfig {
-        apps: Apps::new(vec![app(&url)]),
+        apps: Apps::new(vec![app_told(&url, &["channel_occupied"])]),
         ..HubConfig::default()
     })
     .await;
@@ -163,7 +186,7 @@ async fn failures_are_retried_with_backoff_and_4xx_is_not() {
     let rx = Receiver::start(vec![400]).await;
     let url = rx.url.clone();
     let s = TestServer::with_config(HubConfig {
-        apps: Apps::new(vec![app(&url)]),
+        apps: Apps::new(vec![app_told(&url, &["channel_occupied"])]),
         ..HubConfig::default()
     })
     .await;

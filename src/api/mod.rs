@@ -60,6 +60,29 @@ use crate::problem::Problem;
 )]
 pub struct ApiDoc;
 
+/// The whole OpenAPI document: the REST API, and as `webhooks` what wshub POSTs to the
+/// application's backend (its webhook events, the authorization hooks) with their schemas.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let doc = ApiDoc::openapi();
+    let Ok(mut v) = serde_json::to_value(&doc) else {
+        return doc;
+    };
+    v["webhooks"] = crate::webhooks::schema::webhooks();
+    if let Some(schemas) = v
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        schemas.extend(crate::webhooks::schema::schemas());
+    }
+    match serde_json::from_value(v) {
+        Ok(full) => full,
+        Err(e) => {
+            tracing::error!(error = %e, "the webhooks' schemas do not fit the OpenAPI document");
+            doc
+        }
+    }
+}
+
 /// Every `/api/*` route needs the API key when one is configured.
 async fn require_api_key(
     axum::extract::State(hub): axum::extract::State<Hub>,
@@ -115,7 +138,7 @@ pub fn routes(hub: Hub) -> Router<Hub> {
             hub.config().max_request_body,
         ));
     let docs: Router<Hub> =
-        Router::from(SwaggerUi::new("/swagger").url("/openapi.json", ApiDoc::openapi()));
+        Router::from(SwaggerUi::new("/swagger").url("/openapi.json", openapi()));
     api.merge(docs)
 }
 

@@ -18,6 +18,7 @@
 //! the hub's business (exactly one does).
 
 pub mod events;
+pub mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
