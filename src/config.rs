@@ -229,6 +229,11 @@ pub struct ServeArgs {
     )]
     pub publish_hook_groups: Vec<String>,
 
+    /// Hold channel_vacated/group.vacated and member_removed webhooks this long: a channel occupied again (a user back) within it sends neither event, as a page reload should (Pusher waits a few seconds; 0s: told at once).
+    #[arg(long, env = "WSHUB_WEBHOOK_DELAY", default_value = "0s", value_parser = parse_delay)]
+    #[serde(serialize_with = "ser_duration")]
+    pub webhook_delay: Duration,
+
     /// How long an authorization hook may take to answer; no answer in time is a refusal (fail-closed).
     #[arg(long, env = "WSHUB_HOOK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_duration")]
@@ -356,6 +361,7 @@ impl ServeArgs {
                     .collect(),
                 key: self.webhook_key(),
             },
+            webhook_delay: self.webhook_delay,
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,
@@ -542,6 +548,19 @@ pub fn parse_leeway(s: &str) -> Result<Duration, String> {
     };
     if d > Duration::from_secs(600) {
         return Err(format!("`{s}`: at most 10m"));
+    }
+    Ok(d)
+}
+
+/// Parses a delay: a duration, zero allowed (off), at most a minute.
+pub fn parse_delay(s: &str) -> Result<Duration, String> {
+    let d = if s.trim() == "0" {
+        Duration::ZERO
+    } else {
+        humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}`: {e} (try 3s)"))?
+    };
+    if d > Duration::from_secs(60) {
+        return Err(format!("`{s}`: at most 1m"));
     }
     Ok(d)
 }

@@ -173,6 +173,18 @@ pub enum Publication {
         /// The node that holds the connection.
         node: String,
     },
+    /// A vacated group (`user` absent) or a presence member gone (`user`), held for the
+    /// webhook flap delay, is settled: when nobody came back in between (in the bus's order),
+    /// `node` tells the app; every node forgets it was held.
+    Settle {
+        /// The group (stream).
+        group: String,
+        /// The presence member, for `member_removed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The node that tells.
+        node: String,
+    },
     /// A node is alive (sent every heartbeat): a node not heard of for the node TTL is gone,
     /// and its presence members with it.
     Alive {

@@ -205,12 +205,47 @@ async fn failures_are_retried_with_backoff_and_4xx_is_not() {
 
 /// A node of an in-process cluster whose app sends webhooks to `url`.
 async fn node(bus: &str, id: &str, url: &str) -> TestServer {
+    node_with(
+        bus,
+        id,
+        HubConfig {
+            apps: Apps::new(vec![app(url)]),
+            ..HubConfig::default()
+        },
+    )
+    .await
+}
+
+/// A node of an in-process cluster with a webhook flap delay: the app is told of occupancy
+/// and members, the hub's webhooks of its groups' occupancy.
+async fn node_delayed(bus: &str, id: &str, url: &str, delay: Duration) -> TestServer {
+    let pusher_events = [
+        "channel_occupied",
+        "channel_vacated",
+        "member_added",
+        "member_removed",
+    ];
+    let config = HubConfig {
+        webhook_delay: delay,
+        webhooks: wshub::webhooks::Settings {
+            targets: vec![Webhook {
+                url: url.to_owned(),
+                event_types: vec!["group.occupied".into(), "group.vacated".into()],
+            }],
+            key: std::sync::Arc::from(&b"a-webhook-secret-of-24b!"[..]),
+        },
+        apps: Apps::new(vec![app_told(url, &pusher_events)]),
+        ..HubConfig::default()
+    };
+    node_with(bus, id, config).await
+}
+
+async fn node_with(bus: &str, id: &str, config: HubConfig) -> TestServer {
     let hub = Hub::new(HubConfig {
         node_id: Some(id.into()),
         announce: false,
         shutdown_timeout: Duration::from_secs(1),
-        apps: Apps::new(vec![app(url)]),
-        ..HubConfig::default()
+        ..config
     });
     hub.connect_backplane(BackplaneConfig {
         url: format!("local://{bus}").parse::<BackplaneUrl>().unwrap(),
@@ -268,6 +303,91 @@ async fn in_a_cluster_each_logical_event_is_one_webhook() {
         assert_eq!(n.iter().filter(|x| *x == name).count(), 1, "{name}: {n:?}");
     }
     assert!(events.len() >= 4);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The Pusher events of one channel, in order.
+fn told(events: &[Value], channel: &str) -> Vec<String> {
+    names(
+        &events
+            .iter()
+            .filter(|e| e["channel"] == channel)
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The wshub events of one group, in order.
+fn told_hub(events: &[Value], group: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["data"]["group"] == group)
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flap_within_the_delay_is_no_event_across_nodes() {
+    let rx = Receiver::start(vec![]).await;
+    let delay = Duration::from_millis(1500);
+    let a = node_delayed("flaps", "fa", &rx.url, delay).await;
+    let b = node_delayed("flaps", "fb", &rx.url, delay).await;
+    // A presence member and a channel subscriber on node A.
+    let (mut x, sx) = pusher(a.addr).await;
+    subscribe(&mut x, &sx, "presence-lobby", Some("kim")).await;
+    subscribe(&mut x, &sx, "news", None).await;
+    rx.wait_for("occupied and added", |e| {
+        told(e, "presence-lobby").len() == 2 && told_hub(e, "news").len() == 1
+    })
+    .await;
+    // A page reload: the connection goes, a new one comes back on node B within the delay.
+    drop(x);
+    let (mut y, sy) = pusher(b.addr).await;
+    subscribe(&mut y, &sy, "presence-lobby", Some("kim")).await;
+    subscribe(&mut y, &sy, "news", None).await;
+    // Well past the delay: nothing was told of the flap.
+    tokio::time::sleep(delay + Duration::from_millis(700)).await;
+    let events = rx.events();
+    assert_eq!(
+        told(&events, "presence-lobby"),
+        ["channel_occupied", "member_added"],
+        "{events:#?}"
+    );
+    assert_eq!(told(&events, "news"), ["channel_occupied"]);
+    assert_eq!(told_hub(&events, "news"), ["group.occupied"]);
+    // Leaving for good is told once the delay is over, by the node of the last member.
+    drop(y);
+    let started = std::time::Instant::now();
+    let events = rx
+        .wait_for("vacated and removed", |e| {
+            told(e, "presence-lobby").len() == 4 && told_hub(e, "news").len() == 2
+        })
+        .await;
+    assert!(
+        started.elapsed() >= delay - Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        told(&events, "presence-lobby"),
+        [
+            "channel_occupied",
+            "member_added",
+            "member_removed",
+            "channel_vacated"
+        ]
+    );
+    assert_eq!(
+        told(&events, "news"),
+        ["channel_occupied", "channel_vacated"]
+    );
+    assert_eq!(
+        told_hub(&events, "news"),
+        ["group.occupied", "group.vacated"]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.events().len(), events.len(), "nothing more");
     a.stop().await;
     b.stop().await;
 }

@@ -262,9 +262,8 @@ impl Hub {
                     // still forgotten (and its groups vacated) after the node TTL.
                     self.node_alive(node);
                     let (before, after) = self.shared.occupancy.change(group, node, *joined);
-                    // The node whose member made the change tells the app: exactly one does.
-                    if *node == *self.node_id() && before != after {
-                        self.occupancy_changed(group, before, after);
+                    if before != after {
+                        self.occupancy_changed(group, node, before, after);
                     }
                 }
                 let f = v1::membership(*joined, group, connection, user.as_deref());
@@ -347,6 +346,10 @@ impl Hub {
                     *node == *self.node_id(),
                     cork,
                 )
+            }
+            Publication::Settle { group, user, node } => {
+                self.apply_settle(group, user.as_deref(), node);
+                Delivery::default()
             }
             Publication::Alive { node } => {
                 self.node_alive(node);

@@ -21,6 +21,7 @@ mod pusher;
 mod recovery;
 mod replies;
 mod routing;
+mod settle;
 
 pub use cluster::Busy;
 pub(crate) use commands::PrefetchFuture;
@@ -87,6 +88,9 @@ pub struct HubConfig {
     pub webhooks: crate::webhooks::Settings,
     /// The authorization hooks asked at connect, join and publish.
     pub hooks: crate::hooks::Settings,
+    /// How long a vacated channel or group (and a removed presence member) is held before its
+    /// webhook is sent: back within it, neither is told (zero: told at once).
+    pub webhook_delay: Duration,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -131,6 +135,7 @@ impl Default for HubConfig {
             apps: crate::apps::Apps::default(),
             webhooks: crate::webhooks::Settings::default(),
             hooks: crate::hooks::Settings::default(),
+            webhook_delay: Duration::ZERO,
         }
     }
 }
@@ -157,6 +162,8 @@ pub(crate) struct Shared {
     webhooks: crate::webhooks::Webhooks,
     /// The authorization hooks.
     hooks: crate::hooks::Hooks,
+    /// Vacates and member removals held for the webhook flap delay.
+    settling: settle::Settling,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -262,6 +269,7 @@ impl Hub {
                 occupancy: occupancy::Occupancy::default(),
                 webhooks,
                 hooks,
+                settling: settle::Settling::default(),
             }),
         };
         hub.shared

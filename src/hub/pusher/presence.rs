@@ -50,13 +50,6 @@ impl Hub {
         let channel = crate::apps::channel_name(group);
         let node: Arc<str> = Arc::from(node);
         let here = *node == *self.shared.node;
-        if !here {
-            self.shared
-                .pusher
-                .alive
-                .lock()
-                .insert(node.clone(), Instant::now());
-        }
         let mut to_joiner = None;
         let changed_user = {
             let mut all = self.shared.pusher.presence.lock();
@@ -72,7 +65,7 @@ impl Hub {
                     });
                 let new_conn = !m.conns.iter().any(|(n, c)| *c == id && *n == node);
                 if new_conn {
-                    m.conns.push((node, id));
+                    m.conns.push((node.clone(), id));
                     if here && self.shared.manager.is_member(id, group) {
                         to_joiner = Some(Self::presence_frame(members, channel));
                     }
@@ -106,7 +99,13 @@ impl Hub {
         if !changed_user {
             return crate::manager::Delivery::default();
         }
-        if tell_app {
+        // A user back within the flap delay: the removal and this add are one non-event.
+        let told = if added {
+            !self.came_back(group, Some(user))
+        } else {
+            !self.hold(group, Some(user), &node, tell_app)
+        };
+        if tell_app && told {
             let name = if added {
                 "member_added"
             } else {
@@ -281,6 +280,7 @@ impl Hub {
             self.apply_presence(&g, &u, false, None, &c, &n, leader, &mut cork);
         }
         cork.flush();
+        self.settle_for_gone(&gone, leader);
         if leader {
             // Channels whose members were all there are vacated now, told by the leader.
             for g in &emptied {

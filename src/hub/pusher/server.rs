@@ -34,12 +34,22 @@ impl Hub {
     }
 
     /// A stream's members in the whole cluster went from `before` to `after`, by a member of
-    /// this node (which alone tells): `channel_occupied`/`channel_vacated` and
-    /// `subscription_count` for the app, `group.occupied`/`group.vacated` for the hub's
-    /// webhooks.
-    pub(crate) fn occupancy_changed(&self, stream: &str, before: usize, after: usize) {
-        if (before == 0) != (after == 0) {
-            self.occupancy_webhook(stream, after > 0);
+    /// `node` (applied on every node, in the bus's order; the member's node alone tells):
+    /// `channel_occupied`/`channel_vacated` and `subscription_count` for the app,
+    /// `group.occupied`/`group.vacated` for the hub's webhooks. A vacate may be held for the
+    /// flap delay (`settle`).
+    pub(crate) fn occupancy_changed(&self, stream: &str, node: &str, before: usize, after: usize) {
+        let mine = node == self.node_id();
+        if before == 0 && after > 0 {
+            // Back within the flap delay: the vacate and this occupy are one non-event.
+            if !self.came_back(stream, None) && mine {
+                self.occupancy_webhook(stream, true);
+            }
+        } else if before > 0 && after == 0 && !self.hold(stream, None, node, mine) && mine {
+            self.occupancy_webhook(stream, false);
+        }
+        if !mine {
+            return;
         }
         let presence = crate::protocol::pusher::Channel::parse(crate::apps::channel_name(stream))
             .is_some_and(|c| c.kind == crate::protocol::pusher::Kind::Presence);
