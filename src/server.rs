@@ -149,6 +149,7 @@ pub async fn run(
         ?deadline,
         "shutting down"
     );
+    let until = tokio::time::Instant::now() + deadline;
     hub.shutdown();
     stop.cancel();
     http_tasks.close();
@@ -159,6 +160,10 @@ pub async fn run(
     if !ws_done || http_done.is_err() {
         tracing::warn!("shutdown deadline passed with connections still open; dropping them");
     }
+    // What the webhooks queued (the closes included) goes out within the same deadline (at
+    // least half a second for the last events).
+    let until = until.max(tokio::time::Instant::now() + Duration::from_millis(500));
+    hub.flush_webhooks(until).await;
     tracing::info!("stopped");
     Ok(())
 }

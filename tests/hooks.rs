@@ -577,3 +577,32 @@ fn docs_hooks_openapi_json_is_what_the_server_serves() {
         "docs/hooks.openapi.json is out of date: run WSHUB_BLESS=1 cargo test --test hooks docs_"
     );
 }
+
+#[tokio::test]
+async fn a_clean_shutdown_sends_the_last_events_before_it_returns() {
+    let rx = Receiver::start(vec![]).await;
+    let s = TestServer::with_config(HubConfig {
+        webhooks: webhooks(&rx.url, &["connection.closed"]),
+        ..fast_config()
+    })
+    .await;
+    let (mut v1, id) = connect_v1(&s.ws_url()).await;
+    // A client that answers the server's Close.
+    let reader = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = v1.next().await {}
+    });
+    s.stop().await;
+    reader.abort();
+    // No waiting here: what the shutdown closed was told before it returned.
+    let events = rx.events();
+    assert_eq!(types(&events), ["connection.closed"], "{events:?}");
+    assert_eq!(events[0]["data"]["connection"], id.as_str());
+    assert_eq!(
+        (
+            events[0]["data"]["reason"].as_str(),
+            events[0]["data"]["code"].as_u64()
+        ),
+        (Some("shutdown"), Some(1001))
+    );
+}

@@ -331,6 +331,11 @@ impl Hub {
         &self.shared.config
     }
 
+    /// Waits until every webhook queued went out (or `deadline`): part of a clean shutdown.
+    pub async fn flush_webhooks(&self, deadline: tokio::time::Instant) -> bool {
+        self.shared.webhooks.flush(deadline).await
+    }
+
     /// The authorization hooks.
     pub fn hooks(&self) -> &crate::hooks::Hooks {
         &self.shared.hooks

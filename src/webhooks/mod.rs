@@ -114,6 +114,8 @@ pub struct Webhooks {
 struct Target {
     webhook: Webhook,
     tx: mpsc::Sender<Value>,
+    /// Batches taken from the queue and not yet delivered, rejected or given up.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Target {
@@ -154,16 +156,19 @@ impl Webhooks {
         };
         let spawn = |webhook: &Webhook, format: Format| {
             let (tx, rx) = mpsc::channel(QUEUE);
+            let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             rt.spawn(send_loop(
                 client.clone(),
                 format,
                 webhook.url.clone(),
                 rx,
                 counter.clone(),
+                in_flight.clone(),
             ));
             Target {
                 webhook: webhook.clone(),
                 tx,
+                in_flight,
             }
         };
         let mut out = none;
@@ -199,6 +204,25 @@ impl Webhooks {
                 t.offer(event.clone(), &name, counter);
             }
         }
+    }
+
+    /// Waits until every queue is empty and no batch is in flight, or `deadline` passes (a
+    /// clean shutdown sends what it can). Returns whether everything went out.
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
+        let idle = || {
+            self.apps.values().flatten().chain(&self.hub).all(|t| {
+                t.tx.capacity() == t.tx.max_capacity()
+                    && t.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0
+            })
+        };
+        while !idle() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("webhooks not all sent before the shutdown deadline");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Whether some hub target wants events of type `ty` (a bit test: cheap on every message).
@@ -270,11 +294,28 @@ async fn send_loop(
     url: String,
     mut rx: mpsc::Receiver<Value>,
     counter: Family<Reason, Counter>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let count = |reason: &'static str, n: usize| {
         counter.get_or_create(&Reason { reason }).inc_by(n as u64);
     };
     while let Some(first) = rx.recv().await {
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        send_batch(&client, &format, &url, first, &mut rx, &count).await;
+        in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Collects a batch behind `first` and sends it, retrying as the module says.
+async fn send_batch(
+    client: &reqwest::Client,
+    format: &Format,
+    url: &str,
+    first: Value,
+    rx: &mut mpsc::Receiver<Value>,
+    count: &impl Fn(&'static str, usize),
+) {
+    {
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + BATCH_WINDOW;
         while batch.len() < BATCH_MAX {
@@ -288,7 +329,7 @@ async fn send_loop(
         let mut wait = RETRY_FIRST;
         for attempt in 1..=ATTEMPTS {
             let mut req = client
-                .post(&url)
+                .post(url)
                 .header("content-type", "application/json")
                 .body(body.clone());
             for (name, value) in format.headers(&batch_id, &body) {
