@@ -227,3 +227,75 @@ fn pusher_apps_come_from_tables_or_flags_and_their_secrets_are_never_printed() {
     assert!(!ok);
     assert!(err.contains("two apps have the id"), "{err}");
 }
+
+#[test]
+fn webhooks_and_hooks_are_checked_at_startup_and_their_secret_never_printed() {
+    let path = file(
+        "hooks.toml",
+        "webhook_secret = \"whsec_YS1rZXktb2YtdGhlLWJhY2tlbmQtMjRi\"\nwebhook_delay = \"3s\"\n\n[[webhooks]]\nurl = \"http://127.0.0.1:9/events\"\nevent_types = [\"group.occupied\", \"group.vacated\"]\n\n[[webhooks]]\nurl = \"http://127.0.0.1:9/all\"\n",
+    );
+    let (ok, out, err) = wshub(
+        &[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--print-config",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(!out.contains("YS1rZXkt"), "{out}");
+    assert!(
+        out.contains("webhook_secret is set but not printed"),
+        "{out}"
+    );
+    let cfg: toml::Table = out
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .parse()
+        .unwrap();
+    let hooks = cfg["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(hooks[0]["event_types"].as_array().unwrap().len(), 2);
+    assert_eq!(cfg["webhook_delay"].as_str(), Some("3s"));
+    // What cannot work stops the server, saying why.
+    let secret = "0123456789abcdef";
+    for (args, says) in [
+        (vec!["--webhook", "http://127.0.0.1:9/"], "--webhook-secret"),
+        (
+            vec![
+                "--webhook",
+                "http://127.0.0.1:9/",
+                "--webhook-secret",
+                "short",
+            ],
+            "at least 16",
+        ),
+        (
+            vec![
+                "--webhook",
+                r#"{"url":"http://127.0.0.1:9/","event_types":["group.opened"]}"#,
+                "--webhook-secret",
+                secret,
+            ],
+            "unknown event `group.opened`",
+        ),
+        (
+            vec!["--connect-hook", "ftp://x", "--webhook-secret", secret],
+            "--connect-hook `ftp://x`",
+        ),
+        (
+            vec!["--join-hook", "http://127.0.0.1:9/"],
+            "--webhook-secret",
+        ),
+        (vec!["--webhook-delay", "2m"], "at most 1m"),
+    ] {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend(args.iter().copied());
+        let (ok, _, err) = wshub(&all, &[]);
+        assert!(!ok, "{args:?} started");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
