@@ -1369,10 +1369,11 @@ async fn a_cache_channels_last_event_reaches_a_node_started_after_it(kind: Kind)
 /// wshub's own webhooks in a cluster: two nodes whose members join and leave a group at the
 /// same instant give one `group.occupied` and one `group.vacated`; a node killed with a
 /// group's only member leaves it vacated by the survivors (one of them), with one
-/// `node.lost`.
+/// `node.lost`. The receiver fails its first requests: they come again, with the same event
+/// ids, and counted by id every transition is there exactly once.
 async fn hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes(kind: Kind) {
     let engine = Backend::start(kind);
-    let rx = receiver::Receiver::start(vec![]).await;
+    let rx = receiver::Receiver::start(vec![503, 503]).await;
     let hooked = |id: &'static str| {
         let url = rx.url.clone();
         node_configured(backplane(&engine, "wshub"), id, move |c| {
@@ -1387,11 +1388,14 @@ async fn hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes(kin
     };
     let a = hooked("node-a").await;
     let b = hooked("node-b").await;
+    // Counted by event id: a batch refused with a 503 is sent again, the same ids in it.
     let count = |events: &[Value], ty: &str, group: &str| {
         events
             .iter()
             .filter(|e| e["type"] == ty && e["data"]["group"] == group)
-            .count()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
     };
     let ((mut x, _), (mut y, _)) = tokio::join!(client(&a, "xa"), client(&b, "yb"));
     tokio::join!(join(&mut x, "room"), join(&mut y, "room"));
@@ -1457,8 +1461,14 @@ async fn hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes(kin
         (1, 2, 2, 1, 1),
         "{events:#?}"
     );
-    let lost: Vec<&Value> = events.iter().filter(|e| e["type"] == "node.lost").collect();
+    let mut lost: Vec<&Value> = events.iter().filter(|e| e["type"] == "node.lost").collect();
+    lost.dedup_by_key(|e| e["id"].clone());
     assert_eq!(lost.len(), 1, "{lost:?}");
+    // The two refused requests were retried: some events arrived twice, with the same id.
+    assert!(rx.got.lock().len() >= 3);
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert!(ids.len() > unique.len(), "retries repeat their ids");
     assert_eq!(lost[0]["data"]["node"], "doomed");
     assert_eq!(lost[0]["node"], "node-a", "the first live node by id tells");
     drop((x, y, z));
