@@ -57,6 +57,7 @@ pub struct Auth {
     api_key: Option<Vec<u8>>,
     keys: Vec<(DecodingKey, Validation)>,
     origins: Option<Vec<String>>,
+    leeway: std::time::Duration,
 }
 
 impl std::fmt::Debug for Auth {
@@ -77,12 +78,18 @@ pub struct Identity {
     pub user: Option<Arc<str>>,
     /// The token's `groups` claim.
     pub allowed_groups: Option<Arc<[String]>>,
+    /// The token's `exp` (Unix seconds).
+    pub expires_at: Option<u64>,
+    /// The token's `iat` (Unix seconds), if it has one.
+    pub issued_at: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
     groups: Option<Vec<String>>,
+    exp: Option<u64>,
+    iat: Option<u64>,
 }
 
 impl Auth {
@@ -142,7 +149,14 @@ impl Auth {
             api_key: s.api_key.as_ref().map(|k| k.as_bytes().to_vec()),
             keys,
             origins,
+            leeway: s.leeway,
         })
+    }
+
+    /// The clock skew tolerated on `exp` and `nbf`: a live connection is also closed this long
+    /// after its token's `exp`.
+    pub fn leeway(&self) -> std::time::Duration {
+        self.leeway
     }
 
     /// Whether WebSocket connections need a token.
@@ -225,10 +239,19 @@ impl Auth {
                 ))
             }
         };
+        self.validate(token).map_err(unauthorized)
+    }
+
+    /// Checks a token (signature, `exp`, `nbf`, no `crit`) and reads who it names: at an
+    /// upgrade, and when a connection refreshes its token.
+    ///
+    /// # Errors
+    /// Why the token is not valid, for people.
+    pub fn validate(&self, token: &str) -> Result<Identity, String> {
         if jsonwebtoken::decode_header(token).is_ok_and(|h| h.crit.is_some()) {
-            return Err(unauthorized(
+            return Err(
                 "invalid token: it has critical header parameters (`crit`) this server does not understand".into(),
-            ));
+            );
         }
         let mut last = None;
         for (key, validation) in &self.keys {
@@ -237,16 +260,17 @@ impl Auth {
                     return Ok(Identity {
                         user: data.claims.sub.filter(|s| !s.is_empty()).map(Arc::from),
                         allowed_groups: data.claims.groups.map(Arc::from),
+                        expires_at: data.claims.exp,
+                        issued_at: data.claims.iat,
                     })
                 }
                 Err(e) => last = Some(e),
             }
         }
-        let why = last.map_or_else(
+        Err(last.map_or_else(
             || "invalid token".to_owned(),
             |e| format!("invalid token: {e}"),
-        );
-        Err(unauthorized(why))
+        ))
     }
 }
 

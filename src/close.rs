@@ -13,6 +13,8 @@
 //! | [`CloseReason::SlowConsumer`] (outbound queue overflowed) | 1008 | dropped |
 //! | [`CloseReason::RateLimited`] (inbound rate limit, when set to close) | 1008 | delivered first |
 //! | [`CloseReason::TooBig`] (message over the size limit) | 1009 | delivered first |
+//! | [`CloseReason::TokenExpired`] (its JWT expired, no `refresh` in time) | 4401 | delivered first |
+//! | [`CloseReason::TokenRefused`] (a `refresh` refused) | 4401 | delivered first |
 
 use crate::frame::{self, DecodeError, Frame};
 
@@ -42,6 +44,10 @@ pub enum CloseReason {
     RateLimited,
     /// A message exceeded the maximum message size.
     TooBig,
+    /// The connection's token expired (and no `refresh` came in time).
+    TokenExpired,
+    /// A `refresh` was refused, or the user's tokens were revoked.
+    TokenRefused,
 }
 
 impl CloseReason {
@@ -55,6 +61,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => 1007,
             CloseReason::SlowConsumer | CloseReason::RateLimited => 1008,
             CloseReason::TooBig => 1009,
+            CloseReason::TokenExpired | CloseReason::TokenRefused => 4401,
         }
     }
 
@@ -70,6 +77,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limit exceeded",
             CloseReason::TooBig => "message too big",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::TokenRefused => "token refused",
         }
     }
 
@@ -97,6 +106,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::TooBig => "message_too_big",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::TokenRefused => "token_refused",
         }
     }
 

@@ -185,6 +185,18 @@ pub enum Publication {
         /// The node that tells.
         node: String,
     },
+    /// Close every connection of a user (`close`: the code and reason) and, with `before`,
+    /// refuse that user's tokens issued before it (Unix seconds), on every node.
+    Revoke {
+        /// The user.
+        user: String,
+        /// The close code and reason (absent: a revocation re-announced, nothing to close).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        close: Option<(u16, String)>,
+        /// Tokens issued before this are refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+    },
     /// A node is alive (sent every heartbeat): a node not heard of for the node TTL is gone,
     /// and its presence members with it.
     Alive {

@@ -242,3 +242,58 @@ pub async fn send_to_user(
             .map_err(unavailable)?,
     }))
 }
+
+/// How to disconnect a user's connections.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UserDisconnect {
+    /// The close code (default 4403): 1000–1003, 1007–1014, or an application code 3000–4999.
+    pub code: Option<u16>,
+    /// The close reason (at most 123 bytes are sent).
+    pub reason: Option<String>,
+    /// `true`: from now on, refuse this user's tokens issued before now (at connect and at
+    /// `refresh`, on every node).
+    pub revoke: Option<bool>,
+}
+
+/// What disconnecting a user did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDisconnected {
+    /// The user.
+    pub user: String,
+    /// With `revoke`: tokens issued before this (Unix seconds) are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_before: Option<u64>,
+}
+
+/// Disconnect every connection of a user, on every node, and optionally revoke the user's
+/// tokens issued before now.
+#[utoipa::path(delete, path = "/api/users/{user}/connections", tag = "users",
+    params(("user" = String, Path, description = "User id (the token's `sub`)"), UserDisconnect),
+    responses(
+        (status = 200, description = "Closing every connection of the user (none: nothing to close)", body = UserDisconnected),
+        (status = 400, description = "Bad close code", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The backplane cannot take it now", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn disconnect_user(
+    State(hub): State<Hub>,
+    Path(user): Path<String>,
+    query: Result<axum::extract::Query<UserDisconnect>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<UserDisconnected>, Problem> {
+    let axum::extract::Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let code = p.code.unwrap_or(4403);
+    if !crate::frame::is_valid_close_code(code) {
+        return Err(Problem::bad_request(
+            "`code` must be a close code that may be sent: 1000–1003, 1007–1014 or 3000–4999",
+        ));
+    }
+    let reason = p.reason.unwrap_or_else(|| "disconnected".into());
+    let revoked_before = hub
+        .disconnect_user(&user, code, &reason, p.revoke.unwrap_or(false))
+        .map_err(super::connections::busy)?;
+    Ok(Json(UserDisconnected {
+        user,
+        revoked_before,
+    }))
+}

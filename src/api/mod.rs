@@ -31,7 +31,7 @@ use crate::problem::Problem;
     paths(
         connections::list, connections::broadcast, connections::get_one, connections::delete_one,
         connections::send_one, groups::list, groups::get_one, groups::broadcast, groups::add_member,
-        groups::remove_member, groups::send_to_user, history::group, history::all, health, ready, metrics,
+        groups::remove_member, groups::send_to_user, groups::disconnect_user, history::group, history::all, health, ready, metrics,
         pusher::events, pusher::batch_events, pusher::channels, pusher::channel, pusher::users,
         pusher::terminate
     ),
@@ -47,6 +47,7 @@ use crate::problem::Problem;
         groups::GroupDetail,
         groups::Membership,
         groups::Published,
+        groups::UserDisconnected,
         history::HistoryPage,
         pusher::EventRequest,
         pusher::BatchRequest,
@@ -122,6 +123,10 @@ pub fn routes(hub: Hub) -> Router<Hub> {
             put(groups::add_member).delete(groups::remove_member),
         )
         .route("/api/users/{user}/send", post(groups::send_to_user))
+        .route(
+            "/api/users/{user}/connections",
+            axum::routing::delete(groups::disconnect_user),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             hub.clone(),
             require_api_key,
@@ -259,6 +264,8 @@ impl From<crate::hub::HubError> for Problem {
         let status = match &e {
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
             HubError::Forbidden(_) | HubError::Denied(_) => StatusCode::FORBIDDEN,
+            HubError::TokenRefused(_) => StatusCode::UNAUTHORIZED,
+            HubError::Invalid(_) => StatusCode::BAD_REQUEST,
             HubError::NotMember(_) | HubError::TooManyGroups(_) => StatusCode::CONFLICT,
             HubError::HubFull(_) | HubError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -39,7 +39,7 @@ impl Hub {
         let user = me.info.user.clone();
         match cmd {
             Command::Join { group, since } => {
-                if !hooks.asks_join(group) || !me.info.may_join(group) {
+                if !hooks.asks_join(group) || !me.may_join(group) {
                     return None;
                 }
                 let (group, since) = (group.to_string(), since.clone());

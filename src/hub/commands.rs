@@ -64,7 +64,17 @@ impl Hub {
                     self.ack_when_numbered(me.id, id, rx, cork);
                     return None;
                 }
-                Err(e) => v1::error(Some(id), e.code(), &e.to_string()),
+                Err(e) => {
+                    if matches!(e, HubError::TokenRefused(_)) {
+                        // The error, then the Close (4401): a refused refresh ends the
+                        // connection.
+                        let reply = v1::error(Some(id), e.code(), &e.to_string());
+                        self.reply(me.id, reply, cork);
+                        me.sink.close(crate::close::CloseReason::TokenRefused);
+                        return None;
+                    }
+                    v1::error(Some(id), e.code(), &e.to_string())
+                }
             },
             Err(rejected) => v1::error(rejected.id, rejected.code, &rejected.message),
         };
@@ -132,7 +142,8 @@ impl Hub {
                 // it; a token allowing every group is not one).
                 let private =
                     crate::protocol::pusher::Channel::parse(&group).is_some_and(|c| c.needs_auth());
-                if !me.info.may_join(&group) || (private && me.info.allowed_groups.is_none()) {
+                let grants = me.grants();
+                if !grants.may_join(&group) || (private && grants.allowed_groups.is_none()) {
                     return Err(HubError::Forbidden(group.into_owned()));
                 }
                 let joined = self.join_and_announce(
@@ -231,6 +242,13 @@ impl Hub {
                 }))
             }
             Command::Ping => Ok(Answer::Now(AckExtra::default())),
+            Command::Refresh { token } => {
+                let exp = self.refresh(me, &token, cork)?;
+                Ok(Answer::Now(AckExtra {
+                    exp,
+                    ..AckExtra::default()
+                }))
+            }
         }
     }
 

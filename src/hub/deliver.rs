@@ -347,6 +347,14 @@ impl Hub {
                     cork,
                 )
             }
+            Publication::Revoke {
+                user,
+                close,
+                before,
+            } => {
+                self.apply_revoke(user, close.as_ref(), *before);
+                Delivery::default()
+            }
             Publication::Settle { group, user, node } => {
                 self.apply_settle(group, user.as_deref(), node);
                 Delivery::default()
@@ -358,6 +366,7 @@ impl Hub {
             Publication::Resync { node } => {
                 self.node_alive(node);
                 self.resync_presence(node);
+                self.resync_revocations();
                 self.announce_occupancy();
                 Delivery::default()
             }

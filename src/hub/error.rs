@@ -27,6 +27,12 @@ pub enum HubError {
     /// The authorization hook gave no usable answer: refused (fail-closed).
     #[error("authorization unavailable; try again later")]
     Unavailable,
+    /// A `refresh` token was refused: the connection is closed after the error.
+    #[error("{0}")]
+    TokenRefused(String),
+    /// A command this connection or server cannot use (a `refresh` without token checks).
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 impl HubError {
@@ -40,6 +46,8 @@ impl HubError {
             HubError::HubFull(_) => ErrorCode::HubFull,
             HubError::Denied(_) => ErrorCode::Forbidden,
             HubError::Unavailable => ErrorCode::Unavailable,
+            HubError::TokenRefused(_) => ErrorCode::InvalidToken,
+            HubError::Invalid(_) => ErrorCode::Invalid,
         }
     }
 }

@@ -22,6 +22,7 @@ mod recovery;
 mod replies;
 mod routing;
 mod settle;
+mod tokens;
 
 pub use cluster::Busy;
 pub(crate) use commands::PrefetchFuture;
@@ -164,6 +165,8 @@ pub(crate) struct Shared {
     hooks: crate::hooks::Hooks,
     /// Vacates and member removals held for the webhook flap delay.
     settling: settle::Settling,
+    /// Users whose tokens are revoked.
+    revocations: tokens::Revocations,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -270,6 +273,7 @@ impl Hub {
                 webhooks,
                 hooks,
                 settling: settle::Settling::default(),
+                revocations: tokens::Revocations::default(),
             }),
         };
         hub.shared

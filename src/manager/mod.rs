@@ -37,23 +37,16 @@ pub struct ConnInfo {
     pub user: Option<Arc<str>>,
     /// The negotiated protocol.
     pub protocol: Protocol,
-    /// Group patterns this connection may join (exact names, or prefixes ending in `*`);
-    /// `None` allows every group.
+    /// Group patterns this connection may join at connect (exact names, or prefixes ending in
+    /// `*`); `None` allows every group. A refreshed token changes the entry's [`Grants`].
     pub allowed_groups: Option<Arc<[String]>>,
     /// What the backend said about the user (JSON text, from the `connect` hook).
     pub user_info: Option<Arc<str>>,
+    /// When its token expires (Unix seconds; `None`: no token, or one without `exp`).
+    pub expires_at: Option<u64>,
 }
 
 impl ConnInfo {
-    /// Whether the connection may join `group`.
-    pub fn may_join(&self, group: &str) -> bool {
-        self.allowed_groups.as_ref().is_none_or(|patterns| {
-            patterns
-                .iter()
-                .any(|p| crate::protocol::group_matches(p, group))
-        })
-    }
-
     /// Info for an anonymous plain connection accepted now from `remote_addr`.
     pub fn now(remote_addr: Option<SocketAddr>) -> Self {
         Self {
@@ -63,6 +56,7 @@ impl ConnInfo {
             protocol: Protocol::Plain,
             allowed_groups: None,
             user_info: None,
+            expires_at: None,
         }
     }
 }
@@ -77,9 +71,52 @@ pub struct Entry<S> {
     pub sink: Arc<S>,
     /// The groups it is a member of (kept under the registry's write lock).
     groups: parking_lot::Mutex<Vec<Arc<str>>>,
+    /// What its token allows now (a refreshed token replaces it).
+    grants: parking_lot::Mutex<Grants>,
+}
+
+/// What a connection's token allows: the groups, until when.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Group patterns it may join (exact names, or prefixes ending in `*`); `None`: every
+    /// group.
+    pub allowed_groups: Option<Arc<[String]>>,
+    /// When the token expires (Unix seconds).
+    pub expires_at: Option<u64>,
+}
+
+impl Grants {
+    /// Whether these grants allow joining `group`.
+    pub fn may_join(&self, group: &str) -> bool {
+        self.allowed_groups.as_ref().is_none_or(|patterns| {
+            patterns
+                .iter()
+                .any(|p| crate::protocol::group_matches(p, group))
+        })
+    }
 }
 
 impl<S> Entry<S> {
+    /// What its token allows now.
+    pub fn grants(&self) -> Grants {
+        self.grants.lock().clone()
+    }
+
+    /// Replaces what its token allows (a refresh).
+    pub fn set_grants(&self, grants: Grants) {
+        *self.grants.lock() = grants;
+    }
+
+    /// Whether it may join `group` now.
+    pub fn may_join(&self, group: &str) -> bool {
+        self.grants.lock().may_join(group)
+    }
+
+    /// When its token expires now (Unix seconds).
+    pub fn expires_at(&self) -> Option<u64> {
+        self.grants.lock().expires_at
+    }
+
     /// The groups this connection is a member of, in joining order.
     pub fn groups(&self) -> Vec<Arc<str>> {
         self.groups.lock().clone()
@@ -188,11 +225,16 @@ impl<S: Sink> ConnectionManager<S> {
                 continue;
             }
             let user = info.user.clone();
+            let grants = Grants {
+                allowed_groups: info.allowed_groups.clone(),
+                expires_at: info.expires_at,
+            };
             let entry = Arc::new(Entry {
                 id,
                 info,
                 sink,
                 groups: parking_lot::Mutex::new(Vec::new()),
+                grants: parking_lot::Mutex::new(grants),
             });
             if let Some(user) = user {
                 inner

@@ -96,6 +96,25 @@ pub(crate) struct Params {
     pub close_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub rate_limit: Option<RateLimit>,
+    /// How long past its token's `exp` a connection may stay (the JWT clock leeway).
+    pub token_leeway: Duration,
+}
+
+/// How long until the connection's token runs out (its `exp` plus the leeway; zero: it has),
+/// if it has one.
+fn token_left(role: &Role, leeway: Duration) -> Option<Duration> {
+    let Role::Hub { entry, .. } = role else {
+        return None;
+    };
+    let exp = entry.expires_at()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(
+        Duration::from_secs(exp)
+            .saturating_add(leeway)
+            .saturating_sub(now),
+    )
 }
 
 /// A token bucket: `per_second` tokens a second, at most `burst` saved up.
@@ -519,7 +538,10 @@ where
     };
     let ending = {
         tokio::pin!(write);
-        let tick = tokio::time::sleep(params.ping_interval);
+        let tick = tokio::time::sleep(
+            token_left(&role, params.token_leeway)
+                .map_or(params.ping_interval, |t| t.min(params.ping_interval)),
+        );
         tokio::pin!(tick);
         // Created once, not per loop turn: a fresh `cancelled()` future would register with the
         // token shared by every connection (a global lock) on every wake-up.
@@ -598,7 +620,12 @@ where
                     }
                     let now = Instant::now();
                     let silent = now.duration_since(c.last_seen);
-                    if silent >= params.idle_timeout {
+                    // A refresh moves the deadline: read it anew each time.
+                    let token = token_left(&role, params.token_leeway);
+                    if token.is_some_and(|t| t.is_zero()) {
+                        tracing::debug!("closing: token expired");
+                        outbox.close(CloseReason::TokenExpired);
+                    } else if silent >= params.idle_timeout {
                         tracing::debug!(?silent, "closing: idle timeout");
                         outbox.close(CloseReason::IdleTimeout);
                     } else {
@@ -606,7 +633,7 @@ where
                         c.queued(r);
                         c.flush();
                         let next = (now + params.ping_interval).min(c.last_seen + params.idle_timeout);
-                        tick.as_mut().reset(next);
+                        tick.as_mut().reset(token.map_or(next, |t| (now + t).min(next)));
                     }
                 }
             }

@@ -288,7 +288,14 @@ fn admit(hub: &Hub, req: &Request) -> Result<Identity, Problem> {
     let query: Option<axum::extract::Query<TokenQuery>> =
         axum::extract::Query::try_from_uri(req.uri()).ok();
     let token = query.as_ref().and_then(|q| q.access_token.as_deref());
-    auth.authenticate(req.headers(), token)
+    let identity = auth.authenticate(req.headers(), token)?;
+    if hub.is_revoked(identity.user.as_deref(), identity.issued_at) {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "this token was revoked (the user's tokens issued before the revocation are refused): get a new one",
+        ));
+    }
+    Ok(identity)
 }
 
 #[derive(serde::Deserialize)]
@@ -333,6 +340,7 @@ fn params(hub: &Hub, max_message: usize) -> Params {
         close_timeout: c.close_timeout,
         shutdown_timeout: c.shutdown_timeout,
         rate_limit: c.rate_limit,
+        token_leeway: hub.auth().leeway(),
     }
 }
 
@@ -389,6 +397,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
         let mut info = ConnInfo::now(hs.remote);
         info.user = identity.user;
         info.allowed_groups = identity.allowed_groups;
+        info.expires_at = identity.expires_at;
         info
     };
     // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade

@@ -193,6 +193,13 @@ impl Hub {
     }
 
     /// Another node is alive.
+    /// Whether this node comes first by id among the live nodes it knows (it speaks for the
+    /// cluster where one node must: a dead node's departures, re-announcements).
+    pub(crate) fn is_first_live_node(&self) -> bool {
+        let alive = self.shared.pusher.alive.lock();
+        alive.keys().all(|n| **n > *self.shared.node)
+    }
+
     pub(crate) fn node_alive(&self, node: &str) {
         if node != self.node_id() {
             self.shared
@@ -271,10 +278,7 @@ impl Hub {
         };
         tracing::info!(nodes = ?gone, members = removals.len(), "forgetting the presence members of silent nodes");
         // The gone node cannot tell the apps: the first live node by id does, one for all.
-        let leader = {
-            let alive = self.shared.pusher.alive.lock();
-            alive.keys().all(|n| **n > *self.shared.node)
-        };
+        let leader = self.is_first_live_node();
         let mut cork = HubCork::new();
         for (g, u, n, c) in removals {
             self.apply_presence(&g, &u, false, None, &c, &n, leader, &mut cork);

@@ -38,6 +38,11 @@ pub enum Command<'a> {
     },
     /// A no-op that is acknowledged.
     Ping,
+    /// Replace the connection's token with a new one for the same user, before it expires.
+    Refresh {
+        /// The new JWT.
+        token: Cow<'a, str>,
+    },
 }
 
 /// The target of a `send`.
@@ -76,6 +81,8 @@ struct Wire<'a> {
     user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -247,11 +254,20 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
             }
         }
         "ping" => Command::Ping,
+        "refresh" => match wire.token.take() {
+            Some(token) if !token.is_empty() => Command::Refresh { token },
+            _ => {
+                return Err(reject(
+                    ErrorCode::Invalid,
+                    "`refresh` needs `token` (a new JWT for the same user)".into(),
+                ))
+            }
+        },
         other => {
             return Err(reject(
                 ErrorCode::UnknownCommand,
                 format!(
-                    "unknown command `{}` (join, leave, publish, send, ping)",
+                    "unknown command `{}` (join, leave, publish, send, ping, refresh)",
                     clip(other, 32)
                 ),
             ))

@@ -66,6 +66,9 @@ pub struct AckExtra<'a> {
     /// After a join with `since`: whether everything missed was replayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// After a `refresh`: when the new token expires (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
 }
 
 /// `{"type":"error","id":…,"code":…,"message":…}`.

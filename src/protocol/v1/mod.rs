@@ -39,4 +39,7 @@ pub enum ErrorCode {
     HubFull,
     /// The authorization hook did not answer usably: refused (fail-closed); try again later.
     Unavailable,
+    /// A `refresh` token was refused (bad signature, expired, another user, revoked): the
+    /// connection is closed after this error (4401).
+    InvalidToken,
 }

@@ -1,0 +1,179 @@
+//! The token lifecycle of connections authenticated by a JWT: a `refresh` replaces the token
+//! before it expires (same user; groups the new token does not allow are left); a connection
+//! whose token expires is closed by its task (4401); revocation closes every connection of a
+//! user, cluster-wide, and can refuse that user's tokens issued before a time.
+//!
+//! Revocations are kept by every node (applied from the bus, in its order) and re-announced
+//! by the first live node when a node joins, so a node started later knows them; at most
+//! [`MAX_REVOKED`] users are kept (past it, the oldest revocation goes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Hub, HubCork, HubEntry, HubError};
+use crate::close::CloseReason;
+use crate::manager::Grants;
+use crate::wire::Publication;
+
+/// Users whose tokens are revoked, kept at most.
+pub const MAX_REVOKED: usize = 100_000;
+
+/// Per user: tokens issued before this time (Unix seconds) are refused.
+#[derive(Default)]
+pub(crate) struct Revocations {
+    before: Mutex<HashMap<Arc<str>, u64>>,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Hub {
+    /// Replaces a connection's token (`refresh`): the new one must be valid and name the same
+    /// user; what it allows replaces what the old one did, and groups it does not allow are
+    /// left (their members told). Returns the new expiry.
+    ///
+    /// # Errors
+    /// [`HubError::Invalid`] when this server checks no tokens; [`HubError::TokenRefused`]
+    /// for a token that is not valid, names another user or is revoked (the caller closes the
+    /// connection).
+    pub(super) fn refresh(
+        &self,
+        me: &HubEntry,
+        token: &str,
+        cork: &mut HubCork,
+    ) -> Result<Option<u64>, HubError> {
+        let auth = self.auth();
+        if !auth.requires_token() {
+            return Err(HubError::Invalid(
+                "this server checks no tokens: there is nothing to refresh",
+            ));
+        }
+        let id = auth.validate(token).map_err(HubError::TokenRefused)?;
+        if id.user != me.info.user {
+            return Err(HubError::TokenRefused(
+                "the new token names another user than this connection's".into(),
+            ));
+        }
+        if self.is_revoked(id.user.as_deref(), id.issued_at) {
+            return Err(HubError::TokenRefused(
+                "this user's tokens issued before the revocation are refused".into(),
+            ));
+        }
+        let grants = Grants {
+            allowed_groups: id.allowed_groups,
+            expires_at: id.expires_at,
+        };
+        me.set_grants(grants.clone());
+        let user = me.info.user.as_deref();
+        for group in me.groups() {
+            if !grants.may_join(&group) {
+                self.leave_and_announce(me.id, &group, user, cork);
+            }
+        }
+        Ok(grants.expires_at)
+    }
+
+    /// Whether a token of `user` issued at `issued_at` is revoked (one without `iat` is, once
+    /// the user's tokens were revoked: its age cannot be told).
+    pub fn is_revoked(&self, user: Option<&str>, issued_at: Option<u64>) -> bool {
+        let Some(user) = user else { return false };
+        let Some(before) = self.shared.revocations.before.lock().get(user).copied() else {
+            return false;
+        };
+        issued_at.is_none_or(|iat| iat < before)
+    }
+
+    /// Closes every connection of `user` on every node with `code` and `reason`; with
+    /// `revoke`, that user's tokens issued before now are refused from now on (at connect and
+    /// refresh), on every node.
+    ///
+    /// # Errors
+    /// [`super::Busy`] when the backplane cannot take it now (nothing was done).
+    pub fn disconnect_user(
+        &self,
+        user: &str,
+        code: u16,
+        reason: &str,
+        revoke: bool,
+    ) -> Result<Option<u64>, super::Busy> {
+        let before = revoke.then(now_unix);
+        let p = Publication::Revoke {
+            user: user.to_owned(),
+            close: Some((code, reason.to_owned())),
+            before,
+        };
+        let mut cork = HubCork::new();
+        match self.shared_bus() {
+            Some(c) => c.publish_and_forget(p).map_err(|_| self.busy())?,
+            None => {
+                self.deliver(&p, super::deliver::Numbering::None, &mut cork);
+            }
+        }
+        cork.flush();
+        Ok(before)
+    }
+
+    /// Applies a [`Publication::Revoke`] on this node: its connections of `user` close, the
+    /// revocation is kept.
+    pub(crate) fn apply_revoke(
+        &self,
+        user: &str,
+        close: Option<&(u16, String)>,
+        before: Option<u64>,
+    ) {
+        if let Some(before) = before {
+            let mut all = self.shared.revocations.before.lock();
+            if all.len() >= MAX_REVOKED && !all.contains_key(user) {
+                if let Some(oldest) = all.iter().min_by_key(|(_, t)| **t).map(|(u, _)| u.clone()) {
+                    all.remove(&oldest);
+                }
+            }
+            let at = all.entry(Arc::from(user)).or_insert(0);
+            *at = (*at).max(before);
+        }
+        let Some((code, reason)) = close else { return };
+        let reason = CloseReason::Disconnected {
+            code: *code,
+            reason: Arc::from(reason.as_str()),
+        };
+        for e in self.shared.manager.user_connections(user) {
+            self.disconnect(e.id, reason.clone());
+        }
+    }
+
+    /// Re-announces every revocation kept here (after a node joined: it learns them).
+    pub(crate) fn announce_revocations(&self) {
+        let all: Vec<(Arc<str>, u64)> = self
+            .shared
+            .revocations
+            .before
+            .lock()
+            .iter()
+            .map(|(u, t)| (u.clone(), *t))
+            .collect();
+        let mut cork = HubCork::new();
+        for (user, before) in all {
+            let p = Publication::Revoke {
+                user: user.to_string(),
+                close: None,
+                before: Some(before),
+            };
+            self.publish(p, &mut cork);
+        }
+        cork.flush();
+    }
+}
+
+impl Hub {
+    /// A node joined the bus: the first live node by id re-announces the revocations.
+    pub(crate) fn resync_revocations(&self) {
+        if self.is_first_live_node() {
+            self.announce_revocations();
+        }
+    }
+}
