@@ -7,8 +7,13 @@ export interface Position {
 }
 
 export interface ClientOptions {
-  /** A JWT, or a function returning one (called before every connection attempt). */
+  /** A JWT, or a function returning one (called before every connection attempt, and
+   * `refreshBefore` ms before the token expires, to `refresh` it without reconnecting; after a
+   * 4401 close it reconnects with the function's next token). */
   token?: string | (() => string | Promise<string>);
+  /** How long before its expiry a token is refreshed, in ms (default 30000; at most a fifth of
+   * what is left of a short token). */
+  refreshBefore?: number;
   /** Reconnect after a drop (default true). */
   reconnect?: boolean;
   /** First retry delay in ms (default 250). */
@@ -48,6 +53,8 @@ export interface Ack {
   epoch?: string;
   offset?: number;
   recovered?: boolean;
+  /** After a `refresh`: when the new token expires (Unix seconds). */
+  exp?: number;
 }
 
 export interface Envelope {
@@ -94,9 +101,14 @@ export class WshubClient extends EventTarget {
   publish(group: string, message: unknown): Promise<Ack>;
   send(to: { user: string } | { connection: string }, message: unknown): Promise<Ack>;
   ping(): Promise<Ack>;
+  /** Replaces the token without reconnecting (the token function's next one by default). */
+  refresh(token?: string): Promise<Ack>;
   addEventListener<K extends keyof ClientEvents>(
     type: K,
     listener: (ev: ClientEvents[K]) => void,
     options?: boolean | AddEventListenerOptions,
   ): void;
 }
+
+/** The `exp` (Unix seconds) of a JWT, read without checking it; null when it has none. */
+export function tokenExpiry(token: string): number | null;

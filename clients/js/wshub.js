@@ -12,6 +12,19 @@ function isFinal(code) {
   return code === 1000 || (code >= 4400 && code <= 4499);
 }
 
+/** The `exp` (Unix seconds) of a JWT, read without checking it (the server does); null when
+ * it has none or is not a JWT. */
+export function tokenExpiry(token) {
+  try {
+    const part = String(token).split(".")[1];
+    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "="));
+    const exp = JSON.parse(json).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
 /** A command the server refused: `code` is the protocol's error code (`not_member`, …). */
 export class WshubError extends Error {
   constructor(code, message) {
@@ -23,6 +36,7 @@ export class WshubError extends Error {
 
 const DEFAULTS = {
   token: undefined,
+  refreshBefore: 30000,
   reconnect: true,
   minDelay: 250,
   maxDelay: 10000,
@@ -112,6 +126,7 @@ export class WshubClient extends EventTarget {
     this._closedByUser = true;
     clearTimeout(this._timer);
     this._timer = null;
+    clearTimeout(this._refreshTimer);
     if (this._ws) this._ws.close(code, reason);
     this._failPending(new Error("client closed"), true);
     this._setState("closed");
@@ -144,6 +159,17 @@ export class WshubClient extends EventTarget {
     return this._command({ type: "ping" });
   }
 
+  /** Replaces the connection's token without reconnecting (the token function's next one
+   * when none is given); resolves with the ack (`exp`: the new expiry). Done by itself
+   * `refreshBefore` ms before the token expires when `token` is a function. */
+  async refresh(token) {
+    const t = token ?? (typeof this.options.token === "function" ? await this.options.token() : this.options.token);
+    if (!t) throw new Error("no token to refresh with");
+    const ack = await this._command({ type: "refresh", token: t });
+    this._scheduleRefresh(ack.exp ?? tokenExpiry(t));
+    return ack;
+  }
+
   // --- internals ---
 
   _setState(state) {
@@ -156,9 +182,27 @@ export class WshubClient extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  /** Asks the token function again before `exp` (Unix seconds), without dropping the socket. */
+  _scheduleRefresh(exp) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (typeof this.options.token !== "function" || typeof exp !== "number") return;
+    const left = exp * 1000 - Date.now();
+    // `refreshBefore` ahead, or at four fifths of a short token's life.
+    const wait = Math.max(0, left - Math.min(this.options.refreshBefore, left / 5));
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      if (this._state !== "open") return;
+      // A refused refresh is followed by the server's close (4401): the reconnect asks for a
+      // new token anyway.
+      this.refresh().catch((e) => this._emit("error", { type: "error", id: null, code: "token", message: String(e?.message ?? e) }));
+    }, wait);
+  }
+
   async _url() {
     const u = new URL(this.url);
     const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
+    this._token = token;
     if (token) u.searchParams.set("access_token", token);
     if (this._all) u.searchParams.set("recover", `${this._all.epoch}:${this._all.offset}`);
     return u.toString();
@@ -204,7 +248,10 @@ export class WshubClient extends EventTarget {
     this._joining.clear();
     this._joiningSeen.clear();
     this._failPending(new Error(`connection lost (${code})`), false);
-    const willReconnect = !this._closedByUser && this.options.reconnect && !isFinal(code);
+    clearTimeout(this._refreshTimer);
+    // 4401: the token expired or was refused; a token function gives a new one on reconnect.
+    const renewable = code === 4401 && typeof this.options.token === "function";
+    const willReconnect = !this._closedByUser && this.options.reconnect && (!isFinal(code) || renewable);
     this._emit("close", { code, reason, willReconnect });
     if (willReconnect) this._scheduleReconnect();
     else this._setState("closed");
@@ -303,6 +350,7 @@ export class WshubClient extends EventTarget {
     }
     this._attempt = 0;
     this._setState("open");
+    this._scheduleRefresh(tokenExpiry(this._token));
     this._emit("welcome", w);
     // Rejoin first (recovering each group), then what was queued while offline.
     for (const [group, pos] of this._groups) {
