@@ -82,6 +82,8 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// The token's `iat` (Unix seconds), if it has one.
     pub issued_at: Option<u64>,
+    /// The token's `info` claim (JSON text): what presence shows about the user.
+    pub info: Option<Arc<str>>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +92,7 @@ struct Claims {
     groups: Option<Vec<String>>,
     exp: Option<u64>,
     iat: Option<u64>,
+    info: Option<serde_json::Value>,
 }
 
 impl Auth {
@@ -262,6 +265,7 @@ impl Auth {
                         allowed_groups: data.claims.groups.map(Arc::from),
                         expires_at: data.claims.exp,
                         issued_at: data.claims.iat,
+                        info: data.claims.info.map(|i| Arc::from(i.to_string())),
                     })
                 }
                 Err(e) => last = Some(e),

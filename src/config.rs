@@ -234,6 +234,19 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_duration")]
     pub webhook_delay: Duration,
 
+    /// Group patterns (exact names, or prefixes ending in `*`) whose authenticated members are presence members, cluster-wide (the `presence` command, GET /api/groups/{group}/presence); empty: none.
+    #[arg(
+        long,
+        env = "WSHUB_PRESENCE_GROUPS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub presence_groups: Vec<String>,
+
+    /// Group patterns whose members get no joined/left events (groups too large for them; presence still answers).
+    #[arg(long, env = "WSHUB_SILENT_GROUPS", value_delimiter = ',')]
+    pub silent_groups: Vec<String>,
+
     /// How long an authorization hook may take to answer; no answer in time is a refusal (fail-closed).
     #[arg(long, env = "WSHUB_HOOK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_duration")]
@@ -362,6 +375,18 @@ impl ServeArgs {
                 key: self.webhook_key(),
             },
             webhook_delay: self.webhook_delay,
+            presence_groups: self
+                .presence_groups
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            silent_groups: self
+                .silent_groups
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,

@@ -79,6 +79,9 @@ pub enum Publication {
         /// node from these; absent from nodes of older versions).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<String>,
+        /// What the backend says about the user (a token's `info` claim, the connect hook's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<Box<RawValue>>,
     },
     /// A node's member counts per group, whole (when nodes resynchronise): replaces what was
     /// counted for that node.

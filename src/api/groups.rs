@@ -297,3 +297,76 @@ pub async fn disconnect_user(
         revoked_before,
     }))
 }
+
+/// Which page of a group's presence.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PresenceQuery {
+    /// Where the page starts: the previous page's `cursor`.
+    pub cursor: Option<String>,
+    /// Members per page (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// One presence member: a connection of a user.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PresenceMember {
+    /// The connection id.
+    pub connection: String,
+    /// The user.
+    pub user: String,
+    /// What the backend says about the user (a token's `info` claim, the connect hook's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub info: Option<serde_json::Value>,
+}
+
+/// Who is in a group, cluster-wide: a page of its presence members and the counts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupPresence {
+    /// The members of this page, by connection id.
+    pub members: Vec<PresenceMember>,
+    /// The next page's cursor (absent: this was the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Connections of authenticated users in the group.
+    pub connections: usize,
+    /// Distinct users in the group.
+    pub users: usize,
+}
+
+/// Who is in a group (authenticated members, on every node), a page at a time.
+#[utoipa::path(get, path = "/api/groups/{group}/presence", tag = "groups",
+    params(("group" = String, Path, description = "Group name", pattern = "^[A-Za-z0-9_.:@/-]{1,128}$"), PresenceQuery),
+    responses(
+        (status = 200, description = "A page of members (empty when nobody is present)", body = GroupPresence),
+        (status = 400, description = "Invalid group name or query", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn presence(
+    State(hub): State<Hub>,
+    Path(group): Path<String>,
+    query: Result<axum::extract::Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<GroupPresence>, Problem> {
+    check_group(&group)?;
+    let axum::extract::Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let page = hub.presence(
+        &group,
+        q.cursor.as_deref(),
+        q.limit.unwrap_or(crate::hub::PRESENCE_PAGE),
+    );
+    let stats = hub.presence_stats(&group);
+    Ok(Json(GroupPresence {
+        members: page
+            .members
+            .into_iter()
+            .map(|m| PresenceMember {
+                connection: m.connection,
+                user: m.user,
+                info: m.info.and_then(|i| serde_json::from_str(i.get()).ok()),
+            })
+            .collect(),
+        cursor: page.cursor,
+        connections: stats.connections,
+        users: stats.users,
+    }))
+}

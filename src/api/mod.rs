@@ -31,7 +31,7 @@ use crate::problem::Problem;
     paths(
         connections::list, connections::broadcast, connections::get_one, connections::delete_one,
         connections::send_one, groups::list, groups::get_one, groups::broadcast, groups::add_member,
-        groups::remove_member, groups::send_to_user, groups::disconnect_user, history::group, history::all, health, ready, metrics,
+        groups::remove_member, groups::send_to_user, groups::disconnect_user, groups::presence, history::group, history::all, health, ready, metrics,
         pusher::events, pusher::batch_events, pusher::channels, pusher::channel, pusher::users,
         pusher::terminate
     ),
@@ -48,6 +48,8 @@ use crate::problem::Problem;
         groups::Membership,
         groups::Published,
         groups::UserDisconnected,
+        groups::GroupPresence,
+        groups::PresenceMember,
         history::HistoryPage,
         pusher::EventRequest,
         pusher::BatchRequest,
@@ -117,6 +119,7 @@ pub fn routes(hub: Hub) -> Router<Hub> {
         .route("/api/groups/{group}", get(groups::get_one))
         .route("/api/groups/{group}/broadcast", post(groups::broadcast))
         .route("/api/groups/{group}/history", get(history::group))
+        .route("/api/groups/{group}/presence", get(groups::presence))
         .route("/api/history", get(history::all))
         .route(
             "/api/groups/{group}/members/{connection_id}",

@@ -23,6 +23,10 @@ enum Answer {
     Now(AckExtra<'static>),
     /// With an ack carrying the offset the backplane gives the publication.
     Numbered(tokio::sync::oneshot::Receiver<Option<(String, u64)>>),
+    /// With an ack carrying a presence page.
+    Page(super::PresencePage),
+    /// With an ack carrying presence counts.
+    Stats(super::PresenceStats),
 }
 
 /// What a join did.
@@ -60,6 +64,8 @@ impl Hub {
         let reply = match parsed {
             Ok((id, cmd)) => match self.run(me, cmd, pre, cork) {
                 Ok(Answer::Now(extra)) => v1::ack(id, extra),
+                Ok(Answer::Page(page)) => v1::ack_with(id, &page),
+                Ok(Answer::Stats(stats)) => v1::ack_with(id, &stats),
                 Ok(Answer::Numbered(rx)) => {
                     self.ack_when_numbered(me.id, id, rx, cork);
                     return None;
@@ -242,6 +248,27 @@ impl Hub {
                 }))
             }
             Command::Ping => Ok(Answer::Now(AckExtra::default())),
+            // Who is in a group: for those who may join it.
+            Command::Presence {
+                group,
+                cursor,
+                limit,
+            } => {
+                if !me.may_join(&group) {
+                    return Err(HubError::Forbidden(group.into_owned()));
+                }
+                Ok(Answer::Page(self.presence(
+                    &group,
+                    cursor.as_deref(),
+                    limit.unwrap_or(super::presence::PAGE),
+                )))
+            }
+            Command::PresenceStats { group } => {
+                if !me.may_join(&group) {
+                    return Err(HubError::Forbidden(group.into_owned()));
+                }
+                Ok(Answer::Stats(self.presence_stats(&group)))
+            }
             Command::Refresh { token } => {
                 let exp = self.refresh(me, &token, cork)?;
                 Ok(Answer::Now(AckExtra {
@@ -286,7 +313,8 @@ impl Hub {
         drop(s);
         if changed {
             self.entry_changed(id);
-            self.membership_event(true, group, id, user, Some(id), cork);
+            let info = self.user_info(id);
+            self.membership_event(true, group, id, user, info.as_deref(), Some(id), cork);
         }
         Ok(Joined {
             changed,
@@ -312,7 +340,8 @@ impl Hub {
         let changed = self.shared.manager.leave(id, group);
         if changed {
             self.entry_changed(id);
-            self.membership_event(false, group, id, user, None, cork);
+            let info = self.user_info(id);
+            self.membership_event(false, group, id, user, info.as_deref(), None, cork);
         }
         changed
     }

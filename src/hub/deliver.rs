@@ -256,6 +256,7 @@ impl Hub {
                 user,
                 except,
                 node,
+                info,
             } => {
                 if let Some(node) = node {
                     // Heard from: a node that dies before its first heartbeat reaches us is
@@ -266,10 +267,21 @@ impl Hub {
                         self.occupancy_changed(group, node, before, after);
                     }
                 }
-                let f = v1::membership(*joined, group, connection, user.as_deref());
-                match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
-                    Some(id) => self.publish_corked(Audience::GroupExcept(group, id), &f, cork),
-                    None => self.publish_corked(Audience::Group(group), &f, cork),
+                if self.is_silent(group) {
+                    // No joined/left events in this group (it is too large for them).
+                    Delivery::default()
+                } else {
+                    let f = v1::membership(
+                        *joined,
+                        group,
+                        connection,
+                        user.as_deref(),
+                        info.as_deref(),
+                    );
+                    match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
+                        Some(id) => self.publish_corked(Audience::GroupExcept(group, id), &f, cork),
+                        None => self.publish_corked(Audience::Group(group), &f, cork),
+                    }
                 }
             }
             Publication::User {

@@ -17,6 +17,7 @@ mod commands;
 mod deliver;
 mod error;
 mod occupancy;
+mod presence;
 mod pusher;
 mod recovery;
 mod replies;
@@ -28,6 +29,7 @@ pub use cluster::Busy;
 pub(crate) use commands::PrefetchFuture;
 pub use deliver::Published;
 pub use error::HubError;
+pub use presence::{PresenceMember, PresencePage, PresenceStats, PAGE as PRESENCE_PAGE};
 pub(crate) use pusher::Session;
 pub use pusher::{PresenceUser, TriggerError};
 pub(crate) use recovery::{Fetched, Prefetch};
@@ -92,6 +94,10 @@ pub struct HubConfig {
     /// How long a vacated channel or group (and a removed presence member) is held before its
     /// webhook is sent: back within it, neither is told (zero: told at once).
     pub webhook_delay: Duration,
+    /// Group patterns whose authenticated members are presence members (cluster-wide).
+    pub presence_groups: Vec<String>,
+    /// Group patterns whose members get no `joined`/`left` events.
+    pub silent_groups: Vec<String>,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -137,6 +143,8 @@ impl Default for HubConfig {
             webhooks: crate::webhooks::Settings::default(),
             hooks: crate::hooks::Settings::default(),
             webhook_delay: Duration::ZERO,
+            presence_groups: vec!["*".into()],
+            silent_groups: Vec::new(),
         }
     }
 }
@@ -716,6 +724,7 @@ impl Hub {
                 &group,
                 entry.id,
                 entry.info.user.as_deref(),
+                entry.info.user_info.as_deref(),
                 None,
                 &mut cork,
             );
@@ -781,6 +790,7 @@ impl Hub {
         group: &str,
         id: ConnId,
         user: Option<&str>,
+        info: Option<&str>,
         except: Option<ConnId>,
         cork: &mut HubCork,
     ) {
@@ -804,6 +814,20 @@ impl Hub {
         if !joined {
             member_webhook();
         }
+        let info = info.and_then(|i| serde_json::value::RawValue::from_string(i.to_owned()).ok());
+        // An authenticated member of a group with presence is a presence member, on every
+        // node (the same table as Pusher's presence channels).
+        if let Some(user) = user.filter(|_| self.presence_tracked(group)) {
+            let p = crate::backplane::Publication::Presence {
+                group: group.to_owned(),
+                user_id: user.to_owned(),
+                added: joined,
+                info: info.clone(),
+                connection: id.to_string(),
+                node: self.node_id().to_owned(),
+            };
+            self.publish(p, cork);
+        }
         let p = crate::backplane::Publication::Membership {
             group: group.to_owned(),
             joined,
@@ -811,6 +835,7 @@ impl Hub {
             user: user.map(str::to_owned),
             except: except.map(|e| e.to_string()),
             node: Some(self.node_id().to_owned()),
+            info,
         };
         self.publish(p, cork);
         if joined {

@@ -398,6 +398,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
         info.user = identity.user;
         info.allowed_groups = identity.allowed_groups;
         info.expires_at = identity.expires_at;
+        info.user_info = identity.info;
         info
     };
     // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade

@@ -110,7 +110,7 @@ pub(crate) struct PusherState {
     /// Presence channels by stream: this node's copy of the members of the whole cluster,
     /// kept by applying [`Publication::Presence`] in the bus's order (on a single node, as
     /// they happen).
-    presence: Mutex<HashMap<Arc<str>, Members>>,
+    pub(in crate::hub) presence: Mutex<HashMap<Arc<str>, Members>>,
     /// When each other node was last heard of (cluster only).
     alive: Mutex<HashMap<Arc<str>, Instant>>,
     /// Signed-in users: `(app id, user id)` → their connections.

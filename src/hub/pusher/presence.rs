@@ -17,14 +17,14 @@ use crate::wire::Publication;
 
 /// A presence channel's members on this node: users, each with its info and connections.
 #[derive(Default)]
-pub(super) struct Members {
-    pub(super) users: HashMap<String, Member>,
+pub(in crate::hub) struct Members {
+    pub(in crate::hub) users: HashMap<String, Member>,
 }
 
-pub(super) struct Member {
-    pub(super) info: Option<Box<RawValue>>,
+pub(in crate::hub) struct Member {
+    pub(in crate::hub) info: Option<Box<RawValue>>,
     /// Its connections in the channel, anywhere in the cluster: the node and the id.
-    pub(super) conns: Vec<(Arc<str>, ConnId)>,
+    pub(in crate::hub) conns: Vec<(Arc<str>, ConnId)>,
 }
 
 impl Hub {
@@ -51,44 +51,51 @@ impl Hub {
         let node: Arc<str> = Arc::from(node);
         let here = *node == *self.shared.node;
         let mut to_joiner = None;
-        let changed_user = {
-            let mut all = self.shared.pusher.presence.lock();
-            if added {
-                let members = all.entry(Arc::from(group)).or_default();
-                let first = !members.users.contains_key(user);
-                let m = members
-                    .users
-                    .entry(user.to_owned())
-                    .or_insert_with(|| Member {
-                        info: info.map(|i| i.to_owned()),
-                        conns: Vec::new(),
-                    });
-                let new_conn = !m.conns.iter().any(|(n, c)| *c == id && *n == node);
-                if new_conn {
-                    m.conns.push((node.clone(), id));
-                    if here && self.shared.manager.is_member(id, group) {
-                        to_joiner = Some(Self::presence_frame(members, channel));
+        let changed_user =
+            {
+                let mut all = self.shared.pusher.presence.lock();
+                if added {
+                    let members = all.entry(Arc::from(group)).or_default();
+                    let first = !members.users.contains_key(user);
+                    let m = members
+                        .users
+                        .entry(user.to_owned())
+                        .or_insert_with(|| Member {
+                            info: info.map(|i| i.to_owned()),
+                            conns: Vec::new(),
+                        });
+                    let new_conn = !m.conns.iter().any(|(n, c)| *c == id && *n == node);
+                    if new_conn {
+                        m.conns.push((node.clone(), id));
+                        // The member list goes to a Pusher subscriber that joined here (a
+                        // `wshub.v1` member asks with `presence`).
+                        let pusher_here = here
+                            && self.shared.manager.get(id).is_some_and(|e| {
+                                e.info.protocol == crate::manager::Protocol::Pusher
+                            });
+                        if pusher_here && self.shared.manager.is_member(id, group) {
+                            to_joiner = Some(Self::presence_frame(members, channel));
+                        }
                     }
-                }
-                first
-            } else {
-                let Some(members) = all.get_mut(group) else {
-                    return crate::manager::Delivery::default();
-                };
-                let Some(m) = members.users.get_mut(user) else {
-                    return crate::manager::Delivery::default();
-                };
-                m.conns.retain(|(n, c)| !(*c == id && *n == node));
-                let last = m.conns.is_empty();
-                if last {
-                    members.users.remove(user);
-                    if members.users.is_empty() {
-                        all.remove(group);
+                    first
+                } else {
+                    let Some(members) = all.get_mut(group) else {
+                        return crate::manager::Delivery::default();
+                    };
+                    let Some(m) = members.users.get_mut(user) else {
+                        return crate::manager::Delivery::default();
+                    };
+                    m.conns.retain(|(n, c)| !(*c == id && *n == node));
+                    let last = m.conns.is_empty();
+                    if last {
+                        members.users.remove(user);
+                        if members.users.is_empty() {
+                            all.remove(group);
+                        }
                     }
+                    last
                 }
-                last
-            }
-        };
+            };
         if let Some(frame) = to_joiner {
             self.to_pusher(id, frame, cork);
             if Channel::parse(channel).is_some_and(|c| c.cache) {
@@ -192,7 +199,6 @@ impl Hub {
         );
     }
 
-    /// Another node is alive.
     /// Whether this node comes first by id among the live nodes it knows (it speaks for the
     /// cluster where one node must: a dead node's departures, re-announcements).
     pub(crate) fn is_first_live_node(&self) -> bool {
@@ -200,6 +206,7 @@ impl Hub {
         alive.keys().all(|n| **n > *self.shared.node)
     }
 
+    /// Another node was heard from (it is alive).
     pub(crate) fn node_alive(&self, node: &str) {
         if node != self.node_id() {
             self.shared

@@ -38,6 +38,20 @@ pub enum Command<'a> {
     },
     /// A no-op that is acknowledged.
     Ping,
+    /// Who is in a group: a page of its presence members.
+    Presence {
+        /// The group.
+        group: Cow<'a, str>,
+        /// Where the page starts (the previous page's cursor).
+        cursor: Option<Cow<'a, str>>,
+        /// Members per page (default 100, at most 1000).
+        limit: Option<usize>,
+    },
+    /// How many connections and users are present in a group.
+    PresenceStats {
+        /// The group.
+        group: Cow<'a, str>,
+    },
     /// Replace the connection's token with a new one for the same user, before it expires.
     Refresh {
         /// The new JWT.
@@ -83,6 +97,10 @@ struct Wire<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    cursor: Option<Cow<'a, str>>,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +272,14 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
             }
         }
         "ping" => Command::Ping,
+        "presence" => Command::Presence {
+            group: group(&kind)?,
+            cursor: wire.cursor.take(),
+            limit: wire.limit,
+        },
+        "presence_stats" => Command::PresenceStats {
+            group: group(&kind)?,
+        },
         "refresh" => match wire.token.take() {
             Some(token) if !token.is_empty() => Command::Refresh { token },
             _ => {
@@ -267,7 +293,7 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
             return Err(reject(
                 ErrorCode::UnknownCommand,
                 format!(
-                    "unknown command `{}` (join, leave, publish, send, ping, refresh)",
+                    "unknown command `{}` (join, leave, publish, send, ping, refresh, presence, presence_stats)",
                     clip(other, 32)
                 ),
             ))

@@ -42,6 +42,27 @@ pub fn ack(id: &RawValue, extra: AckExtra<'_>) -> Frame {
     )
 }
 
+/// An ack with the fields of `extra` (any serializable struct) beside `type` and `id`: a
+/// `presence` page, `presence_stats` counts.
+pub fn ack_with<T: Serialize>(id: &RawValue, extra: &T) -> Frame {
+    #[derive(Serialize)]
+    struct Ack<'a, T> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        id: &'a RawValue,
+        #[serde(flatten)]
+        extra: &'a T,
+    }
+    encode(
+        &Ack {
+            kind: "ack",
+            id,
+            extra,
+        },
+        256,
+    )
+}
+
 /// Optional fields of an ack.
 #[derive(Debug, Default, Serialize)]
 pub struct AckExtra<'a> {
@@ -217,9 +238,15 @@ pub fn reset(group: Option<&str>, epoch: &str, offset: u64) -> Frame {
     )
 }
 
-/// `{"type":"joined"|"left","group":…,"connection":short,"user":…,"timestamp":…}` to a group's
-/// members.
-pub fn membership(joined: bool, group: &str, short_id: &str, user: Option<&str>) -> Frame {
+/// `{"type":"joined"|"left","group":…,"connection":short,"user":…,"info":…,"timestamp":…}` to
+/// a group's members.
+pub fn membership(
+    joined: bool,
+    group: &str,
+    short_id: &str,
+    user: Option<&str>,
+    info: Option<&RawValue>,
+) -> Frame {
     #[derive(Serialize)]
     struct Membership<'a> {
         #[serde(rename = "type")]
@@ -228,6 +255,8 @@ pub fn membership(joined: bool, group: &str, short_id: &str, user: Option<&str>)
         connection: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         user: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a RawValue>,
         timestamp: &'a str,
     }
     let ts = now();
@@ -237,6 +266,7 @@ pub fn membership(joined: bool, group: &str, short_id: &str, user: Option<&str>)
             group,
             connection: short_id,
             user,
+            info,
             timestamp: ts.as_str(),
         },
         group.len(),
