@@ -314,7 +314,12 @@ impl Hub {
         if changed {
             self.entry_changed(id);
             let info = self.user_info(id);
-            self.membership_event(true, group, id, user, info.as_deref(), Some(id), cork);
+            let who = super::Who {
+                id,
+                user,
+                info: info.as_deref(),
+            };
+            self.membership_event(true, group, who, Some(id), cork);
         }
         Ok(Joined {
             changed,
@@ -341,7 +346,12 @@ impl Hub {
         if changed {
             self.entry_changed(id);
             let info = self.user_info(id);
-            self.membership_event(false, group, id, user, info.as_deref(), None, cork);
+            let who = super::Who {
+                id,
+                user,
+                info: info.as_deref(),
+            };
+            self.membership_event(false, group, who, None, cork);
         }
         changed
     }

@@ -190,6 +190,14 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// Who joined or left a group: the connection, its user and what the backend says of them.
+#[derive(Clone, Copy)]
+pub(crate) struct Who<'a> {
+    pub(crate) id: ConnId,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) info: Option<&'a str>,
+}
+
 /// A registered `/ws` connection, as the hub keeps it.
 pub(crate) type HubEntry = Arc<Entry<Outbox>>;
 
@@ -719,15 +727,12 @@ impl Hub {
         }
         let mut cork = Cork::new();
         for group in entry.groups() {
-            self.membership_event(
-                false,
-                &group,
-                entry.id,
-                entry.info.user.as_deref(),
-                entry.info.user_info.as_deref(),
-                None,
-                &mut cork,
-            );
+            let who = Who {
+                id: entry.id,
+                user: entry.info.user.as_deref(),
+                info: entry.info.user_info.as_deref(),
+            };
+            self.membership_event(false, &group, who, None, &mut cork);
         }
         cork.flush_deferred();
         if entry.info.protocol != Protocol::Pusher {
@@ -788,12 +793,11 @@ impl Hub {
         &self,
         joined: bool,
         group: &str,
-        id: ConnId,
-        user: Option<&str>,
-        info: Option<&str>,
+        who: Who<'_>,
         except: Option<ConnId>,
         cork: &mut HubCork,
     ) {
+        let Who { id, user, info } = who;
         // A hub group (not another app's channel) tells the hub's webhooks, from the member's
         // node: exactly once. On a single node, where the publication is applied inline, a
         // join is told after the group's `group.occupied` and a leave before its
