@@ -79,7 +79,7 @@ impl Hub {
     }
 
     /// The presence members of `group` in the whole cluster, by connection id, from after
-    /// `cursor` (a connection id), at most `limit` (capped at [`PAGE_MAX`]).
+    /// `cursor` (a connection id), at most `limit` (capped at 1000).
     pub fn presence(&self, group: &str, cursor: Option<&str>, limit: usize) -> PresencePage {
         let limit = limit.clamp(1, PAGE_MAX);
         let mut all: Vec<PresenceMember> = {
