@@ -246,6 +246,7 @@ on_both!(
     pusher_presence_events_and_terminate_are_cluster_wide,
     a_cache_channels_last_event_reaches_a_node_started_after_it,
     hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes,
+    v1_presence_is_cluster_wide_and_a_dead_nodes_members_leave_it,
 );
 
 fn token(sub: &str) -> String {
@@ -1472,6 +1473,81 @@ async fn hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes(kin
     assert_eq!(lost[0]["data"]["node"], "doomed");
     assert_eq!(lost[0]["node"], "node-a", "the first live node by id tells");
     drop((x, y, z));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Presence of `wshub.v1` groups across nodes: members on every node are seen from every node
+/// (`presence`, `presence_stats`); a node killed with SIGKILL takes its members out of presence
+/// within the node TTL, and the survivors' members get their `left`.
+async fn v1_presence_is_cluster_wide_and_a_dead_nodes_members_leave_it(kind: Kind) {
+    let engine = Backend::start(kind);
+    let a = node(&engine, "wshub", "node-a").await;
+    let b = node(&engine, "wshub", "node-b").await;
+    let (mut ann, _) = client(&a, "ann").await;
+    let (mut bob, _) = client(&b, "bob").await;
+    join(&mut ann, "room").await;
+    join(&mut bob, "room").await;
+    let users_of = |hub: &Hub| hub.presence_stats("room").users;
+    let wait_users = |hub: Hub, n: usize, what: &'static str| async move {
+        tokio::time::timeout(3 * WAIT, async {
+            while hub.presence_stats("room").users != n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: {} users", hub.presence_stats("room").users));
+    };
+    wait_users(a.hub.clone(), 2, "both on A").await;
+    wait_users(b.hub.clone(), 2, "both on B").await;
+    let page = cmd(
+        &mut ann,
+        json!({"id": "p", "type": "presence", "group": "room"}),
+    )
+    .await;
+    let mut seen: Vec<&str> = page["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["ann", "bob"], "{page}");
+    // zoe, on a node that is killed.
+    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backplane",
+            &engine.url(),
+            "--node-id",
+            "doomed",
+            "--node-ttl",
+            "1500ms",
+            "--jwt-secret",
+            SECRET,
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(doomed.stdout.take().unwrap()).await;
+    let (mut zoe, _) = connect_v1(&format!("ws://{addr}/ws?access_token={}", token("zoe"))).await;
+    join(&mut zoe, "room").await;
+    wait_users(a.hub.clone(), 3, "zoe seen on A").await;
+    wait_users(b.hub.clone(), 3, "zoe seen on B").await;
+    doomed.start_kill().unwrap();
+    let _ = doomed.wait().await;
+    wait_users(a.hub.clone(), 2, "zoe gone on A").await;
+    wait_users(b.hub.clone(), 2, "zoe gone on B").await;
+    assert_eq!((users_of(&a.hub), users_of(&b.hub)), (2, 2));
+    let left = next_json_where(&mut bob, |v| v["type"] == "left" && v["user"] == "zoe").await;
+    assert_eq!(left["group"], "room");
+    drop(zoe);
     a.stop().await;
     b.stop().await;
 }

@@ -289,6 +289,13 @@ impl Hub {
         let mut cork = HubCork::new();
         for (g, u, n, c) in removals {
             self.apply_presence(&g, &u, false, None, &c, &n, leader, &mut cork);
+            // The gone node's `wshub.v1` members cannot say they left: each node tells its
+            // own members of the group (their `left`, as if the bus had brought it).
+            if !self.is_silent(&g) {
+                let short = c.get(..8).unwrap_or(&c);
+                let f = crate::protocol::v1::membership(false, &g, short, Some(&u), None);
+                self.publish_corked(crate::manager::Audience::Group(&g), &f, &mut cork);
+            }
         }
         cork.flush();
         self.settle_for_gone(&gone, leader);
