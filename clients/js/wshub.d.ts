@@ -57,6 +57,20 @@ export interface Ack {
   exp?: number;
 }
 
+/** A presence member: a connection of an authenticated user. */
+export interface PresenceMember {
+  connection: string;
+  user: string;
+  /** What the backend says about the user (the token's `info` claim, the connect hook's). */
+  info?: unknown;
+}
+
+export interface PresencePage extends Ack {
+  members: PresenceMember[];
+  /** The next page's cursor; absent on the last page. */
+  cursor?: string;
+}
+
 export interface Envelope {
   type: "message" | "server-broadcast" | "direct" | "joined" | "left" | "reset";
   epoch?: string;
@@ -64,6 +78,8 @@ export interface Envelope {
   offset?: number;
   from?: string;
   user?: string;
+  /** On `joined`/`left`: what the backend says about the user. */
+  info?: unknown;
   connection?: string;
   message?: unknown;
   timestamp: string;
@@ -101,6 +117,10 @@ export class WshubClient extends EventTarget {
   publish(group: string, message: unknown): Promise<Ack>;
   send(to: { user: string } | { connection: string }, message: unknown): Promise<Ack>;
   ping(): Promise<Ack>;
+  /** Who is in a group, a page at a time (pass the previous page's cursor). */
+  presence(group: string, page?: { cursor?: string; limit?: number }): Promise<PresencePage>;
+  /** How many connections and distinct users are in a group. */
+  presenceStats(group: string): Promise<Ack & { connections: number; users: number; total: number }>;
   /** Replaces the token without reconnecting (the token function's next one by default). */
   refresh(token?: string): Promise<Ack>;
   addEventListener<K extends keyof ClientEvents>(

@@ -154,6 +154,20 @@ export class WshubClient extends EventTarget {
     return this._command({ type: "send", ...to, message });
   }
 
+  /** Who is in a group (authenticated members, on every node): resolves with
+   * `{members: [{connection, user, info}], cursor?}`; pass the cursor for the next page. */
+  presence(group, { cursor, limit } = {}) {
+    const frame = { type: "presence", group };
+    if (cursor !== undefined) frame.cursor = cursor;
+    if (limit !== undefined) frame.limit = limit;
+    return this._command(frame);
+  }
+
+  /** How many are in a group: resolves with `{connections, users}` (a user's tabs count once). */
+  presenceStats(group) {
+    return this._command({ type: "presence_stats", group });
+  }
+
   /** An application-level round trip. */
   ping() {
     return this._command({ type: "ping" });

@@ -333,6 +333,8 @@ pub struct GroupPresence {
     pub connections: usize,
     /// Distinct users in the group.
     pub users: usize,
+    /// Every member, anonymous ones included.
+    pub total: usize,
 }
 
 /// Who is in a group (authenticated members, on every node), a page at a time.
@@ -368,5 +370,6 @@ pub async fn presence(
         cursor: page.cursor,
         connections: stats.connections,
         users: stats.users,
+        total: stats.total,
     }))
 }

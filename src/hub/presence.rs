@@ -49,6 +49,8 @@ pub struct PresenceStats {
     pub connections: usize,
     /// Distinct users (a user's many tabs are one).
     pub users: usize,
+    /// Every member of the group, anonymous ones and other protocols' included.
+    pub total: usize,
 }
 
 impl Hub {
@@ -115,15 +117,18 @@ impl Hub {
 
     /// How many connections and distinct users are present in `group`, cluster-wide.
     pub fn presence_stats(&self, group: &str) -> PresenceStats {
+        let total = self.shared.occupancy.count(group);
         let table = self.shared.pusher.presence.lock();
         table.get(group).map_or(
             PresenceStats {
                 connections: 0,
                 users: 0,
+                total,
             },
             |m| PresenceStats {
                 connections: m.users.values().map(|u| u.conns.len()).sum(),
                 users: m.users.len(),
+                total,
             },
         )
     }

@@ -46,6 +46,9 @@ test("a message typed in one page appears in the other; the page shows status an
   const a = await openChat("lobby");
   const b = await openChat("lobby");
   assert.match(await a.textContent("#me"), /^you are [0-9a-f]{8} · node \S+$/);
+  // Who is here: both pages (anonymous: no token).
+  await a.waitForFunction(() => document.querySelector("#here-count")?.textContent.startsWith("2 here"), null, { timeout: 10000 });
+  assert.match(await a.textContent("#here-count"), /^2 here · 2 anonymous$/);
   await a.fill("#msg-input", "hello from A");
   await a.click("#send-btn");
   await b.waitForFunction(() => [...document.querySelectorAll("#messages li.msg .text")].some((e) => e.textContent === "hello from A"), null, { timeout: 10000 });

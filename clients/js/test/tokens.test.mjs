@@ -74,3 +74,21 @@ test("after a 4401 the client reconnects with the token function's next token; a
   assert.equal(renewing.user, "bo");
   renewing.close();
 });
+
+test("presence lists a group's users with their info; presenceStats counts a user's tabs once", async () => {
+  const mk = (sub) => new WshubClient(srv.wsUrl, { token: jwt({ sub, exp: now() + 600, info: { name: sub.toUpperCase() } }) });
+  const [a1, a2, b] = [mk("ann"), mk("ann"), mk("cy")];
+  for (const c of [a1, a2, b]) {
+    await c.connect();
+    await c.join("here");
+  }
+  const page = await b.presence("here", { limit: 2 });
+  assert.equal(page.members.length, 2);
+  const rest = await b.presence("here", { cursor: page.cursor });
+  const all = [...page.members, ...rest.members];
+  assert.deepEqual(all.map((m) => m.user).sort(), ["ann", "ann", "cy"]);
+  assert.deepEqual(all.find((m) => m.user === "cy").info, { name: "CY" });
+  const stats = await b.presenceStats("here");
+  assert.deepEqual([stats.connections, stats.users, stats.total], [3, 2, 3]);
+  for (const c of [a1, a2, b]) c.close();
+});
