@@ -84,34 +84,47 @@ impl Hub {
     /// `cursor` (a connection id), at most `limit` (capped at 1000).
     pub fn presence(&self, group: &str, cursor: Option<&str>, limit: usize) -> PresencePage {
         let limit = limit.clamp(1, PAGE_MAX);
-        let mut all: Vec<PresenceMember> = {
-            let table = self.shared.pusher.presence.lock();
-            let Some(members) = table.get(group) else {
-                return PresencePage {
-                    members: Vec::new(),
-                    cursor: None,
-                };
+        // A cursor that is not a connection id starts from the beginning.
+        let after: Option<ConnId> = cursor.and_then(|c| c.parse().ok());
+        let table = self.shared.pusher.presence.lock();
+        let Some(members) = table.get(group) else {
+            return PresencePage {
+                members: Vec::new(),
+                cursor: None,
             };
-            members
-                .users
-                .iter()
-                .flat_map(|(user, m)| m.conns.iter().map(move |(_, id)| (id, user, &m.info)))
-                .filter(|(id, _, _)| cursor.is_none_or(|c| id.to_string().as_str() > c))
-                .map(|(id, user, info)| PresenceMember {
-                    connection: id.to_string(),
-                    user: user.clone(),
-                    info: info.clone(),
-                })
-                .collect()
         };
-        all.sort_by(|a, b| a.connection.cmp(&b.connection));
-        let more = all.len() > limit;
-        all.truncate(limit);
+        // References only, under the lock; the page's members alone are copied. Ids in order
+        // are their hex forms in order (fixed width, lowercase).
+        let mut refs: Vec<(ConnId, &str, &Option<Box<RawValue>>)> = members
+            .users
+            .iter()
+            .flat_map(|(user, m)| {
+                m.conns
+                    .iter()
+                    .map(move |(_, id)| (*id, user.as_str(), &m.info))
+            })
+            .filter(|(id, _, _)| after.is_none_or(|a| *id > a))
+            .collect();
+        let more = refs.len() > limit;
+        if more {
+            refs.select_nth_unstable_by_key(limit, |r| r.0);
+            refs.truncate(limit);
+        }
+        refs.sort_unstable_by_key(|r| r.0);
+        let page: Vec<PresenceMember> = refs
+            .into_iter()
+            .map(|(id, user, info)| PresenceMember {
+                connection: id.to_string(),
+                user: user.to_owned(),
+                info: info.clone(),
+            })
+            .collect();
+        drop(table);
         PresencePage {
             cursor: more
-                .then(|| all.last().map(|m| m.connection.clone()))
+                .then(|| page.last().map(|m| m.connection.clone()))
                 .flatten(),
-            members: all,
+            members: page,
         }
     }
 

@@ -10,6 +10,8 @@ mod connect;
 mod echo;
 #[path = "fanout.rs"]
 mod fanout;
+#[path = "presence.rs"]
+mod presence;
 #[path = "report.rs"]
 mod report;
 #[path = "soak.rs"]
@@ -33,6 +35,8 @@ pub enum BenchCommand {
     Echo(echo::EchoArgs),
     /// A bounded soak: churn, groups, broadcasts; then checks the server returned to baseline.
     Soak(soak::SoakArgs),
+    /// N members in one group: the cost of `presence`, `presence_stats` and the REST view.
+    Presence(presence::PresenceArgs),
 }
 
 /// Options every benchmark shares.
@@ -69,6 +73,7 @@ impl BenchCommand {
             BenchCommand::Fanout(a) => &a.common,
             BenchCommand::Echo(a) => &a.common,
             BenchCommand::Soak(a) => &a.common,
+            BenchCommand::Presence(a) => &a.common,
         }
     }
 }
@@ -97,12 +102,22 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
             Err(format!("soak failed: {}", r.problems.join("; ")))
         };
     }
+    if let BenchCommand::Presence(a) = cmd {
+        let r = rt.block_on(presence::run(a))?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
     let report = rt.block_on(async move {
         match cmd {
             BenchCommand::Connect(a) => connect::run(a).await,
             BenchCommand::Fanout(a) => fanout::run(a).await,
             BenchCommand::Echo(a) => echo::run(a).await,
-            BenchCommand::Soak(_) => Err("unreachable: the soak is handled above".into()),
+            BenchCommand::Soak(_) | BenchCommand::Presence(_) => {
+                Err("unreachable: handled above".into())
+            }
         }
     })?;
     if common.json {
