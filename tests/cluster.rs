@@ -247,6 +247,7 @@ on_both!(
     a_cache_channels_last_event_reaches_a_node_started_after_it,
     hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes,
     v1_presence_is_cluster_wide_and_a_dead_nodes_members_leave_it,
+    a_revocation_is_kept_by_the_backplane_when_every_node_restarts,
 );
 
 fn token(sub: &str) -> String {
@@ -1549,5 +1550,55 @@ async fn v1_presence_is_cluster_wide_and_a_dead_nodes_members_leave_it(kind: Kin
     assert_eq!(left["group"], "room");
     drop(zoe);
     a.stop().await;
+    b.stop().await;
+}
+
+/// A user's revocation is kept by the engine itself: after every node that saw it is gone, a
+/// node started afresh refuses the user's older tokens (and accepts newer ones).
+async fn a_revocation_is_kept_by_the_backplane_when_every_node_restarts(kind: Kind) {
+    let engine = Backend::start(kind);
+    let a = node(&engine, "wshub", "node-a").await;
+    let (mut ann, _) = client(&a, "ann").await;
+    let res = http(
+        a.addr,
+        "DELETE",
+        "/api/users/ann/connections?revoke=true",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(res.status, 200, "{:?}", String::from_utf8_lossy(&res.body));
+    let before = res.json()["revokedBefore"].as_u64().unwrap();
+    assert_eq!(next_close(&mut ann).await, Some(4403));
+    a.stop().await;
+    // Nobody who saw it is left; a new node reads it from the engine.
+    let b = node(&engine, "wshub", "node-b").await;
+    let h = b.hub.clone();
+    tokio::time::timeout(WAIT, async move {
+        while !h.is_revoked(Some("ann"), Some(before - 1)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the new node knows the revocation");
+    let status = |t: String| {
+        let url = format!("{}?access_token={t}", b.ws_url());
+        async move {
+            match tokio_tungstenite::connect_async(url).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(status(token("ann")).await, 401);
+    let newer = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "ann", "exp": before + 600, "iat": before + 1}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(status(newer).await, 101);
+    assert!(!b.hub.is_revoked(Some("bob"), None));
     b.stop().await;
 }

@@ -275,6 +275,7 @@ pub struct UserDisconnected {
         (status = 200, description = "Closing every connection of the user (none: nothing to close)", body = UserDisconnected),
         (status = 400, description = "Bad close code", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The backplane cannot take it now", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Applied on the live nodes, not kept by the backplane: try again", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn disconnect_user(
     State(hub): State<Hub>,
@@ -291,7 +292,14 @@ pub async fn disconnect_user(
     let reason = p.reason.unwrap_or_else(|| "disconnected".into());
     let revoked_before = hub
         .disconnect_user(&user, code, &reason, p.revoke.unwrap_or(false))
-        .map_err(super::connections::busy)?;
+        .await
+        .map_err(|e| match e {
+            crate::hub::RevokeError::Busy(b) => super::connections::busy(b),
+            crate::hub::RevokeError::NotKept(why) => Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}", crate::hub::RevokeError::NotKept(why)),
+            ),
+        })?;
     Ok(Json(UserDisconnected {
         user,
         revoked_before,

@@ -35,6 +35,7 @@ struct Stream {
 struct Bus {
     streams: Mutex<HashMap<String, Stream>>,
     entries: Mutex<HashMap<Arc<str>, HashMap<String, String>>>,
+    revoked: Mutex<HashMap<String, u64>>,
     tx: broadcast::Sender<Carried>,
     /// Out of service (see [`set_down`]): every operation fails, subscribers disconnect.
     down: std::sync::atomic::AtomicBool,
@@ -57,6 +58,7 @@ pub fn set_down(name: &str, down: bool) {
         if down {
             bus.streams.lock().clear();
             bus.entries.lock().clear();
+            bus.revoked.lock().clear();
         }
         bus.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
@@ -74,6 +76,7 @@ fn bus(name: &str) -> Arc<Bus> {
     let b = Arc::new(Bus {
         streams: Mutex::new(HashMap::new()),
         entries: Mutex::new(HashMap::new()),
+        revoked: Mutex::new(HashMap::new()),
         tx: broadcast::channel(BUS_CAPACITY).0,
         down: std::sync::atomic::AtomicBool::new(false),
     });
@@ -351,6 +354,27 @@ impl super::Engine for LocalEngine {
 
     fn leave(&self) -> super::EngineFuture<'_, ()> {
         let r = self.up().map(|()| LocalEngine::leave(self));
+        Box::pin(async move { r })
+    }
+
+    fn revoke<'a>(&'a self, user: &'a str, before: u64) -> super::EngineFuture<'a, ()> {
+        let r = self.up().map(|()| {
+            let mut all = self.bus.revoked.lock();
+            let at = all.entry(user.to_owned()).or_insert(0);
+            *at = (*at).max(before);
+        });
+        Box::pin(async move { r })
+    }
+
+    fn revocations(&self) -> super::EngineFuture<'_, Vec<(String, u64)>> {
+        let r = self.up().map(|()| {
+            self.bus
+                .revoked
+                .lock()
+                .iter()
+                .map(|(u, t)| (u.clone(), *t))
+                .collect()
+        });
         Box::pin(async move { r })
     }
 

@@ -313,6 +313,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Removes this node's entries (a clean shutdown).
     fn leave(&self) -> EngineFuture<'_, ()>;
 
+    /// Keeps a revocation (`user`'s tokens issued before `before`, Unix seconds) in the
+    /// engine, for every node, present or future, whatever restarts.
+    fn revoke<'a>(&'a self, user: &'a str, before: u64) -> EngineFuture<'a, ()>;
+
+    /// Every revocation kept.
+    fn revocations(&self) -> EngineFuture<'_, Vec<(String, u64)>>;
+
     /// Sends a batch in order; each stream publication's position.
     fn publish_batch<'a>(
         &'a self,

@@ -50,6 +50,8 @@ struct Ready {
     stream: stream::Stream,
     kv: kv::Store,
     kv_stream: stream::Stream,
+    /// Revocations (`<user in hex>` → Unix seconds): kept on file, without expiry.
+    revoked: kv::Store,
     bucket: String,
     epoch: String,
 }
@@ -185,11 +187,30 @@ impl NatsEngine {
             .get_key_value(&bucket)
             .await
             .map_err(|e| err(format!("opening the connections bucket: {e}")))?;
+        let revoked_bucket = format!("{}_revoked", self.prefix);
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{revoked_bucket}"),
+            subjects: vec![format!("$KV.{revoked_bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(format!("creating the revocations bucket: {e}")))?;
+        let revoked = js
+            .get_key_value(&revoked_bucket)
+            .await
+            .map_err(|e| err(format!("opening the revocations bucket: {e}")))?;
         Ok(Ready {
             js,
             stream,
             kv,
             kv_stream,
+            revoked,
             bucket,
             epoch,
         })
@@ -690,6 +711,48 @@ impl super::Engine for NatsEngine {
 
     fn entries(&self, _ttl: Duration) -> super::EngineFuture<'_, Vec<String>> {
         Box::pin(NatsEngine::entries(self))
+    }
+
+    fn revoke<'a>(&'a self, user: &'a str, before: u64) -> super::EngineFuture<'a, ()> {
+        Box::pin(async move {
+            let r = self.ready()?;
+            let key = hex::encode(user);
+            let kept = r
+                .revoked
+                .get(&key)
+                .await
+                .map_err(err)?
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+            if kept.is_none_or(|k| k < before) {
+                r.revoked
+                    .put(key, Bytes::from(before.to_string()))
+                    .await
+                    .map_err(err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn revocations(&self) -> super::EngineFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            use futures_util::StreamExt as _;
+            let r = self.ready()?;
+            let mut keys = r.revoked.keys().await.map_err(err)?;
+            let mut out = Vec::new();
+            while let Some(k) = keys.next().await {
+                let k = k.map_err(err)?;
+                let Some(user) = hex::decode(&k).ok().and_then(|u| String::from_utf8(u).ok())
+                else {
+                    continue;
+                };
+                if let Some(v) = r.revoked.get(&k).await.map_err(err)? {
+                    if let Some(t) = std::str::from_utf8(&v).ok().and_then(|t| t.parse().ok()) {
+                        out.push((user, t));
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn locate<'a>(

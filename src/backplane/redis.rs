@@ -125,6 +125,10 @@ impl RedisEngine {
         format!("{}:nodes", self.prefix)
     }
 
+    fn revoked_key(&self) -> String {
+        format!("{}:revoked", self.prefix)
+    }
+
     async fn call<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         let mut c = self.conn();
         match tokio::time::timeout(CALL_TIMEOUT, cmd.query_async(&mut c)).await {
@@ -386,6 +390,37 @@ impl RedisEngine {
             .ignore();
     }
 
+    /// Keeps a revocation in a hash (user → time), the later time winning.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn revoke(&self, user: &str, before: u64) -> redis::RedisResult<()> {
+        let kept: Option<u64> = self
+            .call(redis::cmd("HGET").arg(self.revoked_key()).arg(user))
+            .await?;
+        if kept.is_some_and(|k| k >= before) {
+            return Ok(());
+        }
+        self.call(
+            redis::cmd("HSET")
+                .arg(self.revoked_key())
+                .arg(user)
+                .arg(before),
+        )
+        .await
+    }
+
+    /// Every revocation kept.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn revocations(&self) -> redis::RedisResult<Vec<(String, u64)>> {
+        let all: std::collections::HashMap<String, u64> = self
+            .call(redis::cmd("HGETALL").arg(self.revoked_key()))
+            .await?;
+        Ok(all.into_iter().collect())
+    }
+
     /// Removes this node's entries (a clean shutdown).
     pub async fn leave(&self) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
@@ -504,6 +539,14 @@ impl super::Engine for RedisEngine {
 
     fn leave(&self) -> super::EngineFuture<'_, ()> {
         Box::pin(async move { Ok(RedisEngine::leave(self).await?) })
+    }
+
+    fn revoke<'a>(&'a self, user: &'a str, before: u64) -> super::EngineFuture<'a, ()> {
+        Box::pin(async move { Ok(RedisEngine::revoke(self, user, before).await?) })
+    }
+
+    fn revocations(&self) -> super::EngineFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move { Ok(RedisEngine::revocations(self).await?) })
     }
 
     fn publish_batch<'a>(

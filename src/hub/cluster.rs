@@ -163,6 +163,7 @@ impl Hub {
                 node: self.node_id().to_owned(),
             };
             self.publish(resync, &mut cork);
+            self.load_revocations();
         } else {
             self.backplane_event("disconnected");
             tracing::warn!(node = %self.node_id(), "backplane unreachable: delivering to this node's connections only, reconnecting");

@@ -378,7 +378,6 @@ impl Hub {
             Publication::Resync { node } => {
                 self.node_alive(node);
                 self.resync_presence(node);
-                self.resync_revocations();
                 self.announce_occupancy();
                 Delivery::default()
             }

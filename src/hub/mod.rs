@@ -33,6 +33,7 @@ pub use presence::{PresenceMember, PresencePage, PresenceStats, PAGE as PRESENCE
 pub(crate) use pusher::Session;
 pub use pusher::{PresenceUser, TriggerError};
 pub(crate) use recovery::{Fetched, Prefetch};
+pub use tokens::RevokeError;
 
 use crate::close::CloseReason;
 use crate::envelope::{self, Kind};

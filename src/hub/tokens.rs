@@ -3,9 +3,10 @@
 //! whose token expires is closed by its task (4401); revocation closes every connection of a
 //! user, cluster-wide, and can refuse that user's tokens issued before a time.
 //!
-//! Revocations are kept by every node (applied from the bus, in its order) and re-announced
-//! by the first live node when a node joins, so a node started later knows them; at most
-//! [`MAX_REVOKED`] users are kept (past it, the oldest revocation goes).
+//! Revocations are applied by every node from the bus and kept in the backplane (a Redis hash,
+//! a NATS key-value bucket on file), which every node reads when it connects: a node started
+//! later, or after every other restarted, knows them. Each node keeps at most [`MAX_REVOKED`]
+//! users (past it, the oldest revocation goes).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,17 @@ use super::{Hub, HubCork, HubEntry, HubError};
 use crate::close::CloseReason;
 use crate::manager::Grants;
 use crate::wire::Publication;
+
+/// Why a revocation did not fully happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// The backplane cannot take it now: nothing was done.
+    #[error(transparent)]
+    Busy(super::Busy),
+    /// The live nodes applied it, the backplane could not keep it.
+    #[error("applied on the live nodes, but the backplane could not keep the revocation: {0}")]
+    NotKept(String),
+}
 
 /// Users whose tokens are revoked, kept at most.
 pub const MAX_REVOKED: usize = 100_000;
@@ -90,17 +102,19 @@ impl Hub {
 
     /// Closes every connection of `user` on every node with `code` and `reason`; with
     /// `revoke`, that user's tokens issued before now are refused from now on (at connect and
-    /// refresh), on every node.
+    /// refresh), on every node, and the revocation is kept in the backplane.
     ///
     /// # Errors
-    /// [`super::Busy`] when the backplane cannot take it now (nothing was done).
-    pub fn disconnect_user(
+    /// [`RevokeError::Busy`] when the backplane cannot take it now (nothing was done);
+    /// [`RevokeError::NotKept`] when the live nodes applied it but the backplane could not
+    /// keep it (a node that joins later would not know it: try again).
+    pub async fn disconnect_user(
         &self,
         user: &str,
         code: u16,
         reason: &str,
         revoke: bool,
-    ) -> Result<Option<u64>, super::Busy> {
+    ) -> Result<Option<u64>, RevokeError> {
         let before = revoke.then(now_unix);
         let p = Publication::Revoke {
             user: user.to_owned(),
@@ -109,13 +123,51 @@ impl Hub {
         };
         let mut cork = HubCork::new();
         match self.shared_bus() {
-            Some(c) => c.publish_and_forget(p).map_err(|_| self.busy())?,
+            Some(c) => c
+                .publish_and_forget(p)
+                .map_err(|_| RevokeError::Busy(self.busy()))?,
             None => {
                 self.deliver(&p, super::deliver::Numbering::None, &mut cork);
             }
         }
         cork.flush();
+        if let (Some(at), Some(c)) = (before, self.cluster()) {
+            let kept = tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                c.engine().revoke(user, at),
+            )
+            .await;
+            match kept {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(RevokeError::NotKept(e.to_string())),
+                Err(_) => return Err(RevokeError::NotKept("no answer within 3 s".into())),
+            }
+        }
         Ok(before)
+    }
+
+    /// Reads the revocations the backplane keeps (when this node connects to it).
+    pub(crate) fn load_revocations(&self) {
+        let Some(c) = self.cluster().cloned() else {
+            return;
+        };
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            match c.engine().revocations().await {
+                Ok(all) => {
+                    let Some(hub) = Hub::upgrade(&weak) else {
+                        return;
+                    };
+                    tracing::debug!(revoked = all.len(), "revocations read from the backplane");
+                    for (user, before) in all {
+                        hub.apply_revoke(&user, None, Some(before));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocations could not be read from the backplane")
+                }
+            }
+        });
     }
 
     /// Applies a [`Publication::Revoke`] on this node: its connections of `user` close, the
@@ -143,37 +195,6 @@ impl Hub {
         };
         for e in self.shared.manager.user_connections(user) {
             self.disconnect(e.id, reason.clone());
-        }
-    }
-
-    /// Re-announces every revocation kept here (after a node joined: it learns them).
-    pub(crate) fn announce_revocations(&self) {
-        let all: Vec<(Arc<str>, u64)> = self
-            .shared
-            .revocations
-            .before
-            .lock()
-            .iter()
-            .map(|(u, t)| (u.clone(), *t))
-            .collect();
-        let mut cork = HubCork::new();
-        for (user, before) in all {
-            let p = Publication::Revoke {
-                user: user.to_string(),
-                close: None,
-                before: Some(before),
-            };
-            self.publish(p, &mut cork);
-        }
-        cork.flush();
-    }
-}
-
-impl Hub {
-    /// A node joined the bus: the first live node by id re-announces the revocations.
-    pub(crate) fn resync_revocations(&self) {
-        if self.is_first_live_node() {
-            self.announce_revocations();
         }
     }
 }
