@@ -653,26 +653,7 @@ async fn a_killed_node_leaves_the_listing_within_its_ttl(kind: Kind) {
     let redis = Backend::start(kind);
     let a = node(&redis, "wshub", "survivor").await;
     // Node "doomed" is a real process, killed with SIGKILL: no goodbye.
-    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--backplane",
-            &redis.url(),
-            "--node-id",
-            "doomed",
-            "--node-ttl",
-            "1500ms",
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = listening_addr(doomed.stdout.take().unwrap()).await;
+    let (mut doomed, addr) = spawn_doomed(&redis.url(), &[]).await;
     let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
     wait_listing(&a, "", |v| {
         v["count"] == 1 && v["connections"][0]["node"] == "doomed"
@@ -712,6 +693,34 @@ async fn a_killed_node_leaves_the_listing_within_its_ttl(kind: Kind) {
     drop(here);
     drop(ws.close(None).await);
     a.stop().await;
+}
+
+/// Node "doomed": a real process on the engine at `url` (node TTL 1.5 s), to be killed with
+/// SIGKILL (no goodbye); with its listening address.
+async fn spawn_doomed(url: &str, extra: &[&str]) -> (tokio::process::Child, String) {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--backplane",
+        url,
+        "--node-id",
+        "doomed",
+        "--node-ttl",
+        "1500ms",
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(doomed.stdout.take().unwrap()).await;
+    (doomed, addr)
 }
 
 async fn listening_addr(stdout: tokio::process::ChildStdout) -> String {
@@ -1410,26 +1419,7 @@ async fn hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes(kin
     rx.wait_for("vacated", |e| count(e, "group.vacated", "room") >= 1)
         .await;
     // A node with the only member of `lonely`, killed: no goodbye.
-    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--backplane",
-            &engine.url(),
-            "--node-id",
-            "doomed",
-            "--node-ttl",
-            "1500ms",
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = listening_addr(doomed.stdout.take().unwrap()).await;
+    let (mut doomed, addr) = spawn_doomed(&engine.url(), &[]).await;
     let (mut z, _) = connect_v1(&format!("ws://{addr}/ws")).await;
     join(&mut z, "lonely").await;
     let (ha, hb) = (a.hub.clone(), b.hub.clone());
@@ -1515,28 +1505,7 @@ async fn v1_presence_is_cluster_wide_and_a_dead_nodes_members_leave_it(kind: Kin
     seen.sort();
     assert_eq!(seen, ["ann", "bob"], "{page}");
     // zoe, on a node that is killed.
-    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--backplane",
-            &engine.url(),
-            "--node-id",
-            "doomed",
-            "--node-ttl",
-            "1500ms",
-            "--jwt-secret",
-            SECRET,
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = listening_addr(doomed.stdout.take().unwrap()).await;
+    let (mut doomed, addr) = spawn_doomed(&engine.url(), &["--jwt-secret", SECRET]).await;
     let (mut zoe, _) = connect_v1(&format!("ws://{addr}/ws?access_token={}", token("zoe"))).await;
     join(&mut zoe, "room").await;
     wait_users(a.hub.clone(), 3, "zoe seen on A").await;

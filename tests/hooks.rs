@@ -254,6 +254,15 @@ async fn connect_cookie(url: &str, cookie: &str) -> Result<(Ws, Value), Option<(
     }
 }
 
+/// The close code a connection with this cookie is refused with.
+async fn refused_with(s: &TestServer, cookie: &str) -> u16 {
+    match connect_cookie(&s.ws_url(), cookie).await {
+        Err(Some((code, _))) => code,
+        Err(None) => panic!("{cookie}: closed without a code"),
+        Ok(_) => panic!("{cookie}: admitted"),
+    }
+}
+
 /// The hook's answer to a request of each type.
 fn backend(body: &Value) -> Reply {
     match body["type"].as_str().unwrap() {
@@ -339,34 +348,14 @@ async fn the_connect_hook_admits_by_cookie_denies_with_a_close_code_and_fails_cl
         connect_cookie(&s.ws_url(), "session=nobody").await.err(),
         Some(Some((4401, "log in first".into())))
     );
-    // Fail-closed: too slow, garbage, a 5xx, down.
-    assert_eq!(
-        connect_cookie(&s.ws_url(), "session=slow")
-            .await
-            .err()
-            .unwrap()
-            .unwrap()
-            .0,
-        1013
-    );
-    assert_eq!(
-        connect_cookie(&s.ws_url(), "session=garbage")
-            .await
-            .err()
-            .unwrap()
-            .unwrap()
-            .0,
-        1011
-    );
-    assert_eq!(
-        connect_cookie(&s.ws_url(), "session=5xx")
-            .await
-            .err()
-            .unwrap()
-            .unwrap()
-            .0,
-        1013
-    );
+    // Fail-closed: too slow, garbage, a 5xx.
+    for (cookie, code) in [
+        ("session=slow", 1013),
+        ("session=garbage", 1011),
+        ("session=5xx", 1013),
+    ] {
+        assert_eq!(refused_with(&s, cookie).await, code, "{cookie}");
+    }
     let metrics = String::from_utf8(http(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
     for line in [
         r#"wshub_hook_calls_total{hook="connect",outcome="allow"} 1"#,
@@ -393,15 +382,7 @@ async fn the_connect_hook_admits_by_cookie_denies_with_a_close_code_and_fails_cl
         Duration::from_secs(1),
     )
     .await;
-    assert_eq!(
-        connect_cookie(&s.ws_url(), "session=ann")
-            .await
-            .err()
-            .unwrap()
-            .unwrap()
-            .0,
-        1013
-    );
+    assert_eq!(refused_with(&s, "session=ann").await, 1013);
     assert_eq!(s.hub.connection_count(), 0);
     s.stop().await;
 }

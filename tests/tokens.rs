@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use wshub::backplane::{BackplaneConfig, BackplaneUrl};
 use wshub::{Hub, HubConfig};
 
 const SECRET: &str = "token-lifecycle-test-secret-32-bytes";
@@ -213,23 +212,7 @@ async fn node(bus: &str, id: &str) -> TestServer {
         },
         auth(),
     );
-    hub.connect_backplane(BackplaneConfig {
-        url: format!("local://{bus}").parse::<BackplaneUrl>().unwrap(),
-        heartbeat: Duration::from_millis(100),
-        node_ttl: Duration::from_millis(1500),
-        ..BackplaneConfig::default()
-    })
-    .unwrap();
-    let srv = TestServer::with_hub(hub, wshub::server::ServerOptions::default()).await;
-    let h = srv.hub.clone();
-    tokio::time::timeout(WAIT, async move {
-        while !h.cluster().unwrap().is_up() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
-    srv
+    local_node(hub, bus).await
 }
 
 /// The status of an upgrade with this token.

@@ -13,7 +13,6 @@ use common::*;
 use receiver::Receiver;
 use serde_json::{json, Value};
 use wshub::apps::{App, Apps, Webhook};
-use wshub::backplane::{BackplaneConfig, BackplaneUrl};
 use wshub::{Hub, HubConfig};
 
 fn names(events: &[Value]) -> Vec<String> {
@@ -247,23 +246,7 @@ async fn node_with(bus: &str, id: &str, config: HubConfig) -> TestServer {
         shutdown_timeout: Duration::from_secs(1),
         ..config
     });
-    hub.connect_backplane(BackplaneConfig {
-        url: format!("local://{bus}").parse::<BackplaneUrl>().unwrap(),
-        heartbeat: Duration::from_millis(100),
-        node_ttl: Duration::from_millis(1500),
-        ..BackplaneConfig::default()
-    })
-    .unwrap();
-    let srv = TestServer::with_hub(hub, wshub::server::ServerOptions::default()).await;
-    let h = srv.hub.clone();
-    tokio::time::timeout(WAIT, async move {
-        while !h.cluster().unwrap().is_up() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
-    srv
+    local_node(hub, bus).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,6 +320,17 @@ pub async fn get_one(
         .ok_or_else(|| Problem::not_found(format!("no connection `{id}`")))
 }
 
+/// A close code the API may send, or a 400 saying which are.
+pub(crate) fn check_close_code(code: u16) -> Result<u16, Problem> {
+    if crate::frame::is_valid_close_code(code) {
+        Ok(code)
+    } else {
+        Err(Problem::bad_request(
+            "`code` must be a close code that may be sent: 1000–1003, 1007–1014 or 3000–4999",
+        ))
+    }
+}
+
 /// Disconnect a connection with a close code and reason.
 #[utoipa::path(
     delete,
@@ -339,12 +350,7 @@ pub async fn delete_one(
 ) -> Result<StatusCode, Problem> {
     let id = parse_id(&id)?;
     let Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let code = p.code.unwrap_or(1000);
-    if !crate::frame::is_valid_close_code(code) {
-        return Err(Problem::bad_request(
-            "`code` must be a close code that may be sent: 1000–1003, 1007–1014 or 3000–4999",
-        ));
-    }
+    let code = check_close_code(p.code.unwrap_or(1000))?;
     let reason = p.reason.unwrap_or_default();
     let found = hub
         .close_anywhere(id, code, &reason)

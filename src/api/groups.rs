@@ -283,12 +283,7 @@ pub async fn disconnect_user(
     query: Result<axum::extract::Query<UserDisconnect>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<UserDisconnected>, Problem> {
     let axum::extract::Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let code = p.code.unwrap_or(4403);
-    if !crate::frame::is_valid_close_code(code) {
-        return Err(Problem::bad_request(
-            "`code` must be a close code that may be sent: 1000–1003, 1007–1014 or 3000–4999",
-        ));
-    }
+    let code = super::connections::check_close_code(p.code.unwrap_or(4403))?;
     let reason = p.reason.unwrap_or_else(|| "disconnected".into());
     let revoked_before = hub
         .disconnect_user(&user, code, &reason, p.revoke.unwrap_or(false))

@@ -44,6 +44,21 @@ fn err(e: impl std::fmt::Display) -> BackplaneError {
     BackplaneError(e.to_string())
 }
 
+/// The stream of a key-value bucket, made by hand as the bucket API would (its own create asks
+/// for options nats-server 2.9 does not answer in a form the client reads): one value per key.
+fn kv_config(bucket: &str) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
 /// What a connected node has set up.
 struct Ready {
     js: jetstream::Context,
@@ -166,20 +181,11 @@ impl NatsEngine {
             (created.unix_timestamp_nanos() as u64) & 0xffff_ffff_ffff
         );
         let bucket = format!("{}_connections", self.prefix);
-        // The bucket's stream is made by hand, as a key-value bucket's is: the bucket API's own
-        // create asks for options nats-server 2.9 does not answer in a form the client reads.
         let kv_stream = js
             .get_or_create_stream(stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
                 max_age: self.ttl,
                 storage: stream::StorageType::Memory,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: stream::DiscardPolicy::New,
-                ..Default::default()
+                ..kv_config(&bucket)
             })
             .await
             .map_err(|e| err(format!("creating the connections bucket: {e}")))?;
@@ -189,15 +195,8 @@ impl NatsEngine {
             .map_err(|e| err(format!("opening the connections bucket: {e}")))?;
         let revoked_bucket = format!("{}_revoked", self.prefix);
         js.get_or_create_stream(stream::Config {
-            name: format!("KV_{revoked_bucket}"),
-            subjects: vec![format!("$KV.{revoked_bucket}.>")],
-            max_messages_per_subject: 1,
             storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
+            ..kv_config(&revoked_bucket)
         })
         .await
         .map_err(|e| err(format!("creating the revocations bucket: {e}")))?;

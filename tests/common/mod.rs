@@ -537,3 +537,27 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .unwrap();
     kb * 1024
 }
+
+/// `hub` as a node of the in-process bus `bus` (heartbeat 100 ms, node TTL 1.5 s), served on
+/// its own port once the bus is up.
+pub async fn local_node(hub: Hub, bus: &str) -> TestServer {
+    hub.connect_backplane(wshub::backplane::BackplaneConfig {
+        url: format!("local://{bus}")
+            .parse::<wshub::backplane::BackplaneUrl>()
+            .unwrap(),
+        heartbeat: Duration::from_millis(100),
+        node_ttl: Duration::from_millis(1500),
+        ..wshub::backplane::BackplaneConfig::default()
+    })
+    .unwrap();
+    let srv = TestServer::with_hub(hub, wshub::server::ServerOptions::default()).await;
+    let h = srv.hub.clone();
+    tokio::time::timeout(WAIT, async move {
+        while !h.cluster().unwrap().is_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    srv
+}
