@@ -283,6 +283,10 @@ fn backend(body: &Value) -> Reply {
                     delay: Duration::ZERO,
                 },
                 "session=5xx" => Reply::status(502),
+                // JSON, but not the answer: `allow` is not a boolean.
+                "session=schema" => Reply::json(json!({"allow": "yes", "user": "x"})),
+                // An answer larger than any answer may be.
+                "session=huge" => Reply::json(json!({"allow": true, "info": "x".repeat(100_000)})),
                 _ => Reply::json(json!({"allow": false, "code": 4401, "reason": "log in first"})),
             }
         }
@@ -353,6 +357,8 @@ async fn the_connect_hook_admits_by_cookie_denies_with_a_close_code_and_fails_cl
         ("session=slow", 1013),
         ("session=garbage", 1011),
         ("session=5xx", 1013),
+        ("session=schema", 1011),
+        ("session=huge", 1011),
     ] {
         assert_eq!(refused_with(&s, cookie).await, code, "{cookie}");
     }
@@ -361,7 +367,7 @@ async fn the_connect_hook_admits_by_cookie_denies_with_a_close_code_and_fails_cl
         r#"wshub_hook_calls_total{hook="connect",outcome="allow"} 1"#,
         r#"wshub_hook_calls_total{hook="connect",outcome="deny"} 1"#,
         r#"wshub_hook_calls_total{hook="connect",outcome="timeout"} 1"#,
-        r#"wshub_hook_calls_total{hook="connect",outcome="invalid"} 1"#,
+        r#"wshub_hook_calls_total{hook="connect",outcome="invalid"} 3"#,
         r#"wshub_hook_calls_total{hook="connect",outcome="error"} 1"#,
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
