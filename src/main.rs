@@ -115,8 +115,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         format!("cannot listen on {}: {e}{hint}", args.listen)
     })?;
     let auth = wshub::auth::Auth::new(&args.auth_settings()?)?;
-    if !auth.requires_token() {
-        tracing::warn!("connection authentication is OFF: anyone who reaches /ws connects anonymously (set --jwt-secret or --jwt-public-key)");
+    if !auth.requires_token() && args.connect_hook.is_none() {
+        tracing::warn!("connection authentication is OFF: anyone who reaches /ws connects anonymously (set --jwt-secret, --jwt-public-key or --connect-hook)");
     }
     if !auth.requires_api_key() {
         tracing::warn!("the REST API is open: anyone who reaches /api can push to every client (set --api-key)");
