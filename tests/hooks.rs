@@ -521,19 +521,14 @@ async fn a_slow_hook_holds_only_its_own_connections_commands() {
     )
     .await;
     send_text(&mut waiting, &json!({"id": 3, "type": "ping"}).to_string()).await;
-    // Meanwhile the other connection is served, and the waiting one still receives.
-    let started = std::time::Instant::now();
+    // Meanwhile the other connection is served (its publish is acked and delivered before the
+    // join's answer), and the waiting one still receives.
     let a = cmd(
         &mut other,
         json!({"id": 2, "type": "publish", "group": "news", "message": "while waiting"}),
     )
     .await;
     assert_eq!(a["type"], "ack");
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        started.elapsed()
-    );
     let mut order = Vec::new();
     while order.len() < 3 {
         let v = next_json_where(&mut waiting, |v| v["type"] != "joined").await;
