@@ -106,7 +106,7 @@ async fn an_expired_token_closes_its_connection_and_a_refresh_keeps_it() {
     let started = std::time::Instant::now();
     assert_eq!(expiring.await.unwrap(), (4401, "token expired".to_owned()));
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(6),
         "{:?}",
         started.elapsed()
     );
