@@ -304,3 +304,25 @@ async fn revoking_a_user_closes_it_everywhere_and_refuses_its_older_tokens_on_ev
     b.stop().await;
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_the_backplane_cannot_keep_is_a_503_but_the_live_node_applies_it() {
+    let a = node("revoke-down", "da").await;
+    let (mut ann, _) = client(&a, &token("ann", 600)).await;
+    wshub::backplane::local::set_down("revoke-down", true);
+    let res = http(
+        a.addr,
+        "DELETE",
+        "/api/users/ann/connections?revoke=true",
+        &[],
+        b"",
+    )
+    .await;
+    wshub::backplane::local::set_down("revoke-down", false);
+    assert_eq!(res.status, 503, "{}", String::from_utf8_lossy(&res.body));
+    assert!(String::from_utf8_lossy(&res.body).contains("could not keep"));
+    // This node applied it all the same.
+    assert_eq!(closed(&mut ann).await.0, 4403);
+    assert!(a.hub.is_revoked(Some("ann"), Some(now() - 5)));
+    a.stop().await;
+}

@@ -59,6 +59,28 @@ fn kv_config(bucket: &str) -> stream::Config {
     }
 }
 
+/// Creates (or finds) a key-value bucket's stream as `config` says, and opens the bucket.
+async fn kv_bucket(
+    js: &jetstream::Context,
+    config: stream::Config,
+    what: &str,
+) -> Result<(stream::Stream, kv::Store), BackplaneError> {
+    let bucket = config
+        .name
+        .strip_prefix("KV_")
+        .unwrap_or(&config.name)
+        .to_owned();
+    let created = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| err(format!("creating the {what} bucket: {e}")))?;
+    let store = js
+        .get_key_value(&bucket)
+        .await
+        .map_err(|e| err(format!("opening the {what} bucket: {e}")))?;
+    Ok((created, store))
+}
+
 /// What a connected node has set up.
 struct Ready {
     js: jetstream::Context,
@@ -181,29 +203,17 @@ impl NatsEngine {
             (created.unix_timestamp_nanos() as u64) & 0xffff_ffff_ffff
         );
         let bucket = format!("{}_connections", self.prefix);
-        let kv_stream = js
-            .get_or_create_stream(stream::Config {
-                max_age: self.ttl,
-                storage: stream::StorageType::Memory,
-                ..kv_config(&bucket)
-            })
-            .await
-            .map_err(|e| err(format!("creating the connections bucket: {e}")))?;
-        let kv = js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| err(format!("opening the connections bucket: {e}")))?;
-        let revoked_bucket = format!("{}_revoked", self.prefix);
-        js.get_or_create_stream(stream::Config {
+        let connections = stream::Config {
+            max_age: self.ttl,
+            storage: stream::StorageType::Memory,
+            ..kv_config(&bucket)
+        };
+        let (kv_stream, kv) = kv_bucket(&js, connections, "connections").await?;
+        let revocations = stream::Config {
             storage: stream::StorageType::File,
-            ..kv_config(&revoked_bucket)
-        })
-        .await
-        .map_err(|e| err(format!("creating the revocations bucket: {e}")))?;
-        let revoked = js
-            .get_key_value(&revoked_bucket)
-            .await
-            .map_err(|e| err(format!("opening the revocations bucket: {e}")))?;
+            ..kv_config(&format!("{}_revoked", self.prefix))
+        };
+        let (_, revoked) = kv_bucket(&js, revocations, "revocations").await?;
         Ok(Ready {
             js,
             stream,

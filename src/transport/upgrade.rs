@@ -192,15 +192,14 @@ fn asks_connect_hook(hub: &Hub, req: &Request) -> bool {
     if !hub.auth().requires_token() {
         return true;
     }
-    let query: Option<axum::extract::Query<TokenQuery>> =
-        axum::extract::Query::try_from_uri(req.uri()).ok();
-    let has_query_token = query.is_some_and(|q| q.access_token.is_some());
-    let has_bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
-    !(has_query_token || has_bearer)
+    query_token(req).is_none() && crate::auth::bearer(req.headers()).is_none()
+}
+
+/// The `?access_token=` of an upgrade request.
+fn query_token(req: &Request) -> Option<String> {
+    axum::extract::Query::<TokenQuery>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|q| q.0.access_token)
 }
 
 /// Asks the `connect` hook: who the connection is, or the close code that refuses it. (What
@@ -285,10 +284,7 @@ fn admit(hub: &Hub, req: &Request) -> Result<Identity, Problem> {
     if !auth.requires_token() {
         return Ok(Identity::default());
     }
-    let query: Option<axum::extract::Query<TokenQuery>> =
-        axum::extract::Query::try_from_uri(req.uri()).ok();
-    let token = query.as_ref().and_then(|q| q.access_token.as_deref());
-    let identity = auth.authenticate(req.headers(), token)?;
+    let identity = auth.authenticate(req.headers(), query_token(req).as_deref())?;
     if hub.is_revoked(identity.user.as_deref(), identity.issued_at) {
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,

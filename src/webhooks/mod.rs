@@ -244,13 +244,6 @@ impl Webhooks {
     }
 }
 
-/// The body and signature of a Pusher batch.
-pub fn sign_batch(app: &App, events: &[Value], time_ms: u64) -> (String, String) {
-    let body = serde_json::json!({ "time_ms": time_ms, "events": events }).to_string();
-    let signature = crate::signing::sign(&app.secret, body.as_bytes());
-    (body, signature)
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -456,5 +449,32 @@ mod tests {
         assert_eq!(counted(&counter, "given_up"), 1);
         assert_eq!(counted(&counter, "retried"), u64::from(ATTEMPTS - 1));
         assert_eq!(counted(&counter, "delivered"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_flush_waits_for_the_queues_but_not_past_its_deadline() {
+        let counter = Family::default();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let hooks = Webhooks::start(
+            &apps(&format!("http://127.0.0.1:{port}/")),
+            &Settings::default(),
+            "n".into(),
+            counter.clone(),
+        );
+        let now = tokio::time::Instant::now;
+        // Nothing queued: done at once.
+        assert!(hooks.flush(now() + Duration::from_secs(5)).await);
+        // A batch being retried against a dead target: given up on at the deadline.
+        hooks.emit(
+            "1",
+            serde_json::json!({ "name": "client_event", "channel": "c" }),
+            &counter,
+        );
+        let deadline = now() + Duration::from_secs(3);
+        assert!(!hooks.flush(deadline).await);
+        assert!(now() >= deadline && now() < deadline + Duration::from_secs(1));
     }
 }

@@ -208,12 +208,16 @@ impl Hub {
 
     /// Another node was heard from (it is alive).
     pub(crate) fn node_alive(&self, node: &str) {
-        if node != self.node_id() {
-            self.shared
-                .pusher
-                .alive
-                .lock()
-                .insert(Arc::from(node), Instant::now());
+        if node == self.node_id() {
+            return;
+        }
+        // Called for every publication that names a node: no allocation for one already known.
+        let mut alive = self.shared.pusher.alive.lock();
+        match alive.get_mut(node) {
+            Some(at) => *at = Instant::now(),
+            None => {
+                alive.insert(Arc::from(node), Instant::now());
+            }
         }
     }
 
