@@ -10,6 +10,7 @@
 //! | [`CloseReason::IdleTimeout`] (no frame within the idle timeout) | 1001 | dropped |
 //! | [`CloseReason::Protocol`] (RFC 6455 violation) | 1002 | delivered first |
 //! | [`CloseReason::InvalidUtf8`] | 1007 | delivered first |
+//! | [`CloseReason::BadCompression`] (a `permessage-deflate` message that does not inflate) | 1007 | delivered first |
 //! | [`CloseReason::SlowConsumer`] (outbound queue overflowed) | 1008 | dropped |
 //! | [`CloseReason::RateLimited`] (inbound rate limit, when set to close) | 1008 | delivered first |
 //! | [`CloseReason::TooBig`] (message over the size limit) | 1009 | delivered first |
@@ -38,6 +39,8 @@ pub enum CloseReason {
     Protocol(&'static str),
     /// A text message or close reason was not valid UTF-8.
     InvalidUtf8,
+    /// A compressed message was not valid DEFLATE data.
+    BadCompression,
     /// The connection's outbound queue overflowed: it does not read fast enough.
     SlowConsumer,
     /// The client sent messages faster than its rate limit (with `--rate-limit-action close`).
@@ -58,7 +61,7 @@ impl CloseReason {
             CloseReason::Disconnected { code, .. } => *code,
             CloseReason::GoingAway | CloseReason::IdleTimeout => 1001,
             CloseReason::Protocol(_) => 1002,
-            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::InvalidUtf8 | CloseReason::BadCompression => 1007,
             CloseReason::SlowConsumer | CloseReason::RateLimited => 1008,
             CloseReason::TooBig => 1009,
             CloseReason::TokenExpired | CloseReason::TokenRefused => 4401,
@@ -74,6 +77,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::Protocol(why) => why,
             CloseReason::InvalidUtf8 => "invalid UTF-8 in text message",
+            CloseReason::BadCompression => "invalid compressed data",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limit exceeded",
             CloseReason::TooBig => "message too big",
@@ -103,6 +107,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Protocol(_) => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::BadCompression => "bad_compression",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::TooBig => "message_too_big",
@@ -122,6 +127,7 @@ impl From<&DecodeError> for CloseReason {
         match e {
             DecodeError::Protocol(why) => CloseReason::Protocol(why),
             DecodeError::InvalidUtf8 => CloseReason::InvalidUtf8,
+            DecodeError::BadCompression => CloseReason::BadCompression,
             DecodeError::TooBig { .. } => CloseReason::TooBig,
         }
     }

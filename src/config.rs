@@ -247,6 +247,19 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_SILENT_GROUPS", value_delimiter = ',')]
     pub silent_groups: Vec<String>,
 
+    /// permessage-deflate (RFC 7692) for clients that offer it, as browsers do: `true` or `false` (offers are then declined). A publication is compressed once for all its recipients.
+    #[arg(long, env = "WSHUB_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub compression: bool,
+
+    /// Messages smaller than this are sent uncompressed (compressing a few bytes costs more than it saves).
+    #[arg(long, env = "WSHUB_COMPRESSION_THRESHOLD", default_value = "256B", value_parser = parse_size)]
+    #[serde(serialize_with = "ser_size")]
+    pub compression_threshold: usize,
+
+    /// DEFLATE level: 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "WSHUB_COMPRESSION_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: u32,
+
     /// How long an authorization hook may take to answer; no answer in time is a refusal (fail-closed).
     #[arg(long, env = "WSHUB_HOOK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_duration")]
@@ -387,6 +400,12 @@ impl ServeArgs {
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())
                 .collect(),
+            compression: self
+                .compression
+                .then_some(crate::frame::deflate::Settings {
+                    threshold: self.compression_threshold,
+                    level: self.compression_level,
+                }),
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,

@@ -96,6 +96,23 @@ pub struct Metrics {
     pub history_evicted: Counter,
     /// Publications waiting for the backplane's engine (set when rendered).
     pub backplane_queue: Gauge,
+    /// `permessage-deflate` counters.
+    pub deflate: DeflateMetrics,
+}
+
+/// What compression did: messages compressed once each, frames sent compressed per recipient.
+#[derive(Clone, Debug, Default)]
+pub struct DeflateMetrics {
+    /// Messages compressed (once per publication and protocol, whatever the recipients).
+    pub compressions: Counter,
+    /// Payload bytes given to the compressor (for the messages it made smaller).
+    pub input_bytes: Counter,
+    /// Payload bytes it produced.
+    pub output_bytes: Counter,
+    /// Frames that went out compressed (one per recipient).
+    pub frames_sent: Counter,
+    /// Client messages that arrived compressed.
+    pub inflated: Counter,
 }
 
 impl Default for Metrics {
@@ -135,8 +152,34 @@ impl Metrics {
             history_streams: Gauge::default(),
             history_evicted: Counter::default(),
             backplane_queue: Gauge::default(),
+            deflate: DeflateMetrics::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "deflate_compressions",
+            "Messages compressed with permessage-deflate (once per publication, whatever the recipients)",
+            m.deflate.compressions.clone(),
+        );
+        registry.register(
+            "deflate_input_bytes",
+            "Payload bytes compressed",
+            m.deflate.input_bytes.clone(),
+        );
+        registry.register(
+            "deflate_output_bytes",
+            "Compressed bytes produced from them",
+            m.deflate.output_bytes.clone(),
+        );
+        registry.register(
+            "deflate_frames_sent",
+            "Frames sent compressed (one per recipient)",
+            m.deflate.frames_sent.clone(),
+        );
+        registry.register(
+            "deflate_messages_inflated",
+            "Client messages received compressed",
+            m.deflate.inflated.clone(),
+        );
         registry.register(
             "backplane_queue",
             "Publications waiting for the backplane's engine (limit: the queue size)",

@@ -99,6 +99,8 @@ pub struct HubConfig {
     pub presence_groups: Vec<String>,
     /// Group patterns whose members get no `joined`/`left` events.
     pub silent_groups: Vec<String>,
+    /// `permessage-deflate` for clients that offer it (`None`: declined).
+    pub compression: Option<crate::frame::deflate::Settings>,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -146,6 +148,7 @@ impl Default for HubConfig {
             webhook_delay: Duration::ZERO,
             presence_groups: vec!["*".into()],
             silent_groups: Vec::new(),
+            compression: Some(crate::frame::deflate::Settings::default()),
         }
     }
 }
@@ -272,6 +275,12 @@ impl Hub {
             metrics.hook_calls.clone(),
             metrics.hook_seconds.clone(),
         );
+        let manager = ConnectionManager::with_compression(config.compression.map(|settings| {
+            crate::manager::Compression {
+                settings,
+                metrics: metrics.deflate.clone(),
+            }
+        }));
         let hub = Self {
             shared: Arc::new(Shared {
                 node,
@@ -279,7 +288,7 @@ impl Hub {
                 history: History::with_counter(config.history, metrics.history_evicted.clone()),
                 config,
                 auth,
-                manager: ConnectionManager::new(),
+                manager,
                 metrics,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),

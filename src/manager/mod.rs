@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use parking_lot::RwLock;
 
 use crate::close::CloseReason;
-use crate::frame::Frame;
+use crate::frame::{deflate, Frame};
 use crate::id::ConnId;
 
 mod cork;
@@ -44,6 +44,8 @@ pub struct ConnInfo {
     pub user_info: Option<Arc<str>>,
     /// When its token expires (Unix seconds; `None`: no token, or one without `exp`).
     pub expires_at: Option<u64>,
+    /// It negotiated `permessage-deflate` and takes the frames compressed once for everyone.
+    pub deflate: bool,
 }
 
 impl ConnInfo {
@@ -57,6 +59,7 @@ impl ConnInfo {
             allowed_groups: None,
             user_info: None,
             expires_at: None,
+            deflate: false,
         }
     }
 }
@@ -191,6 +194,74 @@ pub enum Undelivered {
 /// read lock.
 pub struct ConnectionManager<S> {
     inner: RwLock<Inner<S>>,
+    /// How frames are compressed for connections that negotiated it (`None`: never).
+    compression: Option<Compression>,
+}
+
+/// Compression settings and their counters.
+#[derive(Debug, Clone)]
+pub struct Compression {
+    /// Threshold and level.
+    pub settings: deflate::Settings,
+    /// What was compressed and sent.
+    pub metrics: crate::metrics::DeflateMetrics,
+}
+
+/// The compressed variants of the frames of one publication (one per protocol at most), each
+/// made when a recipient that takes compressed frames first needs it, then shared.
+struct Packed<'c> {
+    compression: Option<&'c Compression>,
+    /// (address and length of the plain frame, its compressed form if compression helps).
+    made: Vec<((usize, usize), Option<Frame>)>,
+    /// Frames that went out compressed.
+    sent: u64,
+}
+
+impl<'c> Packed<'c> {
+    fn new(compression: Option<&'c Compression>) -> Self {
+        Self {
+            compression,
+            made: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// What a recipient gets instead of `plain`: its compressed form when the recipient
+    /// negotiated compression and it is worth it.
+    fn pick<'a>(&'a mut self, plain: &'a Frame, deflate: bool) -> &'a Frame {
+        let Some(c) = self.compression.filter(|_| deflate) else {
+            return plain;
+        };
+        let key = (plain.as_ptr() as usize, plain.len());
+        let i = match self.made.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let packed = deflate::compress_frame(plain, &c.settings, deflate::SHARED_WINDOW);
+                if let Some(p) = &packed {
+                    c.metrics.compressions.inc();
+                    c.metrics.input_bytes.inc_by(plain.len() as u64);
+                    c.metrics.output_bytes.inc_by(p.len() as u64);
+                }
+                self.made.push((key, packed));
+                self.made.len() - 1
+            }
+        };
+        match &self.made[i].1 {
+            Some(p) => {
+                self.sent += 1;
+                p
+            }
+            None => plain,
+        }
+    }
+}
+
+impl Drop for Packed<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.compression.filter(|_| self.sent > 0) {
+            c.metrics.frames_sent.inc_by(self.sent);
+        }
+    }
 }
 
 impl<S: Sink> Default for ConnectionManager<S> {
@@ -200,14 +271,20 @@ impl<S: Sink> Default for ConnectionManager<S> {
 }
 
 impl<S: Sink> ConnectionManager<S> {
-    /// An empty registry.
+    /// An empty registry that never compresses.
     pub fn new() -> Self {
+        Self::with_compression(None)
+    }
+
+    /// An empty registry that compresses frames for the connections that negotiated it.
+    pub fn with_compression(compression: Option<Compression>) -> Self {
         Self {
             inner: RwLock::new(Inner {
                 conns: HashMap::new(),
                 groups: HashMap::new(),
                 users: HashMap::new(),
             }),
+            compression,
         }
     }
 
@@ -443,6 +520,8 @@ impl<S: Sink> ConnectionManager<S> {
         cork: &mut Cork<S>,
     ) -> Result<(), Undelivered> {
         let entry = self.get(id).ok_or(Undelivered::Unknown)?;
+        let mut packed = Packed::new(self.compression.as_ref());
+        let frame = packed.pick(frame, entry.info.deflate);
         match entry.sink.try_send(frame) {
             Ok(Queued::NeedsFlush) => {
                 cork.add(entry);
@@ -495,6 +574,7 @@ impl<S: Sink> ConnectionManager<S> {
     ) -> Delivery {
         let mut report = Delivery::default();
         let mut failed: Vec<(Arc<Entry<S>>, SendError)> = Vec::new();
+        let mut packed = Packed::new(self.compression.as_ref());
         {
             let inner = self.inner.read();
             let members = match audience {
@@ -518,6 +598,7 @@ impl<S: Sink> ConnectionManager<S> {
                 let Some(frame) = frames.frame_for(entry.info.protocol) else {
                     continue;
                 };
+                let frame = packed.pick(frame, entry.info.deflate);
                 match entry.sink.try_send(frame) {
                     Ok(q) => {
                         report.delivered += 1;

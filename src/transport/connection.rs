@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
-use crate::frame::{self, DecodeError, Decoder, Message, OpCode};
+use crate::frame::{self, deflate, DecodeError, Decoder, Frame, Message, OpCode};
 use crate::hub::{Hub, HubCork, HubEntry, RateLimit, RateLimitAction, Session};
 use crate::manager::Protocol;
 use crate::outbox::{Outbox, Queued, SendError};
@@ -91,6 +91,10 @@ impl Drop for EchoSlot {
 #[derive(Clone, Copy)]
 pub(crate) struct Params {
     pub max_message: usize,
+    /// The `permessage-deflate` this connection negotiated.
+    pub deflate: Option<deflate::Agreed>,
+    /// How the server compresses (for what the connection task sends itself: echoes).
+    pub compression: Option<deflate::Settings>,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub close_timeout: Duration,
@@ -273,6 +277,8 @@ struct Conn<'a> {
     burst_started: std::time::Instant,
     /// The inbound rate limit, for hub connections that have one.
     bucket: Option<Bucket>,
+    /// How this connection's own messages (echoes) are compressed, when it negotiated it.
+    deflate: Option<(deflate::Settings, deflate::Agreed)>,
 }
 
 impl Conn<'_> {
@@ -325,6 +331,15 @@ impl Conn<'_> {
             }
         }
         self.flush();
+        let inflated = rd.decoder.take_inflated();
+        if inflated > 0 {
+            self.role
+                .hub()
+                .metrics()
+                .deflate
+                .inflated
+                .inc_by(u64::from(inflated));
+        }
         match step {
             Step::End(ending) => Some(ending),
             _ => None,
@@ -371,6 +386,22 @@ impl Conn<'_> {
             }
             Err(ReadError::Io(e)) => Step::End(Ending::Io(e)),
         }
+    }
+
+    /// An echo: compressed with the window the client allowed when it negotiated
+    /// compression and the message is worth it (an echo has one recipient).
+    fn echo(&self, opcode: OpCode, payload: &[u8]) -> Frame {
+        self.deflate
+            .and_then(|(settings, agreed)| {
+                let f = deflate::compress(opcode, payload, &settings, agreed.server_window)?;
+                let m = &self.role.hub().metrics().deflate;
+                m.compressions.inc();
+                m.input_bytes.inc_by(payload.len() as u64);
+                m.output_bytes.inc_by(f.len() as u64);
+                m.frames_sent.inc();
+                Some(f)
+            })
+            .unwrap_or_else(|| frame::encode(opcode, payload))
     }
 
     /// Whether the rate limit lets one more message through.
@@ -452,7 +483,7 @@ impl Conn<'_> {
                 },
                 Role::Refused(_) => {}
                 Role::Echo(_) => {
-                    let r = self.outbox.push(frame::encode(OpCode::Text, &b));
+                    let r = self.outbox.push(self.echo(OpCode::Text, &b));
                     self.queued(r);
                 }
             },
@@ -471,7 +502,7 @@ impl Conn<'_> {
                 }
                 Role::Refused(_) => {}
                 Role::Echo(_) => {
-                    let r = self.outbox.push(frame::encode(OpCode::Binary, &b));
+                    let r = self.outbox.push(self.echo(OpCode::Binary, &b));
                     self.queued(r);
                 }
             },
@@ -516,7 +547,11 @@ where
     F: Future<Output = io::Result<()>>,
 {
     let mut rd = Reader {
-        decoder: Decoder::new(params.max_message),
+        decoder: if params.deflate.is_some() {
+            Decoder::with_deflate(params.max_message)
+        } else {
+            Decoder::new(params.max_message)
+        },
         buf: BytesMut::from(&preread[..]),
         discard: false,
     };
@@ -535,6 +570,7 @@ where
         own_dirty: false,
         burst_started: std::time::Instant::now(),
         bucket: params.rate_limit.map(Bucket::new),
+        deflate: params.compression.zip(params.deflate),
     };
     let ending = {
         tokio::pin!(write);

@@ -20,6 +20,7 @@ use tracing::Instrument as _;
 
 use crate::auth::Identity;
 use crate::frame;
+use crate::frame::deflate::{self, Agreed};
 use crate::history::Position;
 use crate::hub::{Hub, Session};
 use crate::manager::{ConnInfo, Protocol};
@@ -38,6 +39,8 @@ struct Handshake {
     remote: Option<SocketAddr>,
     /// Whether the client offered `wshub.v1` in `Sec-WebSocket-Protocol`.
     v1: bool,
+    /// The `permessage-deflate` offer accepted, if any (and compression is on).
+    deflate: Option<Agreed>,
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
@@ -103,8 +106,9 @@ impl IntoResponse for HandshakeError {
     }
 }
 
-/// Checks an upgrade request (RFC 6455 section 4.2.1).
-fn handshake(req: &mut Request) -> Result<Handshake, HandshakeError> {
+/// Checks an upgrade request (RFC 6455 section 4.2.1); with `compression` on, accepts a
+/// `permessage-deflate` offer.
+fn handshake(req: &mut Request, compression: bool) -> Result<Handshake, HandshakeError> {
     let headers = req.headers();
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
@@ -154,11 +158,22 @@ fn handshake(req: &mut Request) -> Result<Handshake, HandshakeError> {
         header::SEC_WEBSOCKET_PROTOCOL,
         protocol::V1,
     );
+    let deflate = if compression {
+        deflate::negotiate(
+            headers_of(req)
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
+    } else {
+        None
+    };
     Ok(Handshake {
         on_upgrade,
         accept,
         remote,
         v1,
+        deflate,
     })
 }
 
@@ -166,7 +181,7 @@ fn headers_of(req: &Request) -> &HeaderMap {
     req.headers()
 }
 
-fn switching_protocols(accept: &str, v1: bool) -> Response {
+fn switching_protocols(accept: &str, v1: bool, deflate: Option<Agreed>) -> Response {
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -179,6 +194,9 @@ fn switching_protocols(accept: &str, v1: bool) -> Response {
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(protocol::V1),
         );
+    }
+    if let Some(v) = deflate.and_then(|d| HeaderValue::from_str(&d.response()).ok()) {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
     res
 }
@@ -262,7 +280,7 @@ fn refuse_upgraded(hub: &Hub, hs: Handshake, code: u16, reason: &str) -> Respons
         code,
         reason: Arc::from(reason),
     });
-    let params = params(hub, hub.config().max_message_size);
+    let params = params(hub, hub.config().max_message_size, None);
     let span = tracing::debug_span!("refused", remote = ?hs.remote);
     hub.tasks().spawn(
         run_upgraded(
@@ -274,7 +292,7 @@ fn refuse_upgraded(hub: &Hub, hs: Handshake, code: u16, reason: &str) -> Respons
         )
         .instrument(span),
     );
-    switching_protocols(&hs.accept, hs.v1)
+    switching_protocols(&hs.accept, hs.v1, None)
 }
 
 /// The Origin allow-list, then the connection token.
@@ -327,10 +345,12 @@ fn unavailable() -> Response {
     .into_response()
 }
 
-fn params(hub: &Hub, max_message: usize) -> Params {
+fn params(hub: &Hub, max_message: usize, deflate: Option<Agreed>) -> Params {
     let c = hub.config();
     Params {
         max_message,
+        deflate,
+        compression: c.compression,
         ping_interval: c.ping_interval,
         idle_timeout: c.idle_timeout,
         close_timeout: c.close_timeout,
@@ -359,7 +379,7 @@ fn over_connection_limit(hub: &Hub) -> Option<Response> {
 
 /// `GET /ws`: a client of the hub (SPEC 1.1).
 pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
-    let hs = match handshake(&mut req) {
+    let hs = match handshake(&mut req, hub.config().compression.is_some()) {
         Ok(hs) => hs,
         Err(e) => return e.into_response(),
     };
@@ -402,6 +422,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     if hs.v1 {
         info.protocol = Protocol::V1;
     }
+    info.deflate = hs.deflate.is_some_and(|d| d.takes_shared());
     let prefetched = match info.protocol {
         Protocol::V1 => {
             hub.prefetch(crate::wire::StreamName::All, recover.as_ref())
@@ -412,7 +433,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     let entry = hub.register(info, recover.as_ref(), prefetched);
     let id = entry.id;
     let outbox = entry.sink.clone();
-    let params = params(&hub, hub.config().max_message_size);
+    let params = params(&hub, hub.config().max_message_size, hs.deflate);
     // A debug-level span: at the default `info` level an enabled span per connection costs
     // ~480 bytes of subscriber state (measured at 15k connections); nothing inside a
     // connection logs above debug except through the hub, which names the connection itself.
@@ -423,7 +444,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     };
     hub.tasks()
         .spawn(run_upgraded(hs.on_upgrade, outbox, role, params, hub.clone()).instrument(span));
-    switching_protocols(&hs.accept, hs.v1)
+    switching_protocols(&hs.accept, hs.v1, hs.deflate)
 }
 
 /// Why a Pusher client is refused once upgraded: the protocol's own error and close code.
@@ -481,7 +502,7 @@ pub async fn pusher_handler(
     axum::extract::Path(key): axum::extract::Path<String>,
     mut req: Request,
 ) -> Response {
-    let hs = match handshake(&mut req) {
+    let hs = match handshake(&mut req, hub.config().compression.is_some()) {
         Ok(hs) => hs,
         Err(e) => return e.into_response(),
     };
@@ -494,12 +515,16 @@ pub async fn pusher_handler(
     if let Some(res) = over_connection_limit(&hub) {
         return res;
     }
-    let params = params(&hub, hub.config().max_message_size);
+    let refusal = pusher_refusal(&hub, &key, &req);
+    // A refused client gets its error and close code uncompressed: nothing to negotiate.
+    let deflate = hs.deflate.filter(|_| refusal.is_ok());
+    let params = params(&hub, hub.config().max_message_size, deflate);
     let span = tracing::debug_span!("pusher", remote = ?hs.remote);
-    let (outbox, role) = match pusher_refusal(&hub, &key, &req) {
+    let (outbox, role) = match refusal {
         Ok(app) => {
             let mut info = ConnInfo::now(hs.remote);
             info.protocol = Protocol::Pusher;
+            info.deflate = deflate.is_some_and(|d| d.takes_shared());
             let entry = hub.register(info, None, None);
             let session = Session::new(app, entry.id);
             let _ = entry
@@ -526,7 +551,7 @@ pub async fn pusher_handler(
     };
     hub.tasks()
         .spawn(run_upgraded(hs.on_upgrade, outbox, role, params, hub.clone()).instrument(span));
-    switching_protocols(&hs.accept, false)
+    switching_protocols(&hs.accept, false, deflate)
 }
 
 /// `GET /ws/echo`: raw RFC 6455 echo, for conformance testing and diagnostics.
@@ -535,7 +560,7 @@ pub async fn echo_handler(State(hub): State<Hub>, mut req: Request) -> Response 
         return Problem::not_found("/ws/echo is turned off on this server (--echo-endpoint false)")
             .into_response();
     }
-    let hs = match handshake(&mut req) {
+    let hs = match handshake(&mut req, hub.config().compression.is_some()) {
         Ok(hs) => hs,
         Err(e) => return e.into_response(),
     };
@@ -550,12 +575,12 @@ pub async fn echo_handler(State(hub): State<Hub>, mut req: Request) -> Response 
     }
     let slot = EchoSlot::take(&hub);
     let outbox = Arc::new(hub.new_outbox());
-    let params = params(&hub, hub.config().echo_max_message_size);
+    let params = params(&hub, hub.config().echo_max_message_size, hs.deflate);
     let span = tracing::debug_span!("echo", remote = ?hs.remote);
     hub.tasks().spawn(
         run_upgraded(hs.on_upgrade, outbox, Role::Echo(slot), params, hub.clone()).instrument(span),
     );
-    switching_protocols(&hs.accept, false)
+    switching_protocols(&hs.accept, false, hs.deflate)
 }
 
 async fn run_upgraded(

@@ -5,10 +5,13 @@
 //! WebSocket frame (header and payload). A server frame is never masked, so the same bytes go
 //! to every recipient: a broadcast encodes once and hands out reference-counted clones.
 //!
-//! The decoder is written for the server side only: every client frame must be masked, no
-//! extension is negotiated (so RSV bits must be zero), and messages are bounded by a
-//! configurable size that is checked against the declared length before any payload is
-//! buffered.
+//! The decoder is written for the server side only: every client frame must be masked, the
+//! only extension is `permessage-deflate` ([`deflate`]: RSV1 marks a compressed message when it
+//! was negotiated; every other RSV bit is an error), and messages are bounded by a configurable
+//! size that is checked against the declared length before any payload is buffered, and
+//! against the inflated size of a compressed message as it is inflated.
+
+pub mod deflate;
 
 use base64::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
@@ -56,9 +59,9 @@ impl OpCode {
 /// The largest header a server frame can have: 2 bytes plus a 64-bit length.
 pub const MAX_HEADER: usize = 10;
 
-/// Writes the header of an unmasked, final frame into the end of `out` and returns its length.
-fn write_header(opcode: OpCode, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
-    let b0 = 0x80 | opcode as u8;
+/// Writes the header of an unmasked frame whose first byte (FIN, RSV bits, opcode) is `b0`
+/// into the end of `out` and returns its length.
+fn write_header(b0: u8, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
     if len < 126 {
         out[MAX_HEADER - 2] = b0;
         out[MAX_HEADER - 1] = len as u8;
@@ -79,7 +82,7 @@ fn write_header(opcode: OpCode, len: usize, out: &mut [u8; MAX_HEADER]) -> usize
 /// Encodes one complete frame by copying `payload` once behind its header.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Frame {
     let mut header = [0u8; MAX_HEADER];
-    let hlen = write_header(opcode, payload.len(), &mut header);
+    let hlen = write_header(0x80 | opcode as u8, payload.len(), &mut header);
     let mut out = BytesMut::with_capacity(hlen + payload.len());
     out.extend_from_slice(&header[MAX_HEADER - hlen..]);
     out.extend_from_slice(payload);
@@ -108,7 +111,7 @@ impl FrameBuf {
     /// Puts the header in front of the payload and returns the finished frame.
     pub fn finish(mut self, opcode: OpCode) -> Frame {
         let mut header = [0u8; MAX_HEADER];
-        let hlen = write_header(opcode, self.buf.len() - MAX_HEADER, &mut header);
+        let hlen = write_header(0x80 | opcode as u8, self.buf.len() - MAX_HEADER, &mut header);
         let start = MAX_HEADER - hlen;
         self.buf[start..MAX_HEADER].copy_from_slice(&header[start..]);
         Bytes::from(self.buf).slice(start..)
@@ -129,6 +132,28 @@ impl std::io::Write for FrameBuf {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The first byte and the payload of a frame the server encoded (unmasked, whole); `None`
+/// when `frame` is not one.
+pub fn split_server_frame(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let (&b0, rest) = frame.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    let (len, body) = match b1 {
+        126 => {
+            let (l, body) = rest.split_at_checked(2)?;
+            (usize::from(u16::from_be_bytes([l[0], l[1]])), body)
+        }
+        127 => {
+            let (l, body) = rest.split_at_checked(8)?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(l);
+            (usize::try_from(u64::from_be_bytes(b)).ok()?, body)
+        }
+        n if n < 126 => (usize::from(n), rest),
+        _ => return None,
+    };
+    (body.len() == len).then_some((b0, body))
 }
 
 /// A Close frame with a status code and a reason (truncated to fit the 125-byte control limit).
@@ -181,7 +206,12 @@ pub enum DecodeError {
     /// A text message (or close reason) that is not valid UTF-8 (close 1007).
     #[error("invalid UTF-8 in a text message")]
     InvalidUtf8,
-    /// A message larger than the configured maximum (close 1009).
+    /// A compressed message that does not inflate (close 1007, as its data is not what its
+    /// frames say it is).
+    #[error("invalid compressed data")]
+    BadCompression,
+    /// A message larger than the configured maximum (close 1009); for a compressed message,
+    /// its inflated size.
     #[error("message of {size} bytes or more exceeds the {limit}-byte limit")]
     TooBig {
         /// The size known so far (declared or accumulated).
@@ -196,7 +226,7 @@ impl DecodeError {
     pub fn close_code(&self) -> u16 {
         match self {
             DecodeError::Protocol(_) => 1002,
-            DecodeError::InvalidUtf8 => 1007,
+            DecodeError::InvalidUtf8 | DecodeError::BadCompression => 1007,
             DecodeError::TooBig { .. } => 1009,
         }
     }
@@ -207,12 +237,18 @@ struct Partial {
     data: BytesMut,
     /// How many leading bytes of `data` are known to be valid UTF-8 (text only).
     checked: usize,
+    /// `data` is compressed (RSV1 on the first frame): inflated and checked at the end.
+    compressed: bool,
 }
 
 /// Decodes masked client frames from a byte buffer, reassembling fragmented messages.
 pub struct Decoder {
     max_message: usize,
     partial: Option<Partial>,
+    /// `permessage-deflate` was negotiated: RSV1 on a message's first frame means compressed.
+    deflate: bool,
+    /// Compressed messages inflated since [`take_inflated`](Self::take_inflated) last asked.
+    inflated: u32,
 }
 
 impl Decoder {
@@ -221,6 +257,22 @@ impl Decoder {
         Self {
             max_message,
             partial: None,
+            deflate: false,
+            inflated: 0,
+        }
+    }
+
+    /// How many compressed messages were inflated since the last call (for metrics).
+    pub fn take_inflated(&mut self) -> u32 {
+        std::mem::take(&mut self.inflated)
+    }
+
+    /// A decoder for a connection that negotiated `permessage-deflate`: compressed messages
+    /// are inflated, to at most `max_message` bytes.
+    pub fn with_deflate(max_message: usize) -> Self {
+        Self {
+            deflate: true,
+            ..Self::new(max_message)
         }
     }
 
@@ -251,12 +303,18 @@ impl Decoder {
         let b0 = buf[0];
         let b1 = buf[1];
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (rsv1 && !self.deflate) {
             return Err(DecodeError::Protocol(
                 "reserved bits set without a negotiated extension",
             ));
         }
         let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(DecodeError::Protocol("unknown opcode"))?;
+        if rsv1 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(DecodeError::Protocol(
+                "RSV1 is only for the first frame of a compressed message",
+            ));
+        }
         if b1 & 0x80 == 0 {
             return Err(DecodeError::Protocol("client frame not masked"));
         }
@@ -315,6 +373,7 @@ impl Decoder {
         unmask(&mut payload, mask);
         Ok(Some(RawFrame {
             fin,
+            compressed: rsv1,
             opcode,
             payload,
         }))
@@ -332,12 +391,13 @@ impl Decoder {
                     ));
                 }
                 if f.fin {
-                    return finish(f.opcode, f.payload).map(Some);
+                    return self.finish(f.opcode, f.payload, f.compressed).map(Some);
                 }
                 let mut p = Partial {
                     opcode: f.opcode,
                     data: f.payload,
                     checked: 0,
+                    compressed: f.compressed,
                 };
                 check_partial_utf8(&mut p)?;
                 self.partial = Some(p);
@@ -351,7 +411,7 @@ impl Decoder {
                 };
                 p.data.extend_from_slice(&f.payload);
                 if f.fin {
-                    return finish(p.opcode, p.data).map(Some);
+                    return self.finish(p.opcode, p.data, p.compressed).map(Some);
                 }
                 check_partial_utf8(&mut p)?;
                 self.partial = Some(p);
@@ -359,29 +419,52 @@ impl Decoder {
             }
         }
     }
+
+    /// A whole message: inflated when compressed, then checked.
+    fn finish(
+        &mut self,
+        opcode: OpCode,
+        data: BytesMut,
+        compressed: bool,
+    ) -> Result<Message, DecodeError> {
+        if !compressed {
+            return finish(opcode, data.freeze());
+        }
+        self.inflated = self.inflated.saturating_add(1);
+        match deflate::inflate(&data, self.max_message) {
+            Ok(plain) => finish(opcode, Bytes::from(plain)),
+            Err(deflate::InflateError::TooBig { size }) => Err(DecodeError::TooBig {
+                size: size as u64,
+                limit: self.max_message,
+            }),
+            Err(deflate::InflateError::Corrupt) => Err(DecodeError::BadCompression),
+        }
+    }
 }
 
 struct RawFrame {
     fin: bool,
+    /// RSV1: the first frame of a compressed message.
+    compressed: bool,
     opcode: OpCode,
     payload: BytesMut,
 }
 
-fn finish(opcode: OpCode, data: BytesMut) -> Result<Message, DecodeError> {
+fn finish(opcode: OpCode, data: Bytes) -> Result<Message, DecodeError> {
     if opcode == OpCode::Text {
         if std::str::from_utf8(&data).is_err() {
             return Err(DecodeError::InvalidUtf8);
         }
-        Ok(Message::Text(data.freeze()))
+        Ok(Message::Text(data))
     } else {
-        Ok(Message::Binary(data.freeze()))
+        Ok(Message::Binary(data))
     }
 }
 
 /// Validates the new bytes of a fragmented text message, allowing an incomplete sequence at the
 /// end, so that invalid UTF-8 fails at the fragment that carries it rather than at the end.
 fn check_partial_utf8(p: &mut Partial) -> Result<(), DecodeError> {
-    if p.opcode != OpCode::Text {
+    if p.opcode != OpCode::Text || p.compressed {
         return Ok(());
     }
     match std::str::from_utf8(&p.data[p.checked..]) {
