@@ -5,8 +5,9 @@
 #
 # Needs ../shared/autobahn (or AUTOBAHN_DIR) from the workspace; installs the suite with its
 # install.sh when missing. Starts a release build of wshub on a free port, runs the suite,
-# prints the summary and exits 1 if any case FAILED, 2 on a usage or run error, 3 when the suite
-# could not be installed.
+# prints the summary and exits 1 if any case FAILED or is UNIMPLEMENTED (permessage-deflate,
+# sections 12 and 13, is part of conformance), 2 on a usage or run error, 3 when the suite could
+# not be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +31,8 @@ source scripts/lib.sh
 start_wshub ./target/release/wshub "$out.server.log" --echo-max-message-size 16MiB
 rm -rf "$out"
 bash "$ab/run.sh" "${quick[@]}" "ws://127.0.0.1:$port/ws/echo" "$out"
+unimplemented=$(awk '$1 == "UNIMPLEMENTED" { print $2 }' "$out/summary.txt")
+if [[ "${unimplemented:-0}" != 0 ]]; then
+  echo "autobahn: $unimplemented cases UNIMPLEMENTED (permessage-deflate must be negotiated)" >&2
+  exit 1
+fi

@@ -400,12 +400,10 @@ impl ServeArgs {
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())
                 .collect(),
-            compression: self
-                .compression
-                .then_some(crate::frame::deflate::Settings {
-                    threshold: self.compression_threshold,
-                    level: self.compression_level,
-                }),
+            compression: self.compression.then_some(crate::frame::deflate::Settings {
+                threshold: self.compression_threshold,
+                level: self.compression_level,
+            }),
             history: crate::history::HistoryConfig {
                 size: self.history_size,
                 ttl: self.history_ttl,

@@ -190,7 +190,9 @@ pub fn compress(opcode: OpCode, payload: &[u8], settings: &Settings, window: u8)
         // does not fit would not be smaller than the plain frame.
         let mut out = Vec::with_capacity(MAX_HEADER + payload.len() + TAIL.len());
         out.extend_from_slice(&[0u8; MAX_HEADER]);
-        let status = z.compress_vec(payload, &mut out, FlushCompress::Sync).ok()?;
+        let status = z
+            .compress_vec(payload, &mut out, FlushCompress::Sync)
+            .ok()?;
         let consumed = z.total_in() as usize == payload.len();
         if status != Status::Ok || !consumed || out.len() == out.capacity() {
             return None;
@@ -380,7 +382,12 @@ mod tests {
         let f = compress(OpCode::Text, &payload, &s, 15).unwrap();
         assert_eq!(f[0], 0xC1, "FIN, RSV1, text");
         let (_, body) = crate::frame::split_server_frame(&f).unwrap();
-        assert!(body.len() * 4 < payload.len(), "{} of {}", body.len(), payload.len());
+        assert!(
+            body.len() * 4 < payload.len(),
+            "{} of {}",
+            body.len(),
+            payload.len()
+        );
         assert_eq!(inflate(body, 1 << 20).unwrap(), payload);
         // The same input gives the same bytes: no context is carried between messages.
         assert_eq!(compress(OpCode::Text, &payload, &s, 15).unwrap(), f);
@@ -396,8 +403,14 @@ mod tests {
     fn declines_small_and_incompressible_payloads() {
         let s = Settings::default();
         assert!(compress(OpCode::Text, b"short", &s, 15).is_none());
-        let noise: Vec<u8> = (0..4000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..4000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
             .collect();
         assert!(compress(OpCode::Binary, &noise, &s, 15).is_none());
         assert!(compress(OpCode::Text, &json(10), &s, 8).is_none());
@@ -415,10 +428,12 @@ mod tests {
         assert!(body.len() < 20_000);
         assert_eq!(
             inflate(body, 64 * 1024),
-            Err(InflateError::TooBig { size: 64 * 1024 + 1 })
+            Err(InflateError::TooBig {
+                size: 64 * 1024 + 1
+            })
         );
         // And the thread's inflater is fine for the next message.
-        let small = json(3);
+        let small = json(5);
         let f = compress(OpCode::Text, &small, &s, 15).unwrap();
         let (_, body) = crate::frame::split_server_frame(&f).unwrap();
         assert_eq!(inflate(body, 1 << 20).unwrap(), small);
@@ -426,20 +441,25 @@ mod tests {
 
     #[test]
     fn corrupt_data_is_refused() {
-        assert_eq!(inflate(&[0xff, 0xff, 0xff], 1024), Err(InflateError::Corrupt));
+        assert_eq!(
+            inflate(&[0xff, 0xff, 0xff], 1024),
+            Err(InflateError::Corrupt)
+        );
         // A back-reference before the start of the message (context takeover) is corrupt.
         let mut z = Compress::new_with_window_bits(Compression::new(3), false, 15);
         let msg = json(4);
         let mut out = Vec::with_capacity(4096);
         z.compress_vec(&msg, &mut out, FlushCompress::Sync).unwrap();
         let mut second = Vec::with_capacity(4096);
-        z.compress_vec(&msg, &mut second, FlushCompress::Sync).unwrap();
+        z.compress_vec(&msg, &mut second, FlushCompress::Sync)
+            .unwrap();
         second.truncate(second.len() - 4);
         assert_eq!(inflate(&second, 1 << 20), Err(InflateError::Corrupt));
         // A final block is fine, trailing garbage after it is not.
         let mut z = Compress::new_with_window_bits(Compression::new(3), false, 15);
         let mut fin = Vec::with_capacity(4096);
-        z.compress_vec(&msg, &mut fin, FlushCompress::Finish).unwrap();
+        z.compress_vec(&msg, &mut fin, FlushCompress::Finish)
+            .unwrap();
         assert_eq!(inflate(&fin, 1 << 20).unwrap(), msg);
         fin.extend_from_slice(b"junk");
         assert_eq!(inflate(&fin, 1 << 20), Err(InflateError::Corrupt));

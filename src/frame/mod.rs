@@ -111,7 +111,11 @@ impl FrameBuf {
     /// Puts the header in front of the payload and returns the finished frame.
     pub fn finish(mut self, opcode: OpCode) -> Frame {
         let mut header = [0u8; MAX_HEADER];
-        let hlen = write_header(0x80 | opcode as u8, self.buf.len() - MAX_HEADER, &mut header);
+        let hlen = write_header(
+            0x80 | opcode as u8,
+            self.buf.len() - MAX_HEADER,
+            &mut header,
+        );
         let start = MAX_HEADER - hlen;
         self.buf[start..MAX_HEADER].copy_from_slice(&header[start..]);
         Bytes::from(self.buf).slice(start..)
@@ -769,6 +773,51 @@ mod properties {
                 }
             }
             prop_assert_eq!(got, vec![Message::Text(Bytes::copy_from_slice(bytes))]);
+        }
+
+        /// Compressed messages, split into any fragments, inflate back whole; a decoder
+        /// without the extension refuses them.
+        #[test]
+        fn compressed_messages_inflate(
+            text in "[a-z ]{0,300}",
+            cut in 0usize..400,
+            mask in any::<[u8; 4]>(),
+        ) {
+            let s = deflate::Settings { threshold: 1, level: 6 };
+            let packed = match deflate::compress(OpCode::Text, text.as_bytes(), &s, 15) {
+                Some(f) => split_server_frame(&f).map(|(_, p)| p.to_vec()).unwrap_or_default(),
+                None => return Ok(()),
+            };
+            let cut = cut.min(packed.len());
+            let mut wire = Vec::new();
+            encode_client(0x41, &packed[..cut], Some(mask), &mut wire);
+            encode_client(0x80, &packed[cut..], Some(mask), &mut wire);
+            let mut d = Decoder::with_deflate(1 << 20);
+            let mut buf = BytesMut::from(&wire[..]);
+            prop_assert_eq!(d.decode(&mut buf).unwrap(), Some(Message::Text(Bytes::from(text))));
+            prop_assert_eq!(d.take_inflated(), 1);
+            let mut plain = Decoder::new(1 << 20);
+            let mut buf = BytesMut::from(&wire[..]);
+            prop_assert_eq!(plain.decode(&mut buf).map_err(|e| e.close_code()), Err(1002));
+        }
+
+        /// Arbitrary bytes never panic a decoder that inflates either.
+        #[test]
+        fn arbitrary_bytes_never_panic_with_deflate(
+            data in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut d = Decoder::with_deflate(1024);
+            let mut buf = BytesMut::from(&data[..]);
+            for _ in 0..64 {
+                match d.decode(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => {
+                        prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
+                        break;
+                    }
+                }
+            }
         }
 
         /// Arbitrary bytes never panic the decoder: they decode, wait for more, or fail with a

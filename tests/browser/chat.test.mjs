@@ -62,6 +62,35 @@ test("a message typed in one page appears in the other; the page shows status an
   await b.close();
 });
 
+const metric = async (base, name) => {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(name + " "));
+  assert.ok(line, `${name} missing from /metrics`);
+  return Number(line.split(" ")[1]);
+};
+
+test("Chromium negotiates permessage-deflate: long messages arrive compressed both ways", async () => {
+  const a = await openChat("squeeze");
+  const b = await openChat("squeeze");
+  for (const page of [a, b]) {
+    const ext = await page.evaluate(() => window.wshub._ws?.extensions);
+    assert.match(ext, /^permessage-deflate/, "the extension Chromium agreed to");
+    assert.match(ext, /server_no_context_takeover/);
+    assert.match(ext, /client_no_context_takeover/);
+  }
+  const sentBefore = await metric(srv.base, "wshub_deflate_frames_sent_total");
+  const inflatedBefore = await metric(srv.base, "wshub_deflate_messages_inflated_total");
+  const long = "a long chat line that repeats itself, ".repeat(40).trim();
+  await a.fill("#msg-input", long);
+  await a.click("#send-btn");
+  await b.waitForFunction((t) => [...document.querySelectorAll("#messages li.msg .text")].some((e) => e.textContent === t), long, { timeout: 10000 });
+  // Chromium compressed what it sent; the hub compressed the publication for both pages.
+  assert.ok((await metric(srv.base, "wshub_deflate_messages_inflated_total")) > inflatedBefore, "the browser's message arrived compressed");
+  assert.ok((await metric(srv.base, "wshub_deflate_frames_sent_total")) >= sentBefore + 2, "the publication went out compressed to both pages");
+  await a.close();
+  await b.close();
+});
+
 test("desktop and phone widths: no console errors, no failed requests, no sideways scroll; joins are confirmed and bad names caught", async () => {
   for (const [name, viewport] of [["desktop", { width: 1280, height: 800 }], ["phone", { width: 390, height: 844 }]]) {
     const context = await browser.newContext({ viewport });

@@ -329,11 +329,17 @@ pub struct RawClient {
 impl RawClient {
     /// Performs the opening handshake by hand.
     pub async fn connect(addr: SocketAddr, path: &str) -> RawClient {
+        Self::connect_with(addr, path, "").await.0
+    }
+
+    /// Performs the opening handshake by hand with `extra` header lines (each ending in
+    /// CRLF); returns the client and the response head.
+    pub async fn connect_with(addr: SocketAddr, path: &str, extra: &str) -> (RawClient, String) {
         tokio::time::timeout(WAIT, async {
             let mut stream = TcpStream::connect(addr).await.unwrap();
             let req = format!(
                 "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
             );
             stream.write_all(req.as_bytes()).await.unwrap();
             let mut buf = Vec::new();
@@ -350,7 +356,7 @@ impl RawClient {
             assert!(head.starts_with("HTTP/1.1 101"), "{head}");
             assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
             buf.drain(..end);
-            RawClient { stream, buf }
+            (RawClient { stream, buf }, head)
         })
         .await
         .expect("raw handshake timed out")
@@ -378,6 +384,12 @@ impl RawClient {
 
     /// Reads the next frame: (opcode, payload); `None` at EOF or reset.
     pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let (first, payload) = self.read_frame_whole().await?;
+        Some((first & 0x0F, payload))
+    }
+
+    /// Reads the next frame: (its whole first byte: FIN, RSV bits, opcode; payload).
+    pub async fn read_frame_whole(&mut self) -> Option<(u8, Vec<u8>)> {
         tokio::time::timeout(WAIT, async {
             loop {
                 if let Some((op, payload, used)) = parse_server_frame(&self.buf) {
@@ -424,7 +436,7 @@ fn parse_server_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     if b.len() < h + len {
         return None;
     }
-    Some((b[0] & 0x0F, b[h..h + len].to_vec(), h + len))
+    Some((b[0], b[h..h + len].to_vec(), h + len))
 }
 
 /// A hub config with short timers, for tests.

@@ -144,6 +144,18 @@ test("public, private and presence channels, whispers, and a server restart", as
     await waitFor(p, "headline", (e) => e.title === "hello");
     await waitFor(p, "shipped", (e) => e.id === 42);
   }
+  // Chromium offered permessage-deflate to the Pusher endpoint and it was agreed: a long
+  // event goes out compressed, once for both pages.
+  for (const p of [alice, bob]) {
+    const ext = await p.evaluate(() => echo.connector.pusher.connection.connection.transport.socket.extensions);
+    assert.match(ext, /^permessage-deflate; server_no_context_takeover; client_no_context_takeover/);
+  }
+  const metric = async (name) => Number((await (await fetch(`${srv.base}/metrics`)).text()).split("\n").find((l) => l.startsWith(name + " ")).split(" ")[1]);
+  const sent = await metric("wshub_deflate_frames_sent_total");
+  const body = "all the news that fits, ".repeat(30);
+  await sdk().trigger("news", "headline", { title: "long", body });
+  for (const p of [alice, bob]) await waitFor(p, "headline", (e) => e.body === body);
+  assert.equal(await metric("wshub_deflate_frames_sent_total"), sent + 2);
   // A whisper (client event) reaches bob, not alice herself.
   await until(async () => {
     const r = await (await sdk().get({ path: "/channels/private-chat", params: { info: "subscription_count" } })).json();

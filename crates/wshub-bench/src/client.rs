@@ -15,6 +15,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The request path.
     pub path: String,
+    /// Offer `permessage-deflate` in the handshake.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -39,6 +41,7 @@ impl Target {
         Ok(Self {
             addr,
             path: path.to_owned(),
+            deflate: false,
         })
     }
 
@@ -47,7 +50,14 @@ impl Target {
         Self {
             addr: self.addr,
             path: path.to_owned(),
+            deflate: self.deflate,
         }
+    }
+
+    /// The same target, offering `permessage-deflate` or not.
+    pub fn offering_deflate(mut self, deflate: bool) -> Self {
+        self.deflate = deflate;
+        self
     }
 }
 
@@ -81,9 +91,14 @@ async fn connect_with(
     let protocol = protocol.map_or(String::new(), |p| {
         format!("Sec-WebSocket-Protocol: {p}\r\n")
     });
+    let extensions = if target.deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}{extensions}\r\n",
         target.path, target.addr
     );
     stream.write_all(req.as_bytes()).await?;
@@ -115,7 +130,8 @@ pub fn encode_masked(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8
 }
 
 /// Calls `f(opcode, payload)` for every complete server frame at the front of `buf`, then
-/// drops those bytes. Incomplete frames stay for the next read.
+/// drops those bytes. Incomplete frames stay for the next read. A compressed frame (RSV1,
+/// `permessage-deflate`) comes with `0x40` added to its opcode.
 pub fn scan_frames(buf: &mut BytesMut, mut f: impl FnMut(u8, &[u8])) {
     let mut at = 0;
     loop {
@@ -136,7 +152,7 @@ pub fn scan_frames(buf: &mut BytesMut, mut f: impl FnMut(u8, &[u8])) {
         if b.len() < h + len {
             break;
         }
-        f(b[0] & 0x0F, &b[h..h + len]);
+        f(b[0] & 0x4F, &b[h..h + len]);
         at += h + len;
     }
     buf.advance(at);

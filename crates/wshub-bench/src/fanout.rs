@@ -54,6 +54,14 @@ pub struct FanoutArgs {
     /// Message text size in bytes (at least the ~24-byte marker).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// What follows the marker in each message: `padding` (the letter x, --size bytes in all),
+    /// `chat` (a JSON chat line of about --size bytes: users, words, timestamps) or `feed` (a
+    /// small JSON price update; --size is ignored).
+    #[arg(long, value_enum, default_value = "padding")]
+    pub payload: Payload,
+    /// Subscribers offer permessage-deflate (and inflate what arrives compressed).
+    #[arg(long)]
+    pub deflate: bool,
     /// How the publisher publishes.
     #[arg(long, value_enum, default_value = "ws")]
     pub via: Via,
@@ -72,8 +80,23 @@ pub struct FanoutArgs {
     pub pusher_app: String,
 }
 
+/// What a message carries after its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Payload {
+    /// The letter x repeated: compresses to almost nothing, unlike real traffic.
+    Padding,
+    /// A chat line as JSON text.
+    Chat,
+    /// A price update as JSON text (50 to 70 bytes).
+    Feed,
+}
+
 struct Shared {
     epoch: Instant,
+    /// Bytes of the frames subscribers received (headers included), as on the wire.
+    wire_bytes: AtomicU64,
+    /// The same frames' bytes with their payloads inflated.
+    plain_bytes: AtomicU64,
     delivered: AtomicU64,
     last_delivery_ns: AtomicU64,
     closed: AtomicU64,
@@ -114,19 +137,49 @@ async fn subscriber(
         let now = shared.now_ns();
         let mut n = 0u64;
         let mut closed = false;
-        scan_frames(&mut buf, |op, p| match op {
-            0x1 => {
-                if let Some((_, t)) = parse_marker(p, b'b') {
-                    n += 1;
-                    lats.push(now.saturating_sub(t) / 1000);
-                } else if p.starts_with(br#"{"event":"pusher_internal:subscription_succeeded""#) {
-                    shared.subscribed.fetch_add(1, Ordering::Relaxed);
+        let mut wire = 0u64;
+        let mut plain = 0u64;
+        scan_frames(&mut buf, |op, p| {
+            let header = if p.len() < 126 {
+                2
+            } else if p.len() < 65536 {
+                4
+            } else {
+                10
+            };
+            wire += (header + p.len()) as u64;
+            let inflated;
+            let (op, p) = if op & 0x40 != 0 {
+                inflated = wshub::frame::deflate::inflate(p, 1 << 24).unwrap_or_default();
+                (op & 0x0F, &inflated[..])
+            } else {
+                (op, p)
+            };
+            let header = if p.len() < 126 {
+                2
+            } else if p.len() < 65536 {
+                4
+            } else {
+                10
+            };
+            plain += (header + p.len()) as u64;
+            match op {
+                0x1 => {
+                    if let Some((_, t)) = parse_marker(p, b'b') {
+                        n += 1;
+                        lats.push(now.saturating_sub(t) / 1000);
+                    } else if p.starts_with(br#"{"event":"pusher_internal:subscription_succeeded""#)
+                    {
+                        shared.subscribed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+                0x9 => encode_masked(0xA, p, [7, 7, 7, 7], &mut out),
+                0x8 => closed = true,
+                _ => {}
             }
-            0x9 => encode_masked(0xA, p, [7, 7, 7, 7], &mut out),
-            0x8 => closed = true,
-            _ => {}
         });
+        shared.wire_bytes.fetch_add(wire, Ordering::Relaxed);
+        shared.plain_bytes.fetch_add(plain, Ordering::Relaxed);
         if n > 0 {
             shared.delivered.fetch_add(n, Ordering::Relaxed);
             shared.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
@@ -149,12 +202,68 @@ async fn subscriber(
     shared.flush(&mut lats);
 }
 
-fn message(seq: u64, t: u64, size: usize) -> String {
+fn message(seq: u64, t: u64, size: usize, payload: Payload) -> String {
     let mut m = format!("b:{seq}:{t}:");
-    while m.len() < size {
-        m.push('x');
+    match payload {
+        Payload::Padding => {
+            while m.len() < size {
+                m.push('x');
+            }
+        }
+        Payload::Chat => m.push_str(&chat_line(seq, size.saturating_sub(m.len()))),
+        Payload::Feed => {
+            const SYMBOLS: [&str; 8] = [
+                "AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AVGO",
+            ];
+            let r = mix(seq);
+            m.push_str(&format!(
+                r#"{{"s":"{}","p":{}.{:02},"v":{},"t":{}}}"#,
+                SYMBOLS[(r % 8) as usize],
+                100 + (r >> 8) % 400,
+                (r >> 20) % 100,
+                (r >> 32) % 5000,
+                1_764_000_000_000 + seq
+            ));
+        }
     }
     m
+}
+
+/// A deterministic, well-mixed number from `x` (splitmix64).
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A chat line as JSON of about `size` bytes: a user, a room, words drawn from a small
+/// vocabulary (as chat repeats itself), a timestamp. Compresses like real chat text, not like
+/// padding.
+fn chat_line(seq: u64, size: usize) -> String {
+    const WORDS: [&str; 48] = [
+        "the", "a", "to", "and", "you", "it", "is", "that", "for", "on", "we", "this", "meeting",
+        "deploy", "release", "tomorrow", "today", "thanks", "sounds", "good", "can", "check",
+        "build", "failing", "again", "after", "lunch", "I", "think", "so", "yes", "no", "maybe",
+        "later", "review", "merged", "branch", "ticket", "customer", "reported", "issue", "fixed",
+        "ship", "it", "great", "work", "everyone", "ok",
+    ];
+    let mut r = mix(seq);
+    let mut text = String::new();
+    while text.len() + 90 < size.max(100) {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(WORDS[(r % 48) as usize]);
+        r = mix(r);
+    }
+    format!(
+        r#"{{"user":"user-{}","room":"general","text":"{text}","sent_at":"2026-11-30T{:02}:{:02}:{:02}Z","id":{seq}}}"#,
+        mix(seq) % 500,
+        (seq / 3600) % 24,
+        (seq / 60) % 60,
+        seq % 60
+    )
 }
 
 /// Publishes through the WebSocket endpoint; `frames` messages per write.
@@ -367,9 +476,11 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     if a.duration > Duration::from_secs(600) {
         return Err("--duration is at most 600s".into());
     }
-    let target = client::Target::parse(&a.common.url)?;
+    let target = client::Target::parse(&a.common.url)?.offering_deflate(a.deflate);
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
+        wire_bytes: AtomicU64::new(0),
+        plain_bytes: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         last_delivery_ns: AtomicU64::new(0),
         closed: AtomicU64::new(0),
@@ -400,7 +511,7 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     }
     let publish_target = match &a.publish_url {
         Some(url) => client::Target::parse(url)?,
-        None => target.clone(),
+        None => target.clone().offering_deflate(false),
     };
     let mut publisher = match a.via {
         Via::Ws => Publisher::Ws(WsPublisher::connect(&publish_target).await?),
@@ -420,6 +531,8 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
         }
     }
     let base_delivered = shared.delivered.load(Ordering::Relaxed);
+    let base_wire = shared.wire_bytes.load(Ordering::Relaxed);
+    let base_plain = shared.plain_bytes.load(Ordering::Relaxed);
 
     let cpu = super::CpuMeter::start(a.common.server_pid);
     let start_ns = shared.now_ns();
@@ -448,7 +561,7 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
             }
         };
         for _ in 0..batch {
-            publisher.queue(&message(sent, shared.now_ns(), a.size));
+            publisher.queue(&message(sent, shared.now_ns(), a.size, a.payload));
             sent += 1;
         }
         if let Err(e) = publisher.flush().await {
@@ -502,9 +615,11 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
         server_cores,
         generator_cores,
         rss_after: a.common.server_pid.and_then(super::rss_bytes),
+        wire_bytes: Some(shared.wire_bytes.load(Ordering::Relaxed) - base_wire),
+        plain_bytes: Some(shared.plain_bytes.load(Ordering::Relaxed) - base_plain),
         settings: format!(
-            "subscribers={} {mode} size={} via={:?} duration={:?} threads={}",
-            a.subscribers, a.size, a.via, a.duration, a.common.threads
+            "subscribers={} {mode} size={} payload={:?} deflate={} via={:?} duration={:?} threads={}",
+            a.subscribers, a.size, a.payload, a.deflate, a.via, a.duration, a.common.threads
         ),
         ..Report::default()
     })

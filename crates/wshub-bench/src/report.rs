@@ -92,6 +92,12 @@ pub struct Report {
     /// Average CPU cores this generator used while measuring.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generator_cores: Option<f64>,
+    /// Bytes of the frames subscribers received while measuring, as on the wire (fanout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
+    /// The same frames with their payloads inflated: what they would have been uncompressed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain_bytes: Option<u64>,
     /// The settings, for the record.
     pub settings: String,
     /// Why a figure is missing or must be read with care.
@@ -127,6 +133,21 @@ impl Report {
                 self.per_sec, self.secs
             );
             out += &format!("  latency: {}\n", self.latency.human());
+            if let (Some(w), Some(p)) = (self.wire_bytes, self.plain_bytes) {
+                let per = |b: u64| b as f64 / self.delivered.max(1) as f64;
+                out += &format!(
+                    "  wire: {:.1} bytes per delivery ({:.1} uncompressed, ratio {:.2})\n",
+                    per(w),
+                    per(p),
+                    p as f64 / w.max(1) as f64
+                );
+            }
+            if let Some(c) = self.server_cores {
+                out += &format!(
+                    "  server CPU: {:.2} µs per delivery\n",
+                    c * self.secs * 1e6 / self.delivered.max(1) as f64
+                );
+            }
         } else if self.bench == "echo" {
             out += &format!(
                 "  {} round trips, {:.0}/s over {:.2} s\n",
