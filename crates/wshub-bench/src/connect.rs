@@ -22,6 +22,9 @@ pub struct ConnectArgs {
     /// Give up connecting after this long.
     #[arg(long, default_value = "120s", value_parser = wshub::config::parse_duration)]
     pub timeout: Duration,
+    /// Offer permessage-deflate (what browsers do).
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 pub async fn run(a: ConnectArgs) -> Result<Report, String> {
@@ -30,7 +33,7 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
             "--connections must be 1..19900 (the per-process open-file cap is 20,000)".into(),
         );
     }
-    let target = client::Target::parse(&a.common.url)?;
+    let target = client::Target::parse(&a.common.url)?.offering_deflate(a.deflate);
     let rss_before = a.common.server_pid.and_then(rss_bytes);
     let cpu = super::CpuMeter::start(a.common.server_pid);
     let started = Instant::now();
@@ -92,8 +95,8 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
         server_cores,
         generator_cores,
         settings: format!(
-            "n={} concurrency={} hold={:?}",
-            a.connections, a.common.concurrency, a.hold
+            "n={} concurrency={} hold={:?} deflate={}",
+            a.connections, a.common.concurrency, a.hold, a.deflate
         ),
         ..Report::default()
     })
