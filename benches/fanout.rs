@@ -29,6 +29,45 @@ fn encoding(c: &mut Criterion) {
     g.finish();
 }
 
+/// One compression of a chat message (what a publication costs once, whatever the
+/// recipients) and one inflation (what a compressed client message costs), by level.
+fn deflate(c: &mut Criterion) {
+    use wshub::frame::deflate;
+    let mut g = c.benchmark_group("deflate");
+    for size in [300usize, 1500] {
+        let mut text = String::from(r#"{"type":"message","group":"general","message":{"lines":["#);
+        let mut i = 0;
+        while text.len() < size {
+            text.push_str(&format!(
+                r#"{{"user":"user-{}","text":"the deploy after lunch looks good, thanks {i}"}},"#,
+                i % 13
+            ));
+            i += 1;
+        }
+        text.push_str("{}]}}");
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        for level in [1u32, 3, 6] {
+            let s = deflate::Settings {
+                threshold: 1,
+                level,
+            };
+            g.bench_with_input(
+                BenchmarkId::new(format!("compress_level{level}"), size),
+                &text,
+                |b, t| b.iter(|| deflate::compress(OpCode::Text, black_box(t.as_bytes()), &s, 15)),
+            );
+        }
+        let s = deflate::Settings::default();
+        let f = deflate::compress(OpCode::Text, text.as_bytes(), &s, 15).unwrap();
+        let (_, packed) = frame::split_server_frame(&f).unwrap();
+        let packed = packed.to_vec();
+        g.bench_with_input(BenchmarkId::new("inflate", size), &packed, |b, p| {
+            b.iter(|| deflate::inflate(black_box(p), 1 << 20))
+        });
+    }
+    g.finish();
+}
+
 /// A sink that only counts: isolates the registry's own cost.
 #[derive(Default)]
 struct Counting(AtomicU64);
@@ -90,5 +129,5 @@ fn broadcast(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encoding, broadcast);
+criterion_group!(benches, encoding, deflate, broadcast);
 criterion_main!(benches);
