@@ -256,6 +256,11 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_size")]
     pub compression_threshold: usize,
 
+    /// What a connection that reads too slowly gets for a group's messages, per group pattern: `PATTERN=disconnect` (closed with 1008, the default), `PATTERN=drop-oldest` (its queued messages of the group are dropped and it gets a `gap` to recover from history) or `PATTERN=keep-latest` (only the newest message of the group, or of each `key`, waits for it). Repeatable; the first matching rule wins.
+    #[arg(long, env = "WSHUB_DELIVERY_POLICY", value_delimiter = ',', value_parser = crate::manager::policy::Rule::parse)]
+    #[serde(serialize_with = "ser_rules")]
+    pub delivery_policy: Vec<crate::manager::policy::Rule>,
+
     /// DEFLATE level: 1 (fastest) to 9 (smallest).
     #[arg(long, env = "WSHUB_COMPRESSION_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: u32,
@@ -400,6 +405,7 @@ impl ServeArgs {
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())
                 .collect(),
+            delivery_policies: self.delivery_policy.clone(),
             compression: self.compression.then_some(crate::frame::deflate::Settings {
                 threshold: self.compression_threshold,
                 level: self.compression_level,
@@ -437,6 +443,13 @@ pub use crate::wire::parse_node_id;
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+fn ser_rules<S: serde::Serializer>(
+    rules: &[crate::manager::policy::Rule],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(rules.iter().map(ToString::to_string))
 }
 
 /// Secrets are never printed, not even masked: a masked value read back would silently

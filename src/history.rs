@@ -120,6 +120,9 @@ pub struct ReplayLimit {
     pub frames: usize,
     /// Bytes.
     pub bytes: usize,
+    /// Over the limit, keep the oldest (a member recovering a `gap`, which asks again from
+    /// where the replay stopped) rather than the newest (a client coming back).
+    pub oldest_first: bool,
 }
 
 impl ReplayLimit {
@@ -127,6 +130,7 @@ impl ReplayLimit {
     pub const NONE: Self = Self {
         frames: usize::MAX,
         bytes: usize::MAX,
+        oldest_first: false,
     };
 
     /// At most `frames` frames.
@@ -134,6 +138,7 @@ impl ReplayLimit {
         Self {
             frames,
             bytes: usize::MAX,
+            oldest_first: false,
         }
     }
 }
@@ -340,7 +345,8 @@ impl Stream {
     }
 
     /// What a client at `since` missed, at most `limit` frames and `max_bytes` bytes (the
-    /// newest ones when there are more; `recovered` is then false).
+    /// newest ones when there are more, or the oldest with `limit.oldest_first`; `recovered`
+    /// is then false).
     pub fn replay(&mut self, since: &Position, limit: ReplayLimit) -> Replay {
         self.touched = Instant::now();
         self.expire(self.touched);
@@ -357,6 +363,25 @@ impl Stream {
             .filter(|s| s.offset > since.offset)
             .map(|s| s.frame.clone())
             .collect();
+        if limit.oldest_first {
+            let mut bytes = 0usize;
+            let fit = frames
+                .iter()
+                .take(limit.frames)
+                .take_while(|f| {
+                    bytes = bytes.saturating_add(f.len());
+                    bytes <= limit.bytes
+                })
+                .count();
+            if fit < frames.len() {
+                frames.truncate(fit);
+                complete = false;
+            }
+            return Replay {
+                recovered: complete,
+                frames,
+            };
+        }
         if frames.len() > limit.frames {
             frames.drain(..frames.len() - limit.frames);
             complete = false;

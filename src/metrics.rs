@@ -30,6 +30,17 @@ pub struct HookLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of what a delivery policy did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `drop-oldest` or `keep-latest`.
+    pub policy: &'static str,
+    /// The group pattern of the rule.
+    pub pattern: String,
+    /// `dropped` (drop-oldest), `conflated` (keep-latest), `gap` (a `gap` frame sent).
+    pub outcome: &'static str,
+}
+
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -98,6 +109,8 @@ pub struct Metrics {
     pub backplane_queue: Gauge,
     /// `permessage-deflate` counters.
     pub deflate: DeflateMetrics,
+    /// Messages a delivery policy dropped or replaced for slow readers, and gaps sent.
+    pub delivery_policy: Family<PolicyLabels, Counter>,
 }
 
 /// What compression did: messages compressed once each, frames sent compressed per recipient.
@@ -153,8 +166,14 @@ impl Metrics {
             history_evicted: Counter::default(),
             backplane_queue: Gauge::default(),
             deflate: DeflateMetrics::default(),
+            delivery_policy: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "delivery_policy_messages",
+            "Messages a delivery policy dropped (drop-oldest) or replaced (keep-latest) for slow readers, and gap frames sent, by rule",
+            m.delivery_policy.clone(),
+        );
         registry.register(
             "deflate_compressions",
             "Messages compressed with permessage-deflate (once per publication, whatever the recipients)",
@@ -298,6 +317,20 @@ impl Metrics {
         );
         m.backplane_up.set(1);
         Self { registry, ..m }
+    }
+
+    /// The counters of a delivery policy rule.
+    pub fn policy_meter(&self, policy: &'static str, pattern: &str) -> (Counter, Counter, Counter) {
+        let get = |outcome| {
+            self.delivery_policy
+                .get_or_create(&PolicyLabels {
+                    policy,
+                    pattern: pattern.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
+        (get("dropped"), get("conflated"), get("gap"))
     }
 
     /// Counts a frame offered to `delivered` connections, of `dropped_slow` and `dropped_closed`

@@ -39,6 +39,10 @@ pub enum Publication {
         user: Option<String>,
         /// The payload.
         message: Box<RawValue>,
+        /// The conflation key, for groups delivered `keep-latest`: a newer message with the
+        /// same key replaces one still queued for a slow reader.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// A text envelope to everyone (the all-clients stream: gets an offset).
     All {
@@ -368,6 +372,7 @@ mod tests {
             from: Some("abcd1234".into()),
             user: None,
             message: RawValue::from_string("{\"x\":1}".into()).unwrap(),
+            key: None,
         };
         let text = format!(
             "{{\"n\":\"node1\",\"e\":\"ep\",\"o\":7,\"p\":{}}}",

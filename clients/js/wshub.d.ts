@@ -94,6 +94,7 @@ export interface ClientEvents {
   joined: CustomEvent<Envelope>;
   left: CustomEvent<Envelope>;
   recovered: CustomEvent<{ group: string | null; recovered: boolean }>;
+  gap: CustomEvent<{ group: string; from: number; to: number }>;
   close: CustomEvent<{ code: number; reason: string; willReconnect: boolean }>;
   error: CustomEvent<{ type: "error"; id: null; code: string; message: string }>;
 }

@@ -53,7 +53,10 @@ const DEFAULTS = {
  * `message` (a group message or a message to everyone), `broadcast` (a server-broadcast),
  * `direct`, `joined`, `left`, `recovered` ({group, recovered}: group is null for the
  * all-clients stream; also sent with recovered false when the server says a stream was reset), `close` ({code, reason, willReconnect}), `error` (an unsolicited
- * error frame).
+ * error frame), `gap` ({group, from, to}: the server dropped those offsets because this client
+ * read too slowly (a `drop-oldest` group) or they outlived their TTL; the client recovers them
+ * from history by itself, delivering them in order before what followed, then says
+ * `recovered`).
  */
 export class WshubClient extends EventTarget {
   /**
@@ -76,6 +79,7 @@ export class WshubClient extends EventTarget {
     this._groups = new Map(); // group -> {epoch, offset} | null (no position yet)
     this._joining = new Set(); // groups whose join ack is outstanding on this connection
     this._joiningSeen = new Map(); // group -> highest offset seen while its join was outstanding
+    this._recovering = new Map(); // group -> {to, held: [messages after the gap], again} while a gap is recovered
     this._all = null; // {epoch, offset} of the all-clients stream
     this._attempt = 0;
     this._timer = null;
@@ -261,6 +265,7 @@ export class WshubClient extends EventTarget {
   _onClose(code, reason) {
     this._joining.clear();
     this._joiningSeen.clear();
+    this._recovering.clear();
     this._failPending(new Error(`connection lost (${code})`), false);
     clearTimeout(this._refreshTimer);
     // 4401: the token expired or was refused; a token function gives a new one on reconnect.
@@ -305,8 +310,16 @@ export class WshubClient extends EventTarget {
       case "ack":
       case "error":
         return this._onReply(m);
+      case "gap":
+        return this._onGap(m);
       case "message":
         if (m.group !== undefined) {
+          const r = this._recovering.get(m.group);
+          if (r && typeof m.offset === "number" && m.offset > r.to) {
+            // After the gap: held until what the gap lost is back, to keep the order.
+            r.held.push(m);
+            return;
+          }
           if (!this._advance(m.group, m.offset)) return;
         } else if (typeof m.offset === "number" && this._all) {
           if (m.offset <= this._all.offset) return;
@@ -335,6 +348,65 @@ export class WshubClient extends EventTarget {
       default:
         return this._emit("unknown", m);
     }
+  }
+
+  /** A gap: the server dropped `from..to` of a group for this client. Recovered with a `join`
+   * from just before it (history replays them, in order); later messages wait meanwhile. */
+  _onGap(m) {
+    this._emit("gap", { group: m.group, from: m.from, to: m.to });
+    const pos = this._groups.get(m.group);
+    if (!pos) return; // not a member, or no position: nothing to recover from
+    const r = this._recovering.get(m.group);
+    if (r) {
+      // Lost again while recovering: once this recovery is done, another if still behind.
+      r.again = Math.max(r.again ?? 0, m.to);
+      r.to = Math.max(r.to, m.to);
+      return;
+    }
+    this._recoverGap(m.group, Math.min(pos.offset, m.from - 1), m.to);
+  }
+
+  _recoverGap(group, after, to) {
+    if (this._state !== "open" || !this._ws) return; // the rejoin on reconnect recovers it
+    const r = { to, held: [], again: null };
+    this._recovering.set(group, r);
+    this._askRecovery(group, r, after);
+  }
+
+  /** One round of a gap's recovery: history replays what followed `after`, oldest first, as
+   * much as fits the connection's budget; rounds go on while they make progress. */
+  _askRecovery(group, r, after) {
+    const pos = this._groups.get(group);
+    if (!pos || this._recovering.get(group) !== r) return;
+    const done = (recovered) => {
+      if (this._recovering.get(group) !== r) return;
+      this._recovering.delete(group);
+      for (const m of r.held) {
+        if (this._advance(m.group, m.offset)) this._emit("message", m);
+      }
+      this._emit("recovered", { group, recovered });
+      const now = this._groups.get(group);
+      if (r.again !== null && now && now.offset < r.again) this._recoverGap(group, now.offset, r.again);
+    };
+    const failed = () => {
+      // The connection was lost (or the reply never came): what was held is dropped
+      // unemitted, the position stays before the gap, and the rejoin on reconnect replays it.
+      if (this._recovering.get(group) === r) this._recovering.delete(group);
+    };
+    this._transmit({
+      frame: { type: "join", group, since: { epoch: pos.epoch, offset: after } },
+      resolve: (ack) => {
+        const now = this._groups.get(group);
+        const reached = now ? now.offset : after;
+        if (ack.recovered !== true && reached > after && reached < r.to && this._recovering.get(group) === r) {
+          // Part of it came back: ask for the rest from there.
+          return this._askRecovery(group, r, reached);
+        }
+        done(ack.recovered === true || reached >= r.to);
+      },
+      reject: failed,
+      recovery: true,
+    });
   }
 
   /** Records a group message's offset; false for one already seen (never sent twice by the
@@ -428,7 +500,8 @@ export class WshubClient extends EventTarget {
       if (this._pending.delete(id)) q.reject(new Error(`no reply to ${q.frame.type} within ${this.options.commandTimeout} ms`));
     }, this.options.commandTimeout);
     this._pending.set(id, q);
-    if (q.frame.type === "join") this._joining.add(q.frame.group);
+    // A gap's recovery is a join of a group already joined: its messages are compared by offset.
+    if (q.frame.type === "join" && !q.recovery) this._joining.add(q.frame.group);
     try {
       this._ws.send(JSON.stringify(q.frame));
     } catch (e) {

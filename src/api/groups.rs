@@ -115,6 +115,19 @@ pub async fn get_one(
     }))
 }
 
+/// A message for a group's members.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct GroupMessageBody {
+    /// Any JSON value but `null`, forwarded verbatim.
+    #[schema(value_type = Object, required = true)]
+    pub message: Option<Box<serde_json::value::RawValue>>,
+    /// A conflation key: in a group delivered `keep-latest` (`--delivery-policy`), a newer
+    /// message with the same key replaces one still queued for a slow reader (a ticker's
+    /// symbol, a vehicle's id).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
 /// A message published to a group.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Published {
@@ -130,7 +143,7 @@ pub struct Published {
 /// sender. It is kept in the group's history even when nobody is a member right now.
 #[utoipa::path(post, path = "/api/groups/{group}/broadcast", tag = "groups",
     params(("group" = String, Path, description = "Group name", pattern = "^[A-Za-z0-9_.:@/-]{1,128}$")),
-    request_body(content = MessageBody, content_type = "application/json"),
+    request_body(content = GroupMessageBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Queued for every member (0 for a group with no members)", body = Published),
         (status = 400, description = "Invalid group name or body", body = Problem, content_type = "application/problem+json"),
@@ -144,11 +157,16 @@ pub async fn broadcast(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Published>, Problem> {
     check_group(&group)?;
-    let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
+    let body = json_body::<GroupMessageBody>(&headers, body)?;
+    let key = body.key;
+    let message = MessageBody {
+        message: body.message,
+    }
+    .into_message()?;
     hub.ensure_group_stream(&group)
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let (recipients, offset) = hub
-        .publish_everywhere(&group, &message)
+        .publish_everywhere(&group, &message, key.as_deref())
         .await
         .map_err(super::connections::busy)?;
     Ok(Json(Published { recipients, offset }))

@@ -204,13 +204,14 @@ impl Hub {
         &self,
         group: &str,
         message: &RawValue,
+        key: Option<&str>,
     ) -> Result<(Option<usize>, u64), Busy> {
         let Some(c) = self.shared_bus() else {
-            let (n, offset) = self.publish_to_group_at(group, message);
+            let (n, offset) = self.publish_to_group_keyed(group, message, key);
             return Ok((Some(n), offset));
         };
         let rx = c
-            .publish(Self::group_publication(group, None, None, message))
+            .publish(Self::group_publication(group, None, None, message, key))
             .map_err(|_| self.busy())?;
         let offset = await_position(rx).await;
         let here = || self.group_members(group).map_or(0, |m| m.len());

@@ -62,7 +62,7 @@ impl Hub {
                     Fetched::Hooked(decision, then)
                 }))
             }
-            Command::Publish { group, message } => {
+            Command::Publish { group, message, .. } => {
                 if !hooks.asks_publish(group) || !self.shared.manager.is_member(me.id, group) {
                     return None;
                 }

@@ -264,12 +264,14 @@ impl Hub {
         from: Option<&str>,
         user: Option<&str>,
         message: &RawValue,
+        key: Option<&str>,
     ) -> Publication {
         Publication::Group {
             group: group.to_owned(),
             from: from.map(str::to_owned),
             user: user.map(str::to_owned),
             message: message.to_owned(),
+            key: key.map(str::to_owned),
         }
     }
 

@@ -179,7 +179,11 @@ impl Hub {
                     ..AckExtra::default()
                 }))
             }
-            Command::Publish { group, message } => {
+            Command::Publish {
+                group,
+                message,
+                key,
+            } => {
                 if !self.shared.manager.is_member(me.id, &group) {
                     return Err(HubError::NotMember(group.into_owned()));
                 }
@@ -197,7 +201,13 @@ impl Hub {
                 if let Some(c) = self.shared_bus() {
                     // The backplane numbers it and brings it back to every node: the ack waits
                     // for the offset; how many it reaches across nodes is not known here.
-                    let p = Self::group_publication(&group, Some(&short), user, message);
+                    let p = Self::group_publication(
+                        &group,
+                        Some(&short),
+                        user,
+                        message,
+                        key.as_deref(),
+                    );
                     return Ok(match c.publish(p) {
                         Ok(rx) => Answer::Numbered(rx),
                         // The engine is not keeping up: delivered here only, as in an outage.
@@ -209,7 +219,8 @@ impl Hub {
                         }),
                     });
                 }
-                let sent = self.publish_group(&group, Some(&short), user, message, cork);
+                let sent =
+                    self.publish_group(&group, Some(&short), user, message, key.as_deref(), cork);
                 Ok(Answer::Now(AckExtra {
                     recipients: sent.as_ref().map(|(d, _)| d.delivered),
                     offset: sent.map(|(_, o)| o).filter(|o| *o > 0),
@@ -280,8 +291,10 @@ impl Hub {
     }
 
     /// Joins `id` to `group` and, when that changed anything, tells the other members. With
-    /// `since`, what the connection missed after that position is queued for it first (only
-    /// when it was not a member already: a member has had everything live).
+    /// `since`, what followed that position is queued for it first, member already or not: a
+    /// member that was sent a `gap` (its delivery policy dropped messages it read too slowly)
+    /// recovers them this way. Replayed messages it already has are recognised by their
+    /// offsets.
     #[allow(clippy::too_many_arguments)] // one per thing a join needs; a struct would only rename them
     pub(super) fn join_and_announce(
         &self,
@@ -303,8 +316,20 @@ impl Hub {
         let changed = self.shared.manager.join(id, group, limit)?;
         let at = s.position();
         let mut recovered = None;
-        if let (true, Some(since)) = (changed, since) {
-            let replay = s.replay(since, self.replay_limit());
+        if let Some(since) = since {
+            let mut limit = self.replay_limit();
+            if !changed {
+                // A member recovering a gap: the oldest first (it asks again from where this
+                // stops), and no more than its queue has room for now.
+                limit.oldest_first = true;
+                let queued = self
+                    .shared
+                    .manager
+                    .get(id)
+                    .map_or(0, |e| e.sink.pending_bytes());
+                limit.bytes = limit.bytes.saturating_sub(queued);
+            }
+            let replay = s.replay(since, limit);
             recovered = Some(replay.recovered);
             for frame in &replay.frames {
                 self.send_corked(id, frame, cork);

@@ -76,6 +76,7 @@ impl<'p> Encoded<'p> {
                 from,
                 user,
                 message,
+                ..
             } => v1::delivery(
                 "message",
                 Some(group),
@@ -216,10 +217,21 @@ impl Hub {
     }
 
     fn offer(&self, audience: Audience<'_>, frames: &Encoded<'_>, cork: &mut HubCork) -> Delivery {
+        self.offer_tagged(audience, frames, None, cork)
+    }
+
+    /// Offers a publication's frames, under its group's delivery policy when `tag` says one.
+    fn offer_tagged(
+        &self,
+        audience: Audience<'_>,
+        frames: &Encoded<'_>,
+        tag: Option<&crate::manager::policy::Tag>,
+        cork: &mut HubCork,
+    ) -> Delivery {
         let d = self
             .shared
             .manager
-            .publish_by_protocol(audience, frames, cork);
+            .publish_tagged(audience, frames, tag, cork);
         self.shared
             .metrics
             .delivered(frames.len(), d.delivered, d.slow, d.dead);
@@ -483,7 +495,14 @@ impl Hub {
         };
         s.append(kept);
         Self::keep_cached(&mut s, Self::is_cache(stream), &frames);
-        let delivery = self.offer(audience, &frames, cork);
+        let tag = match (stream, p) {
+            (StreamName::Group(g), Publication::Group { key, .. }) => {
+                self.shared.policies.tag(g, offset, key.as_deref())
+            }
+            (StreamName::Group(g), _) => self.shared.policies.tag(g, offset, None),
+            (StreamName::All, _) => None,
+        };
+        let delivery = self.offer_tagged(audience, &frames, tag.as_ref(), cork);
         drop(s);
         self.shared.history.enforce_budget();
         Published {

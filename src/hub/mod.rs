@@ -17,6 +17,7 @@ mod commands;
 mod deliver;
 mod error;
 mod occupancy;
+mod policies;
 mod presence;
 mod pusher;
 mod recovery;
@@ -101,6 +102,9 @@ pub struct HubConfig {
     pub silent_groups: Vec<String>,
     /// `permessage-deflate` for clients that offer it (`None`: declined).
     pub compression: Option<crate::frame::deflate::Settings>,
+    /// What slow readers get, per group pattern (the first rule that matches; none:
+    /// `disconnect`).
+    pub delivery_policies: Vec<crate::manager::policy::Rule>,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -149,6 +153,7 @@ impl Default for HubConfig {
             presence_groups: vec!["*".into()],
             silent_groups: Vec::new(),
             compression: Some(crate::frame::deflate::Settings::default()),
+            delivery_policies: Vec::new(),
         }
     }
 }
@@ -179,6 +184,7 @@ pub(crate) struct Shared {
     settling: settle::Settling,
     /// Users whose tokens are revoked.
     revocations: tokens::Revocations,
+    policies: policies::Policies,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -281,6 +287,7 @@ impl Hub {
                 metrics: metrics.deflate.clone(),
             }
         }));
+        let policies = policies::Policies::new(&config.delivery_policies, &metrics);
         let hub = Self {
             shared: Arc::new(Shared {
                 node,
@@ -300,6 +307,7 @@ impl Hub {
                 hooks,
                 settling: settle::Settling::default(),
                 revocations: tokens::Revocations::default(),
+                policies,
             }),
         };
         hub.shared
@@ -347,6 +355,7 @@ impl Hub {
         crate::history::ReplayLimit {
             frames: c.send_queue.saturating_sub(64).max(1),
             bytes: c.max_send_buffer / 4 * 3,
+            oldest_first: false,
         }
     }
 
@@ -542,10 +551,14 @@ impl Hub {
         from: Option<&str>,
         user: Option<&str>,
         message: &serde_json::value::RawValue,
+        key: Option<&str>,
         cork: &mut HubCork,
     ) -> Option<(Delivery, u64)> {
-        self.publish(Self::group_publication(group, from, user, message), cork)
-            .map(|p| (p.delivery, p.offset.unwrap_or(0)))
+        self.publish(
+            Self::group_publication(group, from, user, message, key),
+            cork,
+        )
+        .map(|p| (p.delivery, p.offset.unwrap_or(0)))
     }
 
     /// Offers an already encoded frame to every connection.

@@ -33,9 +33,20 @@ impl Hub {
     /// in the group's stream. The message is kept in the group's history even when the group
     /// has no members right now (they may be reconnecting).
     pub fn publish_to_group_at(&self, group: &str, message: &RawValue) -> (usize, u64) {
+        self.publish_to_group_keyed(group, message, None)
+    }
+
+    /// Like [`publish_to_group_at`](Self::publish_to_group_at), with a conflation key (see
+    /// `keep-latest` in [`Policy`](crate::manager::policy::Policy)).
+    pub fn publish_to_group_keyed(
+        &self,
+        group: &str,
+        message: &RawValue,
+        key: Option<&str>,
+    ) -> (usize, u64) {
         let started = std::time::Instant::now();
         let mut cork = HubCork::new();
-        let sent = self.publish_group(group, None, None, message, &mut cork);
+        let sent = self.publish_group(group, None, None, message, key, &mut cork);
         self.flush(&mut cork, started);
         sent.map_or((0, 0), |(d, offset)| (d.delivered, offset))
     }

@@ -21,6 +21,7 @@ use crate::frame::{deflate, Frame};
 use crate::id::ConnId;
 
 mod cork;
+pub mod policy;
 mod sink;
 
 pub use cork::Cork;
@@ -572,6 +573,18 @@ impl<S: Sink> ConnectionManager<S> {
         frames: &dyn Frames,
         cork: &mut Cork<S>,
     ) -> Delivery {
+        self.publish_tagged(audience, frames, None, cork)
+    }
+
+    /// Like [`publish_by_protocol`](Self::publish_by_protocol), for a group's message under a
+    /// delivery policy (`tag`): each sink applies it when the connection reads too slowly.
+    pub fn publish_tagged(
+        &self,
+        audience: Audience<'_>,
+        frames: &dyn Frames,
+        tag: Option<&policy::Tag>,
+        cork: &mut Cork<S>,
+    ) -> Delivery {
         let mut report = Delivery::default();
         let mut failed: Vec<(Arc<Entry<S>>, SendError)> = Vec::new();
         let mut packed = Packed::new(self.compression.as_ref());
@@ -599,7 +612,11 @@ impl<S: Sink> ConnectionManager<S> {
                     continue;
                 };
                 let frame = packed.pick(frame, entry.info.deflate);
-                match entry.sink.try_send(frame) {
+                let offered = match tag {
+                    Some(t) => entry.sink.try_send_tagged(frame, t, entry.info.protocol),
+                    None => entry.sink.try_send(frame),
+                };
+                match offered {
                     Ok(q) => {
                         report.delivered += 1;
                         if q == Queued::NeedsFlush {

@@ -4,6 +4,8 @@
 use crate::close::CloseReason;
 use crate::frame::Frame;
 
+use super::policy::Tag;
+
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -35,6 +37,20 @@ pub trait Sink: Send + Sync + 'static {
     /// [`SendError::Full`] when the connection cannot keep up, [`SendError::Closed`] when it is
     /// gone.
     fn try_send(&self, frame: &Frame) -> Result<Queued, SendError>;
+
+    /// Offers a group's message under a delivery policy ([`Tag`]); a sink that knows no
+    /// policies treats it as [`try_send`](Self::try_send).
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send), when the policy could not make room.
+    fn try_send_tagged(
+        &self,
+        frame: &Frame,
+        _tag: &Tag,
+        _protocol: Protocol,
+    ) -> Result<Queued, SendError> {
+        self.try_send(frame)
+    }
 
     /// Starts writing what was offered (see [`Queued::NeedsFlush`]).
     fn flush(&self) {}

@@ -28,6 +28,8 @@ pub enum Command<'a> {
         group: Cow<'a, str>,
         /// Any JSON value, forwarded verbatim.
         message: &'a RawValue,
+        /// The conflation key, for groups delivered `keep-latest`.
+        key: Option<Cow<'a, str>>,
     },
     /// Send to one connection or to every connection of a user.
     Send {
@@ -101,6 +103,8 @@ struct Wire<'a> {
     cursor: Option<Cow<'a, str>>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +258,7 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
         "publish" => Command::Publish {
             group: group(&kind)?,
             message: message(&kind)?,
+            key: wire.key.take(),
         },
         "send" => {
             let to = match (wire.connection.take(), wire.user.take()) {

@@ -238,6 +238,32 @@ pub fn reset(group: Option<&str>, epoch: &str, offset: u64) -> Frame {
     )
 }
 
+/// `{"type":"gap","group":…,"from":a,"to":b,"timestamp":…}`: this connection read too slowly
+/// and lost the offsets `a..=b` of the group (its delivery policy is `drop-oldest`, or they
+/// outlived their TTL); a `join` with `since` at `a − 1` recovers what history still has.
+pub fn gap(group: &str, from: u64, to: u64) -> Frame {
+    #[derive(Serialize)]
+    struct Gap<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        group: &'a str,
+        from: u64,
+        to: u64,
+        timestamp: &'a str,
+    }
+    let ts = now();
+    encode(
+        &Gap {
+            kind: "gap",
+            group,
+            from,
+            to,
+            timestamp: ts.as_str(),
+        },
+        64 + group.len(),
+    )
+}
+
 /// `{"type":"joined"|"left","group":…,"connection":short,"user":…,"info":…,"timestamp":…}` to
 /// a group's members.
 pub fn membership(

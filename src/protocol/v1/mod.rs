@@ -8,7 +8,8 @@ mod frames;
 
 pub use command::{command_id, parse, Command, Rejected, Target};
 pub use frames::{
-    ack, ack_with, delivery, error, membership, reset, welcome, AckExtra, Delivery, StreamState,
+    ack, ack_with, delivery, error, gap, membership, reset, welcome, AckExtra, Delivery,
+    StreamState,
 };
 
 /// Error codes of `error` replies, a contract for clients.

@@ -32,6 +32,10 @@ use crate::frame::Frame;
 
 pub use crate::manager::{Queued, SendError};
 
+mod policy;
+
+use policy::Mark;
+
 /// A socket that accepts non-blocking vectored writes from any thread.
 pub trait DirectWrite: Send + Sync + 'static {
     /// Writes what the socket takes now without waiting.
@@ -81,6 +85,24 @@ pub fn advance(batch: &mut VecDeque<Frame>, mut written: usize) -> bool {
     false
 }
 
+/// What the writer task takes at once: up to a vectored write's frames and 256 KiB (at least
+/// one frame). What stays queued meanwhile can still be dropped or replaced by a delivery
+/// policy, or discarded for a slow consumer, without waiting for the socket.
+const WRITER_BATCH_BYTES: usize = 256 * 1024;
+
+fn batch_len(queue: &VecDeque<Frame>) -> usize {
+    let mut bytes = 0;
+    let n = queue
+        .iter()
+        .take(MAX_SLICES)
+        .take_while(|f| {
+            bytes += f.len();
+            bytes <= WRITER_BATCH_BYTES
+        })
+        .count();
+    n.max(1)
+}
+
 /// Who may write to the socket right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
@@ -113,6 +135,10 @@ pub struct Outbox {
 
 struct State {
     queue: VecDeque<Frame>,
+    /// What each queued frame is, for the delivery policies: empty while no frame under a
+    /// policy is queued (an idle or plain connection holds nothing), else one per frame of
+    /// `queue`, in the same order.
+    marks: VecDeque<Option<Mark>>,
     close: Option<CloseReason>,
     /// Whether the writer has taken the close request.
     close_taken: bool,
@@ -149,6 +175,7 @@ impl Outbox {
         Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                marks: VecDeque::new(),
                 close: None,
                 close_taken: false,
                 owner: Owner::Idle,
@@ -215,35 +242,52 @@ impl Outbox {
     }
 
     fn enqueue(&self, frame: Frame, limit: usize, budget: bool) -> Result<Queued, SendError> {
-        let wake_writer = {
-            let mut st = self.state.lock();
-            if st.close.is_some() {
-                return Err(SendError::Closed);
-            }
-            if st.queue.len() >= limit {
-                return Err(SendError::Full);
-            }
-            let len = frame.len();
-            let pending = self.pending.load(Ordering::Relaxed);
-            if budget && pending > 0 && pending.saturating_add(len) > self.max_bytes {
-                return Err(SendError::Full);
-            }
-            // Under the state lock: pushes are serialised, writers only subtract.
-            self.pending.fetch_add(len, Ordering::Relaxed);
-            st.queue.push_back(frame);
-            if st.owner != Owner::Idle || st.queue.len() > 1 {
-                // A writer owns the socket and re-checks the queue before letting go, or the
-                // frames before this one already asked for a flush.
-                return Ok(Queued::Done);
-            }
-            if st.socket.is_some() {
-                return Ok(Queued::NeedsFlush);
-            }
-            true
-        };
-        if wake_writer {
-            self.wake.notify_one();
+        let mut st = self.state.lock();
+        if st.close.is_some() {
+            return Err(SendError::Closed);
         }
+        if !self.fits(&st, frame.len(), limit, budget) {
+            // A full queue may hold messages a `drop-oldest` group lets go of.
+            if !budget || limit != self.capacity || !self.make_room(&mut st, frame.len(), None) {
+                return Err(SendError::Full);
+            }
+        }
+        self.append(&mut st, frame, None);
+        self.pushed(st)
+    }
+
+    /// Whether a frame of `len` bytes may be queued: under `limit` frames and, with `budget`,
+    /// within the byte budget (a frame larger than the budget passes into an empty outbox).
+    fn fits(&self, st: &State, len: usize, limit: usize, budget: bool) -> bool {
+        let pending = self.pending.load(Ordering::Relaxed);
+        st.queue.len() < limit
+            && !(budget && pending > 0 && pending.saturating_add(len) > self.max_bytes)
+    }
+
+    /// Queues `frame` (what it is, under a policy, in `mark`).
+    fn append(&self, st: &mut State, frame: Frame, mark: Option<Mark>) {
+        // Under the state lock: pushes are serialised, writers only subtract.
+        self.pending.fetch_add(frame.len(), Ordering::Relaxed);
+        if mark.is_some() || !st.marks.is_empty() {
+            let missing = st.queue.len() - st.marks.len();
+            st.marks.extend(std::iter::repeat_n(None, missing));
+            st.marks.push_back(mark);
+        }
+        st.queue.push_back(frame);
+    }
+
+    /// After frames were queued: who writes them.
+    fn pushed(&self, st: parking_lot::MutexGuard<'_, State>) -> Result<Queued, SendError> {
+        if st.owner != Owner::Idle || st.queue.len() > 1 {
+            // A writer owns the socket and re-checks the queue before letting go, or the
+            // frames before this one already asked for a flush.
+            return Ok(Queued::Done);
+        }
+        if st.socket.is_some() {
+            return Ok(Queued::NeedsFlush);
+        }
+        drop(st);
+        self.wake.notify_one();
         Ok(Queued::Done)
     }
 
@@ -251,7 +295,7 @@ impl Outbox {
     /// What the socket does not take now is handed to the writer task.
     pub fn flush(&self) {
         loop {
-            let (socket, mut batch, mut partial) = {
+            let (socket, mut batch, mut marks, mut partial) = {
                 let mut st = self.state.lock();
                 if st.owner != Owner::Idle || st.queue.is_empty() {
                     return;
@@ -261,8 +305,10 @@ impl Outbox {
                 };
                 st.owner = Owner::Flusher;
                 let partial = std::mem::take(&mut st.front_partial);
-                (socket, std::mem::take(&mut st.queue), partial)
+                let marks = std::mem::take(&mut st.marks);
+                (socket, std::mem::take(&mut st.queue), marks, partial)
             };
+            let before = batch.len();
             let result = {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let n = fill_slices(&batch, &mut slices);
@@ -279,9 +325,20 @@ impl Outbox {
             };
             let mut st = self.state.lock();
             if handed_over {
-                // Put the rest back in front of anything queued meanwhile.
+                // Put the rest back in front of anything queued meanwhile, with what each is
+                // (frames the socket did not start on are still a policy's to drop).
                 if self.discarding() {
                     self.drop_after(&mut batch, usize::from(partial));
+                }
+                let written = before.saturating_sub(batch.len());
+                if !marks.is_empty() || !st.marks.is_empty() {
+                    marks.drain(..written.min(marks.len()));
+                    marks.resize(batch.len(), None);
+                    let newer = std::mem::take(&mut st.marks);
+                    let queued = st.queue.len();
+                    marks.extend(newer);
+                    marks.resize(batch.len() + queued, None);
+                    st.marks = marks;
                 }
                 batch.append(&mut st.queue);
                 st.queue = batch;
@@ -315,6 +372,7 @@ impl Outbox {
             if !reason.drains_queue() {
                 let keep = usize::from(st.front_partial);
                 self.drop_after(&mut st.queue, keep);
+                st.marks = VecDeque::new();
                 if st.queue.is_empty() {
                     st.queue = VecDeque::new();
                 }
@@ -371,7 +429,17 @@ impl Outbox {
                 };
                 if mine && !st.queue.is_empty() {
                     st.owner = Owner::Writer;
-                    std::mem::swap(&mut st.queue, batch);
+                    let take = batch_len(&st.queue);
+                    if take == st.queue.len() {
+                        st.marks = VecDeque::new();
+                        std::mem::swap(&mut st.queue, batch);
+                    } else {
+                        // The rest stays queued, where a delivery policy can still act on it.
+                        let rest = st.queue.split_off(take);
+                        *batch = std::mem::replace(&mut st.queue, rest);
+                        let n = take.min(st.marks.len());
+                        st.marks.drain(..n);
+                    }
                     return Take::Frames(std::mem::take(&mut st.front_partial));
                 }
                 if st.owner != Owner::Flusher {
@@ -422,6 +490,15 @@ impl Outbox {
 impl crate::manager::Sink for Outbox {
     fn try_send(&self, frame: &Frame) -> Result<Queued, SendError> {
         self.push(frame.clone())
+    }
+
+    fn try_send_tagged(
+        &self,
+        frame: &Frame,
+        tag: &crate::manager::policy::Tag,
+        protocol: crate::manager::Protocol,
+    ) -> Result<Queued, SendError> {
+        self.push_tagged(frame.clone(), tag, protocol)
     }
 
     fn flush(&self) {
