@@ -261,6 +261,11 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_rules")]
     pub delivery_policy: Vec<crate::manager::policy::Rule>,
 
+    /// How long a publication's `idempotencyKey` is remembered: a repeat within it (REST or wshub.v1, on any node) is answered with the first one's offset and delivered to no one.
+    #[arg(long, env = "WSHUB_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub idempotency_window: Duration,
+
     /// DEFLATE level: 1 (fastest) to 9 (smallest).
     #[arg(long, env = "WSHUB_COMPRESSION_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: u32,
@@ -406,6 +411,7 @@ impl ServeArgs {
                 .filter(|p| !p.is_empty())
                 .collect(),
             delivery_policies: self.delivery_policy.clone(),
+            idempotency_window: self.idempotency_window,
             compression: self.compression.then_some(crate::frame::deflate::Settings {
                 threshold: self.compression_threshold,
                 level: self.compression_level,

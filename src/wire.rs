@@ -43,6 +43,9 @@ pub enum Publication {
         /// same key replaces one still queued for a slow reader.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// The publisher's idempotency key: a repeat within the window is delivered to no one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
     },
     /// A text envelope to everyone (the all-clients stream: gets an offset).
     All {
@@ -373,6 +376,7 @@ mod tests {
             user: None,
             message: RawValue::from_string("{\"x\":1}".into()).unwrap(),
             key: None,
+            idempotency_key: None,
         };
         let text = format!(
             "{{\"n\":\"node1\",\"e\":\"ep\",\"o\":7,\"p\":{}}}",

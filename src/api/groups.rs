@@ -126,6 +126,10 @@ pub struct GroupMessageBody {
     /// symbol, a vehicle's id).
     #[serde(default)]
     pub key: Option<String>,
+    /// An idempotency key: a repeat within `--idempotency-window` (on any node) is answered
+    /// with the first one's offset and `duplicate: true`, and delivered to no one.
+    #[serde(default, rename = "idempotencyKey")]
+    pub idempotency_key: Option<String>,
 }
 
 /// A message published to a group.
@@ -135,8 +139,11 @@ pub struct Published {
     /// are not counted (a publish never reads the whole cluster's listing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<usize>,
-    /// Its offset in the group's stream.
+    /// Its offset in the group's stream (the first one's, for a repeat).
     pub offset: u64,
+    /// `true`: a repeat of an idempotency key seen within the window, delivered to no one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
 }
 
 /// Publish a message to a group's members, as a `message` envelope with the group and no
@@ -159,17 +166,22 @@ pub async fn broadcast(
     check_group(&group)?;
     let body = json_body::<GroupMessageBody>(&headers, body)?;
     let key = body.key;
+    let once = body.idempotency_key;
     let message = MessageBody {
         message: body.message,
     }
     .into_message()?;
     hub.ensure_group_stream(&group)
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let (recipients, offset) = hub
-        .publish_everywhere(&group, &message, key.as_deref())
+    let done = hub
+        .publish_everywhere(&group, &message, key.as_deref(), once.as_deref())
         .await
         .map_err(super::connections::busy)?;
-    Ok(Json(Published { recipients, offset }))
+    Ok(Json(Published {
+        recipients: done.recipients,
+        offset: done.offset,
+        duplicate: done.duplicate.then_some(true),
+    }))
 }
 
 /// Add a connection to a group (its other members get a `joined` event).

@@ -13,6 +13,17 @@ use crate::id::ConnId;
 
 /// What the REST API does on whichever node it is called: the same answers as a single node,
 /// computed from the backplane's entries when this node is part of a cluster.
+/// What a REST group publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPublished {
+    /// Local connections it was queued for (`None` in a cluster).
+    pub recipients: Option<usize>,
+    /// Its offset (the first one's, for a repeat).
+    pub offset: u64,
+    /// A repeat of an idempotency key seen within the window: delivered to no one.
+    pub duplicate: bool,
+}
+
 impl Hub {
     /// Connections (optionally a group's members or a user's), cluster-wide.
     ///
@@ -196,7 +207,7 @@ impl Hub {
         Busy
     }
 
-    /// A REST group publish: `(recipients, offset)`, as [`broadcast_everywhere`](Self::broadcast_everywhere).
+    /// A REST group publish (what it did: [`GroupPublished`]), as [`broadcast_everywhere`](Self::broadcast_everywhere).
     ///
     /// # Errors
     /// As [`broadcast_everywhere`](Self::broadcast_everywhere).
@@ -205,17 +216,63 @@ impl Hub {
         group: &str,
         message: &RawValue,
         key: Option<&str>,
-    ) -> Result<(Option<usize>, u64), Busy> {
+        idempotency_key: Option<&str>,
+    ) -> Result<GroupPublished, Busy> {
+        if let Some(k) = idempotency_key {
+            if let Some(first) = self.claim_once(group, k).await? {
+                return Ok(GroupPublished {
+                    recipients: Some(0),
+                    offset: first,
+                    duplicate: true,
+                });
+            }
+        }
         let Some(c) = self.shared_bus() else {
-            let (n, offset) = self.publish_to_group_keyed(group, message, key);
-            return Ok((Some(n), offset));
+            let (n, offset) = self.publish_to_group_once(group, message, key, idempotency_key);
+            return Ok(GroupPublished {
+                recipients: Some(n),
+                offset,
+                duplicate: false,
+            });
         };
-        let rx = c
-            .publish(Self::group_publication(group, None, None, message, key))
-            .map_err(|_| self.busy())?;
+        let p = Self::group_publication(group, None, None, message, key, idempotency_key);
+        let rx = match c.publish(p) {
+            Ok(rx) => rx,
+            Err(_) => {
+                if let Some(k) = idempotency_key {
+                    self.shared.idempotency.release(group, k);
+                }
+                return Err(self.busy());
+            }
+        };
         let offset = await_position(rx).await;
         let here = || self.group_members(group).map_or(0, |m| m.len());
-        Ok(((offset == 0).then(here), offset))
+        Ok(GroupPublished {
+            recipients: (offset == 0).then(here),
+            offset,
+            duplicate: false,
+        })
+    }
+
+    /// Claims an idempotency key before publishing: `Some(first offset)` for a repeat (a
+    /// repeat of a publication still on its way through the bus waits for its offset, up to
+    /// 3 s).
+    ///
+    /// # Errors
+    /// [`Busy`] when the first one's offset did not come in time.
+    async fn claim_once(&self, group: &str, key: &str) -> Result<Option<u64>, Busy> {
+        use super::idempotency::Seen;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match self.shared.idempotency.claim(group, key) {
+                Ok(()) => return Ok(None),
+                Err(Seen::At(first)) => return Ok(Some(first)),
+                Err(Seen::Pending) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(Seen::Pending) => return Err(self.busy()),
+            }
+        }
     }
 
     /// A REST send to a user: how many connections it reached.

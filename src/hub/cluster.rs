@@ -265,6 +265,7 @@ impl Hub {
         user: Option<&str>,
         message: &RawValue,
         key: Option<&str>,
+        idempotency_key: Option<&str>,
     ) -> Publication {
         Publication::Group {
             group: group.to_owned(),
@@ -272,6 +273,7 @@ impl Hub {
             user: user.map(str::to_owned),
             message: message.to_owned(),
             key: key.map(str::to_owned),
+            idempotency_key: idempotency_key.map(str::to_owned),
         }
     }
 

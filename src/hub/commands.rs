@@ -183,6 +183,7 @@ impl Hub {
                 group,
                 message,
                 key,
+                idempotency_key,
             } => {
                 if !self.shared.manager.is_member(me.id, &group) {
                     return Err(HubError::NotMember(group.into_owned()));
@@ -198,6 +199,22 @@ impl Hub {
                         "data": message,
                     })
                 });
+                let once = idempotency_key.as_deref();
+                if let Some(k) = once {
+                    if let Err(seen) = self.shared.idempotency.claim(&group, k) {
+                        // A repeat: the first one's offset (none yet while it is still on its
+                        // way through the bus), delivered to no one.
+                        return Ok(Answer::Now(AckExtra {
+                            recipients: Some(0),
+                            offset: match seen {
+                                super::idempotency::Seen::At(o) => Some(o),
+                                super::idempotency::Seen::Pending => None,
+                            },
+                            duplicate: Some(true),
+                            ..AckExtra::default()
+                        }));
+                    }
+                }
                 if let Some(c) = self.shared_bus() {
                     // The backplane numbers it and brings it back to every node: the ack waits
                     // for the offset; how many it reaches across nodes is not known here.
@@ -207,10 +224,12 @@ impl Hub {
                         user,
                         message,
                         key.as_deref(),
+                        once,
                     );
                     return Ok(match c.publish(p) {
                         Ok(rx) => Answer::Numbered(rx),
-                        // The engine is not keeping up: delivered here only, as in an outage.
+                        // The engine is not keeping up: delivered here only, as in an outage
+                        // (unnumbered: a repeat is not recognised then).
                         Err(full) => Answer::Now(AckExtra {
                             recipients: Some(
                                 self.deliver_queue_full(full, cork).delivery.delivered,
@@ -219,8 +238,15 @@ impl Hub {
                         }),
                     });
                 }
-                let sent =
-                    self.publish_group(&group, Some(&short), user, message, key.as_deref(), cork);
+                let sent = self.publish_group(
+                    &group,
+                    Some(&short),
+                    user,
+                    message,
+                    key.as_deref(),
+                    once,
+                    cork,
+                );
                 Ok(Answer::Now(AckExtra {
                     recipients: sent.as_ref().map(|(d, _)| d.delivered),
                     offset: sent.map(|(_, o)| o).filter(|o| *o > 0),

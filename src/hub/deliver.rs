@@ -466,8 +466,25 @@ impl Hub {
                 offset: None,
             };
         }
+        let idem = match p {
+            Publication::Group {
+                group,
+                idempotency_key: Some(k),
+                ..
+            } => Some((group.as_str(), k.as_str())),
+            _ => None,
+        };
         let s = self.stream_ref(stream);
         let mut s = s.lock();
+        if let (Some((g, k)), Numbering::Here) = (idem, &numbering) {
+            // Numbered here: a repeat takes no offset at all.
+            if let Some(super::idempotency::Seen::At(first)) = self.shared.idempotency.seen(g, k) {
+                return Published {
+                    delivery: Delivery::default(),
+                    offset: Some(first),
+                };
+            }
+        }
         let offset = match numbering {
             Numbering::Given(epoch, offset) => {
                 match s.adopt(epoch, offset) {
@@ -489,6 +506,16 @@ impl Hub {
             }
             Numbering::Here | Numbering::None => s.next_offset(),
         };
+        if let Some((g, k)) = idem {
+            // Every node decides here, in the bus's order: the same publication is first
+            // everywhere. A repeat that raced the first to the bus keeps its offset unused.
+            if let Some(first) = self.shared.idempotency.deliver(g, k, offset) {
+                return Published {
+                    delivery: Delivery::default(),
+                    offset: Some(first),
+                };
+            }
+        }
         let frames = Encoded::new(p, Some(offset));
         let Some(kept) = frames.v1().cloned() else {
             return Published::default();

@@ -11,11 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod anywhere;
+pub use anywhere::GroupPublished;
 mod authorize;
 mod cluster;
 mod commands;
 mod deliver;
 mod error;
+mod idempotency;
 mod occupancy;
 mod policies;
 mod presence;
@@ -105,6 +107,9 @@ pub struct HubConfig {
     /// What slow readers get, per group pattern (the first rule that matches; none:
     /// `disconnect`).
     pub delivery_policies: Vec<crate::manager::policy::Rule>,
+    /// How long a publication's idempotency key is remembered (a repeat within it is answered
+    /// with the first one's offset and delivered to no one).
+    pub idempotency_window: Duration,
 }
 
 /// An inbound rate limit: a token bucket per connection.
@@ -154,6 +159,7 @@ impl Default for HubConfig {
             silent_groups: Vec::new(),
             compression: Some(crate::frame::deflate::Settings::default()),
             delivery_policies: Vec::new(),
+            idempotency_window: Duration::from_secs(300),
         }
     }
 }
@@ -185,6 +191,7 @@ pub(crate) struct Shared {
     /// Users whose tokens are revoked.
     revocations: tokens::Revocations,
     policies: policies::Policies,
+    idempotency: idempotency::Idempotency,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -288,6 +295,7 @@ impl Hub {
             }
         }));
         let policies = policies::Policies::new(&config.delivery_policies, &metrics);
+        let idempotency = idempotency::Idempotency::new(config.idempotency_window);
         let hub = Self {
             shared: Arc::new(Shared {
                 node,
@@ -308,6 +316,7 @@ impl Hub {
                 settling: settle::Settling::default(),
                 revocations: tokens::Revocations::default(),
                 policies,
+                idempotency,
             }),
         };
         hub.shared
@@ -545,6 +554,7 @@ impl Hub {
     /// it is numbered and delivered now; in a cluster it goes to the backplane, which numbers
     /// it and brings it back to every node (`None`), or, while the backplane is away, it is
     /// delivered here unnumbered (offset 0).
+    #[allow(clippy::too_many_arguments)] // the publication's parts, as `group_publication` takes them
     pub(crate) fn publish_group(
         &self,
         group: &str,
@@ -552,13 +562,12 @@ impl Hub {
         user: Option<&str>,
         message: &serde_json::value::RawValue,
         key: Option<&str>,
+        idempotency_key: Option<&str>,
         cork: &mut HubCork,
     ) -> Option<(Delivery, u64)> {
-        self.publish(
-            Self::group_publication(group, from, user, message, key),
-            cork,
-        )
-        .map(|p| (p.delivery, p.offset.unwrap_or(0)))
+        let p = Self::group_publication(group, from, user, message, key, idempotency_key);
+        self.publish(p, cork)
+            .map(|p| (p.delivery, p.offset.unwrap_or(0)))
     }
 
     /// Offers an already encoded frame to every connection.

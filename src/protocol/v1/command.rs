@@ -30,6 +30,8 @@ pub enum Command<'a> {
         message: &'a RawValue,
         /// The conflation key, for groups delivered `keep-latest`.
         key: Option<Cow<'a, str>>,
+        /// `idempotencyKey`: a repeat within the window is delivered to no one.
+        idempotency_key: Option<Cow<'a, str>>,
     },
     /// Send to one connection or to every connection of a user.
     Send {
@@ -105,6 +107,8 @@ struct Wire<'a> {
     limit: Option<usize>,
     #[serde(borrow, default)]
     key: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "idempotencyKey")]
+    idempotency_key: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +263,7 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
             group: group(&kind)?,
             message: message(&kind)?,
             key: wire.key.take(),
+            idempotency_key: wire.idempotency_key.take(),
         },
         "send" => {
             let to = match (wire.connection.take(), wire.user.take()) {

@@ -90,6 +90,10 @@ pub struct AckExtra<'a> {
     /// After a `refresh`: when the new token expires (Unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
+    /// A publish whose idempotency key was seen within the window: not delivered again;
+    /// `offset` is the first one's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
 }
 
 /// `{"type":"error","id":…,"code":…,"message":…}`.
