@@ -248,6 +248,7 @@ on_both!(
     hub_webhooks_are_one_per_transition_and_survivors_tell_a_dead_nodes,
     v1_presence_is_cluster_wide_and_a_dead_nodes_members_leave_it,
     a_revocation_is_kept_by_the_backplane_when_every_node_restarts,
+    an_idempotency_key_is_cluster_wide,
 );
 
 fn token(sub: &str) -> String {
@@ -1569,5 +1570,59 @@ async fn a_revocation_is_kept_by_the_backplane_when_every_node_restarts(kind: Ki
     .unwrap();
     assert_eq!(status(newer).await, 101);
     assert!(!b.hub.is_revoked(Some("bob"), None));
+    b.stop().await;
+}
+
+/// Idempotent publishing across nodes: a repeat made on another node after the first was
+/// delivered is answered with the first one's offset; two publications with the same key made
+/// on two nodes at the same instant reach a member once (every node decides in the bus's order).
+async fn an_idempotency_key_is_cluster_wide(kind: Kind) {
+    let engine = Backend::start(kind);
+    let a = node(&engine, "ti", "node-a").await;
+    let b = node(&engine, "ti", "node-b").await;
+    let (mut m, _) = client(&b, "mia").await;
+    let ack = cmd(&mut m, json!({"id": 1, "type": "join", "group": "pay"})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let msg = |s: &str| serde_json::value::to_raw_value(s).unwrap();
+    let first = a
+        .hub
+        .publish_everywhere("pay", &msg("once"), None, Some("k1"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    let v = next_json_where(&mut m, |v| v["type"] == "message").await;
+    assert_eq!(
+        (v["message"].as_str(), v["offset"].as_u64()),
+        (Some("once"), Some(first.offset))
+    );
+    let again = b
+        .hub
+        .publish_everywhere("pay", &msg("once"), None, Some("k1"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.offset, first.offset);
+    // The same key on both nodes at once.
+    let race = msg("race");
+    let (x, y) = tokio::join!(
+        a.hub.publish_everywhere("pay", &race, None, Some("k2")),
+        b.hub.publish_everywhere("pay", &race, None, Some("k2")),
+    );
+    assert!(x.is_ok() && y.is_ok());
+    a.hub
+        .publish_everywhere("pay", &msg("after"), None, None)
+        .await
+        .unwrap();
+    let mut races = 0;
+    loop {
+        let v = next_json_where(&mut m, |v| v["type"] == "message").await;
+        match v["message"].as_str() {
+            Some("race") => races += 1,
+            Some("after") => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(races, 1, "delivered once");
+    a.stop().await;
     b.stop().await;
 }
