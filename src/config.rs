@@ -266,6 +266,10 @@ pub struct ServeArgs {
     #[serde(serialize_with = "ser_duration")]
     pub idempotency_window: Duration,
 
+    /// In a cluster, publications waiting for the backplane at most: past it REST publishes answer 429 with Retry-After and wshub.v1 publishes a `busy` error, instead of queueing without bound (nothing refused is delivered anywhere; nothing accepted is lost).
+    #[arg(long, env = "WSHUB_PUBLISH_QUEUE", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub publish_queue: u32,
+
     /// DEFLATE level: 1 (fastest) to 9 (smallest).
     #[arg(long, env = "WSHUB_COMPRESSION_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: u32,

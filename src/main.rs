@@ -146,6 +146,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             url: args.backplane.clone(),
             node_ttl: args.node_ttl,
             heartbeat: (args.node_ttl / 5).max(std::time::Duration::from_millis(100)),
+            queue: args.publish_queue as usize,
             ..Default::default()
         })?;
         tracing::info!(node = %hub.node_id(), backplane = %args.backplane, "joining the cluster");

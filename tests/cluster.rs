@@ -249,6 +249,7 @@ on_both!(
     v1_presence_is_cluster_wide_and_a_dead_nodes_members_leave_it,
     a_revocation_is_kept_by_the_backplane_when_every_node_restarts,
     an_idempotency_key_is_cluster_wide,
+    a_publisher_outrunning_the_backplane_is_told_to_retry,
 );
 
 fn token(sub: &str) -> String {
@@ -1623,6 +1624,62 @@ async fn an_idempotency_key_is_cluster_wide(kind: Kind) {
         }
     }
     assert_eq!(races, 1, "delivered once");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A publisher that outruns the backplane: past `--publish-queue` waiting publications, REST
+/// publishes are refused (429 with Retry-After, `Busy` here) instead of queueing without bound;
+/// every accepted one reaches a member on another node, none refused does.
+async fn a_publisher_outrunning_the_backplane_is_told_to_retry(kind: Kind) {
+    let engine = Backend::start(kind);
+    let bp = BackplaneConfig {
+        queue: 2,
+        ..backplane(&engine, "tq")
+    };
+    let a = node_with(bp, "node-a").await;
+    let b = node(&engine, "tq", "node-b").await;
+    let (mut m, _) = client(&b, "max").await;
+    let ack = cmd(&mut m, json!({"id": 1, "type": "join", "group": "flood"})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let addr = a.addr;
+            tokio::spawn(async move {
+                let body = json!({ "message": format!("m{i}") }).to_string();
+                let res = post_json(addr, "/api/groups/flood/broadcast", &body).await;
+                match res.status {
+                    200 => true,
+                    429 => {
+                        assert_eq!(res.header("retry-after"), Some("1"));
+                        false
+                    }
+                    other => panic!("{other}: {}", String::from_utf8_lossy(&res.body)),
+                }
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            accepted += 1;
+        }
+    }
+    assert!(accepted > 0 && accepted < 300, "{accepted} of 300 accepted");
+    let end = serde_json::value::to_raw_value("end").unwrap();
+    a.hub
+        .publish_everywhere("flood", &end, None, None)
+        .await
+        .unwrap();
+    let mut got = 0;
+    loop {
+        let v = next_json_where(&mut m, |v| v["type"] == "message").await;
+        if v["message"] == "end" {
+            break;
+        }
+        got += 1;
+    }
+    assert_eq!(got, accepted, "every accepted publication, and only those");
     a.stop().await;
     b.stop().await;
 }

@@ -271,6 +271,8 @@ impl From<crate::hub::HubError> for Problem {
             HubError::Invalid(_) => StatusCode::BAD_REQUEST,
             HubError::NotMember(_) | HubError::TooManyGroups(_) => StatusCode::CONFLICT,
             HubError::HubFull(_) | HubError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // Problem adds `Retry-After: 1` to every 429.
+            HubError::Busy => StatusCode::TOO_MANY_REQUESTS,
         };
         Problem::new(status, e.to_string())
     }

@@ -226,17 +226,18 @@ impl Hub {
                         key.as_deref(),
                         once,
                     );
-                    return Ok(match c.publish(p) {
-                        Ok(rx) => Answer::Numbered(rx),
-                        // The engine is not keeping up: delivered here only, as in an outage
-                        // (unnumbered: a repeat is not recognised then).
-                        Err(full) => Answer::Now(AckExtra {
-                            recipients: Some(
-                                self.deliver_queue_full(full, cork).delivery.delivered,
-                            ),
-                            ..AckExtra::default()
-                        }),
-                    });
+                    return match c.publish(p) {
+                        Ok(rx) => Ok(Answer::Numbered(rx)),
+                        // The engine is not keeping up: refused, nothing published (a
+                        // delivery on this node alone would be lost to the others).
+                        Err(_) => {
+                            if let Some(k) = once {
+                                self.shared.idempotency.release(&group, k);
+                            }
+                            self.backplane_event("queue_full");
+                            Err(HubError::Busy)
+                        }
+                    };
                 }
                 let sent = self.publish_group(
                     &group,

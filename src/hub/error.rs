@@ -27,6 +27,9 @@ pub enum HubError {
     /// The authorization hook gave no usable answer: refused (fail-closed).
     #[error("authorization unavailable; try again later")]
     Unavailable,
+    /// The backplane is not keeping up: the publication was not accepted.
+    #[error("the backplane is not keeping up: nothing was published; retry shortly")]
+    Busy,
     /// A `refresh` token was refused: the connection is closed after the error.
     #[error("{0}")]
     TokenRefused(String),
@@ -46,6 +49,7 @@ impl HubError {
             HubError::HubFull(_) => ErrorCode::HubFull,
             HubError::Denied(_) => ErrorCode::Forbidden,
             HubError::Unavailable => ErrorCode::Unavailable,
+            HubError::Busy => ErrorCode::Busy,
             HubError::TokenRefused(_) => ErrorCode::InvalidToken,
             HubError::Invalid(_) => ErrorCode::Invalid,
         }

@@ -40,6 +40,9 @@ pub enum ErrorCode {
     HubFull,
     /// The authorization hook did not answer usably: refused (fail-closed); try again later.
     Unavailable,
+    /// The backplane is not keeping up (`--publish-queue` publications wait for it): nothing
+    /// was published; retry shortly.
+    Busy,
     /// A `refresh` token was refused (bad signature, expired, another user, revoked): the
     /// connection is closed after this error (4401).
     InvalidToken,
