@@ -6,7 +6,8 @@
 //! |---|---|---|
 //! | [`CloseReason::Normal`] (the peer closed first) | 1000 (or the peer's code, echoed) | delivered first |
 //! | [`CloseReason::Disconnected`] (`DELETE /api/connections/{id}`) | the code asked for (1000 by default) | delivered first |
-//! | [`CloseReason::GoingAway`] (server shutdown) | 1001 | delivered first, within the shutdown deadline |
+//! | [`CloseReason::GoingAway`] (server shutdown, plain clients) | 1001 | delivered first, within the shutdown deadline |
+//! | [`CloseReason::Restarting`] (server shutdown: `wshub.v1` clients get 1012, Pusher clients 4200, both "reconnect now") | 1012 / 4200 | delivered first, within the shutdown deadline |
 //! | [`CloseReason::IdleTimeout`] (no frame within the idle timeout) | 1001 | dropped |
 //! | [`CloseReason::Protocol`] (RFC 6455 violation) | 1002 | delivered first |
 //! | [`CloseReason::InvalidUtf8`] | 1007 | delivered first |
@@ -33,6 +34,9 @@ pub enum CloseReason {
     },
     /// The server is shutting down.
     GoingAway,
+    /// The server is shutting down and the client should reconnect at once, elsewhere: 1012
+    /// ("service restart") for `wshub.v1`, 4200 (the protocol's reconnect-now code) for Pusher.
+    Restarting(u16),
     /// The peer sent nothing (not even a Pong) within the idle timeout.
     IdleTimeout,
     /// The peer broke RFC 6455 framing.
@@ -54,12 +58,18 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Whether this is the server's own shutdown (its queues get the shutdown deadline).
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self, CloseReason::GoingAway | CloseReason::Restarting(_))
+    }
+
     /// The close code sent to the peer.
     pub fn code(&self) -> u16 {
         match self {
             CloseReason::Normal(code) => *code,
             CloseReason::Disconnected { code, .. } => *code,
             CloseReason::GoingAway | CloseReason::IdleTimeout => 1001,
+            CloseReason::Restarting(code) => *code,
             CloseReason::Protocol(_) => 1002,
             CloseReason::InvalidUtf8 | CloseReason::BadCompression => 1007,
             CloseReason::SlowConsumer | CloseReason::RateLimited => 1008,
@@ -74,6 +84,7 @@ impl CloseReason {
             CloseReason::Normal(_) => "",
             CloseReason::Disconnected { reason, .. } => reason,
             CloseReason::GoingAway => "server shutting down",
+            CloseReason::Restarting(_) => "service restart: reconnect",
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::Protocol(why) => why,
             CloseReason::InvalidUtf8 => "invalid UTF-8 in text message",
@@ -103,7 +114,7 @@ impl CloseReason {
         match self {
             CloseReason::Normal(_) => "normal",
             CloseReason::Disconnected { .. } => "disconnected",
-            CloseReason::GoingAway => "shutdown",
+            CloseReason::GoingAway | CloseReason::Restarting(_) => "shutdown",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Protocol(_) => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_utf8",

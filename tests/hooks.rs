@@ -585,6 +585,7 @@ async fn a_clean_shutdown_sends_the_last_events_before_it_returns() {
             events[0]["data"]["reason"].as_str(),
             events[0]["data"]["code"].as_u64()
         ),
-        (Some("shutdown"), Some(1001))
+        // A wshub.v1 client is told to reconnect elsewhere now.
+        (Some("shutdown"), Some(1012))
     );
 }

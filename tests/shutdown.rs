@@ -203,3 +203,25 @@ async fn startup_output_is_plain_warns_about_open_settings_and_errors_once() {
     assert!(stderr.contains("--listen"), "{stderr}");
     child.kill().await.unwrap();
 }
+
+/// Each protocol is told to come back in its own words: plain clients keep the original's 1001,
+/// `wshub.v1` clients get 1012 ("service restart") and Pusher clients 4200 (reconnect now),
+/// after what was queued for them.
+#[tokio::test]
+async fn sigterm_tells_each_protocol_to_reconnect_in_its_own_words() {
+    let (mut child, addr) = spawn_server(&["--shutdown-timeout", "5s"]).await;
+    let (mut plain, _) = connect(&format!("ws://{addr}/ws")).await;
+    let (mut v1, _) = connect_v1(&format!("ws://{addr}/ws")).await;
+    let mut pusher = RawClient::connect(addr, "/app/app-key?protocol=7").await;
+    let (_, hello) = pusher.read_frame().await.unwrap();
+    assert!(String::from_utf8_lossy(&hello).contains("pusher:connection_established"));
+    sigterm(&child);
+    assert_eq!(next_close(&mut plain).await, Some(1001));
+    assert_eq!(next_close(&mut v1).await, Some(1012));
+    assert_eq!(pusher.read_close().await, Some(4200));
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}

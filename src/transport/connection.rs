@@ -61,6 +61,19 @@ pub(crate) enum Role {
 }
 
 impl Role {
+    /// How this connection is closed when the server shuts down: plain clients keep the
+    /// original's 1001; `wshub.v1` clients get 1012 and Pusher clients 4200, the codes their
+    /// clients take as "reconnect now" (to another node, with their positions).
+    fn shutdown_reason(&self) -> CloseReason {
+        match self {
+            Role::Hub { entry, .. } if entry.info.protocol == Protocol::V1 => {
+                CloseReason::Restarting(1012)
+            }
+            Role::Pusher { .. } => CloseReason::Restarting(4200),
+            _ => CloseReason::GoingAway,
+        }
+    }
+
     /// The hub the connection belongs to (its metrics, its limits).
     fn hub(&self) -> &Hub {
         match self {
@@ -593,12 +606,12 @@ where
                 biased;
                 _ = &mut cancelled, if !shutdown_seen => {
                     shutdown_seen = true;
-                    outbox.close(CloseReason::GoingAway);
+                    outbox.close(role.shutdown_reason());
                 }
                 _ = &mut closing, if !c.closing => {
                     c.closing = true;
                     let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
-                    let limit = if reason == CloseReason::GoingAway {
+                    let limit = if reason.is_shutdown() {
                         params.shutdown_timeout
                     } else {
                         params.close_timeout
