@@ -83,6 +83,14 @@ struct Stored {
     offset: u64,
     at: Instant,
     frame: Frame,
+    /// A publication with its own TTL: past this it is no longer replayed or listed.
+    expires: Option<Instant>,
+}
+
+impl Stored {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| e > now)
+    }
 }
 
 /// One stream: its offsets, epoch and recent messages. Locked through [`History::stream`].
@@ -295,6 +303,7 @@ impl Stream {
                 offset,
                 at: now.checked_sub(age).unwrap_or(now),
                 frame,
+                expires: None,
             });
             expect = offset;
         }
@@ -316,6 +325,12 @@ impl Stream {
     /// Records the publication of `frame` at [`next_offset`](Self::next_offset); returns its
     /// offset.
     pub fn append(&mut self, frame: Frame) -> u64 {
+        self.append_for(frame, None)
+    }
+
+    /// Like [`append`](Self::append), for a publication with its own TTL: past it the message
+    /// is no longer replayed or listed (a client that missed it cannot recover it).
+    pub fn append_for(&mut self, frame: Frame, ttl: Option<std::time::Duration>) -> u64 {
         self.top += 1;
         let now = Instant::now();
         self.touched = now;
@@ -327,6 +342,7 @@ impl Stream {
                 offset: self.top,
                 at: now,
                 frame,
+                expires: ttl.map(|t| now + t),
             });
         }
         self.top
@@ -357,10 +373,14 @@ impl Stream {
         }
         let first_kept = self.entries.front().map_or(self.top + 1, |s| s.offset);
         let mut complete = since.offset + 1 >= first_kept;
-        let mut frames: Vec<Frame> = self
-            .entries
-            .iter()
-            .filter(|s| s.offset > since.offset)
+        let now = self.touched;
+        let missed = self.entries.iter().filter(|s| s.offset > since.offset);
+        // A message past its own TTL is gone for whoever missed it.
+        if missed.clone().any(|s| !s.live(now)) {
+            complete = false;
+        }
+        let mut frames: Vec<Frame> = missed
+            .filter(|s| s.live(now))
             .map(|s| s.frame.clone())
             .collect();
         if limit.oldest_first {
@@ -408,10 +428,11 @@ impl Stream {
     /// Stored publications after `since` (all kept ones when `None`), oldest first, at most
     /// `limit`, with their offsets.
     pub fn since(&mut self, since: Option<u64>, limit: usize) -> Vec<(u64, Frame)> {
-        self.expire(Instant::now());
+        let now = Instant::now();
+        self.expire(now);
         self.entries
             .iter()
-            .filter(|s| since.is_none_or(|o| s.offset > o))
+            .filter(|s| since.is_none_or(|o| s.offset > o) && s.live(now))
             .take(limit)
             .map(|s| (s.offset, s.frame.clone()))
             .collect()

@@ -46,6 +46,10 @@ pub enum Publication {
         /// The publisher's idempotency key: a repeat within the window is delivered to no one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<String>,
+        /// Its own time to live, in milliseconds: past it, it leaves history and a copy still
+        /// queued for a slow reader is not sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
     },
     /// A text envelope to everyone (the all-clients stream: gets an offset).
     All {
@@ -377,6 +381,7 @@ mod tests {
             message: RawValue::from_string("{\"x\":1}".into()).unwrap(),
             key: None,
             idempotency_key: None,
+            ttl_ms: None,
         };
         let text = format!(
             "{{\"n\":\"node1\",\"e\":\"ep\",\"o\":7,\"p\":{}}}",

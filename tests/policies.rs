@@ -275,3 +275,81 @@ async fn slow_readers_get_their_groups_policy_and_fast_ones_everything() {
     assert_eq!(conflated as u64 + offsets.len() as u64, N);
     srv.stop().await;
 }
+
+/// A publication's own TTL: past it, it leaves history (a client that missed it cannot recover
+/// it) and a copy still queued for a slow reader is not sent: a `gap` takes its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_takes_a_message_out_of_history_and_out_of_a_slow_readers_queue() {
+    let srv = TestServer::with_config(HubConfig {
+        announce: false,
+        history: HistoryConfig {
+            size: 2000,
+            max_bytes: 256 << 20,
+            ..HistoryConfig::default()
+        },
+        // Room for everything in the slow reader's queue: only the TTL takes anything out.
+        send_queue: 4096,
+        max_send_buffer: 64 << 20,
+        ..HubConfig::default()
+    })
+    .await;
+    // History: listed until its TTL, then not.
+    let res = post_json(
+        srv.addr,
+        "/api/groups/news/broadcast",
+        r#"{"message":"brief","ttl":0.3}"#,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    let listed = |addr| async move {
+        http(addr, "GET", "/api/groups/news/history", &[], b"")
+            .await
+            .json()["messages"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(listed(srv.addr).await, 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(listed(srv.addr).await, 0);
+    let bad = post_json(
+        srv.addr,
+        "/api/groups/news/broadcast",
+        r#"{"message":1,"ttl":-1}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+
+    // A slow reader: what was still queued when the TTL ran out becomes a gap.
+    let (mut slow, _) = stalled_member(srv.addr, "live").await;
+    srv.wait_count(1).await;
+    for seq in 0..N {
+        let body = json!({"message": format!("{seq}:{}", "x".repeat(SIZE)), "ttl": 0.5});
+        let m = serde_json::value::to_raw_value(&body["message"]).unwrap();
+        let opts = wshub::hub::PublishOptions {
+            ttl: Some(Duration::from_millis(500)),
+            ..Default::default()
+        };
+        srv.hub.publish_to_group_with("live", &m, &opts);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (got, code) = read_all(&mut slow).await;
+    assert_eq!(code, None, "still connected");
+    let mut covered = BTreeSet::new();
+    let mut gaps = 0;
+    for v in &got {
+        match v["type"].as_str() {
+            Some("message") => assert!(covered.insert(v["offset"].as_u64().unwrap())),
+            Some("gap") => {
+                gaps += 1;
+                for o in v["from"].as_u64().unwrap()..=v["to"].as_u64().unwrap() {
+                    assert!(covered.insert(o), "once: {o}");
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(gaps > 0, "expired copies were not sent");
+    assert_eq!(covered, (1..=N).collect::<BTreeSet<_>>());
+    srv.stop().await;
+}

@@ -115,6 +115,18 @@ pub async fn get_one(
     }))
 }
 
+fn wshub_opts(
+    key: Option<String>,
+    idempotency_key: Option<String>,
+    ttl: Option<std::time::Duration>,
+) -> crate::hub::PublishOptions {
+    crate::hub::PublishOptions {
+        key,
+        idempotency_key,
+        ttl,
+    }
+}
+
 /// A message for a group's members.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GroupMessageBody {
@@ -130,6 +142,11 @@ pub struct GroupMessageBody {
     /// with the first one's offset and `duplicate: true`, and delivered to no one.
     #[serde(default, rename = "idempotencyKey")]
     pub idempotency_key: Option<String>,
+    /// Its own time to live, in seconds (above 0, at most 86400): past it the message leaves
+    /// history, and a copy still queued for a slow reader is not sent (it gets a `gap` it
+    /// cannot recover).
+    #[serde(default)]
+    pub ttl: Option<f64>,
 }
 
 /// A message published to a group.
@@ -165,8 +182,18 @@ pub async fn broadcast(
 ) -> Result<Json<Published>, Problem> {
     check_group(&group)?;
     let body = json_body::<GroupMessageBody>(&headers, body)?;
-    let key = body.key;
-    let once = body.idempotency_key;
+    let ttl = match body.ttl {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
+            Some(std::time::Duration::from_secs_f64(s))
+        }
+        Some(_) => {
+            return Err(Problem::bad_request(
+                "`ttl` is a number of seconds, above 0 and at most 86400",
+            ))
+        }
+    };
+    let opts = wshub_opts(body.key, body.idempotency_key, ttl);
     let message = MessageBody {
         message: body.message,
     }
@@ -174,7 +201,7 @@ pub async fn broadcast(
     hub.ensure_group_stream(&group)
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let done = hub
-        .publish_everywhere(&group, &message, key.as_deref(), once.as_deref())
+        .publish_everywhere_with(&group, &message, &opts)
         .await
         .map_err(super::connections::busy)?;
     Ok(Json(Published {

@@ -218,6 +218,25 @@ impl Hub {
         key: Option<&str>,
         idempotency_key: Option<&str>,
     ) -> Result<GroupPublished, Busy> {
+        let opts = super::PublishOptions {
+            key: key.map(str::to_owned),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            ttl: None,
+        };
+        self.publish_everywhere_with(group, message, &opts).await
+    }
+
+    /// [`publish_everywhere`](Self::publish_everywhere) with every option (a TTL too).
+    ///
+    /// # Errors
+    /// As [`broadcast_everywhere`](Self::broadcast_everywhere).
+    pub async fn publish_everywhere_with(
+        &self,
+        group: &str,
+        message: &RawValue,
+        opts: &super::PublishOptions,
+    ) -> Result<GroupPublished, Busy> {
+        let idempotency_key = opts.idempotency_key.as_deref();
         if let Some(k) = idempotency_key {
             if let Some(first) = self.claim_once(group, k).await? {
                 return Ok(GroupPublished {
@@ -228,14 +247,14 @@ impl Hub {
             }
         }
         let Some(c) = self.shared_bus() else {
-            let (n, offset) = self.publish_to_group_once(group, message, key, idempotency_key);
+            let (n, offset) = self.publish_to_group_with(group, message, opts);
             return Ok(GroupPublished {
                 recipients: Some(n),
                 offset,
                 duplicate: false,
             });
         };
-        let p = Self::group_publication(group, None, None, message, key, idempotency_key);
+        let p = Self::group_publication(group, None, None, message, opts);
         let rx = match c.publish(p) {
             Ok(rx) => rx,
             Err(_) => {

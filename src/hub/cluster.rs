@@ -264,16 +264,18 @@ impl Hub {
         from: Option<&str>,
         user: Option<&str>,
         message: &RawValue,
-        key: Option<&str>,
-        idempotency_key: Option<&str>,
+        opts: &super::PublishOptions,
     ) -> Publication {
         Publication::Group {
             group: group.to_owned(),
             from: from.map(str::to_owned),
             user: user.map(str::to_owned),
             message: message.to_owned(),
-            key: key.map(str::to_owned),
-            idempotency_key: idempotency_key.map(str::to_owned),
+            key: opts.key.clone(),
+            idempotency_key: opts.idempotency_key.clone(),
+            ttl_ms: opts
+                .ttl
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
         }
     }
 

@@ -184,6 +184,7 @@ impl Hub {
                 message,
                 key,
                 idempotency_key,
+                ttl,
             } => {
                 if !self.shared.manager.is_member(me.id, &group) {
                     return Err(HubError::NotMember(group.into_owned()));
@@ -199,7 +200,12 @@ impl Hub {
                         "data": message,
                     })
                 });
-                let once = idempotency_key.as_deref();
+                let opts = super::PublishOptions {
+                    key: key.map(std::borrow::Cow::into_owned),
+                    idempotency_key: idempotency_key.map(std::borrow::Cow::into_owned),
+                    ttl,
+                };
+                let once = opts.idempotency_key.as_deref();
                 if let Some(k) = once {
                     if let Err(seen) = self.shared.idempotency.claim(&group, k) {
                         // A repeat: the first one's offset (none yet while it is still on its
@@ -218,14 +224,7 @@ impl Hub {
                 if let Some(c) = self.shared_bus() {
                     // The backplane numbers it and brings it back to every node: the ack waits
                     // for the offset; how many it reaches across nodes is not known here.
-                    let p = Self::group_publication(
-                        &group,
-                        Some(&short),
-                        user,
-                        message,
-                        key.as_deref(),
-                        once,
-                    );
+                    let p = Self::group_publication(&group, Some(&short), user, message, &opts);
                     return match c.publish(p) {
                         Ok(rx) => Ok(Answer::Numbered(rx)),
                         // The engine is not keeping up: refused, nothing published (a
@@ -239,15 +238,7 @@ impl Hub {
                         }
                     };
                 }
-                let sent = self.publish_group(
-                    &group,
-                    Some(&short),
-                    user,
-                    message,
-                    key.as_deref(),
-                    once,
-                    cork,
-                );
+                let sent = self.publish_group(&group, Some(&short), user, message, &opts, cork);
                 Ok(Answer::Now(AckExtra {
                     recipients: sent.as_ref().map(|(d, _)| d.delivered),
                     offset: sent.map(|(_, o)| o).filter(|o| *o > 0),

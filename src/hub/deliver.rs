@@ -520,13 +520,19 @@ impl Hub {
         let Some(kept) = frames.v1().cloned() else {
             return Published::default();
         };
-        s.append(kept);
+        let ttl = match p {
+            Publication::Group {
+                ttl_ms: Some(ms), ..
+            } => Some(std::time::Duration::from_millis(*ms)),
+            _ => None,
+        };
+        s.append_for(kept, ttl);
         Self::keep_cached(&mut s, Self::is_cache(stream), &frames);
         let tag = match (stream, p) {
             (StreamName::Group(g), Publication::Group { key, .. }) => {
-                self.shared.policies.tag(g, offset, key.as_deref())
+                self.shared.policies.tag(g, offset, key.as_deref(), ttl)
             }
-            (StreamName::Group(g), _) => self.shared.policies.tag(g, offset, None),
+            (StreamName::Group(g), _) => self.shared.policies.tag(g, offset, None, None),
             (StreamName::All, _) => None,
         };
         let delivery = self.offer_tagged(audience, &frames, tag.as_ref(), cork);

@@ -52,6 +52,18 @@ use crate::protocol::v1;
 use crate::webhooks::EventType;
 use serde_json::json;
 
+/// What a group publication may carry besides its message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// The conflation key (`keep-latest` groups).
+    pub key: Option<String>,
+    /// The idempotency key: a repeat within `--idempotency-window` is delivered to no one.
+    pub idempotency_key: Option<String>,
+    /// Its own time to live: past it, it leaves history and a copy still queued for a slow
+    /// reader is not sent (replaced by a `gap`).
+    pub ttl: Option<Duration>,
+}
+
 /// Settings that shape every connection's behaviour.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -554,18 +566,16 @@ impl Hub {
     /// it is numbered and delivered now; in a cluster it goes to the backplane, which numbers
     /// it and brings it back to every node (`None`), or, while the backplane is away, it is
     /// delivered here unnumbered (offset 0).
-    #[allow(clippy::too_many_arguments)] // the publication's parts, as `group_publication` takes them
     pub(crate) fn publish_group(
         &self,
         group: &str,
         from: Option<&str>,
         user: Option<&str>,
         message: &serde_json::value::RawValue,
-        key: Option<&str>,
-        idempotency_key: Option<&str>,
+        opts: &PublishOptions,
         cork: &mut HubCork,
     ) -> Option<(Delivery, u64)> {
-        let p = Self::group_publication(group, from, user, message, key, idempotency_key);
+        let p = Self::group_publication(group, from, user, message, opts);
         self.publish(p, cork)
             .map(|p| (p.delivery, p.offset.unwrap_or(0)))
     }

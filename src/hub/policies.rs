@@ -2,6 +2,7 @@
 //! a group's messages fall under, and the [`Tag`] they are offered with.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
@@ -38,21 +39,33 @@ impl Policies {
         }
     }
 
-    /// The tag of `group`'s message at `offset`, when its rule is not `disconnect`.
-    pub(crate) fn tag(&self, group: &str, offset: u64, key: Option<&str>) -> Option<Tag> {
-        let (rule, meter) = self
+    /// The tag of `group`'s message at `offset`, when its rule is not `disconnect` or it has
+    /// its own TTL.
+    pub(crate) fn tag(
+        &self,
+        group: &str,
+        offset: u64,
+        key: Option<&str>,
+        ttl: Option<Duration>,
+    ) -> Option<Tag> {
+        let rule = self
             .rules
             .iter()
-            .find(|(r, _)| crate::protocol::group_matches(&r.pattern, group))?;
-        (rule.policy != Policy::Disconnect).then(|| Tag {
+            .find(|(r, _)| crate::protocol::group_matches(&r.pattern, group));
+        let policy = rule.map_or(Policy::Disconnect, |(r, _)| r.policy);
+        if policy == Policy::Disconnect && ttl.is_none() {
+            return None;
+        }
+        Some(Tag {
             lane: Arc::new(Lane {
-                policy: rule.policy,
+                policy,
                 group: Arc::from(group),
                 gap: gap_frame,
-                meter: meter.clone(),
+                meter: rule.map(|(_, m)| m.clone()).unwrap_or_default(),
             }),
             offset,
             key: key.map(key_hash),
+            expires: ttl.map(|t| Instant::now() + t),
         })
     }
 }

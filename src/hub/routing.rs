@@ -44,22 +44,25 @@ impl Hub {
         message: &RawValue,
         key: Option<&str>,
     ) -> (usize, u64) {
-        self.publish_to_group_once(group, message, key, None)
+        let opts = super::PublishOptions {
+            key: key.map(str::to_owned),
+            ..Default::default()
+        };
+        self.publish_to_group_with(group, message, &opts)
     }
 
-    /// Like [`publish_to_group_keyed`](Self::publish_to_group_keyed), with an idempotency
-    /// key: a repeat within `--idempotency-window` is delivered to no one; its offset is the
-    /// first one's.
-    pub fn publish_to_group_once(
+    /// Like [`publish_to_group_keyed`](Self::publish_to_group_keyed), with every option (an
+    /// idempotency key: a repeat within `--idempotency-window` is delivered to no one, its
+    /// offset the first one's; a TTL).
+    pub fn publish_to_group_with(
         &self,
         group: &str,
         message: &RawValue,
-        key: Option<&str>,
-        idempotency_key: Option<&str>,
+        opts: &super::PublishOptions,
     ) -> (usize, u64) {
         let started = std::time::Instant::now();
         let mut cork = HubCork::new();
-        let sent = self.publish_group(group, None, None, message, key, idempotency_key, &mut cork);
+        let sent = self.publish_group(group, None, None, message, opts, &mut cork);
         self.flush(&mut cork, started);
         sent.map_or((0, 0), |(d, offset)| (d.delivered, offset))
     }

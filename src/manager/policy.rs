@@ -122,6 +122,8 @@ pub struct Tag {
     pub offset: u64,
     /// The conflation key (keep-latest): messages with the same key replace each other.
     pub key: Option<u64>,
+    /// Its own TTL's end: a copy still queued then is not sent (a `gap` takes its place).
+    pub expires: Option<std::time::Instant>,
 }
 
 /// The key of a publication, as a hash (what conflation compares).

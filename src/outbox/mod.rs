@@ -303,6 +303,7 @@ impl Outbox {
                 let Some(socket) = st.socket.clone() else {
                     return;
                 };
+                self.expire_queued(&mut st);
                 st.owner = Owner::Flusher;
                 let partial = std::mem::take(&mut st.front_partial);
                 let marks = std::mem::take(&mut st.marks);
@@ -429,6 +430,7 @@ impl Outbox {
                 };
                 if mine && !st.queue.is_empty() {
                     st.owner = Owner::Writer;
+                    self.expire_queued(&mut st);
                     let take = batch_len(&st.queue);
                     if take == st.queue.len() {
                         st.marks = VecDeque::new();

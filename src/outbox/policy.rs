@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::frame::Frame;
 use crate::manager::policy::{Lane, Policy, Tag};
@@ -17,6 +18,8 @@ pub(super) struct Mark {
     lane: Arc<Lane>,
     protocol: Protocol,
     kind: Kind,
+    /// The message's own TTL's end: still queued then, it is not sent.
+    expires: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -55,7 +58,7 @@ impl Outbox {
         protocol: Protocol,
     ) -> Result<Queued, SendError> {
         let lane = &tag.lane;
-        if lane.policy == Policy::Disconnect {
+        if lane.policy == Policy::Disconnect && tag.expires.is_none() {
             return self.push(frame);
         }
         let mut st = self.state.lock();
@@ -69,7 +72,16 @@ impl Outbox {
                 offset: tag.offset,
                 key: tag.key,
             },
+            expires: tag.expires,
         };
+        if lane.policy == Policy::Disconnect {
+            // Only its TTL to watch: queued like any frame, marked.
+            if !self.make_room(&mut st, frame.len(), None) {
+                return Err(SendError::Full);
+            }
+            self.append(&mut st, frame, Some(mark));
+            return self.pushed(st);
+        }
         if lane.policy == Policy::KeepLatest {
             let replaced = self.remove(&mut st, |m| {
                 m.of(lane) && matches!(m.kind, Kind::Message { key, .. } if key == tag.key)
@@ -148,6 +160,14 @@ impl Outbox {
         else {
             return false;
         };
+        self.drop_at(st, i);
+        true
+    }
+
+    /// Drops the queued message at `i`: it becomes a `gap` in its place, or widens the gap of
+    /// its group just before it (then it is removed: `true`).
+    fn drop_at(&self, st: &mut State, i: usize) -> bool {
+        let start = usize::from(st.front_partial);
         let Some(mark) = st.marks[i].clone() else {
             return false;
         };
@@ -155,18 +175,30 @@ impl Outbox {
             return false;
         };
         mark.lane.meter.dropped.inc();
-        // The oldest message of its group: anything of the group queued before it is a gap.
-        let before = st.marks.iter().take(i).rposition(|m| {
-            m.as_ref()
-                .is_some_and(|m| m.of(&mark.lane) && matches!(m.kind, Kind::Gap { .. }))
-        });
-        match before.filter(|j| *j >= start) {
+        // The group's entry just before it, when it is a gap, takes it in.
+        let before = st
+            .marks
+            .iter()
+            .take(i)
+            .rposition(|m| m.as_ref().is_some_and(|m| m.of(&mark.lane)))
+            .filter(|j| {
+                *j >= start
+                    && matches!(
+                        &st.marks[*j],
+                        Some(Mark {
+                            kind: Kind::Gap { .. },
+                            ..
+                        })
+                    )
+            });
+        match before {
             Some(j) => {
                 st.marks.remove(i);
                 if let Some(f) = st.queue.remove(i) {
                     self.sent(f.len());
                 }
                 self.widen(st, j, offset);
+                true
             }
             None => {
                 let gap = (mark.lane.gap)(mark.protocol, &mark.lane.group, offset, offset);
@@ -179,9 +211,27 @@ impl Outbox {
                     },
                     ..mark
                 });
+                false
             }
         }
-        true
+    }
+
+    /// Replaces the queued messages past their own TTL by gaps, before the socket gets them.
+    pub(super) fn expire_queued(&self, st: &mut State) {
+        if st.marks.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut i = usize::from(st.front_partial);
+        while i < st.marks.len() {
+            let expired = st.marks[i].as_ref().is_some_and(|m| {
+                matches!(m.kind, Kind::Message { .. }) && m.expires.is_some_and(|e| e <= now)
+            });
+            if expired && self.drop_at(st, i) {
+                continue;
+            }
+            i += 1;
+        }
     }
 
     /// Widens the gap at `i` to reach `offset`.
@@ -265,6 +315,7 @@ mod tests {
             }),
             offset,
             key,
+            expires: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub enum Command<'a> {
         key: Option<Cow<'a, str>>,
         /// `idempotencyKey`: a repeat within the window is delivered to no one.
         idempotency_key: Option<Cow<'a, str>>,
+        /// `ttl` (seconds): past it the message leaves history and is not sent to a slow
+        /// reader that has not got it yet.
+        ttl: Option<std::time::Duration>,
     },
     /// Send to one connection or to every connection of a user.
     Send {
@@ -109,6 +112,8 @@ struct Wire<'a> {
     key: Option<Cow<'a, str>>,
     #[serde(borrow, default, rename = "idempotencyKey")]
     idempotency_key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ttl: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +269,18 @@ pub fn parse(text: &str) -> Result<(&RawValue, Command<'_>), Rejected<'_>> {
             message: message(&kind)?,
             key: wire.key.take(),
             idempotency_key: wire.idempotency_key.take(),
+            ttl: match wire.ttl {
+                None => None,
+                Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
+                    Some(std::time::Duration::from_secs_f64(s))
+                }
+                Some(_) => {
+                    return Err(reject(
+                        ErrorCode::Invalid,
+                        "`ttl` is a number of seconds, above 0 and at most 86400".into(),
+                    ))
+                }
+            },
         },
         "send" => {
             let to = match (wire.connection.take(), wire.user.take()) {
