@@ -45,16 +45,6 @@ async fn flood(c: &mut RawClient, opcode: u8, size: usize, count: usize) -> usiz
     sent
 }
 
-/// Reads one metric's value from `/metrics`.
-async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let text = String::from_utf8(http(addr, "GET", "/metrics", &[], b"").await.body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 /// Waits until `name` reads `value` (the server let the hostile client go).
 async fn wait_metric(addr: std::net::SocketAddr, name: &str, value: f64) {
     let waited = tokio::time::timeout(WAIT * 2, async {

@@ -92,15 +92,6 @@ async fn raw_with(c: &mut RawClient, marker: &str) -> (u8, Vec<u8>) {
     }
 }
 
-async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let text = String::from_utf8(http(addr, "GET", "/metrics", &[], b"").await.body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 /// A JSON message of about `n` bytes, as chat traffic looks.
 fn chat(marker: &str, n: usize) -> String {
     let mut lines = Vec::new();

@@ -86,13 +86,6 @@ fn payload(seq: u64) -> Box<serde_json::value::RawValue> {
     serde_json::value::RawValue::from_string(serde_json::to_string(&text).unwrap()).unwrap()
 }
 
-async fn metric(addr: std::net::SocketAddr, line: &str) -> f64 {
-    let text = String::from_utf8(http(addr, "GET", "/metrics", &[], b"").await.body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_get_their_groups_policy_and_fast_ones_everything() {
     let srv = TestServer::with_config(HubConfig {

@@ -320,6 +320,17 @@ pub async fn post_json(addr: SocketAddr, path: &str, body: &str) -> HttpResponse
     .await
 }
 
+/// One metric's value from `/metrics` (the line that starts with `name`, labels included);
+/// panics when it is missing.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = String::from_utf8(http(addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 /// A WebSocket client on a raw socket, for sending what a well-behaved library never would.
 pub struct RawClient {
     pub stream: TcpStream,
