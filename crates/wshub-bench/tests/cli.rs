@@ -104,7 +104,13 @@ async fn echo_and_connect_report_sane_numbers() {
     ])
     .await;
     assert_eq!(r["connected"], 200, "{r}");
-    assert!(r["rss_per_connection"].is_number());
+    // The server is this test process, which other tests share: its RSS may fall meanwhile
+    // (they give memory back). The generator then says so instead of giving a figure.
+    let fell = r["warnings"].as_array().is_some_and(|w| {
+        w.iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("RSS fell")))
+    });
+    assert!(r["rss_per_connection"].is_number() || fell, "{r}");
     srv.stop().await;
 }
 
