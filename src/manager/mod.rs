@@ -239,9 +239,7 @@ impl<'c> Packed<'c> {
             None => {
                 let packed = deflate::compress_frame(plain, &c.settings, deflate::SHARED_WINDOW);
                 if let Some(p) = &packed {
-                    c.metrics.compressions.inc();
-                    c.metrics.input_bytes.inc_by(plain.len() as u64);
-                    c.metrics.output_bytes.inc_by(p.len() as u64);
+                    c.metrics.compressed(plain.len(), p.len());
                 }
                 self.made.push((key, packed));
                 self.made.len() - 1

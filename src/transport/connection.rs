@@ -408,9 +408,7 @@ impl Conn<'_> {
             .and_then(|(settings, agreed)| {
                 let f = deflate::compress(opcode, payload, &settings, agreed.server_window)?;
                 let m = &self.role.hub().metrics().deflate;
-                m.compressions.inc();
-                m.input_bytes.inc_by(payload.len() as u64);
-                m.output_bytes.inc_by(f.len() as u64);
+                m.compressed(frame::header_len(payload.len()) + payload.len(), f.len());
                 m.frames_sent.inc();
                 Some(f)
             })
