@@ -150,6 +150,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             ..Default::default()
         })?;
         tracing::info!(node = %hub.node_id(), backplane = %args.backplane, "joining the cluster");
+        wait_for_backplane(&hub, BACKPLANE_WAIT).await;
     }
     let app = wshub::router(hub.clone());
     let options = wshub::server::ServerOptions {
@@ -171,6 +172,27 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), c.engine().leave()).await;
     }
     result
+}
+
+/// How long a starting node waits for its backplane before it accepts anyone.
+const BACKPLANE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits (up to `limit`) until the backplane is reachable. The port is already bound, so
+/// clients that come meanwhile wait in the listen backlog rather than reaching a node that
+/// could not recover their streams or carry their publications beyond itself. Past the
+/// limit the node serves anyway, degraded (`/readyz` says so) and reconnecting.
+async fn wait_for_backplane(hub: &wshub::Hub, limit: std::time::Duration) {
+    let Some(c) = hub.cluster() else { return };
+    let deadline = tokio::time::Instant::now() + limit;
+    while !c.is_up() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if !c.is_up() {
+        tracing::warn!(
+            waited = ?limit,
+            "the backplane is not reachable yet: serving this node's own connections only until it is"
+        );
+    }
 }
 
 fn init_logging(format: LogFormat) {

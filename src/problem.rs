@@ -26,6 +26,9 @@ pub struct Problem {
     pub status: u16,
     /// What exactly was wrong with this request.
     pub detail: String,
+    /// Seconds for a `Retry-After` header (every 429 gets 1 without asking).
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -36,7 +39,15 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error").into(),
             status: status.as_u16(),
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same problem, telling the client to try again in `secs` seconds (`Retry-After`).
+    #[must_use]
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 400 Bad Request.
@@ -57,10 +68,13 @@ impl IntoResponse for Problem {
         let mut res = (status, body).into_response();
         res.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            // Every 429 here is momentary (a queue draining): a second is enough.
+        // Every 429 here is momentary (a queue draining): a second is enough.
+        let retry = self
+            .retry_after
+            .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(1));
+        if let Some(secs) = retry {
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

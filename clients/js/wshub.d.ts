@@ -105,7 +105,11 @@ export class WshubError extends Error {
 }
 
 export class WshubClient extends EventTarget {
-  constructor(url: string, options?: ClientOptions);
+  /** `url`: one node's /ws URL, or the URLs of several nodes of one cluster, tried in turn
+   * after a close the client did not ask for or a failed attempt. */
+  constructor(url: string | string[], options?: ClientOptions);
+  /** The URL of the current (or next) connection attempt. */
+  url: string;
   readonly state: State;
   readonly groups: string[];
   connectionId: string | null;

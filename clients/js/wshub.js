@@ -60,12 +60,16 @@ const DEFAULTS = {
  */
 export class WshubClient extends EventTarget {
   /**
-   * @param {string} url ws:// or wss:// URL of the hub's /ws endpoint
+   * @param {string | string[]} url ws:// or wss:// URL of the hub's /ws endpoint, or the URLs
+   *   of several nodes of one cluster: the client starts with the first and, after a close it
+   *   did not ask for (a node restarting says 1012) or a failed attempt, tries the next one
    * @param {object} [options]
    */
   constructor(url, options = {}) {
     super();
-    this.url = url;
+    this._urls = Array.isArray(url) ? [...url] : [url];
+    if (this._urls.length === 0) throw new Error("no URL");
+    this.url = this._urls[0];
     this.options = { ...DEFAULTS, ...options };
     this._WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
     if (typeof this._WebSocket !== "function") {
@@ -271,6 +275,12 @@ export class WshubClient extends EventTarget {
     // 4401: the token expired or was refused; a token function gives a new one on reconnect.
     const renewable = code === 4401 && typeof this.options.token === "function";
     const willReconnect = !this._closedByUser && this.options.reconnect && (!isFinal(code) || renewable);
+    // With several nodes, the next attempt goes to the next one (a node that went away, or
+    // could not be reached, is the least likely to answer now); a refused token (4401)
+    // retries where it was.
+    if (willReconnect && !renewable && this._urls.length > 1) {
+      this.url = this._urls[(this._urls.indexOf(this.url) + 1) % this._urls.length];
+    }
     this._emit("close", { code, reason, willReconnect });
     if (willReconnect) this._scheduleReconnect();
     else this._setState("closed");

@@ -147,6 +147,17 @@ pub(crate) fn busy(e: crate::hub::Busy) -> Problem {
     Problem::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
 }
 
+/// A publication that was not published: 429 when the backplane's queue is full, 503 when
+/// this node cannot reach it; both with `Retry-After: 1`.
+pub(crate) fn not_published(e: crate::hub::NotPublished) -> Problem {
+    match e {
+        crate::hub::NotPublished::Busy(b) => busy(b),
+        crate::hub::NotPublished::Unreachable => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry_after(1)
+        }
+    }
+}
+
 /// 503 for a backplane that cannot be read.
 pub(crate) fn unavailable(detail: String) -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
@@ -164,6 +175,7 @@ pub(crate) fn unavailable(detail: String) -> Problem {
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "In a cluster: the backplane is not keeping up; nothing was published (`Retry-After: 1`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "In a cluster: this node cannot reach the backplane (starting, or cut off); nothing was published (`Retry-After: 1`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn broadcast(
@@ -180,7 +192,10 @@ pub async fn broadcast(
             "`message` must not be empty or whitespace",
         ));
     }
-    let (recipients, offset) = hub.broadcast_everywhere(&message).await.map_err(busy)?;
+    let (recipients, offset) = hub
+        .broadcast_everywhere(&message)
+        .await
+        .map_err(not_published)?;
     Ok(Json(BroadcastResult { recipients, offset }))
 }
 

@@ -172,7 +172,7 @@ pub struct Published {
         (status = 200, description = "Queued for every member (0 for a group with no members)", body = Published),
         (status = 400, description = "Invalid group name or body", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "In a cluster: the backplane is not keeping up; nothing was published (`Retry-After: 1`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A new group, and the hub keeps as many as it may (`--max-groups`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A new group, and the hub keeps as many as it may (`--max-groups`); or, in a cluster, this node cannot reach the backplane (starting, or cut off: `Retry-After: 1`). Nothing was published", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn broadcast(
     State(hub): State<Hub>,
@@ -203,7 +203,7 @@ pub async fn broadcast(
     let done = hub
         .publish_everywhere_with(&group, &message, &opts)
         .await
-        .map_err(super::connections::busy)?;
+        .map_err(super::connections::not_published)?;
     Ok(Json(Published {
         recipients: done.recipients,
         offset: done.offset,

@@ -57,7 +57,7 @@ pub struct Refusal(StatusCode, String);
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut res = (self.0, format!("{}\n", self.1)).into_response();
-        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+        if self.0 == StatusCode::TOO_MANY_REQUESTS || self.0 == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -319,6 +319,9 @@ fn publish(hub: &Hub, app: &App, e: &Checked) -> Result<(), Refusal> {
         hub.trigger(app, c, &e.name, e.data.clone(), e.except)
             .map_err(|err| match err {
                 TriggerError::Busy(b) => Refusal(StatusCode::TOO_MANY_REQUESTS, b.to_string()),
+                TriggerError::Unreachable(u) => {
+                    Refusal(StatusCode::SERVICE_UNAVAILABLE, u.to_string())
+                }
                 TriggerError::Hub(h) => Refusal(StatusCode::SERVICE_UNAVAILABLE, h.to_string()),
             })?;
     }

@@ -65,6 +65,10 @@ pub struct Outgoing {
     pub publication: Publication,
     /// Who waits for its position (epoch, offset), if anyone.
     pub reply: Option<oneshot::Sender<Option<(String, u64)>>>,
+    /// When the engine cannot take it: delivered on this node only (`true`, answered `None`),
+    /// or not at all (`false`: the reply is dropped unanswered, so the waiter knows nothing
+    /// was delivered and can try elsewhere).
+    pub local_fallback: bool,
 }
 
 /// This node's side of the backplane: a handle the hub calls without waiting.
@@ -146,11 +150,33 @@ impl Cluster {
         &self,
         publication: Publication,
     ) -> Result<oneshot::Receiver<Option<(String, u64)>>, QueueFull> {
+        self.publish_with(publication, true)
+    }
+
+    /// As [`publish`](Self::publish), but a publication the engine cannot take is delivered
+    /// nowhere: the receiver then fails (its sender is dropped) instead of getting `None`.
+    /// For publishers that retry elsewhere (REST), who must not see a partial delivery.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    pub fn publish_or_nothing(
+        &self,
+        publication: Publication,
+    ) -> Result<oneshot::Receiver<Option<(String, u64)>>, QueueFull> {
+        self.publish_with(publication, false)
+    }
+
+    fn publish_with(
+        &self,
+        publication: Publication,
+        local_fallback: bool,
+    ) -> Result<oneshot::Receiver<Option<(String, u64)>>, QueueFull> {
         let (tx, rx) = oneshot::channel();
         self.out
             .try_send(Outgoing {
                 publication,
                 reply: Some(tx),
+                local_fallback,
             })
             .map_err(QueueFull::of)?;
         Ok(rx)
@@ -165,6 +191,7 @@ impl Cluster {
             .try_send(Outgoing {
                 publication,
                 reply: None,
+                local_fallback: true,
             })
             .map_err(QueueFull::of)
     }

@@ -91,9 +91,13 @@ async fn publisher(h: Arc<dyn Handler>, cluster: Arc<Cluster>, mut out: mpsc::Re
             }
             None => {
                 for o in batch.drain(..) {
-                    h.deliver_local_only(&o.publication);
-                    if let Some(reply) = o.reply {
-                        let _ = reply.send(None);
+                    // A publication whose sender retries elsewhere is not delivered here:
+                    // dropping its reply tells it so.
+                    if o.local_fallback {
+                        h.deliver_local_only(&o.publication);
+                        if let Some(reply) = o.reply {
+                            let _ = reply.send(None);
+                        }
                     }
                 }
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use super::cluster::Busy;
+use super::cluster::{Busy, NotPublished};
 use super::{Hub, HubCork};
 use crate::backplane::Publication;
 use crate::envelope::Kind;
@@ -183,22 +183,44 @@ impl Hub {
         }
     }
 
-    /// A REST broadcast: `(recipients, offset)`. On a single node, or while a cluster's engine
-    /// is away (offset 0: delivered here only), the recipients are counted; in a cluster they
-    /// are `None` (unknown: counting them would mean reading every node's listing).
+    /// A REST broadcast: `(recipients, offset)`. On a single node the recipients are
+    /// counted; in a cluster they are `None` (unknown: counting them would mean reading every
+    /// node's listing), or counted here when the engine's answer took more than 3 seconds
+    /// (offset 0).
     ///
     /// # Errors
-    /// [`Busy`] when the backplane's queue is full: nothing was published.
-    pub async fn broadcast_everywhere(&self, message: &str) -> Result<(Option<usize>, u64), Busy> {
-        let Some(c) = self.shared_bus() else {
+    /// [`NotPublished`]: the backplane's queue is full, or this node cannot reach the engine
+    /// (starting, or cut off): nothing was published anywhere, so the caller may retry here
+    /// later or on another node.
+    pub async fn broadcast_everywhere(
+        &self,
+        message: &str,
+    ) -> Result<(Option<usize>, u64), NotPublished> {
+        let Some(c) = self.api_bus()? else {
             let (n, offset) = self.broadcast_text_at(message);
             return Ok((Some(n), offset));
         };
         let rx = c
-            .publish(Self::all_publication(Kind::ServerBroadcast, None, message))
+            .publish_or_nothing(Self::all_publication(Kind::ServerBroadcast, None, message))
             .map_err(|_| self.busy())?;
-        let offset = await_position(rx).await;
+        let offset = await_published(rx).await.ok_or(NotPublished::Unreachable)?;
         Ok(((offset == 0).then(|| self.connection_count()), offset))
+    }
+
+    /// The backplane an API publication goes through: `None` on a single node;
+    /// `Err(Unreachable)` while this node cannot publish through its engine (it would deliver
+    /// on this node only): an API publisher is told so rather than half-served.
+    pub(super) fn api_bus(
+        &self,
+    ) -> Result<Option<&std::sync::Arc<crate::backplane::Cluster>>, NotPublished> {
+        match self.cluster() {
+            None => Ok(None),
+            Some(c) if c.accepts_publications() => Ok(Some(c)),
+            Some(_) => {
+                self.backplane_event("publish_refused");
+                Err(NotPublished::Unreachable)
+            }
+        }
     }
 
     /// The backplane's queue was full: counted, and said as [`Busy`].
@@ -217,7 +239,7 @@ impl Hub {
         message: &RawValue,
         key: Option<&str>,
         idempotency_key: Option<&str>,
-    ) -> Result<GroupPublished, Busy> {
+    ) -> Result<GroupPublished, NotPublished> {
         let opts = super::PublishOptions {
             key: key.map(str::to_owned),
             idempotency_key: idempotency_key.map(str::to_owned),
@@ -235,8 +257,9 @@ impl Hub {
         group: &str,
         message: &RawValue,
         opts: &super::PublishOptions,
-    ) -> Result<GroupPublished, Busy> {
+    ) -> Result<GroupPublished, NotPublished> {
         let idempotency_key = opts.idempotency_key.as_deref();
+        let bus = self.api_bus()?;
         if let Some(k) = idempotency_key {
             if let Some(first) = self.claim_once(group, k).await? {
                 return Ok(GroupPublished {
@@ -246,7 +269,7 @@ impl Hub {
                 });
             }
         }
-        let Some(c) = self.shared_bus() else {
+        let Some(c) = bus else {
             let (n, offset) = self.publish_to_group_with(group, message, opts);
             return Ok(GroupPublished {
                 recipients: Some(n),
@@ -255,16 +278,22 @@ impl Hub {
             });
         };
         let p = Self::group_publication(group, None, None, message, opts);
-        let rx = match c.publish(p) {
-            Ok(rx) => rx,
-            Err(_) => {
-                if let Some(k) = idempotency_key {
-                    self.shared.idempotency.release(group, k);
-                }
-                return Err(self.busy());
+        let release = || {
+            if let Some(k) = idempotency_key {
+                self.shared.idempotency.release(group, k);
             }
         };
-        let offset = await_position(rx).await;
+        let rx = match c.publish_or_nothing(p) {
+            Ok(rx) => rx,
+            Err(_) => {
+                release();
+                return Err(self.busy().into());
+            }
+        };
+        let Some(offset) = await_published(rx).await else {
+            release();
+            return Err(NotPublished::Unreachable);
+        };
         let here = || self.group_members(group).map_or(0, |m| m.len());
         Ok(GroupPublished {
             recipients: (offset == 0).then(here),
@@ -342,6 +371,20 @@ impl Hub {
             }
         }
         Ok(counts.into_iter().collect())
+    }
+}
+
+/// The offset the backplane gave a publication published with
+/// [`publish_or_nothing`](crate::backplane::Cluster::publish_or_nothing): `None` when it was
+/// not published at all (the engine could not take it), 0 when the answer took more than 3
+/// seconds.
+pub(super) async fn await_published(
+    rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>,
+) -> Option<u64> {
+    match tokio::time::timeout(Duration::from_secs(3), rx).await {
+        Ok(Ok(Some((_, offset)))) => Some(offset),
+        Ok(Ok(None)) | Err(_) => Some(0),
+        Ok(Err(_)) => None,
     }
 }
 

@@ -69,6 +69,18 @@ impl backplane::Handler for NodeHandler {
 #[error("the backplane is not keeping up: nothing was published, try again in a second")]
 pub struct Busy;
 
+/// Why an API publication was not published: nothing was delivered anywhere, so retrying it
+/// (here later, or on another node) cannot duplicate it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotPublished {
+    /// The backplane's publication queue is full (429).
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    /// This node cannot reach its engine: starting, or cut off (503).
+    #[error("this node cannot reach the backplane: nothing was published; publish through another node, or here again in a second")]
+    Unreachable,
+}
+
 impl Hub {
     /// Connects this hub to a shared backplane (Redis or NATS). Must be called inside a Tokio runtime;
     /// the engine need not be up yet (the node starts degraded and connects in the background).

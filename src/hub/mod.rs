@@ -28,7 +28,7 @@ mod routing;
 mod settle;
 mod tokens;
 
-pub use cluster::Busy;
+pub use cluster::{Busy, NotPublished};
 pub(crate) use commands::PrefetchFuture;
 pub use deliver::Published;
 pub use error::HubError;

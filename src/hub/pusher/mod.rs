@@ -155,6 +155,9 @@ pub enum TriggerError {
     /// The backplane is not keeping up.
     #[error(transparent)]
     Busy(#[from] super::Busy),
+    /// This node cannot reach the backplane (starting, or cut off): nothing was published.
+    #[error(transparent)]
+    Unreachable(super::NotPublished),
 }
 
 /// A presence channel's member, for the HTTP API.

@@ -113,8 +113,9 @@ impl Hub {
             except: except.map(|e| e.to_string()),
         };
         // Unlike a client's publication, an API call that the backplane cannot take now is
-        // refused (429), not delivered on this node only.
-        match self.shared_bus() {
+        // refused (429, or 503 while the engine is out of reach), not delivered on this node
+        // only.
+        match self.api_bus().map_err(TriggerError::Unreachable)? {
             Some(c) => c.publish_and_forget(p).map_err(|_| self.busy())?,
             None => {
                 self.publish(p, &mut cork);
