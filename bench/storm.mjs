@@ -36,6 +36,15 @@ const rss = (pid) => {
     return 0;
   }
 };
+/** CPU seconds (user + system) a process has used so far. */
+const cpu = (pid) => {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100; // clock ticks (USER_HZ = 100)
+  } catch {
+    return 0;
+  }
+};
 const mb = (b) => (b / 1048576).toFixed(1);
 const pct = (xs, p) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -109,11 +118,21 @@ try {
     peak.c = Math.max(peak.c, rss(c.pid));
   }, 20);
 
+  const cpuBefore = { b: cpu(b.pid), c: cpu(c.pid), me: process.cpuUsage() };
   const killedAt = performance.now();
   await doomed.stop(); // SIGKILL
   await until(() => clients.every((s) => s.welcomeAt > killedAt && s.recoveredAt > killedAt), 120000, "every client back");
   const back = clients.map((s) => s.welcomeAt - killedAt);
   const recovered = clients.map((s) => s.recoveredAt - killedAt);
+  const storm = {
+    seconds: (performance.now() - killedAt) / 1000,
+    node2: cpu(b.pid) - cpuBefore.b,
+    node3: cpu(c.pid) - cpuBefore.c,
+    generator: (() => {
+      const u = process.cpuUsage(cpuBefore.me);
+      return (u.user + u.system) / 1e6;
+    })(),
+  };
   await sleep(1000);
   publishing = false;
   await publisher;
@@ -147,6 +166,12 @@ try {
         not_recovered: clients.reduce((a, s) => a + s.lost, 0),
         reconnect_ms: { p50: Math.round(pct(back, 50)), p99: Math.round(pct(back, 99)), max: Math.round(Math.max(...back)) },
         recovered_ms: { p50: Math.round(pct(recovered, 50)), p99: Math.round(pct(recovered, 99)), max: Math.round(Math.max(...recovered)) },
+        storm_cpu_seconds: {
+          wall: +storm.seconds.toFixed(2),
+          node2: +storm.node2.toFixed(2),
+          node3: +storm.node3.toFixed(2),
+          generator: +storm.generator.toFixed(2),
+        },
         closes_per_client_max: Math.max(...clients.map((s) => s.attempts)),
         rss_mb: {
           node2: [mb(base.b), mb(peak.b), mb(after.b)],

@@ -46,14 +46,14 @@ export async function startServer({ port = 0, args = [] } = {}) {
     },
     pid: child.pid,
     async stop() {
-      if (child.exitCode !== null) return;
+      if (child.exitCode !== null || child.signalCode !== null) return; // exited, or killed
       const exited = new Promise((r) => child.once("exit", r));
       child.kill("SIGKILL");
       await exited;
     },
     /** SIGTERM (a rolling restart's drain); resolves with the exit code, within `ms`. */
     async terminate(ms = 15000) {
-      if (child.exitCode !== null) return child.exitCode;
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode ?? child.signalCode;
       const exited = new Promise((r) => child.once("exit", (code, sig) => r(code ?? sig)));
       child.kill("SIGTERM");
       let timer;
