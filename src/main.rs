@@ -21,6 +21,11 @@ enum Command {
     Serve(ServeArgs),
 }
 
+/// jemalloc: see docs/BENCHMARKS.md ("Memory goes back").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let args = match parse_cli() {
         Ok(Command::Serve(args)) => args,

@@ -100,21 +100,36 @@ impl Drop for EchoSlot {
     }
 }
 
-/// Timing and size settings for one connection.
+/// What one connection has of its own; the timings, limits and compression settings are the
+/// hub's (read from its configuration when needed, not copied into every connection's task).
 #[derive(Clone, Copy)]
 pub(crate) struct Params {
     pub max_message: usize,
     /// The `permessage-deflate` this connection negotiated.
     pub deflate: Option<deflate::Agreed>,
-    /// How the server compresses (for what the connection task sends itself: echoes).
-    pub compression: Option<deflate::Settings>,
-    pub ping_interval: Duration,
-    pub idle_timeout: Duration,
-    pub close_timeout: Duration,
-    pub shutdown_timeout: Duration,
-    pub rate_limit: Option<RateLimit>,
+}
+
+/// The hub's timings a connection works with.
+struct Timing {
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    close_timeout: Duration,
+    shutdown_timeout: Duration,
     /// How long past its token's `exp` a connection may stay (the JWT clock leeway).
-    pub token_leeway: Duration,
+    token_leeway: Duration,
+}
+
+impl Timing {
+    fn of(hub: &Hub) -> Self {
+        let c = hub.config();
+        Self {
+            ping_interval: c.ping_interval,
+            idle_timeout: c.idle_timeout,
+            close_timeout: c.close_timeout,
+            shutdown_timeout: c.shutdown_timeout,
+            token_leeway: hub.auth().leeway(),
+        }
+    }
 }
 
 /// How long until the connection's token runs out (its `exp` plus the leeway; zero: it has),
@@ -580,15 +595,19 @@ where
         cork: HubCork::new(),
         own_dirty: false,
         burst_started: std::time::Instant::now(),
-        bucket: params.rate_limit.map(Bucket::new),
-        deflate: params.compression.zip(params.deflate),
+        bucket: role.hub().config().rate_limit.map(Bucket::new),
+        deflate: role.hub().config().compression.zip(params.deflate),
     };
+    // Read anew where needed rather than held across every wait of the loop.
+    let timing = || Timing::of(role.hub());
     let ending = {
         tokio::pin!(write);
-        let tick = tokio::time::sleep(
-            token_left(&role, params.token_leeway)
-                .map_or(params.ping_interval, |t| t.min(params.ping_interval)),
-        );
+        let first = {
+            let t = timing();
+            token_left(&role, t.token_leeway)
+                .map_or(t.ping_interval, |left| left.min(t.ping_interval))
+        };
+        let tick = tokio::time::sleep(first);
         tokio::pin!(tick);
         // Created once, not per loop turn: a fresh `cancelled()` future would register with the
         // token shared by every connection (a global lock) on every wake-up.
@@ -610,9 +629,9 @@ where
                     c.closing = true;
                     let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
                     let limit = if reason.is_shutdown() {
-                        params.shutdown_timeout
+                        timing().shutdown_timeout
                     } else {
-                        params.close_timeout
+                        timing().close_timeout
                     };
                     // From here on the keep-alive timer is the closing deadline.
                     tick.as_mut().reset(Instant::now() + limit);
@@ -627,7 +646,7 @@ where
                         // what was queued; a peer that does not answer a Close, such as
                         // websocat with its input open, must not hold a shutdown for it).
                         Ok(()) => {
-                            let answer_by = Instant::now() + params.close_timeout;
+                            let answer_by = Instant::now() + timing().close_timeout;
                             if answer_by < tick.deadline() {
                                 tick.as_mut().reset(answer_by);
                             }
@@ -668,18 +687,19 @@ where
                     let now = Instant::now();
                     let silent = now.duration_since(c.last_seen);
                     // A refresh moves the deadline: read it anew each time.
-                    let token = token_left(&role, params.token_leeway);
+                    let t = timing();
+                    let token = token_left(&role, t.token_leeway);
                     if token.is_some_and(|t| t.is_zero()) {
                         tracing::debug!("closing: token expired");
                         outbox.close(CloseReason::TokenExpired);
-                    } else if silent >= params.idle_timeout {
+                    } else if silent >= t.idle_timeout {
                         tracing::debug!(?silent, "closing: idle timeout");
                         outbox.close(CloseReason::IdleTimeout);
                     } else {
                         let r = outbox.push_control(Bytes::from_static(PING));
                         c.queued(r);
                         c.flush();
-                        let next = (now + params.ping_interval).min(c.last_seen + params.idle_timeout);
+                        let next = (now + t.ping_interval).min(c.last_seen + t.idle_timeout);
                         tick.as_mut().reset(token.map_or(next, |t| (now + t).min(next)));
                     }
                 }

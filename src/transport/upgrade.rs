@@ -280,7 +280,7 @@ fn refuse_upgraded(hub: &Hub, hs: Handshake, code: u16, reason: &str) -> Respons
         code,
         reason: Arc::from(reason),
     });
-    let params = params(hub, hub.config().max_message_size, None);
+    let params = params(hub.config().max_message_size, None);
     let span = tracing::debug_span!("refused", remote = ?hs.remote);
     hub.tasks().spawn(
         run_upgraded(
@@ -345,18 +345,10 @@ fn unavailable() -> Response {
     .into_response()
 }
 
-fn params(hub: &Hub, max_message: usize, deflate: Option<Agreed>) -> Params {
-    let c = hub.config();
+fn params(max_message: usize, deflate: Option<Agreed>) -> Params {
     Params {
         max_message,
         deflate,
-        compression: c.compression,
-        ping_interval: c.ping_interval,
-        idle_timeout: c.idle_timeout,
-        close_timeout: c.close_timeout,
-        shutdown_timeout: c.shutdown_timeout,
-        rate_limit: c.rate_limit,
-        token_leeway: hub.auth().leeway(),
     }
 }
 
@@ -433,7 +425,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     let entry = hub.register(info, recover.as_ref(), prefetched);
     let id = entry.id;
     let outbox = entry.sink.clone();
-    let params = params(&hub, hub.config().max_message_size, hs.deflate);
+    let params = params(hub.config().max_message_size, hs.deflate);
     // A debug-level span: at the default `info` level an enabled span per connection costs
     // ~480 bytes of subscriber state (measured at 15k connections); nothing inside a
     // connection logs above debug except through the hub, which names the connection itself.
@@ -518,7 +510,7 @@ pub async fn pusher_handler(
     let refusal = pusher_refusal(&hub, &key, &req);
     // A refused client gets its error and close code uncompressed: nothing to negotiate.
     let deflate = hs.deflate.filter(|_| refusal.is_ok());
-    let params = params(&hub, hub.config().max_message_size, deflate);
+    let params = params(hub.config().max_message_size, deflate);
     let span = tracing::debug_span!("pusher", remote = ?hs.remote);
     let (outbox, role) = match refusal {
         Ok(app) => {
@@ -575,7 +567,7 @@ pub async fn echo_handler(State(hub): State<Hub>, mut req: Request) -> Response 
     }
     let slot = EchoSlot::take(&hub);
     let outbox = Arc::new(hub.new_outbox());
-    let params = params(&hub, hub.config().echo_max_message_size, hs.deflate);
+    let params = params(hub.config().echo_max_message_size, hs.deflate);
     let span = tracing::debug_span!("echo", remote = ?hs.remote);
     hub.tasks().spawn(
         run_upgraded(hs.on_upgrade, outbox, Role::Echo(slot), params, hub.clone()).instrument(span),

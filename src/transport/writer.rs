@@ -82,7 +82,10 @@ pub(crate) async fn drive<W: FrameWrite>(mut w: W, outbox: Arc<Outbox>) -> io::R
     loop {
         match outbox.take(&mut batch).await {
             Take::Frames(partial) => {
-                write_batch(&mut w, &mut batch, partial, Some(&outbox)).await?;
+                // Boxed: only a connection whose socket pushed back gets here, and the state
+                // of a write in progress would otherwise be part of every idle connection's
+                // task.
+                Box::pin(write_batch(&mut w, &mut batch, partial, Some(&outbox))).await?;
                 outbox.release();
                 // A burst leaves a large deque behind; an idle connection should hold none.
                 if batch.capacity() > 16 {
@@ -91,7 +94,7 @@ pub(crate) async fn drive<W: FrameWrite>(mut w: W, outbox: Arc<Outbox>) -> io::R
             }
             Take::Close(frame) => {
                 batch.push_back(frame);
-                write_batch(&mut w, &mut batch, false, None).await?;
+                Box::pin(write_batch(&mut w, &mut batch, false, None)).await?;
                 // Half-close: the peer sees our Close, then EOF; its own Close can still arrive.
                 let _ = w.finish().await;
                 return Ok(());
