@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Runs wshub and the Node.js `ws` peer one after another under the same load, on this machine,
+# Runs wshub, the Node.js `ws` peer and, when one is built, the native ceiling (a uWebSockets
+# server speaking the same protocol) one after another under the same load, on this machine,
 # with the project's generator (`wshub-bench`), and prints a markdown comparison table.
 #
-#   bench/compare.sh [OUTDIR]        # ~4 minutes
+#   bench/compare.sh [OUTDIR]        # ~4 minutes per server
+#   UWS_BIN=/path/to/uws-peer bench/compare.sh
+#
+# The ceiling is never part of the project: ../shared/peers/uws/README.md says how to build it
+# from fetched uWebSockets sources; UWS_BIN (default ../shared/peers/uws/uws-peer) names the
+# binary, and the column is left out when there is none. SERVERS="wshub uws" picks servers.
 #
 # Every server is started fresh for every measurement (idle memory is measured from a clean
 # process), on a free loopback port, and stopped afterwards. Results: OUTDIR/*.json, table on
@@ -19,6 +25,8 @@ sources="${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4}"
 cargo build --release --quiet --workspace
 bin=./target/release/wshub
 gen=./target/release/wshub-bench
+uws="${UWS_BIN:-../shared/peers/uws/uws-peer}"
+servers="${SERVERS:-wshub node$([[ -x $uws ]] && echo " uws")}"
 if [[ ! -d bench/peers/node-ws/node_modules/ws ]]; then
   (cd bench/peers/node-ws && npm ci --no-audit --no-fund --silent)
 fi
@@ -31,6 +39,8 @@ start() { # start NAME ANNOUNCE
   url="ws://127.0.0.1:$port/ws"
   if [[ $1 == wshub ]]; then
     $bin serve --listen "127.0.0.1:$port" --announce "$2" >"$out/$1.log" 2>&1 &
+  elif [[ $1 == uws ]]; then
+    ANNOUNCE=$2 "$uws" "$port" >"$out/$1.log" 2>&1 &
   else
     (cd bench/peers/node-ws && PORT=$port ANNOUNCE=$2 exec node server.js) >"$out/$1.log" 2>&1 &
   fi
@@ -53,7 +63,7 @@ run() { # run SERVER ANNOUNCE NAME bench-args...
   stop
 }
 
-for s in wshub node; do
+for s in $servers; do
   run $s none idle10k   connect -n 10000 --hold 3s --sources "$sources"
   run $s none idle15k   connect -n 15000 --hold 3s --sources "$sources"
   run $s all  storm2k   connect -n 2000 --hold 1s --sources "$sources"
@@ -64,9 +74,11 @@ for s in wshub node; do
   run $s none echo16    echo -c 16 --duration "$dur"
 done
 
-python3 - "$out" <<'PY' | tee "$out/table.md"
+python3 - "$out" $servers <<'PY' | tee "$out/table.md"
 import json, sys, os
 out = sys.argv[1]
+servers = sys.argv[2:]
+names = {"wshub": "wshub", "node": "Node `ws` 8.23", "uws": "uWebSockets (native ceiling)"}
 def get(server, name):
     try:
         with open(os.path.join(out, f"{server}-{name}.json")) as f:
@@ -78,9 +90,14 @@ def fmt(v, unit=""):
     if isinstance(v, float) and v >= 1000: return f"{v:,.0f}{unit}"
     if isinstance(v, float): return f"{v:.2f}{unit}"
     return f"{v}{unit}"
+def label_keys(label):
+    if "memory" in label: return ("rss_per_connection",)
+    if "connect rate" in label: return ("connect_rate",)
+    return ("per_sec",)
 rows = [
     ("idle memory per connection, 10k conns", "idle10k", lambda r: r.get("rss_per_connection") and f"{r['rss_per_connection']/1024:.2f} KiB"),
     ("idle memory per connection, 15k conns", "idle15k", lambda r: r.get("rss_per_connection") and f"{r['rss_per_connection']/1024:.2f} KiB"),
+    ("memory per connection after a 2k connect storm, announce all", "storm2k", lambda r: r.get("rss_per_connection") and f"{r['rss_per_connection']/1024:.2f} KiB"),
     ("connect rate, 15k conns, no announcements", "idle15k", lambda r: r.get("connect_rate") and f"{r['connect_rate']:,.0f}/s"),
     ("connect rate, 2k conns, announce all (N²/2 frames)", "storm2k", lambda r: r.get("connect_rate") and f"{r['connect_rate']:,.0f}/s"),
     ("fan-out 1k subs, max (16 in flight): deliveries/s", "fan1k-max", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
@@ -91,11 +108,11 @@ rows = [
     ("echo, 16 clients: round trips/s", "echo16", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
     ("echo, 16 clients: p99 RTT", "echo16", lambda r: r.get("latency") and f"{r['latency']['p99_us']/1000:.2f} ms"),
 ]
-print("| measurement | wshub | Node `ws` 8.23 |")
-print("|---|---|---|")
+print("| measurement | " + " | ".join(names[s] for s in servers) + (" | wshub ÷ ceiling |" if "uws" in servers and "wshub" in servers else " |"))
+print("|---|" + "---|" * len(servers) + ("---|" if "uws" in servers and "wshub" in servers else ""))
 for label, name, f in rows:
     cells = []
-    for s in ("wshub", "node"):
+    for s in servers:
         r = get(s, name)
         v = f(r) if r else None
         lost = r.get("lost") if r else None
@@ -104,5 +121,14 @@ for label, name, f in rows:
         if lost: extra.append(f"lost {lost}")
         if cpu is not None and name.startswith(("fan", "echo")) and "latency" not in label: extra.append(f"server {cpu:.2f} cores")
         cells.append((v or "n/a") + (f" ({', '.join(extra)})" if extra else ""))
-    print(f"| {label} | {cells[0]} | {cells[1]} |")
+    ratio = ""
+    if "uws" in servers and "wshub" in servers:
+        key = next((k for k in ("rss_per_connection", "connect_rate", "per_sec") if k in label_keys(label)), None)
+        w, u = get("wshub", name), get("uws", name)
+        if ("latency" in label or "RTT" in label) and w.get("latency") and u.get("latency"):
+            ratio = f"{w['latency']['p99_us'] / max(u['latency']['p99_us'], 1):.2f}× (p99)"
+        elif key and w.get(key) and u.get(key):
+            ratio = f"{w[key] / u[key]:.2f}×"
+        ratio = f" {ratio or 'n/a'} |"
+    print(f"| {label} | " + " | ".join(cells) + " |" + ratio)
 PY
