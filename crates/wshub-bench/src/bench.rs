@@ -139,6 +139,17 @@ async fn connect_many(
     common: &Common,
     deadline: Duration,
 ) -> (Vec<(tokio::net::TcpStream, bytes::BytesMut)>, Vec<String>) {
+    connect_many_with(target, n, common, deadline, None).await
+}
+
+/// [`connect_many`], asking every client for the subprotocol `protocol`.
+async fn connect_many_with(
+    target: &client::Target,
+    n: usize,
+    common: &Common,
+    deadline: Duration,
+    protocol: Option<&'static str>,
+) -> (Vec<(tokio::net::TcpStream, bytes::BytesMut)>, Vec<String>) {
     use futures_util::stream::{self, StreamExt};
     let sources = common.sources.clone();
     let results: Vec<_> = tokio::time::timeout(
@@ -147,7 +158,7 @@ async fn connect_many(
             .map(|i| {
                 let src = (!sources.is_empty()).then(|| sources[i % sources.len()]);
                 let target = target.clone();
-                async move { client::connect(&target, src).await }
+                async move { client::connect_with(&target, src, protocol).await }
             })
             .buffer_unordered(common.concurrency.max(1))
             .collect(),

@@ -73,7 +73,7 @@ pub async fn connect_v1(target: &Target) -> io::Result<(TcpStream, BytesMut)> {
 }
 
 /// [`connect`], optionally asking for a subprotocol.
-async fn connect_with(
+pub async fn connect_with(
     target: &Target,
     source: Option<IpAddr>,
     protocol: Option<&str>,

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{self, encode_masked, parse_marker, scan_frames};
 use super::report::{histogram, Percentiles};
-use super::{connect_many, Common, Report};
+use super::{connect_many_with, Common, Report};
 
 /// How the publisher publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +78,12 @@ pub struct FanoutArgs {
     /// With `--via pusher`: the app, `ID:KEY:SECRET` (subscribers connect to /app/KEY).
     #[arg(long, default_value = "1:app-key:app-secret")]
     pub pusher_app: String,
+    /// Groups per subscriber (0: plain clients and broadcasts to everyone). With G > 0 every
+    /// subscriber connects with `wshub.v1` and joins the groups g0..g(G-1); the publisher
+    /// (`--via rest`) publishes to them in turn, so each message reaches every subscriber.
+    /// Run the server with `--silent-groups '*'` (no joined events).
+    #[arg(long, default_value_t = 0)]
+    pub groups: usize,
 }
 
 /// What a message carries after its marker.
@@ -125,9 +131,11 @@ async fn subscriber(
     mut buf: BytesMut,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    groups: usize,
 ) {
     let mut lats: Vec<u64> = Vec::with_capacity(512);
     let mut out = Vec::new();
+    let mut acks = 0usize;
     loop {
         buf.reserve(16 * 1024);
         tokio::select! {
@@ -171,6 +179,11 @@ async fn subscriber(
                     } else if p.starts_with(br#"{"event":"pusher_internal:subscription_succeeded""#)
                     {
                         shared.subscribed.fetch_add(1, Ordering::Relaxed);
+                    } else if groups > 0 && p.starts_with(br#"{"type":"ack""#) {
+                        acks += 1;
+                        if acks == groups {
+                            shared.subscribed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 0x9 => encode_masked(0xA, p, [7, 7, 7, 7], &mut out),
@@ -313,10 +326,13 @@ struct RestPublisher {
     addr: std::net::SocketAddr,
     buf: BytesMut,
     pending: Vec<String>,
+    /// Groups published to in turn (0: broadcasts to everyone).
+    groups: usize,
+    next: usize,
 }
 
 impl RestPublisher {
-    async fn connect(target: &client::Target) -> Result<Self, String> {
+    async fn connect(target: &client::Target, groups: usize) -> Result<Self, String> {
         let stream = TcpStream::connect(target.addr)
             .await
             .map_err(|e| format!("publisher: {e}"))?;
@@ -326,6 +342,8 @@ impl RestPublisher {
             addr: target.addr,
             buf: BytesMut::with_capacity(4096),
             pending: Vec::new(),
+            groups,
+            next: 0,
         })
     }
 
@@ -336,8 +354,14 @@ impl RestPublisher {
     async fn flush(&mut self) -> Result<(), String> {
         for text in std::mem::take(&mut self.pending) {
             let body = serde_json::json!({ "message": text }).to_string();
+            let path = if self.groups == 0 {
+                "/api/connections/broadcast".to_owned()
+            } else {
+                self.next = (self.next + 1) % self.groups;
+                format!("/api/groups/g{}/broadcast", self.next)
+            };
             let req = format!(
-                "POST /api/connections/broadcast HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
                 self.addr,
                 body.len(),
                 body
@@ -435,6 +459,16 @@ impl PusherPublisher {
     }
 }
 
+/// The `join` commands for the groups g0..g(n-1), as one buffer of frames.
+fn joins(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for k in 0..n {
+        let text = format!(r#"{{"id":{k},"type":"join","group":"g{k}"}}"#);
+        encode_masked(0x1, text.as_bytes(), [1, 2, 3, 4], &mut out);
+    }
+    out
+}
+
 /// The `{"event":"pusher:subscribe",…}` frame a Pusher subscriber sends for `bench`.
 fn pusher_subscribe() -> Vec<u8> {
     let mut out = Vec::new();
@@ -476,6 +510,14 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     if a.duration > Duration::from_secs(600) {
         return Err("--duration is at most 600s".into());
     }
+    if a.groups > 0 && a.via != Via::Rest {
+        return Err("--groups publishes through the REST API: add --via rest".into());
+    }
+    if a.groups > 1000 {
+        return Err(
+            "--groups is at most 1000 (the server's default --max-groups-per-connection)".into(),
+        );
+    }
     let target = client::Target::parse(&a.common.url)?.offering_deflate(a.deflate);
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
@@ -491,11 +533,17 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     let stop = CancellationToken::new();
 
     let connect_started = Instant::now();
-    let (conns, errors) = connect_many(&target, a.subscribers, &a.common, a.timeout).await;
+    let protocol = (a.groups > 0).then_some("wshub.v1");
+    let (conns, errors) =
+        connect_many_with(&target, a.subscribers, &a.common, a.timeout, protocol).await;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let n = conns.len() as u64;
     let mut tasks = Vec::with_capacity(conns.len());
-    let subscribe = (a.via == Via::Pusher).then(pusher_subscribe);
+    let subscribe = if a.groups > 0 {
+        Some(joins(a.groups))
+    } else {
+        (a.via == Via::Pusher).then(pusher_subscribe)
+    };
     for (mut stream, buf) in conns {
         if let Some(frame) = &subscribe {
             if let Err(e) = stream.write_all(frame).await {
@@ -507,6 +555,7 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
             buf,
             shared.clone(),
             stop.clone(),
+            a.groups,
         )));
     }
     let publish_target = match &a.publish_url {
@@ -515,9 +564,9 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
     };
     let mut publisher = match a.via {
         Via::Ws => Publisher::Ws(WsPublisher::connect(&publish_target).await?),
-        Via::Rest => Publisher::Rest(RestPublisher::connect(&publish_target).await?),
+        Via::Rest => Publisher::Rest(RestPublisher::connect(&publish_target, a.groups).await?),
         Via::Pusher => Publisher::Pusher(PusherPublisher {
-            rest: RestPublisher::connect(&publish_target).await?,
+            rest: RestPublisher::connect(&publish_target, 0).await?,
             app: wshub::apps::App::parse(&a.pusher_app)?,
         }),
     };
@@ -618,8 +667,8 @@ pub async fn run(a: FanoutArgs) -> Result<Report, String> {
         wire_bytes: Some(shared.wire_bytes.load(Ordering::Relaxed) - base_wire),
         plain_bytes: Some(shared.plain_bytes.load(Ordering::Relaxed) - base_plain),
         settings: format!(
-            "subscribers={} {mode} size={} payload={:?} deflate={} via={:?} duration={:?} threads={}",
-            a.subscribers, a.size, a.payload, a.deflate, a.via, a.duration, a.common.threads
+            "subscribers={} {mode} size={} payload={:?} deflate={} via={:?} groups={} duration={:?} threads={}",
+            a.subscribers, a.size, a.payload, a.deflate, a.via, a.groups, a.duration, a.common.threads
         ),
         ..Report::default()
     })
