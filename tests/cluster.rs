@@ -1651,10 +1651,15 @@ async fn a_publisher_outrunning_the_backplane_is_told_to_retry(kind: Kind) {
     let (mut m, _) = client(&b, "max").await;
     let ack = cmd(&mut m, json!({"id": 1, "type": "join", "group": "flood"})).await;
     assert_eq!(ack["type"], "ack", "{ack}");
+    // 64 requests in flight at a time: far more than the queue of 2 takes, without 300
+    // simultaneous connects (on a loaded CI machine one of those was reset).
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     let tasks: Vec<_> = (0..300)
         .map(|i| {
             let addr = a.addr;
+            let in_flight = in_flight.clone();
             tokio::spawn(async move {
+                let _slot = in_flight.acquire_owned().await.unwrap();
                 let body = json!({ "message": format!("m{i}") }).to_string();
                 let res = post_json(addr, "/api/groups/flood/broadcast", &body).await;
                 match res.status {

@@ -57,7 +57,8 @@ impl TestServer {
     }
 
     pub async fn with_hub(hub: Hub, options: wshub::server::ServerOptions) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The server's own listener (its backlog, as in production).
+        let listener = wshub::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let app = wshub::router(hub.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
