@@ -243,7 +243,7 @@ pub async fn add_member(
         Err(e) => return Err(e.into()),
     };
     Ok(Json(Membership {
-        members: hub.group_members(&group).map_or(0, |m| m.len()),
+        members: hub.group_size(&group),
         group,
         connection: id.to_string(),
         changed,

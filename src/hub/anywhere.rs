@@ -294,7 +294,7 @@ impl Hub {
             release();
             return Err(NotPublished::Unreachable);
         };
-        let here = || self.group_members(group).map_or(0, |m| m.len());
+        let here = || self.shared.manager.group_size(group).unwrap_or(0);
         Ok(GroupPublished {
             recipients: (offset == 0).then(here),
             offset,

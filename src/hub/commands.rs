@@ -164,7 +164,7 @@ impl Hub {
                     cork,
                 )?;
                 Ok(Answer::Now(AckExtra {
-                    members: self.shared.manager.group_members(&group).map(|m| m.len()),
+                    members: self.shared.manager.group_size(&group),
                     changed: Some(joined.changed),
                     epoch: Some(joined.at.epoch.to_string()),
                     offset: Some(joined.at.offset),

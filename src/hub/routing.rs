@@ -15,6 +15,11 @@ impl Hub {
         self.shared.manager.groups()
     }
 
+    /// How many connections of this node are members of a group (0: none).
+    pub fn group_size(&self, group: &str) -> usize {
+        self.shared.manager.group_size(group).unwrap_or(0)
+    }
+
     /// The ids of a group's members, or `None` when the group does not exist.
     pub fn group_members(&self, group: &str) -> Option<Vec<ConnId>> {
         self.shared

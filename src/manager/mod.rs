@@ -471,6 +471,13 @@ impl<S: Sink> ConnectionManager<S> {
             .collect()
     }
 
+    /// How many connections are members of `group` (`None`: no such group). Constant time:
+    /// a join's ack reads it, and listing the members to count them cost a join into a group
+    /// of 19,000 members ~0.1 ms (1.9 million joins took three minutes).
+    pub fn group_size(&self, group: &str) -> Option<usize> {
+        self.inner.read().groups.get(group).map(HashMap::len)
+    }
+
     /// The members of a group, or `None` when the group does not exist (it has no members).
     pub fn group_members(&self, group: &str) -> Option<Vec<Arc<Entry<S>>>> {
         self.inner
