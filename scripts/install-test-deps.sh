@@ -11,6 +11,8 @@ command -v python3 >/dev/null || need_apt+=(python3)
 # `python3 -m venv` needs ensurepip (Debian's python3-venv) for the Python SDK test.
 [[ -x target/pyenv/bin/python ]] || python3 -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv)
 command -v cc >/dev/null || need_apt+=(gcc)
+# The server's allocator (jemalloc) is built from C sources with make.
+command -v make >/dev/null || need_apt+=(make)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)

@@ -55,7 +55,7 @@ pub trait Handler: Send + Sync + 'static {
     fn deliver_local_only(&self, publication: &Publication);
     /// This node's connection entries as `(id, JSON)`, for a full rewrite.
     fn local_entries(&self) -> Vec<(String, String)>;
-    /// Counts a backplane event (`disconnected`, `publish_failed`, `gap_filled`).
+    /// Counts a backplane event (`disconnected`, `publish_failed`, `gap_filled`, …).
     fn event(&self, reason: &'static str);
 }
 

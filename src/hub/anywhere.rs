@@ -393,8 +393,5 @@ pub(super) async fn await_published(
 pub(super) async fn await_position(
     rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>,
 ) -> u64 {
-    match tokio::time::timeout(Duration::from_secs(3), rx).await {
-        Ok(Ok(Some((_, offset)))) => offset,
-        _ => 0,
-    }
+    await_published(rx).await.unwrap_or(0)
 }

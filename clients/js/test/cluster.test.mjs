@@ -148,24 +148,35 @@ function assertEveryMessageOnceInOrder(subs, sent) {
   }
 }
 
+/** A cluster with its subscribers, publishing. */
+async function underLoad(kind) {
+  const c = await cluster(kind);
+  const subs = await subscribers(c);
+  const pub = publishers(c);
+  await until(() => GROUPS.every((g) => pub.sent[g] >= 20), 10000, "publishing started");
+  return { c, subs, pub };
+}
+
+/** Stops publishing, lets what is in flight arrive, and counts every message everywhere. */
+async function stopAndCount(subs, pub) {
+  await pub.stop();
+  await until(
+    () => subs.every((s) => GROUPS.every((g) => s.seen[g].length >= pub.sent[g])),
+    20000,
+    "every subscriber has every message",
+  ).catch(() => {}); // what is missing is named by the assertion below
+  assertEveryMessageOnceInOrder(subs, pub.sent);
+}
+
 for (const kind of ["redis", "nats"]) {
   test(`${kind}: every node restarted in turn under load loses nothing and duplicates nothing`, async () => {
-    const c = await cluster(kind);
-    const subs = await subscribers(c);
-    const pub = publishers(c);
-    await until(() => GROUPS.every((g) => pub.sent[g] >= 20), 10000, "publishing started");
+    const { c, subs, pub } = await underLoad(kind);
     for (let i = 0; i < 3; i++) {
       await c.restart(i);
       // Let the clients settle on their next node while publishing goes on.
       await sleep(600);
     }
-    await pub.stop();
-    await until(
-      () => subs.every((s) => GROUPS.every((g) => s.seen[g].length >= pub.sent[g])),
-      20000,
-      "every subscriber has every message",
-    ).catch(() => {});
-    assertEveryMessageOnceInOrder(subs, pub.sent);
+    await stopAndCount(subs, pub);
     // Every subscriber was told to move at least once, each time with "service restart".
     for (const [i, s] of subs.entries()) {
       assert.ok(s.closes.includes(1012), `subscriber ${i} saw 1012 (closes: ${s.closes})`);
@@ -180,21 +191,12 @@ for (const kind of ["redis", "nats"]) {
   });
 
   test(`${kind}: a node killed under load: its clients move to the survivors and recover everything`, async () => {
-    const c = await cluster(kind);
-    const subs = await subscribers(c);
-    const pub = publishers(c);
-    await until(() => GROUPS.every((g) => pub.sent[g] >= 20), 10000, "publishing started");
+    const { c, subs, pub } = await underLoad(kind);
     await c.kill(0);
     await sleep(800);
     await c.start(0);
     await sleep(400);
-    await pub.stop();
-    await until(
-      () => subs.every((s) => GROUPS.every((g) => s.seen[g].length >= pub.sent[g])),
-      20000,
-      "every subscriber has every message",
-    ).catch(() => {});
-    assertEveryMessageOnceInOrder(subs, pub.sent);
+    await stopAndCount(subs, pub);
     const moved = subs.filter((s) => s.closes.includes(1006)).length;
     assert.equal(moved, SUBSCRIBERS / 3, "the killed node's clients lost their connection");
   });
