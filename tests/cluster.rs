@@ -796,6 +796,13 @@ async fn the_backplane_dies_and_comes_back(kind: Kind) {
         let detail = r.json()["detail"].as_str().unwrap().to_owned();
         assert!(detail.contains("cannot reach the backplane"), "{detail}");
     }
+    // A Pusher HTTP trigger too.
+    let app = a.hub.apps().default_app().unwrap().clone();
+    let data = serde_json::value::to_raw_value("x").unwrap();
+    assert!(matches!(
+        a.hub.trigger(&app, "outage", "e", data, None),
+        Err(wshub::hub::TriggerError::Unreachable(_))
+    ));
     assert_quiet(&mut on_a).await;
     assert_quiet(&mut on_b).await;
 
