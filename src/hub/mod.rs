@@ -185,6 +185,8 @@ pub(crate) struct Shared {
     history: History,
     metrics: Metrics,
     shutdown: CancellationToken,
+    /// Every connection's timer, and its wake-up at shutdown.
+    sweep: crate::outbox::Sweep,
     tasks: TaskTracker,
     /// Open `/ws/echo` connections.
     echo: std::sync::atomic::AtomicUsize,
@@ -308,6 +310,18 @@ impl Hub {
         }));
         let policies = policies::Policies::new(&config.delivery_policies, &metrics);
         let idempotency = idempotency::Idempotency::new(config.idempotency_window);
+        let shutdown = CancellationToken::new();
+        let shortest = [
+            config.ping_interval,
+            config.idle_timeout,
+            config.close_timeout,
+            config.shutdown_timeout,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or_default();
+        let sweep =
+            crate::outbox::Sweep::new(crate::outbox::Sweep::period_for(shortest), shutdown.clone());
         let hub = Self {
             shared: Arc::new(Shared {
                 node,
@@ -317,7 +331,8 @@ impl Hub {
                 auth,
                 manager,
                 metrics,
-                shutdown: CancellationToken::new(),
+                shutdown,
+                sweep,
                 tasks: TaskTracker::new(),
                 echo: std::sync::atomic::AtomicUsize::new(0),
                 replies: replies::Replies::default(),
@@ -678,6 +693,11 @@ impl Hub {
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.shared.shutdown
+    }
+
+    /// The connections' timer.
+    pub(crate) fn sweep(&self) -> &crate::outbox::Sweep {
+        &self.shared.sweep
     }
 
     pub(crate) fn tasks(&self) -> &TaskTracker {

@@ -20,12 +20,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Buf;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::close::CloseReason;
 use crate::frame::Frame;
@@ -33,8 +33,10 @@ use crate::frame::Frame;
 pub use crate::manager::{Queued, SendError};
 
 mod policy;
+mod sweep;
 
 use policy::Mark;
+pub use sweep::Sweep;
 
 /// A socket that accepts non-blocking vectored writes from any thread.
 pub trait DirectWrite: Send + Sync + 'static {
@@ -117,14 +119,14 @@ pub enum Owner {
 /// Where frames for one connection wait for the socket. Implements the registry's sink.
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the writer task: work was handed to it, or a close was requested.
-    wake: Notify,
-    /// Wakes the connection's supervisor when a close is requested, so it can start the
-    /// close deadline even while the writer is blocked on a full socket.
-    closing: Notify,
     /// Set when queued frames must be dropped (a slow consumer): writers stop writing frames
     /// they have not started.
     discard: AtomicBool,
+    /// A close was requested (the same as `state.close.is_some()`, readable without the lock).
+    closed: AtomicBool,
+    /// When the connection wants its task woken for its timer (see [`Sweep`]), in the sweep's
+    /// milliseconds; [`u64::MAX`]: not armed, or fired.
+    due: AtomicU64,
     capacity: usize,
     /// The byte budget: data frames are refused once the bytes not yet written would pass it
     /// (a single frame larger than the budget is taken only into an empty outbox).
@@ -147,6 +149,10 @@ struct State {
     front_partial: bool,
     /// The socket, for write-through; absent before the upgrade and on non-TCP transports.
     socket: Option<Arc<dyn DirectWrite>>,
+    /// The connection task, woken when work is handed to it, a close is requested or its
+    /// timer fires. One waker for all of it: an idle connection waits on nothing else but its
+    /// socket's readiness.
+    task: Option<Waker>,
 }
 
 /// What the writer task got from [`Outbox::take`].
@@ -181,10 +187,11 @@ impl Outbox {
                 owner: Owner::Idle,
                 front_partial: false,
                 socket: None,
+                task: None,
             }),
-            wake: Notify::new(),
-            closing: Notify::new(),
             discard: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            due: AtomicU64::new(u64::MAX),
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
             pending: AtomicUsize::new(0),
@@ -212,8 +219,37 @@ impl Outbox {
 
     /// Enables write-through to `socket`. Frames queued before are handed to the writer task.
     pub fn attach(&self, socket: Arc<dyn DirectWrite>) {
-        self.state.lock().socket = Some(socket);
-        self.wake.notify_one();
+        let mut st = self.state.lock();
+        st.socket = Some(socket);
+        Self::wake(st);
+    }
+
+    /// Wakes the connection task (after `st` changed in a way it must see), outside the lock.
+    fn wake(mut st: parking_lot::MutexGuard<'_, State>) {
+        let task = st.task.take();
+        drop(st);
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+
+    /// Wakes the connection task, whatever it waits for (its timer fired, the server is shutting
+    /// down: it looks at everything when it runs).
+    pub fn wake_task(&self) {
+        Self::wake(self.state.lock());
+    }
+
+    /// The connection task will be woken by the next change it must see: work handed to it, a
+    /// close request, [`wake_task`](Self::wake_task).
+    pub fn register(&self, task: &Waker) {
+        Self::register_in(&mut self.state.lock(), task);
+    }
+
+    fn register_in(st: &mut State, task: &Waker) {
+        match &st.task {
+            Some(w) if w.will_wake(task) => {}
+            _ => st.task = Some(task.clone()),
+        }
     }
 
     /// Drops the socket reference (the connection is over).
@@ -286,8 +322,7 @@ impl Outbox {
         if st.socket.is_some() {
             return Ok(Queued::NeedsFlush);
         }
-        drop(st);
-        self.wake.notify_one();
+        Self::wake(st);
         Ok(Queued::Done)
     }
 
@@ -345,16 +380,13 @@ impl Outbox {
                 st.queue = batch;
                 st.front_partial = partial;
                 st.owner = Owner::Writer;
-                drop(st);
-                self.wake.notify_one();
+                Self::wake(st);
                 return;
             }
             st.owner = Owner::Idle;
             if st.queue.is_empty() {
-                let close_pending = st.close.is_some();
-                drop(st);
-                if close_pending {
-                    self.wake.notify_one();
+                if st.close.is_some() {
+                    Self::wake(st);
                 }
                 return;
             }
@@ -365,30 +397,48 @@ impl Outbox {
     /// Asks for the connection to be closed with `reason`. The first request wins; later ones
     /// are ignored. Returns whether this call made the request.
     pub fn close(&self, reason: CloseReason) -> bool {
-        {
-            let mut st = self.state.lock();
-            if st.close.is_some() {
-                return false;
-            }
-            if !reason.drains_queue() {
-                let keep = usize::from(st.front_partial);
-                self.drop_after(&mut st.queue, keep);
-                st.marks = VecDeque::new();
-                if st.queue.is_empty() {
-                    st.queue = VecDeque::new();
-                }
-                self.discard.store(true, Ordering::Release);
-            }
-            st.close = Some(reason);
+        let mut st = self.state.lock();
+        if st.close.is_some() {
+            return false;
         }
-        self.wake.notify_one();
-        self.closing.notify_one();
+        if !reason.drains_queue() {
+            let keep = usize::from(st.front_partial);
+            self.drop_after(&mut st.queue, keep);
+            st.marks = VecDeque::new();
+            if st.queue.is_empty() {
+                st.queue = VecDeque::new();
+            }
+            self.discard.store(true, Ordering::Release);
+        }
+        st.close = Some(reason);
+        self.closed.store(true, Ordering::Release);
+        Self::wake(st);
         true
     }
 
     /// Whether a close was requested (no more frames are accepted).
     pub fn is_closed(&self) -> bool {
-        self.state.lock().close.is_some()
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Arms the connection's timer: [`Sweep`] wakes its task once its clock passes `at`.
+    pub(crate) fn set_due(&self, at: u64) {
+        self.due.store(at, Ordering::Release);
+    }
+
+    /// Whether the timer armed with `at` fired (the sweep disarmed it).
+    pub(crate) fn fired(&self, at: u64) -> bool {
+        at != u64::MAX && self.due.load(Ordering::Acquire) == u64::MAX
+    }
+
+    /// Called by the sweep at `now`: disarms a timer that is due and says whether it was.
+    fn due_by(&self, now: u64) -> bool {
+        let at = self.due.load(Ordering::Acquire);
+        at <= now
+            && self
+                .due
+                .compare_exchange(at, u64::MAX, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// The close reason, once one was requested.
@@ -411,56 +461,56 @@ impl Outbox {
         self.discard.load(Ordering::Acquire)
     }
 
-    /// The writer task waits here until it owns work: frames handed over by a flusher, frames
+    /// The writer waits here until it owns work: frames handed over by a flusher, frames
     /// queued while no socket is attached, or the Close frame once nothing else is left.
     ///
     /// `batch` must be empty; on [`Take::Frames`] it holds the frames in order and the writer
     /// owns the socket until it calls [`release`](Self::release).
-    ///
-    /// # Cancel safety
-    /// Cancel safe: frames are moved only in the poll that returns them.
     pub async fn take(&self, batch: &mut VecDeque<Frame>) -> Take {
-        loop {
-            {
-                let mut st = self.state.lock();
-                let mine = match st.owner {
-                    Owner::Writer => true,
-                    Owner::Idle => !st.queue.is_empty(),
-                    Owner::Flusher => false,
-                };
-                if mine && !st.queue.is_empty() {
-                    st.owner = Owner::Writer;
-                    self.expire_queued(&mut st);
-                    let take = batch_len(&st.queue);
-                    if take == st.queue.len() {
-                        st.marks = VecDeque::new();
-                        std::mem::swap(&mut st.queue, batch);
-                    } else {
-                        // The rest stays queued, where a delivery policy can still act on it.
-                        let rest = st.queue.split_off(take);
-                        *batch = std::mem::replace(&mut st.queue, rest);
-                        let n = take.min(st.marks.len());
-                        st.marks.drain(..n);
-                    }
-                    return Take::Frames(std::mem::take(&mut st.front_partial));
-                }
-                if st.owner != Owner::Flusher {
-                    st.owner = Owner::Idle;
-                    if st.close_taken {
-                        return Take::Finished;
-                    }
-                    if let Some(reason) = &st.close {
-                        let frame = reason.frame();
-                        st.close_taken = true;
-                        st.owner = Owner::Writer;
-                        return Take::Close(frame);
-                    }
-                }
+        std::future::poll_fn(|cx| self.poll_take(cx, batch)).await
+    }
+
+    /// [`take`](Self::take) as a poll: `Pending` registers `cx`'s waker as the connection
+    /// task's (see [`register`](Self::register)).
+    pub fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Frame>) -> Poll<Take> {
+        let mut st = self.state.lock();
+        Self::register_in(&mut st, cx.waker());
+        let mine = match st.owner {
+            Owner::Writer => true,
+            Owner::Idle => !st.queue.is_empty(),
+            Owner::Flusher => false,
+        };
+        if mine && !st.queue.is_empty() {
+            st.owner = Owner::Writer;
+            self.expire_queued(&mut st);
+            let take = batch_len(&st.queue);
+            if take == st.queue.len() {
+                st.marks = VecDeque::new();
+                std::mem::swap(&mut st.queue, batch);
+            } else {
+                // The rest stays queued, where a delivery policy can still act on it.
+                let rest = st.queue.split_off(take);
+                *batch = std::mem::replace(&mut st.queue, rest);
+                let n = take.min(st.marks.len());
+                st.marks.drain(..n);
             }
-            // notify_one stores a permit when nobody waits, so a hand-over between the check
-            // above and this await is not lost.
-            self.wake.notified().await;
+            return Poll::Ready(Take::Frames(std::mem::take(&mut st.front_partial)));
         }
+        if st.owner != Owner::Flusher {
+            st.owner = Owner::Idle;
+            if st.close_taken {
+                return Poll::Ready(Take::Finished);
+            }
+            if let Some(reason) = &st.close {
+                let frame = reason.frame();
+                st.close_taken = true;
+                st.owner = Owner::Writer;
+                return Poll::Ready(Take::Close(frame));
+            }
+        }
+        // The waker is registered under the same lock as the check: whoever changes the state
+        // next wakes it.
+        Poll::Pending
     }
 
     /// The writer task finished its batch. Returns whether more frames are queued (the writer
@@ -472,19 +522,6 @@ impl Outbox {
             false
         } else {
             true
-        }
-    }
-
-    /// Waits until a close is requested.
-    ///
-    /// # Cancel safety
-    /// Cancel safe.
-    pub async fn closing(&self) {
-        loop {
-            if self.is_closed() {
-                return;
-            }
-            self.closing.notified().await;
         }
     }
 }

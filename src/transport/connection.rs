@@ -8,17 +8,17 @@
 //! disconnect, shutdown) asks the outbox to close; this task then sends the Close frame, waits
 //! for the peer's within a deadline, and drops the socket.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+use super::writer::{FrameWrite, Writer};
 
 use crate::close::CloseReason;
 use crate::frame::{self, deflate, DecodeError, Decoder, Frame, Message, OpCode};
@@ -75,7 +75,7 @@ impl Role {
     }
 
     /// The hub the connection belongs to (its metrics, its limits).
-    fn hub(&self) -> &Hub {
+    pub(crate) fn hub(&self) -> &Hub {
         match self {
             Role::Hub { hub, .. } | Role::Pusher { hub, .. } | Role::Refused(hub) => hub,
             Role::Echo(slot) => &slot.0,
@@ -153,22 +153,24 @@ fn token_left(role: &Role, leeway: Duration) -> Option<Duration> {
 struct Bucket {
     limit: RateLimit,
     tokens: f64,
-    last: Instant,
+    /// When tokens were last counted, in milliseconds on the sweep's clock.
+    last: u64,
 }
 
 impl Bucket {
-    fn new(limit: RateLimit) -> Self {
+    fn new(limit: RateLimit, now: u64) -> Self {
         Self {
             limit,
             tokens: f64::from(limit.burst.max(1)),
-            last: Instant::now(),
+            last: now,
         }
     }
 
-    /// Takes a token; `false` when the bucket is empty.
-    fn take(&mut self, now: Instant) -> bool {
+    /// Takes a token at `now` (milliseconds); `false` when the bucket is empty.
+    fn take(&mut self, now: u64) -> bool {
         let burst = f64::from(self.limit.burst.max(1));
-        let earned = now.duration_since(self.last).as_secs_f64() * self.limit.per_second;
+        let elapsed = now.saturating_sub(self.last) as f64 / 1000.0;
+        let earned = elapsed * self.limit.per_second;
         self.tokens = (self.tokens + earned).min(burst);
         self.last = now;
         if self.tokens >= 1.0 {
@@ -239,37 +241,33 @@ impl Reader {
             .map_err(ReadError::Decode)
     }
 
-    /// Reads until one message is complete. `Ok(None)` is EOF.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: bytes move from the socket into `self.buf` within a single poll.
-    async fn next<R: AsyncRead + Unpin>(
+    /// Reads until one message is complete. `Ok(None)` is EOF. Bytes move from the socket
+    /// into `self.buf` within a single poll.
+    fn poll_next<R: AsyncRead + Unpin>(
         &mut self,
+        cx: &mut Context<'_>,
         r: &mut R,
-    ) -> Result<Option<Message>, ReadError> {
+    ) -> Poll<Result<Option<Message>, ReadError>> {
         loop {
-            if let Some(msg) = self.buffered()? {
-                return Ok(Some(msg));
+            match self.buffered() {
+                Ok(None) => {}
+                r => return Poll::Ready(r),
             }
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 // Nothing partial is pending: hold no buffer while idle.
                 self.buf = BytesMut::new();
             }
-            let buf = &mut self.buf;
-            let n = poll_fn(|cx| {
-                // Uninitialised: zeroing 8 KiB for every read showed up in profiles (2.4% of
-                // the server's time in the echo benchmark); the reader writes what it fills.
-                let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
-                let mut rb = ReadBuf::uninit(&mut chunk);
-                ready!(Pin::new(&mut *r).poll_read(cx, &mut rb))?;
-                buf.extend_from_slice(rb.filled());
-                Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
-            })
-            .await
-            .map_err(ReadError::Io)?;
-            if n == 0 {
-                return Ok(None);
+            // Uninitialised: zeroing 8 KiB for every read showed up in profiles (2.4% of the
+            // server's time in the echo benchmark); the reader writes what it fills.
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
+            if let Err(e) = ready!(Pin::new(&mut *r).poll_read(cx, &mut rb)) {
+                return Poll::Ready(Err(ReadError::Io(e)));
             }
+            if rb.filled().is_empty() {
+                return Poll::Ready(Ok(None));
+            }
+            self.buf.extend_from_slice(rb.filled());
         }
     }
 }
@@ -289,11 +287,12 @@ enum Step {
 /// task's own size).
 type Pending = Box<(crate::hub::PrefetchFuture, Bytes)>;
 
-/// The per-connection state the select loop works on.
-struct Conn<'a> {
-    outbox: &'a Outbox,
-    role: &'a Role,
-    last_seen: Instant,
+/// The per-connection state a turn works on.
+struct Conn {
+    outbox: Arc<Outbox>,
+    role: Role,
+    /// When the peer last sent a frame, on the sweep's clock.
+    last_seen: u64,
     reading: bool,
     peer_closed: bool,
     close_sent: bool,
@@ -303,15 +302,13 @@ struct Conn<'a> {
     cork: HubCork,
     /// This connection's own outbox was offered a frame outside the hub (echo, pong).
     own_dirty: bool,
-    /// When the current burst of messages started being handled (for the fan-out metric).
-    burst_started: std::time::Instant,
-    /// The inbound rate limit, for hub connections that have one.
-    bucket: Option<Bucket>,
+    /// The inbound rate limit, when the hub has one (boxed: most connections have none).
+    bucket: Option<Box<Bucket>>,
     /// How this connection's own messages (echoes) are compressed, when it negotiated it.
     deflate: Option<(deflate::Settings, deflate::Agreed)>,
 }
 
-impl Conn<'_> {
+impl Conn {
     fn queued(&mut self, r: Result<Queued, SendError>) {
         match r {
             Ok(Queued::NeedsFlush) => self.own_dirty = true,
@@ -324,12 +321,10 @@ impl Conn<'_> {
         }
     }
 
-    /// Writes everything the last burst of messages produced.
-    fn flush(&mut self) {
-        match self.role {
-            Role::Hub { hub, .. } | Role::Pusher { hub, .. } => {
-                hub.flush(&mut self.cork, self.burst_started)
-            }
+    /// Writes everything the last burst of messages (handled from `burst`) produced.
+    fn flush(&mut self, burst: std::time::Instant) {
+        match &self.role {
+            Role::Hub { hub, .. } | Role::Pusher { hub, .. } => hub.flush(&mut self.cork, burst),
             Role::Echo(_) | Role::Refused(_) => self.cork.flush(),
         }
         if std::mem::take(&mut self.own_dirty) {
@@ -345,6 +340,7 @@ impl Conn<'_> {
         mut step: Step,
         rd: &mut Reader,
         pending: &mut Option<Pending>,
+        burst: std::time::Instant,
     ) -> Option<Ending> {
         loop {
             if let Step::Fetch(fetch, text) = step {
@@ -360,7 +356,7 @@ impl Conn<'_> {
                 r => step = self.on_read(r, rd),
             }
         }
-        self.flush();
+        self.flush(burst);
         let inflated = rd.decoder.take_inflated();
         if inflated > 0 {
             self.role
@@ -382,7 +378,7 @@ impl Conn<'_> {
             return;
         };
         // With `pre` given, the message is handled now: no second fetch.
-        match self.role {
+        match &self.role {
             Role::Hub { hub, entry } => {
                 let _ = hub.on_command(entry, text, Some(pre), &mut self.cork);
             }
@@ -400,7 +396,7 @@ impl Conn<'_> {
     fn on_read(&mut self, r: Result<Option<Message>, ReadError>, rd: &mut Reader) -> Step {
         match r {
             Ok(Some(msg)) => {
-                self.last_seen = Instant::now();
+                self.last_seen = self.role.hub().sweep().now();
                 self.on_message(msg)
             }
             Ok(None) => Step::End(match self.outbox.close_reason() {
@@ -469,7 +465,7 @@ impl Conn<'_> {
                     "message dropped: over this connection's rate limit",
                 );
                 // A reply like any other: after a `publish` ack that waits for the backplane.
-                if let Role::Hub { hub, entry } = self.role {
+                if let Role::Hub { hub, entry } = &self.role {
                     hub.reply(entry.id, frame, &mut self.cork);
                 }
             }
@@ -480,7 +476,7 @@ impl Conn<'_> {
         match msg {
             Message::Text(b) | Message::Binary(b) if self.closing => drop(b),
             Message::Text(b) | Message::Binary(b) if !self.allowed() => self.over_limit(&b),
-            Message::Text(b) => match self.role {
+            Message::Text(b) => match &self.role {
                 Role::Hub { hub, entry } => match std::str::from_utf8(&b) {
                     Ok(text) if entry.info.protocol == Protocol::V1 => {
                         if let Some(fetch) = hub.on_command(entry, text, None, &mut self.cork) {
@@ -515,7 +511,7 @@ impl Conn<'_> {
                     self.queued(r);
                 }
             },
-            Message::Binary(b) => match self.role {
+            Message::Binary(b) => match &self.role {
                 Role::Hub { hub, entry } if entry.info.protocol == Protocol::V1 => {
                     hub.on_v1_binary(entry, &mut self.cork)
                 }
@@ -558,23 +554,245 @@ impl Conn<'_> {
     }
 }
 
-/// Runs the connection until it is closed. `write` is the connection's writer (see
-/// `writer`); `preread` holds bytes the HTTP layer read past the upgrade request (a client may
-/// send its first frame right behind the handshake).
-pub(crate) async fn run<R, F>(
-    mut reader: R,
-    write: F,
+/// A connection's task: its state, polled by hand (see [`Driver::poll_turn`]) so that what an
+/// idle connection holds is exactly these fields: no wait states of its own beside the socket's
+/// readiness and the one waker its outbox keeps.
+pub(crate) struct Driver<R, W> {
+    c: Conn,
+    /// The socket's two halves; `None` once the connection ended (the socket is closed).
+    io: Option<Io<R, W>>,
+    rd: Reader,
+    pending: Option<Pending>,
+    /// When the timer is to fire (keep-alive, or the closing deadline), on the sweep's clock;
+    /// [`u64::MAX`]: not armed.
+    deadline: u64,
+    shutdown_seen: bool,
+}
+
+struct Io<R, W> {
+    reader: R,
+    writer: Writer<W>,
+}
+
+impl<R: AsyncRead + Unpin, W: FrameWrite + Unpin> Future for Driver<R, W> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some(mut io) = this.io.take() else {
+            return Poll::Ready(());
+        };
+        let turn = this.poll_turn(cx, &mut io);
+        this.io = Some(io);
+        let ending = ready!(turn);
+        match &ending {
+            Ending::Closed(reason) => tracing::debug!(%reason, "closed"),
+            Ending::Dropped => {
+                tracing::debug!("peer dropped the connection without a closing handshake")
+            }
+            Ending::Io(e) => tracing::debug!(error = %e, "socket error"),
+            Ending::TimedOut(reason) => tracing::debug!(%reason, "closing handshake timed out"),
+        }
+        this.finish(&ending);
+        Poll::Ready(())
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
+    /// Arms the timer for `at` (on the sweep's clock).
+    fn arm(&mut self, at: u64) {
+        arm(&mut self.deadline, &self.c.outbox, at);
+    }
+
+    /// One turn: everything that is ready, in order (shutdown, a close request, the writer,
+    /// the reader, a command's fetch, the timer), then `Pending` with the task registered
+    /// wherever it waits, or the connection's end.
+    fn poll_turn(&mut self, cx: &mut Context<'_>, io: &mut Io<R, W>) -> Poll<Ending> {
+        // First: any change from now on wakes this task (a change before it was seen below).
+        self.c.outbox.register(cx.waker());
+        // As long as something was ready: the writer runs between two reads, so what a burst
+        // of commands produced leaves before the next burst is read.
+        loop {
+            if let Some(ending) = self.poll_close(cx, io) {
+                return Poll::Ready(ending);
+            }
+            if let Some(p) = self.pending.as_mut() {
+                // The fetch or hook a command waited for: the command now, then the rest of
+                // the burst. Meanwhile the connection read nothing more (its commands keep
+                // their order) but kept writing, pinging and closing.
+                let Poll::Ready(pre) = p.0.as_mut().poll(cx) else {
+                    break;
+                };
+                let burst = std::time::Instant::now();
+                if let Some(p) = self.pending.take().filter(|_| !self.c.closing) {
+                    self.c.command_prefetched(&p.1, pre);
+                }
+                let ending = self
+                    .c
+                    .drain(Step::Continue, &mut self.rd, &mut self.pending, burst);
+                if let Some(ending) = ending {
+                    return Poll::Ready(ending);
+                }
+                continue;
+            }
+            if !self.c.reading {
+                break;
+            }
+            let Poll::Ready(r) = self.rd.poll_next(cx, &mut io.reader) else {
+                break;
+            };
+            // Handle the whole burst already read, then write what it produced: frames
+            // published together leave together.
+            let burst = std::time::Instant::now();
+            let step = self.c.on_read(r, &mut self.rd);
+            if let Some(ending) = self.c.drain(step, &mut self.rd, &mut self.pending, burst) {
+                return Poll::Ready(ending);
+            }
+        }
+        if self.c.outbox.fired(self.deadline) {
+            self.deadline = u64::MAX;
+            if let Some(ending) = self.tick() {
+                return Poll::Ready(ending);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Shutdown, a close request, and the writer: what ends the connection from this side.
+    fn poll_close(&mut self, cx: &mut Context<'_>, io: &mut Io<R, W>) -> Option<Ending> {
+        let hub = self.c.role.hub();
+        if !self.shutdown_seen && hub.shutdown_token().is_cancelled() {
+            self.shutdown_seen = true;
+            self.c.outbox.close(self.c.role.shutdown_reason());
+        }
+        if !self.c.closing && self.c.outbox.is_closed() {
+            self.c.closing = true;
+            let reason = self
+                .c
+                .outbox
+                .close_reason()
+                .unwrap_or(CloseReason::GoingAway);
+            let t = Timing::of(hub);
+            let limit = if reason.is_shutdown() {
+                t.shutdown_timeout
+            } else {
+                t.close_timeout
+            };
+            // From here on the keep-alive timer is the closing deadline.
+            arm(&mut self.deadline, &self.c.outbox, hub.sweep().after(limit));
+        }
+        if self.c.close_sent {
+            return None;
+        }
+        let Poll::Ready(w) = io.writer.poll(cx, &self.c.outbox) else {
+            return None;
+        };
+        self.c.close_sent = true;
+        let reason = self
+            .c
+            .outbox
+            .close_reason()
+            .unwrap_or(CloseReason::GoingAway);
+        match w {
+            Ok(()) if self.c.peer_closed || !reason.awaits_peer() => Some(Ending::Closed(reason)),
+            // Our Close is out: keep reading until the peer's Close or EOF, for at most the
+            // close timeout (the shutdown timeout was for draining what was queued; a peer that
+            // does not answer a Close, such as websocat with its input open, must not hold a
+            // shutdown for it).
+            Ok(()) => {
+                let answer_by = hub.sweep().after(Timing::of(hub).close_timeout);
+                if answer_by < self.deadline {
+                    arm(&mut self.deadline, &self.c.outbox, answer_by);
+                }
+                None
+            }
+            Err(e) => Some(Ending::Io(e)),
+        }
+    }
+
+    /// The timer fired: the closing deadline passed, or it is time to check the token and the
+    /// silence, and to ping.
+    fn tick(&mut self) -> Option<Ending> {
+        let outbox = &self.c.outbox;
+        let hub = self.c.role.hub();
+        if self.c.closing {
+            return Some(Ending::TimedOut(
+                outbox.close_reason().unwrap_or(CloseReason::GoingAway),
+            ));
+        }
+        let sweep = hub.sweep();
+        let now = sweep.now();
+        let silent = Duration::from_millis(now.saturating_sub(self.c.last_seen));
+        // A refresh moves the deadline: read it anew each time.
+        let t = Timing::of(hub);
+        let token = token_left(&self.c.role, t.token_leeway);
+        if token.is_some_and(|t| t.is_zero()) {
+            tracing::debug!("closing: token expired");
+            outbox.close(CloseReason::TokenExpired);
+        } else if silent >= t.idle_timeout {
+            tracing::debug!(?silent, "closing: idle timeout");
+            outbox.close(CloseReason::IdleTimeout);
+        } else {
+            let next = sweep
+                .after(t.ping_interval)
+                .min(self.c.last_seen.saturating_add(millis(t.idle_timeout)));
+            let at = token.map_or(next, |t| sweep.after(t).min(next));
+            let r = outbox.push_control(Bytes::from_static(PING));
+            self.c.queued(r);
+            self.c.flush(std::time::Instant::now());
+            arm(&mut self.deadline, &self.c.outbox, at);
+        }
+        // A close requested here is seen on the next turn, which it woke.
+        None
+    }
+
+    /// After the end: what is left to write goes, the socket closes, then the hub hears of
+    /// the departure.
+    fn finish(&mut self, ending: &Ending) {
+        let c = &mut self.c;
+        c.flush(std::time::Instant::now());
+        // Close the socket before announcing the departure.
+        c.outbox.detach();
+        self.io = None;
+        self.pending = None;
+        match &c.role {
+            Role::Hub { hub, entry } => hub.unregister(entry, ending.outcome()),
+            Role::Pusher {
+                hub,
+                entry,
+                session,
+            } => hub.pusher_closed(entry, session, ending.outcome()),
+            Role::Echo(_) | Role::Refused(_) => {}
+        }
+    }
+}
+
+/// Arms `outbox`'s timer for `at`, remembering it in `deadline`.
+fn arm(deadline: &mut u64, outbox: &Outbox, at: u64) {
+    *deadline = at;
+    outbox.set_due(at);
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The connection, to be run as its own task until it is closed. `w` is the connection's
+/// writer (see `writer`); `preread` holds bytes the HTTP layer read past the upgrade request (a
+/// client may send its first frame right behind the handshake).
+pub(crate) fn run<R, W>(
+    reader: R,
+    w: W,
     preread: Bytes,
     outbox: Arc<Outbox>,
     role: Role,
     params: Params,
-    shutdown: CancellationToken,
-) -> Ending
+) -> Driver<R, W>
 where
     R: AsyncRead + Unpin,
-    F: Future<Output = io::Result<()>>,
+    W: FrameWrite,
 {
-    let mut rd = Reader {
+    let rd = Reader {
         decoder: if params.deflate.is_some() {
             Decoder::with_deflate(params.max_message)
         } else {
@@ -586,141 +804,39 @@ where
     // `preread` is a view into the HTTP layer's 8 KiB read buffer: keeping it would keep that
     // whole buffer alive for the life of the connection.
     drop(preread);
-    let mut c = Conn {
-        outbox: &outbox,
-        role: &role,
-        last_seen: Instant::now(),
+    let hub = role.hub().clone();
+    hub.sweep().register(outbox.clone());
+    let now = hub.sweep().now();
+    let c = Conn {
+        last_seen: now,
         reading: true,
         peer_closed: false,
         close_sent: false,
         closing: false,
         cork: HubCork::new(),
         own_dirty: false,
-        burst_started: std::time::Instant::now(),
-        bucket: role.hub().config().rate_limit.map(Bucket::new),
-        deflate: role.hub().config().compression.zip(params.deflate),
+        bucket: hub
+            .config()
+            .rate_limit
+            .map(|l| Box::new(Bucket::new(l, now))),
+        deflate: hub.config().compression.zip(params.deflate),
+        outbox,
+        role,
     };
-    // Read anew where needed rather than held across every wait of the loop.
-    let timing = || Timing::of(role.hub());
-    let ending = {
-        tokio::pin!(write);
-        let first = {
-            let t = timing();
-            token_left(&role, t.token_leeway)
-                .map_or(t.ping_interval, |left| left.min(t.ping_interval))
-        };
-        let tick = tokio::time::sleep(first);
-        tokio::pin!(tick);
-        // Created once, not per loop turn: a fresh `cancelled()` future would register with the
-        // token shared by every connection (a global lock) on every wake-up.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
-        let closing = outbox.closing();
-        tokio::pin!(closing);
-        let mut shutdown_seen = false;
-        let mut pending: Option<Pending> = None;
-
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut cancelled, if !shutdown_seen => {
-                    shutdown_seen = true;
-                    outbox.close(role.shutdown_reason());
-                }
-                _ = &mut closing, if !c.closing => {
-                    c.closing = true;
-                    let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
-                    let limit = if reason.is_shutdown() {
-                        timing().shutdown_timeout
-                    } else {
-                        timing().close_timeout
-                    };
-                    // From here on the keep-alive timer is the closing deadline.
-                    tick.as_mut().reset(Instant::now() + limit);
-                }
-                w = &mut write, if !c.close_sent => {
-                    c.close_sent = true;
-                    let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
-                    match w {
-                        Ok(()) if c.peer_closed || !reason.awaits_peer() => break Ending::Closed(reason),
-                        // Our Close is out: keep reading until the peer's Close or EOF, for
-                        // at most the close timeout (the shutdown timeout was for draining
-                        // what was queued; a peer that does not answer a Close, such as
-                        // websocat with its input open, must not hold a shutdown for it).
-                        Ok(()) => {
-                            let answer_by = Instant::now() + timing().close_timeout;
-                            if answer_by < tick.deadline() {
-                                tick.as_mut().reset(answer_by);
-                            }
-                        }
-                        Err(e) => break Ending::Io(e),
-                    }
-                }
-                r = rd.next(&mut reader), if c.reading && pending.is_none() => {
-                    // Handle the whole burst already read, then write what it produced: frames
-                    // published together leave together.
-                    c.burst_started = std::time::Instant::now();
-                    let step = c.on_read(r, &mut rd);
-                    if let Some(ending) = c.drain(step, &mut rd, &mut pending) {
-                        break ending;
-                    }
-                }
-                pre = async {
-                    match pending.as_mut() {
-                        Some(p) => p.0.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                }, if pending.is_some() => {
-                    // The fetch or hook a command waited for: the command now, then the rest of
-                    // the burst. Meanwhile the connection read nothing more (its commands keep
-                    // their order) but kept writing, pinging and closing.
-                    c.burst_started = std::time::Instant::now();
-                    if let Some(p) = pending.take().filter(|_| !c.closing) {
-                        c.command_prefetched(&p.1, pre);
-                    }
-                    if let Some(ending) = c.drain(Step::Continue, &mut rd, &mut pending) {
-                        break ending;
-                    }
-                }
-                _ = &mut tick => {
-                    if c.closing {
-                        break Ending::TimedOut(outbox.close_reason().unwrap_or(CloseReason::GoingAway));
-                    }
-                    let now = Instant::now();
-                    let silent = now.duration_since(c.last_seen);
-                    // A refresh moves the deadline: read it anew each time.
-                    let t = timing();
-                    let token = token_left(&role, t.token_leeway);
-                    if token.is_some_and(|t| t.is_zero()) {
-                        tracing::debug!("closing: token expired");
-                        outbox.close(CloseReason::TokenExpired);
-                    } else if silent >= t.idle_timeout {
-                        tracing::debug!(?silent, "closing: idle timeout");
-                        outbox.close(CloseReason::IdleTimeout);
-                    } else {
-                        let r = outbox.push_control(Bytes::from_static(PING));
-                        c.queued(r);
-                        c.flush();
-                        let next = (now + t.ping_interval).min(c.last_seen + t.idle_timeout);
-                        tick.as_mut().reset(token.map_or(next, |t| (now + t).min(next)));
-                    }
-                }
-            }
-        }
+    let mut d = Driver {
+        c,
+        io: Some(Io {
+            reader,
+            writer: Writer::new(w),
+        }),
+        rd,
+        pending: None,
+        deadline: u64::MAX,
+        shutdown_seen: false,
     };
-    c.flush();
-    drop(c);
-    // Close the socket before announcing the departure.
-    outbox.detach();
-    drop(reader);
-    match &role {
-        Role::Hub { hub, entry } => hub.unregister(entry, ending.outcome()),
-        Role::Pusher {
-            hub,
-            entry,
-            session,
-        } => hub.pusher_closed(entry, session, ending.outcome()),
-        Role::Echo(_) | Role::Refused(_) => {}
-    }
-    ending
+    let t = Timing::of(&hub);
+    let first = token_left(&d.c.role, t.token_leeway)
+        .map_or(t.ping_interval, |left| left.min(t.ping_interval));
+    d.arm(hub.sweep().after(first));
+    d
 }

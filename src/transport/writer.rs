@@ -1,48 +1,61 @@
-//! A connection's writer task: writes what the outbox hands it when the socket could not take
+//! A connection's writer: writes what the outbox hands it when the socket could not take
 //! everything at once (or when there is no write-through socket), waiting for writability
 //! without holding anyone else up.
+//!
+//! It is a poll, driven by the connection's task, not a future of its own: an idle writer holds
+//! an empty queue and a flag, nothing more (a future would keep its wait state in every idle
+//! connection).
 //!
 //! Server frames are already encoded (header and payload in one shared buffer), so writing is
 //! a vectored write of up to [`MAX_SLICES`] frames per system call.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::frame::Frame;
 use crate::outbox::{advance, fill_slices, Outbox, Take, MAX_SLICES};
 
-/// Where a writer task writes: a generic async writer, or the TCP socket it shares with the
+/// Where a writer writes: a generic async writer, or the TCP socket it shares with the
 /// outbox's write-through path.
 pub(crate) trait FrameWrite {
     /// Writes some of the front frames of `batch`; returns how many bytes.
-    async fn write_some(&mut self, batch: &VecDeque<Frame>) -> io::Result<usize>;
+    fn poll_write_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &VecDeque<Frame>,
+    ) -> Poll<io::Result<usize>>;
+    /// Pushes out what the transport buffered (TLS records).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Flushes and half-closes after the Close frame.
-    async fn finish(&mut self) -> io::Result<()>;
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 /// Any `AsyncWrite` (TLS, an embedding application's transport).
 pub(crate) struct Generic<W>(pub W);
 
 impl<W: AsyncWrite + Unpin> FrameWrite for Generic<W> {
-    async fn write_some(&mut self, batch: &VecDeque<Frame>) -> io::Result<usize> {
-        let n = poll_fn(|cx| {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let k = fill_slices(batch, &mut slices);
-            Pin::new(&mut self.0).poll_write_vectored(cx, &slices[..k])
-        })
-        .await?;
-        self.0.flush().await?;
-        Ok(n)
+    fn poll_write_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &VecDeque<Frame>,
+    ) -> Poll<io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let k = fill_slices(batch, &mut slices);
+        Pin::new(&mut self.0).poll_write_vectored(cx, &slices[..k])
     }
 
-    async fn finish(&mut self) -> io::Result<()> {
-        self.0.shutdown().await
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -50,84 +63,132 @@ impl<W: AsyncWrite + Unpin> FrameWrite for Generic<W> {
 pub(crate) struct Direct(pub Arc<OwnedWriteHalf>);
 
 impl FrameWrite for Direct {
-    async fn write_some(&mut self, batch: &VecDeque<Frame>) -> io::Result<usize> {
+    fn poll_write_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &VecDeque<Frame>,
+    ) -> Poll<io::Result<usize>> {
+        let tcp: &tokio::net::TcpStream = self.0.as_ref().as_ref();
         loop {
-            self.0.writable().await?;
+            ready!(tcp.poll_write_ready(cx))?;
             let r = {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let k = fill_slices(batch, &mut slices);
-                self.0.try_write_vectored(&slices[..k])
+                tcp.try_write_vectored(&slices[..k])
             };
             match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
+                r => return Poll::Ready(r),
             }
         }
     }
 
-    async fn finish(&mut self) -> io::Result<()> {
+    fn poll_flush(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_finish(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         let tcp: &tokio::net::TcpStream = self.0.as_ref().as_ref();
-        socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write)
+        Poll::Ready(socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write))
     }
 }
 
-/// Writes what the outbox hands over until its Close frame is written.
-///
-/// Returns `Ok(())` once the Close frame is written and the write side shut down.
-///
-/// # Errors
-/// Any I/O error from the socket; the connection is then finished.
-pub(crate) async fn drive<W: FrameWrite>(mut w: W, outbox: Arc<Outbox>) -> io::Result<()> {
-    let mut batch: VecDeque<Frame> = VecDeque::new();
-    loop {
-        match outbox.take(&mut batch).await {
-            Take::Frames(partial) => {
-                // Boxed: only a connection whose socket pushed back gets here, and the state
-                // of a write in progress would otherwise be part of every idle connection's
-                // task.
-                Box::pin(write_batch(&mut w, &mut batch, partial, Some(&outbox))).await?;
-                outbox.release();
-                // A burst leaves a large deque behind; an idle connection should hold none.
-                if batch.capacity() > 16 {
-                    batch = VecDeque::new();
+/// What the writer is doing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// Waiting for the outbox to hand it work.
+    Idle,
+    /// Writing frames it owns the socket for; `partial`: the front one is partly written.
+    Frames { partial: bool },
+    /// Writing the Close frame, then half-closing.
+    Close,
+    /// Everything, the Close frame included, is written.
+    Done,
+}
+
+/// A connection's writer state.
+pub(crate) struct Writer<W> {
+    w: W,
+    batch: VecDeque<Frame>,
+    job: Job,
+}
+
+impl<W: FrameWrite> Writer<W> {
+    pub(crate) fn new(w: W) -> Self {
+        Self {
+            w,
+            batch: VecDeque::new(),
+            job: Job::Idle,
+        }
+    }
+
+    /// Writes what the outbox hands over until its Close frame is written; `Ready(Ok(()))`
+    /// once it is and the write side is shut down. Registers the task with the outbox while
+    /// idle.
+    ///
+    /// # Errors
+    /// Any I/O error from the socket; the connection is then finished.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, outbox: &Outbox) -> Poll<io::Result<()>> {
+        loop {
+            match self.job {
+                Job::Done => return Poll::Ready(Ok(())),
+                Job::Idle => match ready!(outbox.poll_take(cx, &mut self.batch)) {
+                    Take::Frames(partial) => self.job = Job::Frames { partial },
+                    Take::Close(frame) => {
+                        self.batch.push_back(frame);
+                        self.job = Job::Close;
+                    }
+                    Take::Finished => self.job = Job::Done,
+                },
+                Job::Frames { .. } => {
+                    ready!(self.poll_batch(cx, Some(outbox)))?;
+                    ready!(self.w.poll_flush(cx))?;
+                    self.job = Job::Idle;
+                    outbox.release();
+                    // A burst leaves a large deque behind; an idle connection should hold none.
+                    if self.batch.capacity() > 16 {
+                        self.batch = VecDeque::new();
+                    }
+                }
+                Job::Close => {
+                    ready!(self.poll_batch(cx, None))?;
+                    // Half-close: the peer sees our Close, then EOF; its own Close can still
+                    // arrive. A failure here changes nothing for the peer.
+                    let _ = ready!(self.w.poll_finish(cx));
+                    self.job = Job::Done;
                 }
             }
-            Take::Close(frame) => {
-                batch.push_back(frame);
-                Box::pin(write_batch(&mut w, &mut batch, false, None)).await?;
-                // Half-close: the peer sees our Close, then EOF; its own Close can still arrive.
-                let _ = w.finish().await;
-                return Ok(());
-            }
-            Take::Finished => return Ok(()),
         }
     }
-}
 
-/// Writes every frame of `batch`. When `outbox` says its backlog is to be discarded (a slow
-/// consumer), frames not yet started are dropped; a frame already half on the wire is finished
-/// so that the Close frame that follows is not corrupted.
-async fn write_batch<W: FrameWrite>(
-    w: &mut W,
-    batch: &mut VecDeque<Frame>,
-    mut partial: bool,
-    outbox: Option<&Outbox>,
-) -> io::Result<()> {
-    while !batch.is_empty() {
-        if let Some(o) = outbox.filter(|o| o.discarding()) {
-            o.drop_after(batch, usize::from(partial));
-            if batch.is_empty() {
-                break;
+    /// Writes every frame of the batch. When `outbox` says its backlog is to be discarded (a
+    /// slow consumer), frames not yet started are dropped; a frame already half on the wire is
+    /// finished so that the Close frame that follows is not corrupted.
+    fn poll_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: Option<&Outbox>,
+    ) -> Poll<io::Result<()>> {
+        while !self.batch.is_empty() {
+            let partial = matches!(self.job, Job::Frames { partial: true });
+            if let Some(o) = outbox.filter(|o| o.discarding()) {
+                o.drop_after(&mut self.batch, usize::from(partial));
+                if self.batch.is_empty() {
+                    break;
+                }
+            }
+            let written = ready!(self.w.poll_write_some(cx, &self.batch))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if let Some(o) = outbox {
+                o.sent(written);
+            }
+            let partial = advance(&mut self.batch, written);
+            if let Job::Frames { .. } = self.job {
+                self.job = Job::Frames { partial };
             }
         }
-        let written = w.write_some(batch).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        if let Some(o) = outbox {
-            o.sent(written);
-        }
-        partial = advance(batch, written);
+        Poll::Ready(Ok(()))
     }
-    Ok(())
 }
