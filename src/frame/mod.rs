@@ -257,7 +257,9 @@ struct Partial {
 /// Decodes masked client frames from a byte buffer, reassembling fragmented messages.
 pub struct Decoder {
     max_message: usize,
-    partial: Option<Partial>,
+    /// A fragmented message being reassembled (boxed: rare, and kept out of every idle
+    /// connection's decoder).
+    partial: Option<Box<Partial>>,
     /// `permessage-deflate` was negotiated: RSV1 on a message's first frame means compressed.
     deflate: bool,
     /// Compressed messages inflated since [`take_inflated`](Self::take_inflated) last asked.
@@ -413,7 +415,7 @@ impl Decoder {
                     compressed: f.compressed,
                 };
                 check_partial_utf8(&mut p)?;
-                self.partial = Some(p);
+                self.partial = Some(Box::new(p));
                 Ok(None)
             }
             OpCode::Continuation => {
@@ -424,6 +426,7 @@ impl Decoder {
                 };
                 p.data.extend_from_slice(&f.payload);
                 if f.fin {
+                    let p = *p;
                     return self.finish(p.opcode, p.data, p.compressed).map(Some);
                 }
                 check_partial_utf8(&mut p)?;

@@ -305,7 +305,7 @@ struct Conn {
     /// The inbound rate limit, when the hub has one (boxed: most connections have none).
     bucket: Option<Box<Bucket>>,
     /// How this connection's own messages (echoes) are compressed, when it negotiated it.
-    deflate: Option<(deflate::Settings, deflate::Agreed)>,
+    deflate: Option<deflate::Agreed>,
 }
 
 impl Conn {
@@ -417,7 +417,10 @@ impl Conn {
     /// An echo: compressed with the window the client allowed when it negotiated
     /// compression and the message is worth it (an echo has one recipient).
     fn echo(&self, opcode: OpCode, payload: &[u8]) -> Frame {
-        self.deflate
+        let hub = self.role.hub();
+        hub.config()
+            .compression
+            .zip(self.deflate)
             .and_then(|(settings, agreed)| {
                 let f = deflate::compress(opcode, payload, &settings, agreed.server_window)?;
                 let m = &self.role.hub().metrics().deflate;
@@ -819,7 +822,7 @@ where
             .config()
             .rate_limit
             .map(|l| Box::new(Bucket::new(l, now))),
-        deflate: hub.config().compression.zip(params.deflate),
+        deflate: params.deflate,
         outbox,
         role,
     };

@@ -642,7 +642,7 @@ mod tests {
             >,
         >();
         eprintln!("connection task: {tcp} B on TCP, {other} B on other transports");
-        assert!(tcp <= 320, "the connection task grew to {tcp} B");
-        assert!(other <= 320, "the connection task grew to {other} B");
+        assert!(tcp <= 256, "the connection task grew to {tcp} B");
+        assert!(other <= 256, "the connection task grew to {other} B");
     }
 }
