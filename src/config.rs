@@ -82,6 +82,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Worker threads (default: one per CPU core). Fewer than the cores when the machine is
+    /// shared with other busy processes (a load generator, a database): see docs/BENCHMARKS.md.
+    #[arg(long, env = "WSHUB_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+
     /// Inbound messages per second allowed per /ws connection (token bucket; default: unlimited).
     #[arg(long, env = "WSHUB_MAX_MESSAGES_PER_SECOND")]
     pub max_messages_per_second: Option<f64>,

@@ -214,3 +214,31 @@ async fn rate_limit_close_closes_with_1008() {
     assert_eq!(next_close(&mut ws).await, Some(1008));
     srv.stop().await;
 }
+
+/// The runtime's worker threads, by their name in /proc.
+fn workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("tokio-rt-worker"))
+        .count()
+}
+
+#[tokio::test]
+async fn workers_sets_the_runtimes_threads_and_one_worker_serves_everything() {
+    let (mut one, addr) = spawn_server(&["--workers", "1"]).await;
+    let (mut three, _) = spawn_server_env(&[], &[("WSHUB_WORKERS", "3")]).await;
+    assert_eq!(workers(one.id().unwrap()), 1);
+    assert_eq!(workers(three.id().unwrap()), 3);
+    // One worker carries several clients' echo and broadcast.
+    let url = format!("ws://{addr}/ws");
+    let (mut a, _) = connect(&url).await;
+    let (mut b, _) = connect(&url).await;
+    send_text(&mut a, "hello").await;
+    for ws in [&mut a, &mut b] {
+        let v = next_json_where(ws, |v| v["type"] == "message").await;
+        assert_eq!(v["message"], "hello", "{v}");
+    }
+    one.kill().await.unwrap();
+    three.kill().await.unwrap();
+}
