@@ -12,7 +12,7 @@ pub struct Cork<S: Sink> {
 }
 
 /// From this many connections on, [`Cork::flush`] shares the work with another worker.
-const PARALLEL_FLUSH: usize = 1024;
+const PARALLEL_FLUSH: usize = 512;
 
 /// Connections per task in a deferred flush.
 const FLUSH_CHUNK: usize = 1024;
