@@ -80,7 +80,8 @@ impl Sweep {
     }
 
     /// Starts sweeping `outbox`. The first call starts the sweeping task (on the current Tokio
-    /// runtime); it ends when the hub and every connection are gone.
+    /// runtime); it ends when the hub and every connection are gone, and is started again by
+    /// the next registration if its runtime went away first.
     pub fn register(&self, outbox: Arc<Outbox>) {
         let i = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % SHARDS;
         self.inner.shards[i].lock().push(outbox);
@@ -129,7 +130,19 @@ impl Inner {
     }
 }
 
+/// Marks the sweeping task gone when it ends or its runtime drops it.
+struct Running(Weak<Inner>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.started.store(false, Ordering::Release);
+        }
+    }
+}
+
 async fn run(inner: Weak<Inner>) {
+    let _running = Running(inner.clone());
     let Some((period, shutdown)) = inner.upgrade().map(|i| (i.period, i.shutdown.clone())) else {
         return;
     };
@@ -192,6 +205,36 @@ mod tests {
         drop(o);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(sweep.is_empty(), "the ended connection's outbox is let go");
+    }
+
+    #[test]
+    fn a_sweep_outlives_the_runtime_that_started_it() {
+        let sweep = Sweep::new(Duration::from_millis(5), CancellationToken::new());
+        for _ in 0..2 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let o = Arc::new(Outbox::new(4));
+                sweep.register(o.clone());
+                let at = sweep.after(Duration::from_millis(20));
+                o.set_due(at);
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    std::future::poll_fn(|cx: &mut Context<'_>| {
+                        o.register(cx.waker());
+                        if o.fired(at) {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending
+                        }
+                    }),
+                )
+                .await
+                .expect("the timer fires on this runtime too");
+            });
+        }
     }
 
     #[tokio::test(start_paused = true)]
