@@ -143,7 +143,7 @@ async fn connect_many(
 }
 
 /// [`connect_many`], asking every client for the subprotocol `protocol`.
-async fn connect_many_with(
+pub(crate) async fn connect_many_with(
     target: &client::Target,
     n: usize,
     common: &Common,

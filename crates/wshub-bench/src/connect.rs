@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::io::AsyncReadExt;
 
-use super::{client, connect_many, rss_bytes, Common, Report};
+use super::{client, rss_bytes, Common, Report};
 
 /// Options of `bench connect`.
 #[derive(Debug, Clone, Args)]
@@ -25,6 +25,9 @@ pub struct ConnectArgs {
     /// Offer permessage-deflate (what browsers do).
     #[arg(long)]
     pub deflate: bool,
+    /// Ask for this WebSocket subprotocol.
+    #[arg(long, value_parser = ["wshub.v1"])]
+    pub subprotocol: Option<String>,
 }
 
 pub async fn run(a: ConnectArgs) -> Result<Report, String> {
@@ -37,7 +40,14 @@ pub async fn run(a: ConnectArgs) -> Result<Report, String> {
     let rss_before = a.common.server_pid.and_then(rss_bytes);
     let cpu = super::CpuMeter::start(a.common.server_pid);
     let started = Instant::now();
-    let (conns, errors) = connect_many(&target, a.connections, &a.common, a.timeout).await;
+    let (conns, errors) = super::connect_many_with(
+        &target,
+        a.connections,
+        &a.common,
+        a.timeout,
+        a.subprotocol.as_ref().map(|_| "wshub.v1"),
+    )
+    .await;
     let connect_secs = started.elapsed().as_secs_f64();
     let (server_cores, generator_cores) = cpu.stop();
     // Idle clients still read (and drop) what the server sends, as a real client would; a
