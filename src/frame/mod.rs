@@ -264,6 +264,8 @@ pub struct Decoder {
     deflate: bool,
     /// Compressed messages inflated since [`take_inflated`](Self::take_inflated) last asked.
     inflated: u32,
+    /// A frame was refused: nothing more is decoded.
+    failed: bool,
 }
 
 impl Decoder {
@@ -274,6 +276,7 @@ impl Decoder {
             partial: None,
             deflate: false,
             inflated: 0,
+            failed: false,
         }
     }
 
@@ -299,7 +302,26 @@ impl Decoder {
     /// # Errors
     /// A [`DecodeError`] when the peer broke the protocol; the connection must then be closed
     /// with [`DecodeError::close_code`].
+    ///
+    /// After an error the stream is beyond repair: later calls drop what `buf` holds and return
+    /// `Ok(None)` (the connection reads on until EOF, so that its Close frame is not lost to a
+    /// TCP reset); see [`failed`](Self::failed).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        if self.failed {
+            buf.clear();
+            return Ok(None);
+        }
+        let r = self.decode_next(buf);
+        self.failed = r.is_err();
+        r
+    }
+
+    /// Whether a frame was refused (nothing more is decoded).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn decode_next(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
         loop {
             let Some(frame) = self.next_frame(buf)? else {
                 return Ok(None);

@@ -426,9 +426,14 @@ impl Outbox {
         self.due.store(at, Ordering::Release);
     }
 
-    /// Whether the timer armed with `at` fired (the sweep disarmed it).
-    pub(crate) fn fired(&self, at: u64) -> bool {
-        at != u64::MAX && self.due.load(Ordering::Acquire) == u64::MAX
+    /// Whether the timer, when armed, fired (the sweep disarmed it).
+    pub(crate) fn fired(&self) -> bool {
+        self.due() == u64::MAX
+    }
+
+    /// When the timer fires, on the sweep's clock ([`u64::MAX`]: not armed, or fired).
+    pub(crate) fn due(&self) -> u64 {
+        self.due.load(Ordering::Acquire)
     }
 
     /// Called by the sweep at `now`: disarms a timer that is due and says whether it was.

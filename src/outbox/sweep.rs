@@ -183,7 +183,7 @@ mod tests {
         {
             let mut fut = std::pin::pin!(std::future::poll_fn(|cx: &mut Context<'_>| {
                 woken.fetch_add(1, Ordering::Relaxed);
-                if o.fired(at) {
+                if o.fired() {
                     Poll::Ready(())
                 } else {
                     o.register(cx.waker());
@@ -224,7 +224,7 @@ mod tests {
                     Duration::from_secs(5),
                     std::future::poll_fn(|cx: &mut Context<'_>| {
                         o.register(cx.waker());
-                        if o.fired(at) {
+                        if o.fired() {
                             Poll::Ready(())
                         } else {
                             Poll::Pending

@@ -218,10 +218,9 @@ impl Ending {
 
 struct Reader {
     decoder: Decoder,
-    buf: BytesMut,
-    /// After a protocol error nothing more is decoded; bytes are read and dropped until EOF so
-    /// that our Close frame is not lost to a TCP reset.
-    discard: bool,
+    /// Bytes read and not yet decoded; `None` when there are none (boxed: an idle connection
+    /// holds one word for it).
+    buf: Option<Box<BytesMut>>,
 }
 
 enum ReadError {
@@ -232,13 +231,21 @@ enum ReadError {
 impl Reader {
     /// The next message already complete in the buffer, without reading the socket.
     fn buffered(&mut self) -> Result<Option<Message>, ReadError> {
-        if self.discard {
-            self.buf.clear();
+        let Some(buf) = self.buf.as_mut() else {
+            return Ok(None);
+        };
+        if self.decoder.failed() {
+            // After a protocol error nothing more is decoded; bytes are read and dropped until
+            // EOF so that our Close frame is not lost to a TCP reset.
+            self.buf = None;
             return Ok(None);
         }
-        self.decoder
-            .decode(&mut self.buf)
-            .map_err(ReadError::Decode)
+        let r = self.decoder.decode(buf).map_err(ReadError::Decode);
+        if buf.is_empty() {
+            // Nothing partial is pending: hold no buffer while idle.
+            self.buf = None;
+        }
+        r
     }
 
     /// Reads until one message is complete. `Ok(None)` is EOF. Bytes move from the socket
@@ -253,10 +260,6 @@ impl Reader {
                 Ok(None) => {}
                 r => return Poll::Ready(r),
             }
-            if self.buf.is_empty() && self.buf.capacity() > 0 {
-                // Nothing partial is pending: hold no buffer while idle.
-                self.buf = BytesMut::new();
-            }
             // Uninitialised: zeroing 8 KiB for every read showed up in profiles (2.4% of the
             // server's time in the echo benchmark); the reader writes what it fills.
             let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -267,7 +270,10 @@ impl Reader {
             if rb.filled().is_empty() {
                 return Poll::Ready(Ok(None));
             }
-            self.buf.extend_from_slice(rb.filled());
+            match self.buf.as_mut() {
+                Some(buf) => buf.extend_from_slice(rb.filled()),
+                None => self.buf = Some(Box::new(BytesMut::from(rb.filled()))),
+            }
         }
     }
 }
@@ -298,8 +304,6 @@ struct Conn {
     close_sent: bool,
     /// Closing has begun (our Close is queued): data from the peer is no longer dispatched.
     closing: bool,
-    /// Connections (the hub's, this one included) offered frames and not yet flushed.
-    cork: HubCork,
     /// This connection's own outbox was offered a frame outside the hub (echo, pong).
     own_dirty: bool,
     /// The inbound rate limit, when the hub has one (boxed: most connections have none).
@@ -322,10 +326,12 @@ impl Conn {
     }
 
     /// Writes everything the last burst of messages (handled from `burst`) produced.
-    fn flush(&mut self, burst: std::time::Instant) {
+    /// `cork`: the connections (the hub's, this one included) offered frames and not yet
+    /// flushed.
+    fn flush(&mut self, burst: std::time::Instant, cork: &mut HubCork) {
         match &self.role {
-            Role::Hub { hub, .. } | Role::Pusher { hub, .. } => hub.flush(&mut self.cork, burst),
-            Role::Echo(_) | Role::Refused(_) => self.cork.flush(),
+            Role::Hub { hub, .. } | Role::Pusher { hub, .. } => hub.flush(cork, burst),
+            Role::Echo(_) | Role::Refused(_) => cork.flush(),
         }
         if std::mem::take(&mut self.own_dirty) {
             self.outbox.flush();
@@ -341,6 +347,7 @@ impl Conn {
         rd: &mut Reader,
         pending: &mut Option<Pending>,
         burst: std::time::Instant,
+        cork: &mut HubCork,
     ) -> Option<Ending> {
         loop {
             if let Step::Fetch(fetch, text) = step {
@@ -348,15 +355,15 @@ impl Conn {
                 step = Step::Continue;
                 break;
             }
-            if !(matches!(step, Step::Continue) && self.reading && !rd.discard) {
+            if !(matches!(step, Step::Continue) && self.reading && !rd.decoder.failed()) {
                 break;
             }
             match rd.buffered() {
                 Ok(None) => break,
-                r => step = self.on_read(r, rd),
+                r => step = self.on_read(r, cork),
             }
         }
-        self.flush(burst);
+        self.flush(burst, cork);
         let inflated = rd.decoder.take_inflated();
         if inflated > 0 {
             self.role
@@ -373,31 +380,31 @@ impl Conn {
     }
 
     /// Handles a command after the fetch it needed.
-    fn command_prefetched(&mut self, text: &[u8], pre: crate::hub::Fetched) {
+    fn command_prefetched(&mut self, text: &[u8], pre: crate::hub::Fetched, cork: &mut HubCork) {
         let Ok(text) = std::str::from_utf8(text) else {
             return;
         };
         // With `pre` given, the message is handled now: no second fetch.
         match &self.role {
             Role::Hub { hub, entry } => {
-                let _ = hub.on_command(entry, text, Some(pre), &mut self.cork);
+                let _ = hub.on_command(entry, text, Some(pre), cork);
             }
             Role::Pusher {
                 hub,
                 entry,
                 session,
             } => {
-                let _ = hub.on_pusher(entry, session, text, Some(pre), &mut self.cork);
+                let _ = hub.on_pusher(entry, session, text, Some(pre), cork);
             }
             Role::Echo(_) | Role::Refused(_) => {}
         }
     }
 
-    fn on_read(&mut self, r: Result<Option<Message>, ReadError>, rd: &mut Reader) -> Step {
+    fn on_read(&mut self, r: Result<Option<Message>, ReadError>, cork: &mut HubCork) -> Step {
         match r {
             Ok(Some(msg)) => {
                 self.last_seen = self.role.hub().sweep().now();
-                self.on_message(msg)
+                self.on_message(msg, cork)
             }
             Ok(None) => Step::End(match self.outbox.close_reason() {
                 // EOF after our Close: the peer is done.
@@ -406,7 +413,6 @@ impl Conn {
             }),
             Err(ReadError::Decode(e)) => {
                 tracing::debug!(error = %e, "closing: bad frame from peer");
-                rd.discard = true;
                 self.outbox.close(CloseReason::from(&e));
                 Step::Continue
             }
@@ -437,7 +443,7 @@ impl Conn {
     }
 
     /// A message over the rate limit: dropped, answered or closed for, as configured.
-    fn over_limit(&mut self, payload: &[u8]) {
+    fn over_limit(&mut self, payload: &[u8], cork: &mut HubCork) {
         self.role
             .hub()
             .metrics()
@@ -469,24 +475,24 @@ impl Conn {
                 );
                 // A reply like any other: after a `publish` ack that waits for the backplane.
                 if let Role::Hub { hub, entry } = &self.role {
-                    hub.reply(entry.id, frame, &mut self.cork);
+                    hub.reply(entry.id, frame, cork);
                 }
             }
         }
     }
 
-    fn on_message(&mut self, msg: Message) -> Step {
+    fn on_message(&mut self, msg: Message, cork: &mut HubCork) -> Step {
         match msg {
             Message::Text(b) | Message::Binary(b) if self.closing => drop(b),
-            Message::Text(b) | Message::Binary(b) if !self.allowed() => self.over_limit(&b),
+            Message::Text(b) | Message::Binary(b) if !self.allowed() => self.over_limit(&b, cork),
             Message::Text(b) => match &self.role {
                 Role::Hub { hub, entry } => match std::str::from_utf8(&b) {
                     Ok(text) if entry.info.protocol == Protocol::V1 => {
-                        if let Some(fetch) = hub.on_command(entry, text, None, &mut self.cork) {
+                        if let Some(fetch) = hub.on_command(entry, text, None, cork) {
                             return Step::Fetch(fetch, b);
                         }
                     }
-                    Ok(text) => hub.on_text(entry.id, text, &mut self.cork),
+                    Ok(text) => hub.on_text(entry.id, text, cork),
                     // The decoder validated it; never trust that with a panic.
                     Err(_) => {
                         self.outbox.close(CloseReason::InvalidUtf8);
@@ -498,9 +504,7 @@ impl Conn {
                     session,
                 } => match std::str::from_utf8(&b) {
                     Ok(text) => {
-                        if let Some(fetch) =
-                            hub.on_pusher(entry, session, text, None, &mut self.cork)
-                        {
+                        if let Some(fetch) = hub.on_pusher(entry, session, text, None, cork) {
                             return Step::Fetch(fetch, b);
                         }
                     }
@@ -516,9 +520,9 @@ impl Conn {
             },
             Message::Binary(b) => match &self.role {
                 Role::Hub { hub, entry } if entry.info.protocol == Protocol::V1 => {
-                    hub.on_v1_binary(entry, &mut self.cork)
+                    hub.on_v1_binary(entry, cork)
                 }
-                Role::Hub { hub, entry } => hub.on_binary(entry.id, &b, &mut self.cork),
+                Role::Hub { hub, entry } => hub.on_binary(entry.id, &b, cork),
                 Role::Pusher { .. } => {
                     let frame = crate::protocol::pusher::error(
                         crate::protocol::pusher::Code::Generic,
@@ -566,9 +570,9 @@ pub(crate) struct Driver<R, W> {
     io: Option<Io<R, W>>,
     rd: Reader,
     pending: Option<Pending>,
-    /// When the timer is to fire (keep-alive, or the closing deadline), on the sweep's clock;
-    /// [`u64::MAX`]: not armed.
-    deadline: u64,
+    /// The timer (keep-alive, or the closing deadline) is armed: its time is the outbox's
+    /// (`Outbox::due`), which the sweep clears when it fires.
+    armed: bool,
     shutdown_seen: bool,
 }
 
@@ -604,7 +608,7 @@ impl<R: AsyncRead + Unpin, W: FrameWrite + Unpin> Future for Driver<R, W> {
 impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
     /// Arms the timer for `at` (on the sweep's clock).
     fn arm(&mut self, at: u64) {
-        arm(&mut self.deadline, &self.c.outbox, at);
+        arm(&mut self.armed, &self.c.outbox, at);
     }
 
     /// One turn: everything that is ready, in order (shutdown, a close request, the writer,
@@ -613,6 +617,9 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
     fn poll_turn(&mut self, cx: &mut Context<'_>, io: &mut Io<R, W>) -> Poll<Ending> {
         // First: any change from now on wakes this task (a change before it was seen below).
         self.c.outbox.register(cx.waker());
+        // The connections offered frames by this turn's bursts (flushed after each burst; kept
+        // here, not in the connection, so an idle connection holds no cork).
+        let mut cork = HubCork::new();
         // As long as something was ready: the writer runs between two reads, so what a burst
         // of commands produced leaves before the next burst is read.
         loop {
@@ -628,11 +635,15 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
                 };
                 let burst = std::time::Instant::now();
                 if let Some(p) = self.pending.take().filter(|_| !self.c.closing) {
-                    self.c.command_prefetched(&p.1, pre);
+                    self.c.command_prefetched(&p.1, pre, &mut cork);
                 }
-                let ending = self
-                    .c
-                    .drain(Step::Continue, &mut self.rd, &mut self.pending, burst);
+                let ending = self.c.drain(
+                    Step::Continue,
+                    &mut self.rd,
+                    &mut self.pending,
+                    burst,
+                    &mut cork,
+                );
                 if let Some(ending) = ending {
                     return Poll::Ready(ending);
                 }
@@ -647,13 +658,16 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
             // Handle the whole burst already read, then write what it produced: frames
             // published together leave together.
             let burst = std::time::Instant::now();
-            let step = self.c.on_read(r, &mut self.rd);
-            if let Some(ending) = self.c.drain(step, &mut self.rd, &mut self.pending, burst) {
+            let step = self.c.on_read(r, &mut cork);
+            let ending = self
+                .c
+                .drain(step, &mut self.rd, &mut self.pending, burst, &mut cork);
+            if let Some(ending) = ending {
                 return Poll::Ready(ending);
             }
         }
-        if self.c.outbox.fired(self.deadline) {
-            self.deadline = u64::MAX;
+        if self.armed && self.c.outbox.fired() {
+            self.armed = false;
             if let Some(ending) = self.tick() {
                 return Poll::Ready(ending);
             }
@@ -682,7 +696,7 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
                 t.close_timeout
             };
             // From here on the keep-alive timer is the closing deadline.
-            arm(&mut self.deadline, &self.c.outbox, hub.sweep().after(limit));
+            arm(&mut self.armed, &self.c.outbox, hub.sweep().after(limit));
         }
         if self.c.close_sent {
             return None;
@@ -704,8 +718,11 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
             // shutdown for it).
             Ok(()) => {
                 let answer_by = hub.sweep().after(Timing::of(hub).close_timeout);
-                if answer_by < self.deadline {
-                    arm(&mut self.deadline, &self.c.outbox, answer_by);
+                // Unless the closing deadline already passed (the timer check that follows ends
+                // the connection).
+                let due = self.c.outbox.due();
+                if !(self.armed && self.c.outbox.fired()) && answer_by < due {
+                    arm(&mut self.armed, &self.c.outbox, answer_by);
                 }
                 None
             }
@@ -742,8 +759,8 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
             let at = token.map_or(next, |t| sweep.after(t).min(next));
             let r = outbox.push_control(Bytes::from_static(PING));
             self.c.queued(r);
-            self.c.flush(std::time::Instant::now());
-            arm(&mut self.deadline, &self.c.outbox, at);
+            self.c.flush(std::time::Instant::now(), &mut HubCork::new());
+            arm(&mut self.armed, &self.c.outbox, at);
         }
         // A close requested here is seen on the next turn, which it woke.
         None
@@ -753,7 +770,7 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
     /// the departure.
     fn finish(&mut self, ending: &Ending) {
         let c = &mut self.c;
-        c.flush(std::time::Instant::now());
+        c.flush(std::time::Instant::now(), &mut HubCork::new());
         // Close the socket before announcing the departure.
         c.outbox.detach();
         self.io = None;
@@ -770,9 +787,9 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
     }
 }
 
-/// Arms `outbox`'s timer for `at`, remembering it in `deadline`.
-fn arm(deadline: &mut u64, outbox: &Outbox, at: u64) {
-    *deadline = at;
+/// Arms `outbox`'s timer for `at`.
+fn arm(armed: &mut bool, outbox: &Outbox, at: u64) {
+    *armed = true;
     outbox.set_due(at);
 }
 
@@ -801,8 +818,7 @@ where
         } else {
             Decoder::new(params.max_message)
         },
-        buf: BytesMut::from(&preread[..]),
-        discard: false,
+        buf: (!preread.is_empty()).then(|| Box::new(BytesMut::from(&preread[..]))),
     };
     // `preread` is a view into the HTTP layer's 8 KiB read buffer: keeping it would keep that
     // whole buffer alive for the life of the connection.
@@ -816,7 +832,6 @@ where
         peer_closed: false,
         close_sent: false,
         closing: false,
-        cork: HubCork::new(),
         own_dirty: false,
         bucket: hub
             .config()
@@ -834,7 +849,7 @@ where
         }),
         rd,
         pending: None,
-        deadline: u64::MAX,
+        armed: false,
         shutdown_seen: false,
     };
     let t = Timing::of(&hub);

@@ -642,7 +642,9 @@ mod tests {
             >,
         >();
         eprintln!("connection task: {tcp} B on TCP, {other} B on other transports");
-        assert!(tcp <= 256, "the connection task grew to {tcp} B");
-        assert!(other <= 256, "the connection task grew to {other} B");
+        // Tokio's task cell adds 112 B and is 128-byte aligned: up to 144 B of state, a task
+        // takes 256 B; one byte more, 384.
+        assert!(tcp <= 144, "the connection task grew to {tcp} B");
+        assert!(other <= 144, "the connection task grew to {other} B");
     }
 }

@@ -93,15 +93,20 @@ impl FrameWrite for Direct {
     }
 }
 
-/// What the writer is doing.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What the writer is doing. The frames it owns are boxed: only a connection whose socket
+/// pushed back has any, and an idle writer is then one word and a tag.
+// Boxed on purpose: a `VecDeque` is four words in every idle connection's task, a box one.
+#[allow(clippy::box_collection)]
 enum Job {
     /// Waiting for the outbox to hand it work.
     Idle,
     /// Writing frames it owns the socket for; `partial`: the front one is partly written.
-    Frames { partial: bool },
+    Frames {
+        batch: Box<VecDeque<Frame>>,
+        partial: bool,
+    },
     /// Writing the Close frame, then half-closing.
-    Close,
+    Close(Box<VecDeque<Frame>>),
     /// Everything, the Close frame included, is written.
     Done,
 }
@@ -109,17 +114,12 @@ enum Job {
 /// A connection's writer state.
 pub(crate) struct Writer<W> {
     w: W,
-    batch: VecDeque<Frame>,
     job: Job,
 }
 
 impl<W: FrameWrite> Writer<W> {
     pub(crate) fn new(w: W) -> Self {
-        Self {
-            w,
-            batch: VecDeque::new(),
-            job: Job::Idle,
-        }
+        Self { w, job: Job::Idle }
     }
 
     /// Writes what the outbox hands over until its Close frame is written; `Ready(Ok(()))`
@@ -130,28 +130,30 @@ impl<W: FrameWrite> Writer<W> {
     /// Any I/O error from the socket; the connection is then finished.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, outbox: &Outbox) -> Poll<io::Result<()>> {
         loop {
-            match self.job {
+            match &mut self.job {
                 Job::Done => return Poll::Ready(Ok(())),
-                Job::Idle => match ready!(outbox.poll_take(cx, &mut self.batch)) {
-                    Take::Frames(partial) => self.job = Job::Frames { partial },
-                    Take::Close(frame) => {
-                        self.batch.push_back(frame);
-                        self.job = Job::Close;
-                    }
-                    Take::Finished => self.job = Job::Done,
-                },
-                Job::Frames { .. } => {
-                    ready!(self.poll_batch(cx, Some(outbox)))?;
+                Job::Idle => {
+                    let mut batch = VecDeque::new();
+                    self.job = match ready!(outbox.poll_take(cx, &mut batch)) {
+                        Take::Frames(partial) => Job::Frames {
+                            batch: Box::new(batch),
+                            partial,
+                        },
+                        Take::Close(frame) => {
+                            batch.push_back(frame);
+                            Job::Close(Box::new(batch))
+                        }
+                        Take::Finished => Job::Done,
+                    };
+                }
+                Job::Frames { batch, partial } => {
+                    ready!(write_all(cx, &mut self.w, batch, partial, Some(outbox)))?;
                     ready!(self.w.poll_flush(cx))?;
                     self.job = Job::Idle;
                     outbox.release();
-                    // A burst leaves a large deque behind; an idle connection should hold none.
-                    if self.batch.capacity() > 16 {
-                        self.batch = VecDeque::new();
-                    }
                 }
-                Job::Close => {
-                    ready!(self.poll_batch(cx, None))?;
+                Job::Close(batch) => {
+                    ready!(write_all(cx, &mut self.w, batch, &mut false, None))?;
                     // Half-close: the peer sees our Close, then EOF; its own Close can still
                     // arrive. A failure here changes nothing for the peer.
                     let _ = ready!(self.w.poll_finish(cx));
@@ -160,35 +162,34 @@ impl<W: FrameWrite> Writer<W> {
             }
         }
     }
+}
 
-    /// Writes every frame of the batch. When `outbox` says its backlog is to be discarded (a
-    /// slow consumer), frames not yet started are dropped; a frame already half on the wire is
-    /// finished so that the Close frame that follows is not corrupted.
-    fn poll_batch(
-        &mut self,
-        cx: &mut Context<'_>,
-        outbox: Option<&Outbox>,
-    ) -> Poll<io::Result<()>> {
-        while !self.batch.is_empty() {
-            let partial = matches!(self.job, Job::Frames { partial: true });
-            if let Some(o) = outbox.filter(|o| o.discarding()) {
-                o.drop_after(&mut self.batch, usize::from(partial));
-                if self.batch.is_empty() {
-                    break;
-                }
-            }
-            let written = ready!(self.w.poll_write_some(cx, &self.batch))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            if let Some(o) = outbox {
-                o.sent(written);
-            }
-            let partial = advance(&mut self.batch, written);
-            if let Job::Frames { .. } = self.job {
-                self.job = Job::Frames { partial };
+/// Writes every frame of `batch` (`partial`: the front one is partly written). When `outbox`
+/// says its backlog is to be discarded (a slow consumer), frames not yet started are dropped; a
+/// frame already half on the wire is finished so that the Close frame that follows is not
+/// corrupted.
+fn write_all<W: FrameWrite>(
+    cx: &mut Context<'_>,
+    w: &mut W,
+    batch: &mut VecDeque<Frame>,
+    partial: &mut bool,
+    outbox: Option<&Outbox>,
+) -> Poll<io::Result<()>> {
+    while !batch.is_empty() {
+        if let Some(o) = outbox.filter(|o| o.discarding()) {
+            o.drop_after(batch, usize::from(*partial));
+            if batch.is_empty() {
+                break;
             }
         }
-        Poll::Ready(Ok(()))
+        let written = ready!(w.poll_write_some(cx, batch))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        if let Some(o) = outbox {
+            o.sent(written);
+        }
+        *partial = advance(batch, written);
     }
+    Poll::Ready(Ok(()))
 }
