@@ -257,7 +257,7 @@ impl ConnectionSnapshot {
     fn of(e: &Entry<Outbox>) -> Self {
         Self {
             id: e.id,
-            connected_at: e.info.connected_at,
+            connected_at: e.info.connected_at(),
             remote_addr: e.info.remote_addr,
             queued: e.sink.len(),
             queued_bytes: e.sink.pending_bytes(),
@@ -716,6 +716,7 @@ impl Hub {
     pub(crate) fn register(
         &self,
         info: ConnInfo,
+        grants: crate::manager::Grants,
         recover: Option<&Position>,
         prefetched: Option<recovery::Prefetch>,
     ) -> HubEntry {
@@ -724,7 +725,7 @@ impl Hub {
         // Registered under the all-clients stream's lock: every broadcast is either before
         // (in the replay) or after (queued live), never both.
         let mut all = self.shared.history.all().lock();
-        let entry = self.shared.manager.add_entry(outbox.clone(), info);
+        let entry = self.shared.manager.add_entry(outbox.clone(), info, grants);
         let id = entry.id;
         self.shared.metrics.connects.inc();
         self.shared.metrics.connections.inc();
@@ -805,7 +806,7 @@ impl Hub {
                     "user": user,
                     "code": ending.1,
                     "reason": ending.0,
-                    "duration_ms": entry.info.connected_at.elapsed().map_or(0, |d| d.as_millis() as u64),
+                    "duration_ms": entry.info.connected_at().elapsed().map_or(0, |d| d.as_millis() as u64),
                 })
             });
             if self.shared.config.announce {

@@ -19,7 +19,7 @@
 //! An idle outbox holds no buffer: queues are taken, not copied, and start empty.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -38,20 +38,9 @@ mod sweep;
 use policy::Mark;
 pub use sweep::Sweep;
 
-/// A socket that accepts non-blocking vectored writes from any thread.
-pub trait DirectWrite: Send + Sync + 'static {
-    /// Writes what the socket takes now without waiting.
-    ///
-    /// # Errors
-    /// [`io::ErrorKind::WouldBlock`] when it takes nothing now; any other socket error.
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-}
-
-impl DirectWrite for tokio::net::tcp::OwnedWriteHalf {
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
-    }
-}
+/// The socket write-through writes to: a plain TCP connection's write half, shared with its
+/// writer (concrete, not a trait object: one word in every outbox instead of two).
+pub type DirectWrite = tokio::net::tcp::OwnedWriteHalf;
 
 /// Frames handed to one vectored write (Linux accepts up to 1024).
 pub const MAX_SLICES: usize = 64;
@@ -127,10 +116,10 @@ pub struct Outbox {
     /// When the connection wants its task woken for its timer (see [`Sweep`]), in the sweep's
     /// milliseconds; [`u64::MAX`]: not armed, or fired.
     due: AtomicU64,
-    capacity: usize,
+    capacity: u32,
     /// The byte budget: data frames are refused once the bytes not yet written would pass it
     /// (a single frame larger than the budget is taken only into an empty outbox).
-    max_bytes: usize,
+    max_bytes: u32,
     /// Bytes queued or held by a writer and not yet written (what this connection pins).
     pending: AtomicUsize,
 }
@@ -141,14 +130,16 @@ struct State {
     /// policy is queued (an idle or plain connection holds nothing), else one per frame of
     /// `queue`, in the same order.
     marks: VecDeque<Option<Mark>>,
-    close: Option<CloseReason>,
+    /// Why the connection is closing, once asked (boxed: rare, and kept out of every idle
+    /// outbox).
+    close: Option<Box<CloseReason>>,
     /// Whether the writer has taken the close request.
     close_taken: bool,
     owner: Owner,
     /// Whether the front of `queue` is a frame already partly on the wire.
     front_partial: bool,
     /// The socket, for write-through; absent before the upgrade and on non-TCP transports.
-    socket: Option<Arc<dyn DirectWrite>>,
+    socket: Option<Arc<DirectWrite>>,
     /// The connection task, woken when work is handed to it, a close is requested or its
     /// timer fires. One waker for all of it: an idle connection waits on nothing else but its
     /// socket's readiness.
@@ -192,10 +183,20 @@ impl Outbox {
             discard: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             due: AtomicU64::new(u64::MAX),
-            capacity: capacity.max(1),
-            max_bytes: max_bytes.max(1),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1),
             pending: AtomicUsize::new(0),
         }
+    }
+
+    /// Data frames it holds at most.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Its byte budget (up to 4 GiB).
+    fn max_bytes(&self) -> usize {
+        self.max_bytes as usize
     }
 
     /// Bytes queued or being written and not yet on the wire.
@@ -218,7 +219,7 @@ impl Outbox {
     }
 
     /// Enables write-through to `socket`. Frames queued before are handed to the writer task.
-    pub fn attach(&self, socket: Arc<dyn DirectWrite>) {
+    pub fn attach(&self, socket: Arc<DirectWrite>) {
         let mut st = self.state.lock();
         st.socket = Some(socket);
         Self::wake(st);
@@ -263,7 +264,7 @@ impl Outbox {
     /// [`SendError::Full`] at capacity (frames or bytes), [`SendError::Closed`] once a close
     /// was requested.
     pub fn push(&self, frame: Frame) -> Result<Queued, SendError> {
-        self.enqueue(frame, self.capacity, true)
+        self.enqueue(frame, self.capacity(), true)
     }
 
     /// Queues a control frame (a pong). Control frames may exceed the capacity by a small margin
@@ -274,7 +275,7 @@ impl Outbox {
     /// # Errors
     /// As [`push`](Self::push).
     pub fn push_control(&self, frame: Frame) -> Result<Queued, SendError> {
-        self.enqueue(frame, self.capacity + 8, false)
+        self.enqueue(frame, self.capacity() + 8, false)
     }
 
     fn enqueue(&self, frame: Frame, limit: usize, budget: bool) -> Result<Queued, SendError> {
@@ -284,7 +285,7 @@ impl Outbox {
         }
         if !self.fits(&st, frame.len(), limit, budget) {
             // A full queue may hold messages a `drop-oldest` group lets go of.
-            if !budget || limit != self.capacity || !self.make_room(&mut st, frame.len(), None) {
+            if !budget || limit != self.capacity() || !self.make_room(&mut st, frame.len(), None) {
                 return Err(SendError::Full);
             }
         }
@@ -297,7 +298,7 @@ impl Outbox {
     fn fits(&self, st: &State, len: usize, limit: usize, budget: bool) -> bool {
         let pending = self.pending.load(Ordering::Relaxed);
         st.queue.len() < limit
-            && !(budget && pending > 0 && pending.saturating_add(len) > self.max_bytes)
+            && !(budget && pending > 0 && pending.saturating_add(len) > self.max_bytes())
     }
 
     /// Queues `frame` (what it is, under a policy, in `mark`).
@@ -410,7 +411,7 @@ impl Outbox {
             }
             self.discard.store(true, Ordering::Release);
         }
-        st.close = Some(reason);
+        st.close = Some(Box::new(reason));
         self.closed.store(true, Ordering::Release);
         Self::wake(st);
         true
@@ -448,7 +449,7 @@ impl Outbox {
 
     /// The close reason, once one was requested.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.state.lock().close.clone()
+        self.state.lock().close.as_deref().cloned()
     }
 
     /// Number of frames waiting.

@@ -111,7 +111,7 @@ impl Outbox {
         match last_gap {
             Some(i) => self.widen(&mut st, i, tag.offset),
             None => {
-                if st.queue.len() >= self.capacity + GAP_MARGIN {
+                if st.queue.len() >= self.capacity() + GAP_MARGIN {
                     return Err(SendError::Full);
                 }
                 let gap = (lane.gap)(protocol, &lane.group, tag.offset, tag.offset);
@@ -133,7 +133,7 @@ impl Outbox {
     /// queued (of `lane` only, or of any group): whether it fits now.
     pub(super) fn make_room(&self, st: &mut State, len: usize, lane: Option<&Lane>) -> bool {
         loop {
-            if self.fits(st, len, self.capacity, true) {
+            if self.fits(st, len, self.capacity(), true) {
                 return true;
             }
             if !self.drop_one(st, lane) {

@@ -23,7 +23,7 @@ use crate::frame;
 use crate::frame::deflate::{self, Agreed};
 use crate::history::Position;
 use crate::hub::{Hub, Session};
-use crate::manager::{ConnInfo, Protocol};
+use crate::manager::{ConnInfo, Grants, Protocol};
 use crate::outbox::Outbox;
 use crate::problem::Problem;
 use crate::protocol;
@@ -227,7 +227,7 @@ fn ask_connect_hook(
     req: &Request,
     remote: Option<SocketAddr>,
     v1: bool,
-) -> impl std::future::Future<Output = Result<ConnInfo, (u16, String)>> + Send + 'static {
+) -> impl std::future::Future<Output = Result<(ConnInfo, Grants), (u16, String)>> + Send + 'static {
     let query = req
         .uri()
         .query()
@@ -246,7 +246,7 @@ async fn connect_verdict(
     query: Vec<(String, String)>,
     remote: Option<SocketAddr>,
     v1: bool,
-) -> Result<ConnInfo, (u16, String)> {
+) -> Result<(ConnInfo, Grants), (u16, String)> {
     let verdict = hub
         .hooks()
         .connect(crate::hooks::ConnectRequest {
@@ -261,9 +261,12 @@ async fn connect_verdict(
         crate::hooks::Verdict::Allow(who) => {
             let mut info = ConnInfo::now(remote);
             info.user = who.user;
-            info.allowed_groups = who.groups;
             info.user_info = who.info;
-            Ok(info)
+            let grants = Grants {
+                allowed_groups: who.groups,
+                expires_at: None,
+            };
+            Ok((info, grants))
         }
         crate::hooks::Verdict::Deny { code, reason } => Err((code, reason)),
         crate::hooks::Verdict::Failed { code, .. } => {
@@ -389,18 +392,20 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     if let Some(res) = over_connection_limit(&hub) {
         return res;
     }
-    let mut info = if hooked {
+    let (mut info, grants) = if hooked {
         match ask_connect_hook(&hub, &req, hs.remote, hs.v1).await {
-            Ok(info) => info,
+            Ok(admitted) => admitted,
             Err((code, reason)) => return refuse_upgraded(&hub, hs, code, &reason),
         }
     } else {
         let mut info = ConnInfo::now(hs.remote);
         info.user = identity.user;
-        info.allowed_groups = identity.allowed_groups;
-        info.expires_at = identity.expires_at;
         info.user_info = identity.info;
-        info
+        let grants = Grants {
+            allowed_groups: identity.allowed_groups,
+            expires_at: identity.expires_at,
+        };
+        (info, grants)
     };
     // Registered before the 101 goes out: a broadcast issued once the client sees the upgrade
     // is queued for it, and flows as soon as the socket is ours.
@@ -415,7 +420,7 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
         }
         Protocol::Plain | Protocol::Pusher => None,
     };
-    let entry = hub.register(info, recover.as_ref(), prefetched);
+    let entry = hub.register(info, grants, recover.as_ref(), prefetched);
     let id = entry.id;
     let outbox = entry.sink.clone();
     let params = params(hub.config().max_message_size, hs.deflate);
@@ -510,7 +515,7 @@ pub async fn pusher_handler(
             let mut info = ConnInfo::now(hs.remote);
             info.protocol = Protocol::Pusher;
             info.deflate = deflate.is_some_and(|d| d.takes_shared());
-            let entry = hub.register(info, None, None);
+            let entry = hub.register(info, Grants::default(), None, None);
             let session = Session::new(app, entry.id);
             let _ = entry
                 .sink
@@ -646,5 +651,12 @@ mod tests {
         // takes 256 B; one byte more, 384.
         assert!(tcp <= 144, "the connection task grew to {tcp} B");
         assert!(other <= 144, "the connection task grew to {other} B");
+        // The outbox and the registry entry, each in an `Arc` (16 B more), fill jemalloc's
+        // 160 and 192 B size classes.
+        let outbox = std::mem::size_of::<Outbox>();
+        let entry = std::mem::size_of::<crate::manager::Entry<Outbox>>();
+        eprintln!("outbox: {outbox} B, registry entry: {entry} B");
+        assert!(outbox <= 144, "the outbox grew to {outbox} B");
+        assert!(entry <= 176, "the registry entry grew to {entry} B");
     }
 }
