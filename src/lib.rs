@@ -25,6 +25,8 @@
 //!   trait it defines.
 //! - [`outbox`]: a connection's outbound queue, bounded in frames and bytes, the registry's
 //!   sink. Pushing never waits; a full queue makes the connection a slow consumer (1008).
+//!   Also the connections' one timer ([`outbox::Sweep`]), which wakes each connection through
+//!   the waker its outbox keeps.
 //! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
 //! - [`webhooks`]: webhooks in Pusher's format (per app) and wshub's (Standard Webhooks
 //!   signatures): bounded queues, batching, signing, retries.
@@ -37,7 +39,8 @@
 //!   groups, Pusher sessions (subscriptions, cluster-wide presence and occupancy, client
 //!   events, sign-in), and the one delivery path for what any protocol or node publishes.
 //! - [`transport`]: the upgrade handshakes (`/ws`, `/ws/echo`, Pusher's `/app/{key}`) and the
-//!   per-connection task (reader, batched writer, keep-alive, closing handshake).
+//!   per-connection task, a hand-written poll (reader, batched writer, keep-alive, closing
+//!   handshake).
 //! - [`api`]: the REST companion API, Pusher's signed HTTP API (`/apps/{id}/…`), the OpenAPI
 //!   document and Swagger UI.
 //! - [`config`], [`server`]: options, the accept loop with graceful shutdown.
