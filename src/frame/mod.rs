@@ -718,6 +718,19 @@ mod tests {
     }
 
     #[test]
+    fn after_an_error_nothing_more_is_decoded_and_input_is_dropped() {
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&[0x83u8, 0x80, 0, 0, 0, 0][..]); // opcode 3
+        assert_eq!(d.decode(&mut buf).unwrap_err().close_code(), 1002);
+        assert!(d.failed());
+        // A valid frame after the bad one is read and dropped, never decoded.
+        buf.extend_from_slice(&client_frame(true, 1, b"hello"));
+        assert!(d.decode(&mut buf).unwrap().is_none());
+        assert!(buf.is_empty());
+        assert!(d.failed());
+    }
+
+    #[test]
     fn rejects_data_frame_inside_fragmented_message() {
         let mut d = Decoder::new(1 << 20);
         let mut bytes = client_frame(false, 1, b"a");

@@ -64,13 +64,7 @@ impl Sweep {
 
     /// Milliseconds on this timer's clock (Tokio's, so tests can pause it).
     pub fn now(&self) -> u64 {
-        self.at(Instant::now())
-    }
-
-    /// `t` on this timer's clock.
-    pub fn at(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.inner.epoch).as_millis())
-            .unwrap_or(u64::MAX - 1)
+        self.inner.now()
     }
 
     /// `d` from now on this timer's clock.
@@ -102,6 +96,16 @@ impl Sweep {
 }
 
 impl Inner {
+    /// Milliseconds since `epoch` (never [`u64::MAX`], which means "not armed").
+    fn now(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX - 1)
+    }
+
     /// Wakes the connections due by `now` (every one with `all`); forgets ended ones.
     fn sweep(&self, now: u64, all: bool) {
         for shard in &self.shards {
@@ -160,10 +164,7 @@ async fn run(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let now = Instant::now()
-            .saturating_duration_since(inner.epoch)
-            .as_millis();
-        inner.sweep(u64::try_from(now).unwrap_or(u64::MAX), all);
+        inner.sweep(inner.now(), all);
     }
 }
 

@@ -333,6 +333,11 @@ impl Conn {
             Role::Hub { hub, .. } | Role::Pusher { hub, .. } => hub.flush(cork, burst),
             Role::Echo(_) | Role::Refused(_) => cork.flush(),
         }
+        self.flush_own();
+    }
+
+    /// Writes what this connection queued for itself (echoes, pongs, pings).
+    fn flush_own(&mut self) {
         if std::mem::take(&mut self.own_dirty) {
             self.outbox.flush();
         }
@@ -606,11 +611,6 @@ impl<R: AsyncRead + Unpin, W: FrameWrite + Unpin> Future for Driver<R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
-    /// Arms the timer for `at` (on the sweep's clock).
-    fn arm(&mut self, at: u64) {
-        arm(&mut self.armed, &self.c.outbox, at);
-    }
-
     /// One turn: everything that is ready, in order (shutdown, a close request, the writer,
     /// the reader, a command's fetch, the timer), then `Pending` with the task registered
     /// wherever it waits, or the connection's end.
@@ -721,7 +721,8 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
                 // Unless the closing deadline already passed (the timer check that follows ends
                 // the connection).
                 let due = self.c.outbox.due();
-                if !(self.armed && self.c.outbox.fired()) && answer_by < due {
+                let fired = self.armed && due == u64::MAX;
+                if !fired && answer_by < due {
                     arm(&mut self.armed, &self.c.outbox, answer_by);
                 }
                 None
@@ -759,7 +760,7 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
             let at = token.map_or(next, |t| sweep.after(t).min(next));
             let r = outbox.push_control(Bytes::from_static(PING));
             self.c.queued(r);
-            self.c.flush(std::time::Instant::now(), &mut HubCork::new());
+            self.c.flush_own();
             arm(&mut self.armed, &self.c.outbox, at);
         }
         // A close requested here is seen on the next turn, which it woke.
@@ -770,7 +771,7 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
     /// the departure.
     fn finish(&mut self, ending: &Ending) {
         let c = &mut self.c;
-        c.flush(std::time::Instant::now(), &mut HubCork::new());
+        c.flush_own();
         // Close the socket before announcing the departure.
         c.outbox.detach();
         self.io = None;
@@ -855,6 +856,6 @@ where
     let t = Timing::of(&hub);
     let first = token_left(&d.c.role, t.token_leeway)
         .map_or(t.ping_interval, |left| left.min(t.ping_interval));
-    d.arm(hub.sweep().after(first));
+    arm(&mut d.armed, &d.c.outbox, hub.sweep().after(first));
     d
 }
