@@ -72,6 +72,7 @@ for s in $servers; do
   run $s none fan10k-max fanout -n 10000 --window 16 --duration "$dur"
   run $s none fan10k-20 fanout -n 10000 --rate 20 --duration "$dur"
   run $s none echo16    echo -c 16 --duration "$dur"
+  run $s none bcast16   echo --broadcast -c 16 --duration "$dur"
 done
 
 python3 - "$out" $servers <<'PY' | tee "$out/table.md"
@@ -105,8 +106,10 @@ rows = [
     ("fan-out 1k subs × 100 msg/s: p99 latency", "fan1k-100", lambda r: r.get("latency") and f"{r['latency']['p99_us']/1000:.1f} ms"),
     ("fan-out 10k subs, max (16 in flight): deliveries/s", "fan10k-max", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
     ("fan-out 10k subs × 20 msg/s: p50 / p99 latency", "fan10k-20", lambda r: r.get("latency") and f"{r['latency']['p50_us']/1000:.1f} / {r['latency']['p99_us']/1000:.1f} ms"),
-    ("echo, 16 clients: round trips/s", "echo16", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
-    ("echo, 16 clients: p99 RTT", "echo16", lambda r: r.get("latency") and f"{r['latency']['p99_us']/1000:.2f} ms"),
+    ("echo on /ws/echo, 16 clients: round trips/s", "echo16", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
+    ("echo on /ws/echo, 16 clients: p99 RTT", "echo16", lambda r: r.get("latency") and f"{r['latency']['p99_us']/1000:.2f} ms"),
+    ("echo + broadcast on /ws, 16 clients: round trips/s", "bcast16", lambda r: r.get("per_sec") and f"{r['per_sec']:,.0f}"),
+    ("echo + broadcast on /ws, 16 clients: p99 RTT", "bcast16", lambda r: r.get("latency") and f"{r['latency']['p99_us']/1000:.2f} ms"),
 ]
 print("| measurement | " + " | ".join(names[s] for s in servers) + (" | wshub ÷ ceiling |" if "uws" in servers and "wshub" in servers else " |"))
 print("|---|" + "---|" * len(servers) + ("---|" if "uws" in servers and "wshub" in servers else ""))

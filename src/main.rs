@@ -40,19 +40,32 @@ fn main() -> std::process::ExitCode {
     }
     let log_format = args.log_format;
     init_logging(log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = args.workers {
-        builder.worker_threads(usize::from(n));
-    }
-    let runtime = match builder.build() {
+    // Loop 0 is this thread's runtime; `--workers` counts all of them (see
+    // `wshub::event_loops` for why loops rather than a work-stealing pool).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wshub: cannot start the runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    let n = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let loops = match runtime.block_on(async { wshub::event_loops::EventLoops::start(n) }) {
+        Ok(loops) => loops,
+        Err(e) => {
+            eprintln!("wshub: cannot start the event loops: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(serve(args, loops.clone()));
+    loops.stop();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Once: on the terminal for people, in the log stream for log collectors.
@@ -107,7 +120,10 @@ fn parse_cli() -> Result<Command, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+async fn serve(
+    args: ServeArgs,
+    loops: std::sync::Arc<wshub::event_loops::EventLoops>,
+) -> Result<(), String> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(wshub::tls::server_config(cert, key)?),
         (None, None) => None,
@@ -164,6 +180,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         handshake_timeout: args.handshake_timeout,
         request_timeout: args.request_timeout,
         tls,
+        loops: Some(loops),
     };
     let result = wshub::server::run(
         listener,

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+use crate::event_loops::EventLoops;
 use crate::hub::Hub;
 
 /// Settings of the HTTP layer.
@@ -32,6 +33,9 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// TLS: serve `https://` and `wss://` (see [`crate::tls::server_config`]).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Event loops to hand accepted connections to, round robin (the `wshub` binary's
+    /// model, see [`crate::event_loops`]); `None` serves them on the caller's runtime.
+    pub loops: Option<Arc<EventLoops>>,
 }
 
 impl Default for ServerOptions {
@@ -40,6 +44,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             tls: None,
+            loops: None,
         }
     }
 }
@@ -100,45 +105,38 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let request_timeout = options.request_timeout;
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(remote));
-            let app = app.clone();
-            async move {
-                let answer = app.oneshot(req.map(axum::body::Body::new));
-                Ok::<_, Infallible>(match tokio::time::timeout(request_timeout, answer).await {
-                    Ok(res) => res.unwrap_or_else(|e| match e {}),
-                    Err(_) => request_timed_out(request_timeout),
-                })
+        let conn = Accepted {
+            app: app.clone(),
+            http: http.clone(),
+            stop: stop.clone(),
+            tls: tls.clone(),
+            request_timeout: options.request_timeout,
+            handshake_timeout: options.handshake_timeout,
+            remote,
+        };
+        match options.loops.as_ref().map(|l| l.next()) {
+            None | Some((0, _)) => {
+                http_tasks.spawn(conn.serve(tcp));
             }
-        });
-        let http = http.clone();
-        let stop = stop.clone();
-        match &tls {
-            None => {
-                http_tasks.spawn(serve_connection(
-                    http,
-                    TokioIo::new(tcp),
-                    service,
-                    stop,
-                    remote,
-                ));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let limit = options.handshake_timeout;
-                http_tasks.spawn(async move {
-                    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(http, TokioIo::new(stream), service, stop, remote)
-                                .await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+            Some((_, rt)) => {
+                // The socket leaves this loop's reactor and joins the other's, where all of
+                // its reads, timers and writes then happen.
+                match tcp.into_std() {
+                    Ok(std) => {
+                        http_tasks.spawn_on(
+                            async move {
+                                match tokio::net::TcpStream::from_std(std) {
+                                    Ok(tcp) => conn.serve(tcp).await,
+                                    Err(e) => tracing::warn!(%remote, error = %e, "cannot register an accepted socket"),
+                                }
+                            },
+                            rt,
+                        );
                     }
-                });
+                    Err(e) => {
+                        tracing::warn!(%remote, error = %e, "cannot hand an accepted socket over")
+                    }
+                }
             }
         }
     }
@@ -166,6 +164,56 @@ pub async fn run(
     hub.flush_webhooks(until).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An accepted connection and what serving it takes.
+struct Accepted {
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    stop: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    request_timeout: Duration,
+    handshake_timeout: Duration,
+    remote: SocketAddr,
+}
+
+impl Accepted {
+    /// Serves HTTP/1.1 (and the upgrades) on `tcp`, after the TLS handshake if there is one.
+    async fn serve(self, tcp: tokio::net::TcpStream) {
+        let Self {
+            app,
+            http,
+            stop,
+            tls,
+            request_timeout,
+            handshake_timeout,
+            remote,
+        } = self;
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(remote));
+            let app = app.clone();
+            async move {
+                let answer = app.oneshot(req.map(axum::body::Body::new));
+                Ok::<_, Infallible>(match tokio::time::timeout(request_timeout, answer).await {
+                    Ok(res) => res.unwrap_or_else(|e| match e {}),
+                    Err(_) => request_timed_out(request_timeout),
+                })
+            }
+        });
+        match tls {
+            None => serve_connection(http, TokioIo::new(tcp), service, stop, remote).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        serve_connection(http, TokioIo::new(stream), service, stop, remote).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
 }
 
 /// 408 for a request that took longer than the request timeout (a dribbled body); the

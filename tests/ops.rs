@@ -215,21 +215,21 @@ async fn rate_limit_close_closes_with_1008() {
     srv.stop().await;
 }
 
-/// The runtime's worker threads, by their name in /proc.
-fn workers(pid: u32) -> usize {
+/// The event loops' own threads, by their name in /proc (loop 0 is the main thread).
+fn loop_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("tokio-rt-worker"))
+        .filter(|name| name.starts_with("wshub-loop-"))
         .count()
 }
 
 #[tokio::test]
-async fn workers_sets_the_runtimes_threads_and_one_worker_serves_everything() {
+async fn workers_sets_the_event_loops_and_one_loop_serves_everything() {
     let (mut one, addr) = spawn_server(&["--workers", "1"]).await;
     let (mut three, _) = spawn_server_env(&[], &[("WSHUB_WORKERS", "3")]).await;
-    assert_eq!(workers(one.id().unwrap()), 1);
-    assert_eq!(workers(three.id().unwrap()), 3);
+    assert_eq!(loop_threads(one.id().unwrap()), 0);
+    assert_eq!(loop_threads(three.id().unwrap()), 2);
     // One worker carries several clients' echo and broadcast.
     let url = format!("ws://{addr}/ws");
     let (mut a, _) = connect(&url).await;
@@ -241,4 +241,34 @@ async fn workers_sets_the_runtimes_threads_and_one_worker_serves_everything() {
     }
     one.kill().await.unwrap();
     three.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_past_a_full_loop_go_to_the_next_and_reach_everyone() {
+    let (mut srv, addr) = spawn_server(&["--workers", "2", "--announce", "none"]).await;
+    // Loop 0 takes connections until it runs FILL tasks; the rest are handed to loop 1
+    // (their sockets move to its reactor).
+    let n = wshub::event_loops::FILL + 64;
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(RawClient::connect(addr, "/ws").await);
+    }
+    for (who, text) in [(n - 1, "from the last"), (0, "from the first")] {
+        clients[who].send(0x1, text.as_bytes()).await;
+        for (i, c) in clients.iter_mut().enumerate() {
+            let (op, payload) = c.read_frame().await.expect("a frame");
+            assert_eq!(op, 0x1);
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let want = if i == who { "echo" } else { "message" };
+            assert_eq!(v["type"], want, "client {i}: {v}");
+            assert_eq!(v["message"], text);
+            if i == who {
+                // Its own copy of the broadcast follows the echo.
+                let (_, payload) = c.read_frame().await.expect("the broadcast");
+                let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                assert_eq!(v["type"], "message", "{v}");
+            }
+        }
+    }
+    srv.kill().await.unwrap();
 }

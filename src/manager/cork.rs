@@ -11,7 +11,7 @@ pub struct Cork<S: Sink> {
     entries: Vec<Arc<Entry<S>>>,
 }
 
-/// From this many connections on, [`Cork::flush`] shares the work with another worker.
+/// From this many connections on, [`Cork::flush`] shares the work with other loops.
 const PARALLEL_FLUSH: usize = 512;
 
 /// Connections per task in a deferred flush.
@@ -40,19 +40,29 @@ impl<S: Sink> Cork<S> {
         self.entries.push(entry);
     }
 
-    /// Flushes every connection that was offered frames, now. A large flush is split in two:
-    /// one half is handed to another worker, the other written here, so one broadcast's
-    /// system calls (several microseconds each on loopback) run on two cores.
+    /// Flushes every connection that was offered frames: at the end of this event loop's
+    /// turn when this thread is one ([`crate::event_loops::defer`]: frames other connections
+    /// of the loop publish meanwhile leave in the same writes), otherwise now. A large flush is shared between
+    /// the event loops ([`crate::event_loops::spread`]: one part written here, the others
+    /// handed to other loops, or to another Tokio worker), so one broadcast's system calls
+    /// (several microseconds each on loopback) run on every core.
     pub fn flush(&mut self) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let deferred = crate::event_loops::defer(|list| {
+            list.extend(
+                self.entries
+                    .drain(..)
+                    .map(|e| e as Arc<dyn crate::event_loops::Flush>),
+            );
+        });
+        if deferred {
+            return;
+        }
         if self.entries.len() >= PARALLEL_FLUSH {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let half = self.entries.split_off(self.entries.len() / 2);
-                rt.spawn(async move {
-                    for e in half {
-                        e.sink.flush();
-                    }
-                });
-            }
+            let all = std::mem::take(&mut self.entries);
+            return crate::event_loops::spread(all, PARALLEL_FLUSH / 2, |e| e.sink.flush());
         }
         for e in self.entries.drain(..) {
             e.sink.flush();
@@ -86,8 +96,12 @@ impl<S: Sink> Cork<S> {
 impl<S: Sink> Drop for Cork<S> {
     /// Nothing offered is ever left unflushed, even on an early return.
     fn drop(&mut self) {
-        for e in self.entries.drain(..) {
-            e.sink.flush();
-        }
+        self.flush();
+    }
+}
+
+impl<S: Sink> crate::event_loops::Flush for Entry<S> {
+    fn flush(&self) {
+        self.sink.flush();
     }
 }

@@ -56,7 +56,18 @@ impl TestServer {
         .await
     }
 
-    pub async fn with_hub(hub: Hub, options: wshub::server::ServerOptions) -> Self {
+    pub async fn with_hub(hub: Hub, mut options: wshub::server::ServerOptions) -> Self {
+        // On a single-threaded test runtime, serve as the binary does: the test's runtime is
+        // an event loop whose writes wait for the end of its turn (wshub::event_loops).
+        if options.loops.is_none()
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread
+        {
+            options.loops = Some(
+                wshub::event_loops::EventLoops::current()
+                    .unwrap_or_else(|| wshub::event_loops::EventLoops::start(1).unwrap()),
+            );
+        }
         // The server's own listener (its backlog, as in production).
         let listener = wshub::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();

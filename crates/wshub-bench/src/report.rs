@@ -150,8 +150,11 @@ impl Report {
             }
         } else if self.bench == "echo" {
             out += &format!(
-                "  {} round trips, {:.0}/s over {:.2} s\n",
-                self.sent, self.per_sec, self.secs
+                "  {} round trips, {:.0}/s over {:.2} s; {:.0} frames received/s\n",
+                self.sent,
+                self.per_sec,
+                self.secs,
+                self.delivered as f64 / self.secs.max(1e-9)
             );
             out += &format!("  rtt: {}\n", self.latency.human());
         }
