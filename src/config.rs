@@ -82,8 +82,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WSHUB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Worker threads (default: one per CPU core). Fewer than the cores when the machine is
-    /// shared with other busy processes (a load generator, a database): see docs/BENCHMARKS.md.
+    /// Event loops, each a thread (default: one per CPU core). A connection stays on the loop
+    /// that took it; loops fill one after the other (1,024 connections, or half busy), so a
+    /// lightly loaded hub runs on one. Fewer than the cores when the machine is shared with
+    /// other busy processes: see docs/BENCHMARKS.md.
     #[arg(long, env = "WSHUB_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
 

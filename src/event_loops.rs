@@ -8,8 +8,10 @@
 //! loop with nothing to do sleeps in `epoll_wait`, and a connection's reads, timer and writes
 //! stay on the loop that accepted it. What crosses loops is cheap by design: a publication
 //! appends to other connections' outboxes and writes their sockets directly when they are
-//! idle (write-through), so no wake-up is needed unless a socket is full. A large broadcast's
-//! writes are shared between the loops ([`spread`]).
+//! idle (write-through), so no wake-up is needed unless a socket is full. A publication's
+//! writes all happen on the loop that published it: sharing a large broadcast's writes with
+//! the other loops was measured slower (docs/BENCHMARKS.md), as the sockets' buffers and
+//! locks then bounce between cores.
 //!
 //! **A cork per loop turn.** What the connections of a loop publish during one turn (the
 //! tasks its last `epoll_wait` made ready) is written at the end of that turn: a publication
@@ -20,8 +22,8 @@
 //! same way). The wait is one turn of the loop: the flusher is scheduled like any task.
 //!
 //! The `wshub` binary serves with [`EventLoops`]; an application that embeds the hub keeps
-//! its own runtime, and everything works on any Tokio runtime (flushes then share work with
-//! Tokio's own workers).
+//! its own runtime, and everything works on any Tokio runtime (a large flush is then shared
+//! with Tokio's other workers, see `manager::Cork`).
 
 use std::cell::RefCell;
 use std::io;
@@ -116,8 +118,8 @@ impl Load {
     }
 }
 
-/// From this many deferred flushes on, the flusher shares them with the other loops.
-const SPREAD_FLUSH: usize = 512;
+/// The largest deferred list whose room is kept for the next turn.
+const SPARE_MAX: usize = 4096;
 
 /// Puts flushes off to the end of this loop's turn: `add` is given the list to extend.
 /// Returns false (and does not call `add`) when this thread is no event loop with a running
@@ -176,14 +178,10 @@ async fn flusher() {
             let Some(mut batch) = batch else {
                 return Poll::<()>::Pending;
             };
-            if batch.len() >= SPREAD_FLUSH {
-                spread(batch, SPREAD_FLUSH / 2, |f| f.flush());
-                continue;
-            }
             for f in batch.drain(..) {
                 f.flush();
             }
-            if batch.capacity() <= 4 * SPREAD_FLUSH {
+            if batch.capacity() <= SPARE_MAX {
                 DEFERRED.with(|d| {
                     if let Some(d) = d.borrow_mut().as_mut() {
                         d.spare = batch;
@@ -338,62 +336,6 @@ impl EventLoops {
     }
 }
 
-/// The handles of the other loops when this thread is one of a set of [`EventLoops`]
-/// (starting with the next one, so that work spread from different loops lands evenly);
-/// empty otherwise.
-pub fn others() -> Vec<Handle> {
-    CURRENT.with(|c| {
-        let c = c.borrow();
-        let Some((loops, me)) = c.as_ref() else {
-            return Vec::new();
-        };
-        let n = loops.handles.len();
-        (1..n)
-            .map(|k| loops.handles[(me + k) % n].clone())
-            .collect()
-    })
-}
-
-/// Splits `work` (at least `min_part` items a part) between this loop and the others: runs
-/// `each` on every part, the first here and now, the others spawned on other loops. Without
-/// event loops (a multi-threaded Tokio runtime), one half goes to a spawned task, which Tokio's
-/// other workers can take.
-pub fn spread<T: Send + 'static>(
-    mut work: Vec<T>,
-    min_part: usize,
-    each: impl Fn(T) + Send + Sync + Clone + 'static,
-) {
-    let others = others();
-    let parts = if others.is_empty() {
-        2
-    } else {
-        others.len() + 1
-    }
-    .min(work.len() / min_part.max(1))
-    .max(1);
-    if parts > 1 {
-        let size = work.len().div_ceil(parts);
-        let targets: Vec<Handle> = if others.is_empty() {
-            Handle::try_current().into_iter().collect()
-        } else {
-            others
-        };
-        for rt in targets.into_iter().take(parts - 1) {
-            let at = work.len().saturating_sub(size);
-            let part = work.split_off(at);
-            let each = each.clone();
-            rt.spawn(async move {
-                for item in part {
-                    each(item);
-                }
-            });
-        }
-    }
-    for item in work {
-        each(item);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,7 +349,6 @@ mod tests {
         rt.block_on(async {
             let loops = EventLoops::start(3).unwrap();
             assert_eq!(loops.len(), 3);
-            assert_eq!(others().len(), 2);
             // An idle loop 0 takes every connection until it runs FILL tasks.
             assert_eq!(loops.next().0, 0);
             let names = loops
@@ -454,53 +395,54 @@ mod tests {
             for t in spawned {
                 t.await.unwrap();
             }
-            // A loop thread sees the others, itself excluded.
+            // Each loop knows the set it belongs to.
             let seen = loops.handles[1]
-                .spawn(async { others().len() })
+                .spawn(async { EventLoops::current().map(|l| l.len()) })
                 .await
                 .unwrap();
-            assert_eq!(seen, 2);
+            assert_eq!(seen, Some(3));
             loops.stop();
-            assert!(others().is_empty());
+            assert!(EventLoops::current().is_none());
         });
     }
 
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl Flush for Count {
+        fn flush(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     #[test]
-    fn spread_shares_work_between_loops_and_does_it_all() {
+    fn a_deferred_flush_waits_for_the_end_of_the_turn_and_is_never_lost() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        // No loop on this thread: the caller flushes itself.
+        assert!(!defer(|l| l.push(c.clone())));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            let loops = EventLoops::start(2).unwrap();
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            spread((0..1000).collect::<Vec<u32>>(), 256, move |i| {
-                let _ = tx.send((i, std::thread::current().name().map(str::to_owned)));
+            let loops = EventLoops::start(1).unwrap();
+            tokio::task::yield_now().await; // the flusher registers
+            let other = tokio::spawn({
+                let c = c.clone();
+                async move { c.0.load(SeqCst) }
             });
-            let mut got = Vec::new();
-            while got.len() < 1000 {
-                let v = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
-                    .await
-                    .unwrap()
-                    .unwrap();
-                got.push(v);
-            }
-            let elsewhere = got
-                .iter()
-                .filter(|(_, n)| n.as_deref() == Some("wshub-loop-1"))
-                .count();
-            assert_eq!(elsewhere, 500, "half on the other loop");
-            got.sort();
-            assert!(got.iter().enumerate().all(|(k, (i, _))| k as u32 == *i));
-            // Below the part size: all here.
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            spread(vec![1u8; 100], 256, move |_| {
-                let _ = tx.send(std::thread::current().name().map(str::to_owned));
-            });
-            for _ in 0..100 {
-                assert_ne!(rx.recv().await.unwrap().as_deref(), Some("wshub-loop-1"));
-            }
+            assert!(defer(|l| l.push(c.clone())));
+            assert!(defer(|l| l.push(c.clone())));
+            assert_eq!(c.0.load(SeqCst), 0, "not before the turn ends");
+            // A task made ready before the flusher runs before it: it sees nothing written.
+            assert_eq!(other.await.unwrap(), 0);
+            tokio::task::yield_now().await;
+            assert_eq!(c.0.load(SeqCst), 2, "both, at the end of the turn");
+            // Deferred and never run: the flusher's drop (its runtime stopping) writes it.
+            assert!(defer(|l| l.push(c.clone())));
             loops.stop();
         });
+        drop(rt);
+        assert_eq!(c.0.load(SeqCst), 3);
+        assert!(!defer(|l| l.push(c.clone())), "no more deferring");
     }
 }

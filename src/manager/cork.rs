@@ -11,7 +11,8 @@ pub struct Cork<S: Sink> {
     entries: Vec<Arc<Entry<S>>>,
 }
 
-/// From this many connections on, [`Cork::flush`] shares the work with other loops.
+/// From this many connections on, [`Cork::flush`] off the event loops shares the work with
+/// another Tokio worker.
 const PARALLEL_FLUSH: usize = 512;
 
 /// Connections per task in a deferred flush.
@@ -42,10 +43,10 @@ impl<S: Sink> Cork<S> {
 
     /// Flushes every connection that was offered frames: at the end of this event loop's
     /// turn when this thread is one ([`crate::event_loops::defer`]: frames other connections
-    /// of the loop publish meanwhile leave in the same writes), otherwise now. A large flush is shared between
-    /// the event loops ([`crate::event_loops::spread`]: one part written here, the others
-    /// handed to other loops, or to another Tokio worker), so one broadcast's system calls
-    /// (several microseconds each on loopback) run on every core.
+    /// of the loop publish meanwhile leave in the same writes), otherwise now. Off the event
+    /// loops (an application's own multi-threaded runtime), a large flush is split in two:
+    /// one half is handed to another Tokio worker, so one broadcast's system calls (several
+    /// microseconds each on loopback) run on two cores.
     pub fn flush(&mut self) {
         if self.entries.is_empty() {
             return;
@@ -61,8 +62,14 @@ impl<S: Sink> Cork<S> {
             return;
         }
         if self.entries.len() >= PARALLEL_FLUSH {
-            let all = std::mem::take(&mut self.entries);
-            return crate::event_loops::spread(all, PARALLEL_FLUSH / 2, |e| e.sink.flush());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let half = self.entries.split_off(self.entries.len() / 2);
+                rt.spawn(async move {
+                    for e in half {
+                        e.sink.flush();
+                    }
+                });
+            }
         }
         for e in self.entries.drain(..) {
             e.sink.flush();
@@ -76,8 +83,13 @@ impl<S: Sink> Cork<S> {
     /// For traffic where a few hundred microseconds do not matter and volume does: frames
     /// offered to the same connections before those tasks run (a storm of join announcements)
     /// find their predecessors still queued and leave in the same writes. Flushes inline when
-    /// there is no Tokio runtime.
+    /// there is no Tokio runtime; on an event loop, the same as [`flush`](Self::flush), which
+    /// waits for the end of the loop's turn already.
     pub fn flush_deferred(&mut self) {
+        if crate::event_loops::EventLoops::current().is_some() {
+            // An event loop defers every flush to the end of its turn already.
+            return self.flush();
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return self.flush();
         };
