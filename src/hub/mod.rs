@@ -927,11 +927,26 @@ impl Hub {
         m.bytes_in.inc_by(bytes as u64);
     }
 
-    /// Flushes a cork, timing the fan-out.
+    /// Flushes a cork, timing the fan-out until its writes are done (on an event loop they
+    /// wait for the end of its turn: the time includes that wait).
     pub(crate) fn flush(&self, cork: &mut HubCork, started: std::time::Instant) {
         if !cork.is_empty() {
-            cork.flush();
-            self.shared.metrics.fanout(started.elapsed());
+            cork.flush_then(Arc::new(FanoutTimer {
+                started,
+                seconds: self.shared.metrics.fanout_seconds.clone(),
+            }));
         }
+    }
+}
+
+/// Observes a fan-out's duration when flushed after its writes.
+struct FanoutTimer {
+    started: std::time::Instant,
+    seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl crate::event_loops::Flush for FanoutTimer {
+    fn flush(&self) {
+        self.seconds.observe(self.started.elapsed().as_secs_f64());
     }
 }

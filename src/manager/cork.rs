@@ -79,6 +79,26 @@ impl<S: Sink> Cork<S> {
         }
     }
 
+    /// Like [`flush`](Self::flush), then `after` once this flush's writes are done (on an
+    /// event loop, at the end of its turn, right after them).
+    pub fn flush_then(&mut self, after: Arc<dyn crate::event_loops::Flush>) {
+        let mut after = Some(after);
+        let deferred = crate::event_loops::defer(|list| {
+            list.extend(
+                self.entries
+                    .drain(..)
+                    .map(|e| e as Arc<dyn crate::event_loops::Flush>),
+            );
+            list.extend(after.take());
+        });
+        if !deferred {
+            self.flush();
+            if let Some(a) = after {
+                a.flush();
+            }
+        }
+    }
+
     /// Hands the flush to tasks (of 1,024 connections each) instead of doing it now.
     /// For traffic where a few hundred microseconds do not matter and volume does: frames
     /// offered to the same connections before those tasks run (a storm of join announcements)
