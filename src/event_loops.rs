@@ -125,22 +125,26 @@ const SPARE_MAX: usize = 4096;
 /// Returns false (and does not call `add`) when this thread is no event loop with a running
 /// flusher: the caller then flushes now.
 pub fn defer(add: impl FnOnce(&mut Vec<Arc<dyn Flush>>)) -> bool {
-    DEFERRED.with(|d| {
-        let Ok(mut d) = d.try_borrow_mut() else {
-            return false;
-        };
-        let Some(d) = d.as_mut() else {
-            return false;
-        };
-        add(&mut d.list);
-        if !d.scheduled && !d.list.is_empty() {
-            d.scheduled = true;
-            if let Some(w) = &d.waker {
-                w.wake_by_ref();
+    // `try_with`: a cork dropped while this thread's locals are being destroyed flushes
+    // itself instead of panicking.
+    DEFERRED
+        .try_with(|d| {
+            let Ok(mut d) = d.try_borrow_mut() else {
+                return false;
+            };
+            let Some(d) = d.as_mut() else {
+                return false;
+            };
+            add(&mut d.list);
+            if !d.scheduled && !d.list.is_empty() {
+                d.scheduled = true;
+                if let Some(w) = &d.waker {
+                    w.wake_by_ref();
+                }
             }
-        }
-        true
-    })
+            true
+        })
+        .unwrap_or(false)
 }
 
 /// The task that writes a loop's deferred flushes at the end of each turn. While it lives,
@@ -150,7 +154,10 @@ async fn flusher() {
     struct Registered;
     impl Drop for Registered {
         fn drop(&mut self) {
-            let left = DEFERRED.with(|d| d.borrow_mut().take());
+            let left = DEFERRED
+                .try_with(|d| d.try_borrow_mut().ok().and_then(|mut d| d.take()))
+                .ok()
+                .flatten();
             if let Some(left) = left {
                 for f in left.list {
                     f.flush();
@@ -284,7 +291,10 @@ impl EventLoops {
 
     /// The loops this thread is one of, if any.
     pub fn current() -> Option<Arc<Self>> {
-        CURRENT.with(|c| c.borrow().as_ref().map(|(l, _)| l.clone()))
+        CURRENT
+            .try_with(|c| c.borrow().as_ref().map(|(l, _)| l.clone()))
+            .ok()
+            .flatten()
     }
 
     /// How many loops there are.
