@@ -52,8 +52,8 @@ impl std::fmt::Debug for EventLoops {
 }
 
 thread_local! {
-    /// The loops this thread is one of, and its index among them.
-    static CURRENT: RefCell<Option<(Arc<EventLoops>, usize)>> = const { RefCell::new(None) };
+    /// The loops this thread is one of.
+    static CURRENT: RefCell<Option<Arc<EventLoops>>> = const { RefCell::new(None) };
     /// This loop's writes put off to the end of its turn, when its flusher runs here.
     static DEFERRED: RefCell<Option<Deferred>> = const { RefCell::new(None) };
 }
@@ -64,16 +64,14 @@ pub trait Flush: Send + Sync {
     fn flush(&self);
 }
 
-/// A loop's flushes put off to the end of its turn.
-#[derive(Default)]
+/// A loop's flushes put off to the end of its turn. The flusher is woken when the list stops
+/// being empty, and empties it each time it runs.
 struct Deferred {
     list: Vec<Arc<dyn Flush>>,
     /// The last list, emptied, kept for its capacity.
     spare: Vec<Arc<dyn Flush>>,
     /// The flusher's waker.
-    waker: Option<Waker>,
-    /// The flusher was woken and has not run yet.
-    scheduled: bool,
+    waker: Waker,
 }
 
 /// A loop takes every new connection until it runs this many tasks (about one per
@@ -135,12 +133,10 @@ pub fn defer(add: impl FnOnce(&mut Vec<Arc<dyn Flush>>)) -> bool {
             let Some(d) = d.as_mut() else {
                 return false;
             };
+            let was_empty = d.list.is_empty();
             add(&mut d.list);
-            if !d.scheduled && !d.list.is_empty() {
-                d.scheduled = true;
-                if let Some(w) = &d.waker {
-                    w.wake_by_ref();
-                }
+            if was_empty && !d.list.is_empty() {
+                d.waker.wake_by_ref();
             }
             true
         })
@@ -171,12 +167,15 @@ async fn flusher() {
         loop {
             let batch = DEFERRED.with(|d| {
                 let mut d = d.borrow_mut();
-                let d = d.get_or_insert_with(Deferred::default);
-                if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    d.waker = Some(cx.waker().clone());
+                let d = d.get_or_insert_with(|| Deferred {
+                    list: Vec::new(),
+                    spare: Vec::new(),
+                    waker: cx.waker().clone(),
+                });
+                if !d.waker.will_wake(cx.waker()) {
+                    d.waker = cx.waker().clone();
                 }
                 if d.list.is_empty() {
-                    d.scheduled = false;
                     return None;
                 }
                 let spare = std::mem::take(&mut d.spare);
@@ -247,7 +246,7 @@ impl EventLoops {
                     drop(ready);
                     // The set this loop belongs to, once all of it is there.
                     if let Ok(loops) = rx.recv() {
-                        CURRENT.with(|c| *c.borrow_mut() = Some((loops, i)));
+                        CURRENT.with(|c| *c.borrow_mut() = Some(loops));
                     }
                     rt.spawn(flusher());
                     rt.block_on(stopped.cancelled());
@@ -284,17 +283,14 @@ impl EventLoops {
         for tx in go {
             let _ = tx.send(loops.clone());
         }
-        CURRENT.with(|c| *c.borrow_mut() = Some((loops.clone(), 0)));
+        CURRENT.with(|c| *c.borrow_mut() = Some(loops.clone()));
         tokio::spawn(flusher());
         Ok(loops)
     }
 
     /// The loops this thread is one of, if any.
     pub fn current() -> Option<Arc<Self>> {
-        CURRENT
-            .try_with(|c| c.borrow().as_ref().map(|(l, _)| l.clone()))
-            .ok()
-            .flatten()
+        CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
     }
 
     /// How many loops there are.
@@ -373,32 +369,21 @@ mod tests {
             assert_eq!(got[2].as_deref(), Some("wshub-loop-2"));
             let (hold, held) = tokio::sync::watch::channel(());
             let mut spawned = Vec::new();
-            for _ in 0..FILL {
-                let mut held = held.clone();
-                spawned.push(tokio::spawn(async move {
-                    let _ = held.changed().await;
-                }));
-            }
+            // `n` tasks on loop `i` that wait until `hold` is dropped.
+            let mut fill = |i: usize, n: usize| {
+                for _ in 0..n {
+                    let mut held = held.clone();
+                    spawned.push(loops.handles[i].spawn(async move {
+                        let _ = held.changed().await;
+                    }));
+                }
+            };
+            fill(0, FILL);
             assert_eq!(loops.next().0, 1, "loop 0 is full: the next one fills");
-            for _ in 0..FILL {
-                let mut held = held.clone();
-                spawned.push(loops.handles[1].spawn(async move {
-                    let _ = held.changed().await;
-                }));
-            }
+            fill(1, FILL);
             assert_eq!(loops.next().0, 2);
-            for _ in 0..FILL + 10 {
-                let mut held = held.clone();
-                spawned.push(loops.handles[2].spawn(async move {
-                    let _ = held.changed().await;
-                }));
-            }
-            for _ in 0..5 {
-                let mut held = held.clone();
-                spawned.push(tokio::spawn(async move {
-                    let _ = held.changed().await;
-                }));
-            }
+            fill(2, FILL + 10);
+            fill(0, 5);
             // All full: the one with the fewest tasks.
             assert_eq!(loops.next().0, 1);
             drop(hold);
@@ -413,6 +398,24 @@ mod tests {
             assert_eq!(seen, Some(3));
             loops.stop();
             assert!(EventLoops::current().is_none());
+        });
+    }
+
+    #[test]
+    fn a_busy_loop_takes_no_new_connection() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let loops = EventLoops::start(2).unwrap();
+            assert_eq!(loops.next().0, 0);
+            // Loop 0 (this thread) busy for two samples' time, with few tasks.
+            tokio::spawn(async { std::thread::sleep(SAMPLE * 2) })
+                .await
+                .unwrap();
+            assert_eq!(loops.next().0, 1, "loop 0 was busy: the next one takes it");
+            loops.stop();
         });
     }
 

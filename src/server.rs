@@ -33,8 +33,9 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// TLS: serve `https://` and `wss://` (see [`crate::tls::server_config`]).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Event loops to hand accepted connections to, round robin (the `wshub` binary's
-    /// model, see [`crate::event_loops`]); `None` serves them on the caller's runtime.
+    /// Event loops to hand accepted connections to ([`EventLoops::next`] chooses; the
+    /// `wshub` binary's model, see [`crate::event_loops`]), loop 0 being the runtime `run` is
+    /// called on; `None` serves them on the caller's runtime.
     pub loops: Option<Arc<EventLoops>>,
 }
 

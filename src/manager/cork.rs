@@ -48,19 +48,29 @@ impl<S: Sink> Cork<S> {
     /// one half is handed to another Tokio worker, so one broadcast's system calls (several
     /// microseconds each on loopback) run on two cores.
     pub fn flush(&mut self) {
-        if self.entries.is_empty() {
-            return;
+        if !self.defer(None) {
+            self.flush_now();
         }
-        let deferred = crate::event_loops::defer(|list| {
+    }
+
+    /// Hands the flushes (then `after`) to this event loop's end of turn: true when done (or
+    /// there was nothing to hand), false when this thread is no event loop (nothing taken).
+    fn defer(&mut self, after: Option<Arc<dyn crate::event_loops::Flush>>) -> bool {
+        if self.entries.is_empty() && after.is_none() {
+            return true;
+        }
+        crate::event_loops::defer(|list| {
             list.extend(
                 self.entries
                     .drain(..)
                     .map(|e| e as Arc<dyn crate::event_loops::Flush>),
             );
-        });
-        if deferred {
-            return;
-        }
+            list.extend(after);
+        })
+    }
+
+    /// Writes now (off the event loops).
+    fn flush_now(&mut self) {
         if self.entries.len() >= PARALLEL_FLUSH {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let half = self.entries.split_off(self.entries.len() / 2);
@@ -82,20 +92,9 @@ impl<S: Sink> Cork<S> {
     /// Like [`flush`](Self::flush), then `after` once this flush's writes are done (on an
     /// event loop, at the end of its turn, right after them).
     pub fn flush_then(&mut self, after: Arc<dyn crate::event_loops::Flush>) {
-        let mut after = Some(after);
-        let deferred = crate::event_loops::defer(|list| {
-            list.extend(
-                self.entries
-                    .drain(..)
-                    .map(|e| e as Arc<dyn crate::event_loops::Flush>),
-            );
-            list.extend(after.take());
-        });
-        if !deferred {
-            self.flush();
-            if let Some(a) = after {
-                a.flush();
-            }
+        if !self.defer(Some(after.clone())) {
+            self.flush_now();
+            after.flush();
         }
     }
 
@@ -106,12 +105,11 @@ impl<S: Sink> Cork<S> {
     /// there is no Tokio runtime; on an event loop, the same as [`flush`](Self::flush), which
     /// waits for the end of the loop's turn already.
     pub fn flush_deferred(&mut self) {
-        if crate::event_loops::EventLoops::current().is_some() {
-            // An event loop defers every flush to the end of its turn already.
-            return self.flush();
+        if self.defer(None) {
+            return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return self.flush();
+            return self.flush_now();
         };
         while !self.entries.is_empty() {
             let at = self.entries.len().saturating_sub(FLUSH_CHUNK);
