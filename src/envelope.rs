@@ -6,8 +6,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
 use crate::frame::{Frame, FrameBuf, OpCode};
 
 /// The kinds of server-to-client envelope of SPEC 1.2.
@@ -35,18 +33,6 @@ impl Kind {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    from: Option<&'a str>,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<u64>,
-    timestamp: &'a str,
-}
-
 /// Encodes an envelope as a finished text frame, stamped with the current time.
 pub fn encode(kind: Kind, from: Option<&str>, message: &str) -> Frame {
     encode_at(kind, from, message, SystemTime::now())
@@ -54,37 +40,95 @@ pub fn encode(kind: Kind, from: Option<&str>, message: &str) -> Frame {
 
 /// Encodes an envelope as a finished text frame, stamped with `at`.
 pub fn encode_at(kind: Kind, from: Option<&str>, message: &str, at: SystemTime) -> Frame {
-    encode_full(kind, from, message, None, at)
-}
-
-/// Encodes an envelope carrying its `offset` in the all-clients stream (the form `wshub.v1`
-/// clients get; plain clients get exactly SPEC 1.2, without it).
-pub fn encode_with_offset(kind: Kind, from: Option<&str>, message: &str, offset: u64) -> Frame {
-    encode_full(kind, from, message, Some(offset), SystemTime::now())
-}
-
-fn encode_full(
-    kind: Kind,
-    from: Option<&str>,
-    message: &str,
-    offset: Option<u64>,
-    at: SystemTime,
-) -> Frame {
-    let ts = Timestamp::from(at);
-    let env = Envelope {
-        kind: kind.as_str(),
-        from,
-        message,
-        offset,
-        timestamp: ts.as_str(),
-    };
-    // Room for the fixed fields plus the message; escaping may grow it, Vec handles that.
     let mut buf = FrameBuf::with_capacity(message.len() + 96);
-    // Serialising plain strings into memory cannot fail.
-    if serde_json::to_writer(&mut buf, &env).is_err() {
-        tracing::error!("envelope serialisation failed");
-    }
+    open(&mut buf, kind);
+    write_from_message(&mut buf, from, message);
+    close(&mut buf, None, Timestamp::from(at));
     buf.finish(OpCode::Text)
+}
+
+/// What several envelopes of one message share (its sender, its escaped text, its time),
+/// encoded once: a publication to everyone is framed both as plain clients get it and as
+/// `wshub.v1` clients (and history) get it, with its offset.
+pub struct Body {
+    /// `,"from":"…","message":"…"`, already escaped.
+    fields: Vec<u8>,
+    at: Timestamp,
+}
+
+impl Body {
+    /// `message` from `from`, stamped with `at`.
+    pub fn new(from: Option<&str>, message: &str, at: SystemTime) -> Self {
+        let mut fields = Vec::with_capacity(message.len() + 40);
+        write_from_message(&mut fields, from, message);
+        Self {
+            fields,
+            at: Timestamp::from(at),
+        }
+    }
+
+    /// The envelope of `kind`, with `offset` when given, as a finished text frame.
+    pub fn frame(&self, kind: Kind, offset: Option<u64>) -> Frame {
+        let mut buf = FrameBuf::with_capacity(self.fields.len() + 64);
+        open(&mut buf, kind);
+        buf.extend_from_slice(&self.fields);
+        close(&mut buf, offset, self.at);
+        buf.finish(OpCode::Text)
+    }
+}
+
+// The envelope is assembled field by field in the order of SPEC 1.2 (`type`, `from`,
+// `message`, `offset`, `timestamp`), exactly as serde_json's compact form of that struct,
+// which the tests compare against; the strings are escaped by serde_json itself.
+
+fn open(out: &mut impl Out, kind: Kind) {
+    out.put(b"{\"type\":\"");
+    out.put(kind.as_str().as_bytes());
+    out.put(b"\"");
+}
+
+fn write_from_message(out: &mut impl Out, from: Option<&str>, message: &str) {
+    if let Some(from) = from {
+        out.put(b",\"from\":");
+        out.string(from);
+    }
+    out.put(b",\"message\":");
+    out.string(message);
+}
+
+fn close(out: &mut impl Out, offset: Option<u64>, at: Timestamp) {
+    if let Some(offset) = offset {
+        out.put(b",\"offset\":");
+        out.put(itoa::Buffer::new().format(offset).as_bytes());
+    }
+    out.put(b",\"timestamp\":\"");
+    out.put(at.as_str().as_bytes());
+    out.put(b"\"}");
+}
+
+/// A buffer an envelope is written into.
+trait Out: std::io::Write {
+    fn put(&mut self, bytes: &[u8]);
+
+    /// `s` as a JSON string (quoted and escaped by serde_json).
+    fn string(&mut self, s: &str) {
+        // Serialising a string into memory cannot fail.
+        if serde_json::to_writer(&mut *self, s).is_err() {
+            tracing::error!("envelope serialisation failed");
+        }
+    }
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Out for FrameBuf {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
 }
 
 /// The text of the `system` message announcing that a client joined.
@@ -110,9 +154,30 @@ impl Timestamp {
     }
 }
 
+thread_local! {
+    /// The last second formatted on this thread: envelopes within one second share it.
+    static LAST: std::cell::Cell<(u64, Timestamp)> =
+        const { std::cell::Cell::new((0, Timestamp(*b"1970-01-01T00:00:00Z"))) };
+}
+
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
         let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let cached = LAST.try_with(|last| {
+            let (at, ts) = last.get();
+            if at == secs {
+                return ts;
+            }
+            let ts = Self::format(secs);
+            last.set((secs, ts));
+            ts
+        });
+        cached.unwrap_or_else(|_| Self::format(secs))
+    }
+}
+
+impl Timestamp {
+    fn format(secs: u64) -> Self {
         let days = (secs / 86_400) as i64;
         let rem = secs % 86_400;
         let (y, m, d) = civil_from_days(days);
@@ -228,6 +293,42 @@ mod properties {
             };
             prop_assert_eq!(declared, f.len() - hlen);
             prop_assert_eq!(f[0], 0x81);
+        }
+
+        /// The hand-assembled envelope is byte for byte what serde_json makes of the struct
+        /// SPEC 1.2 describes, with and without an offset and a sender.
+        #[test]
+        fn assembled_envelopes_are_serde_json_s(
+            s in any::<String>(),
+            from in proptest::option::of(any::<String>()),
+            offset in proptest::option::of(any::<u64>()),
+            secs in 0u64..5_000_000_000,
+        ) {
+            #[derive(serde::Serialize)]
+            struct Envelope<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                from: Option<&'a str>,
+                message: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                offset: Option<u64>,
+                timestamp: &'a str,
+            }
+            let at = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let ts = Timestamp::from(at);
+            let want = serde_json::to_vec(&Envelope {
+                kind: "message",
+                from: from.as_deref(),
+                message: &s,
+                offset,
+                timestamp: ts.as_str(),
+            }).unwrap();
+            let f = Body::new(from.as_deref(), &s, at).frame(Kind::Message, offset);
+            prop_assert_eq!(&f[..], &crate::frame::encode(OpCode::Text, &want)[..]);
+            if offset.is_none() {
+                prop_assert_eq!(&encode_at(Kind::Message, from.as_deref(), &s, at)[..], &f[..]);
+            }
         }
     }
 }

@@ -117,6 +117,11 @@ impl FrameBuf {
         &self.buf[MAX_HEADER..]
     }
 
+    /// Appends `data` to the payload.
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
     /// Puts the header in front of the payload and returns the finished frame.
     pub fn finish(mut self, opcode: OpCode) -> Frame {
         let mut header = [0u8; MAX_HEADER];

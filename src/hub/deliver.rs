@@ -46,6 +46,8 @@ pub(crate) struct Encoded<'p> {
     plain: OnceCell<Option<Frame>>,
     v1: OnceCell<Option<Frame>>,
     pusher: OnceCell<Option<Frame>>,
+    /// A text to everyone, escaped and stamped once for both of its frames.
+    body: OnceCell<envelope::Body>,
 }
 
 impl<'p> Encoded<'p> {
@@ -56,6 +58,7 @@ impl<'p> Encoded<'p> {
             plain: OnceCell::new(),
             v1: OnceCell::new(),
             pusher: OnceCell::new(),
+            body: OnceCell::new(),
         }
     }
 
@@ -108,17 +111,23 @@ impl<'p> Encoded<'p> {
                 )
             }
             Publication::All { kind, from, text } => match self.offset {
-                Some(o) => envelope::encode_with_offset(all_kind(*kind), from.as_deref(), text, o),
+                Some(o) => self.body(from, text).frame(all_kind(*kind), Some(o)),
                 None => return self.encode_plain(),
             },
             _ => return None,
         })
     }
 
+    fn body(&self, from: &Option<String>, text: &str) -> &envelope::Body {
+        self.body.get_or_init(|| {
+            envelope::Body::new(from.as_deref(), text, std::time::SystemTime::now())
+        })
+    }
+
     fn encode_plain(&self) -> Option<Frame> {
         match self.p {
             Publication::All { kind, from, text } => {
-                Some(envelope::encode(all_kind(*kind), from.as_deref(), text))
+                Some(self.body(from, text).frame(all_kind(*kind), None))
             }
             // Plain connections in a group (added through the REST API) get what v1 ones get.
             Publication::Group { .. } | Publication::Event { .. } => self.v1().cloned(),

@@ -7,7 +7,7 @@
 //! connection).
 //!
 //! Server frames are already encoded (header and payload in one shared buffer), so writing is
-//! a vectored write of up to [`MAX_SLICES`] frames per system call.
+//! one system call for up to [`MAX_SLICES`] frames (see [`write_batch`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -19,7 +19,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::frame::Frame;
-use crate::outbox::{advance, fill_slices, Outbox, Take, MAX_SLICES};
+use crate::outbox::{advance, fill_slices, write_batch, Outbox, Take, MAX_SLICES};
 
 /// Where a writer writes: a generic async writer, or the TCP socket it shares with the
 /// outbox's write-through path.
@@ -71,11 +71,7 @@ impl FrameWrite for Direct {
         let tcp: &tokio::net::TcpStream = self.0.as_ref().as_ref();
         loop {
             ready!(tcp.poll_write_ready(cx))?;
-            let r = {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let k = fill_slices(batch, &mut slices);
-                tcp.try_write_vectored(&slices[..k])
-            };
+            let r = write_batch(tcp, batch);
             match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
