@@ -143,6 +143,20 @@ pub fn defer(add: impl FnOnce(&mut Vec<Arc<dyn Flush>>)) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether this thread is an event loop with flushes waiting for the end of its turn. A task
+/// that already handled one burst this turn yields before reading another while this holds,
+/// so that what its burst (and everyone else's) queued is written first: a socket gets one
+/// write per turn, and a peer pipelining without pause cannot keep everyone's frames queued
+/// (and its own queue filling) for as long as it keeps sending.
+pub fn waiting() -> bool {
+    DEFERRED
+        .try_with(|d| {
+            d.try_borrow()
+                .is_ok_and(|d| d.as_ref().is_some_and(|d| !d.list.is_empty()))
+        })
+        .unwrap_or(false)
+}
+
 /// The task that writes a loop's deferred flushes at the end of each turn. While it lives,
 /// [`defer`] on this thread defers; when it is dropped (its runtime stops), it writes what
 /// is left and deferring ends.
@@ -432,6 +446,7 @@ mod tests {
         let c = Arc::new(Count(AtomicUsize::new(0)));
         // No loop on this thread: the caller flushes itself.
         assert!(!defer(|l| l.push(c.clone())));
+        assert!(!waiting());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -443,13 +458,16 @@ mod tests {
                 let c = c.clone();
                 async move { c.0.load(SeqCst) }
             });
+            assert!(!waiting());
             assert!(defer(|l| l.push(c.clone())));
             assert!(defer(|l| l.push(c.clone())));
+            assert!(waiting(), "flushes wait for the end of the turn");
             assert_eq!(c.0.load(SeqCst), 0, "not before the turn ends");
             // A task made ready before the flusher runs before it: it sees nothing written.
             assert_eq!(other.await.unwrap(), 0);
             tokio::task::yield_now().await;
             assert_eq!(c.0.load(SeqCst), 2, "both, at the end of the turn");
+            assert!(!waiting());
             // Deferred and never run: the flusher's drop (its runtime stopping) writes it.
             assert!(defer(|l| l.push(c.clone())));
             loops.stop();

@@ -284,3 +284,60 @@ async fn first_frame_sent_right_behind_the_handshake_is_not_lost() {
     assert_eq!(texts[1]["message"], "early");
     srv.stop().await;
 }
+
+/// A client pipelining thousands of messages without pause (more than a connection's whole
+/// send queue) gets them all echoed and broadcast, and so does everyone else: the server
+/// writes what one read produced before it reads the next, instead of queueing the whole
+/// pipeline for everyone until the sender pauses (which closed the sender and its readers as
+/// slow consumers).
+#[tokio::test]
+async fn a_pipelined_burst_past_the_send_queue_reaches_everyone() {
+    use futures_util::StreamExt;
+    let srv = TestServer::start().await;
+    let (a, a_short) = connect(&srv.ws_url()).await;
+    let (b, _) = connect(&srv.ws_url()).await;
+    let (mut a_tx, mut a_rx) = a.split();
+    // A hears of B's join first; then nothing else is sent before the burst.
+    async fn next(rx: &mut futures_util::stream::SplitStream<Ws>) -> serde_json::Value {
+        match tokio::time::timeout(Duration::from_secs(20), rx.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+    let v = next(&mut a_rx).await;
+    assert_eq!(v["type"], "system");
+    let n = 3000; // the send queue holds 1,024 frames
+    let count = |kind: &'static str| {
+        move |v: &serde_json::Value| v["type"] == kind && v["message"].as_str().is_some()
+    };
+    let reader = |mut rx: futures_util::stream::SplitStream<Ws>, want: usize| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < want {
+                got.push(next(&mut rx).await);
+            }
+            got
+        })
+    };
+    let a_reads = reader(a_rx, 2 * n);
+    let (b_tx, b_rx) = b.split();
+    let b_reads = reader(b_rx, n);
+    for i in 0..n {
+        a_tx.feed(Message::text(format!("pipelined message number {i:05}")))
+            .await
+            .unwrap();
+    }
+    a_tx.flush().await.unwrap();
+    let a_got = a_reads.await.unwrap();
+    let b_got = b_reads.await.unwrap();
+    assert_eq!(a_got.iter().filter(|v| count("echo")(v)).count(), n);
+    assert_eq!(a_got.iter().filter(|v| count("message")(v)).count(), n);
+    // Everyone gets them in the order they were sent.
+    for (i, v) in b_got.iter().enumerate() {
+        assert_eq!(v["type"], "message", "{v}");
+        assert_eq!(v["from"], a_short.as_str());
+        assert_eq!(v["message"], format!("pipelined message number {i:05}"));
+    }
+    drop(b_tx);
+    srv.stop().await;
+}

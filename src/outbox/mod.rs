@@ -278,6 +278,10 @@ impl Outbox {
     pub fn attach(&self, socket: Arc<DirectWrite>) {
         let mut st = self.state.lock();
         st.socket = Some(socket);
+        if st.owner == Owner::Idle && !st.queue.is_empty() {
+            // Queued without a socket, so no flush is coming for them.
+            st.owner = Owner::Writer;
+        }
         Self::wake(st);
     }
 
@@ -533,12 +537,18 @@ impl Outbox {
     pub fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Frame>) -> Poll<Take> {
         let mut st = self.state.lock();
         Self::register_in(&mut st, cx.waker());
+        // Frames queued into an idle outbox with a socket are the flush's their producer
+        // asked for (a cork, written at the end of the turn with whatever else the turn
+        // queued): the writer leaves them to it, so that the socket gets one write per turn.
         let mine = match st.owner {
             Owner::Writer => true,
-            Owner::Idle => !st.queue.is_empty(),
+            Owner::Idle => st.socket.is_none(),
             Owner::Flusher => false,
         };
-        if mine && !st.queue.is_empty() {
+        if !st.queue.is_empty() && !mine {
+            return Poll::Pending;
+        }
+        if !st.queue.is_empty() {
             st.owner = Owner::Writer;
             self.expire_queued(&mut st);
             let take = batch_len(&st.queue);

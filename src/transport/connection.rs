@@ -620,8 +620,9 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
         // The connections offered frames by this turn's bursts (flushed after each burst; kept
         // here, not in the connection, so an idle connection holds no cork).
         let mut cork = HubCork::new();
-        // As long as something was ready: the writer runs between two reads, so what a burst
-        // of commands produced leaves before the next burst is read.
+        let mut drained = false;
+        // As long as something was ready: what a burst of commands produced leaves before the
+        // next burst is read (on an event loop, at the end of the turn: the task yields).
         loop {
             if let Some(ending) = self.poll_close(cx, io) {
                 return Poll::Ready(ending);
@@ -637,6 +638,7 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
                 if let Some(p) = self.pending.take().filter(|_| !self.c.closing) {
                     self.c.command_prefetched(&p.1, pre, &mut cork);
                 }
+                drained = true;
                 let ending = self.c.drain(
                     Step::Continue,
                     &mut self.rd,
@@ -652,6 +654,12 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
             if !self.c.reading {
                 break;
             }
+            if drained && crate::event_loops::waiting() {
+                // One burst per turn: the writes it asked for go first (see `waiting`).
+                cx.waker().wake_by_ref();
+                break;
+            }
+            drained = true;
             let Poll::Ready(r) = self.rd.poll_next(cx, &mut io.reader) else {
                 break;
             };
