@@ -8,10 +8,13 @@
 //! Frames leave by one of two ways, and exactly one writer owns the socket at a time
 //! ([`Owner`]):
 //! - **write-through** (plain TCP): once the connection has attached its socket
-//!   ([`Outbox::attach`]), whoever queued frames into an idle outbox flushes it right away with
-//!   one non-blocking `writev` of everything queued ([`Outbox::flush`]). A broadcast pushes to
-//!   every recipient first and flushes afterwards, so frames published together ("corked")
-//!   leave in one system call, and no task is woken for a socket that can take the bytes now.
+//!   ([`Outbox::attach`]), whoever queued frames into an idle outbox flushes it with one
+//!   non-blocking write of everything queued ([`Outbox::flush`], [`write_batch`]). A broadcast
+//!   pushes to every recipient first and flushes afterwards, so frames published together
+//!   ("corked") leave in one system call, and no task is woken for a socket that can take the
+//!   bytes now. On an event loop the flush waits for the end of the loop's turn, so everything
+//!   the turn queued for a socket leaves in one write; the writer task never takes frames a
+//!   flush is coming for.
 //! - **the writer task**: when the socket cannot take everything (it would block), the rest is
 //!   handed to the connection's writer task, which waits for the socket to be writable. Without
 //!   an attached socket (TLS, before the upgrade) every frame goes this way.
