@@ -73,7 +73,7 @@ thread_local! {
 /// Writes some of the front frames of `batch` to `socket` without waiting; returns how many
 /// bytes it took.
 ///
-/// A single frame leaves by one `send`; several that together fit in [`COALESCE_BYTES`] are
+/// A single frame leaves by one `send`; several that together fit in 8 KiB (`COALESCE_BYTES`) are
 /// copied into this thread's gathering buffer and leave by one `send` too; anything larger by
 /// one vectored write. Measured on the echo + broadcast path: `writev` goes through the VFS
 /// layer (file position lock, access checks, importing the vector) that a socket's `send`
