@@ -654,9 +654,13 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
+        // A small send buffer, so that large batches are taken in parts.
+        socket2::SockRef::from(&client)
+            .set_send_buffer_size(4096)
+            .unwrap();
         let (mut peer, _) = listener.accept().await.unwrap();
         let frame = |len: usize, b: u8| Bytes::from(vec![b; len]);
-        let batches: [Vec<Frame>; 4] = [
+        let batches: [Vec<Frame>; 5] = [
             vec![],
             vec![frame(5, 1)],
             vec![frame(10, 2), frame(20, 3), frame(30, 4)],
@@ -665,31 +669,39 @@ mod tests {
                 frame(7, 6),
                 frame(3 * COALESCE_BYTES, 7),
             ],
+            (0..200u8).map(|i| frame(100, i)).collect(),
         ];
-        let mut want = Vec::new();
+        let want: Vec<u8> = batches
+            .iter()
+            .flatten()
+            .flat_map(|f| f.iter().copied())
+            .collect();
+        let reader = tokio::spawn({
+            let len = want.len();
+            async move {
+                let mut got = vec![0; len];
+                peer.read_exact(&mut got).await.map(|_| got)
+            }
+        });
+        let mut partial = false;
         for batch in batches {
             let mut batch: VecDeque<Frame> = batch.into();
-            want.extend(batch.iter().flat_map(|f| f.iter().copied()));
             while !batch.is_empty() {
                 client.writable().await.unwrap();
                 match write_batch(&client, &batch) {
-                    Ok(n) => {
-                        advance(&mut batch, n);
-                    }
+                    Ok(n) => partial |= advance(&mut batch, n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => panic!("{e}"),
                 }
             }
         }
-        let mut got = vec![0; want.len()];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            peer.read_exact(&mut got),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(got, want);
+        assert!(partial, "some write took part of a frame");
     }
 
     #[test]
