@@ -250,10 +250,12 @@ impl Reader {
 
     /// Reads until one message is complete. `Ok(None)` is EOF. Bytes move from the socket
     /// into `self.buf` within a single poll.
+    /// `full` is set when a read filled its whole chunk (the socket likely has more).
     fn poll_next<R: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
+        full: &mut bool,
     ) -> Poll<Result<Option<Message>, ReadError>> {
         loop {
             match self.buffered() {
@@ -270,6 +272,7 @@ impl Reader {
             if rb.filled().is_empty() {
                 return Poll::Ready(Ok(None));
             }
+            *full = rb.filled().len() == READ_CHUNK;
             match self.buf.as_mut() {
                 Some(buf) => buf.extend_from_slice(rb.filled()),
                 None => self.buf = Some(Box::new(BytesMut::from(rb.filled()))),
@@ -620,7 +623,9 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
         // The connections offered frames by this turn's bursts (flushed after each burst; kept
         // here, not in the connection, so an idle connection holds no cork).
         let mut cork = HubCork::new();
-        let mut drained = false;
+        // Bursts handled in this poll, and whether the last read filled its chunk.
+        let mut bursts = 0u8;
+        let mut full = false;
         // As long as something was ready: what a burst of commands produced leaves before the
         // next burst is read (on an event loop, at the end of the turn: the task yields).
         loop {
@@ -638,7 +643,7 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
                 if let Some(p) = self.pending.take().filter(|_| !self.c.closing) {
                     self.c.command_prefetched(&p.1, pre, &mut cork);
                 }
-                drained = true;
+                bursts = bursts.saturating_add(1);
                 let ending = self.c.drain(
                     Step::Continue,
                     &mut self.rd,
@@ -654,15 +659,17 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
             if !self.c.reading {
                 break;
             }
-            if drained && crate::event_loops::waiting() {
-                // One burst per turn: the writes it asked for go first (see `waiting`).
+            if (bursts >= 2 || (bursts == 1 && full)) && crate::event_loops::waiting() {
+                // One burst per turn: the writes it asked for go first (see `waiting`). After a
+                // short read the next one most likely finds nothing and registers the task,
+                // which costs less than another poll: that one is tried, not a third.
                 cx.waker().wake_by_ref();
                 break;
             }
-            drained = true;
-            let Poll::Ready(r) = self.rd.poll_next(cx, &mut io.reader) else {
+            let Poll::Ready(r) = self.rd.poll_next(cx, &mut io.reader, &mut full) else {
                 break;
             };
+            bursts = bursts.saturating_add(1);
             // Handle the whole burst already read, then write what it produced: frames
             // published together leave together.
             let burst = std::time::Instant::now();
