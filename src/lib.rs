@@ -27,6 +27,7 @@
 //!   trait it defines.
 //! - [`outbox`]: a connection's outbound queue, bounded in frames and bytes, the registry's
 //!   sink. Pushing never waits; a full queue makes the connection a slow consumer (1008).
+//!   What a turn queued for a socket leaves in one `send` (small frames gathered first).
 //!   Also the connections' one timer ([`outbox::Sweep`]), which wakes each connection through
 //!   the waker its outbox keeps.
 //! - [`auth`]: the REST API key, JWT connection authentication, the Origin allow-list.
