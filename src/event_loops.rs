@@ -362,10 +362,7 @@ mod tests {
 
     #[test]
     fn loops_run_on_their_own_threads_and_stop() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread();
         rt.block_on(async {
             let loops = EventLoops::start(3).unwrap();
             assert_eq!(loops.len(), 3);
@@ -417,10 +414,7 @@ mod tests {
 
     #[test]
     fn a_busy_loop_takes_no_new_connection() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread();
         rt.block_on(async {
             let loops = EventLoops::start(2).unwrap();
             assert_eq!(loops.next().0, 0);
@@ -431,6 +425,13 @@ mod tests {
             assert_eq!(loops.next().0, 1, "loop 0 was busy: the next one takes it");
             loops.stop();
         });
+    }
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     struct Count(std::sync::atomic::AtomicUsize);
@@ -447,10 +448,7 @@ mod tests {
         // No loop on this thread: the caller flushes itself.
         assert!(!defer(|l| l.push(c.clone())));
         assert!(!waiting());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread();
         rt.block_on(async {
             let loops = EventLoops::start(1).unwrap();
             tokio::task::yield_now().await; // the flusher registers

@@ -757,6 +757,57 @@ mod tests {
         assert!(matches!(o.take(&mut batch).await, Take::Finished));
     }
 
+    /// With a socket attached, frames queued into an idle outbox are the flush's their producer
+    /// asked for: the writer neither takes them nor sends a Close requested meanwhile ahead of
+    /// them. Frames queued before the socket existed are the writer's once it is attached.
+    #[tokio::test]
+    async fn the_writer_leaves_frames_to_the_flush_that_is_coming() {
+        use std::future::poll_fn;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let (_rd, wr) = client.into_split();
+        let poll_once = |o: &Outbox, batch: &mut VecDeque<Frame>| {
+            let waker = futures_util::task::noop_waker();
+            o.poll_take(&mut Context::from_waker(&waker), batch)
+        };
+
+        // Queued before the socket: no flush is coming, the writer owns them on attach.
+        let o = Outbox::new(8);
+        assert_eq!(o.push(Bytes::from_static(b"a")), Ok(Queued::Done));
+        o.attach(Arc::new(wr));
+        let mut batch = VecDeque::new();
+        assert!(matches!(
+            poll_once(&o, &mut batch),
+            Poll::Ready(Take::Frames(false))
+        ));
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        assert!(!o.release());
+
+        // Queued with the socket there: left for the flush, and a Close waits behind them.
+        assert_eq!(o.push(Bytes::from_static(b"b")), Ok(Queued::NeedsFlush));
+        assert_eq!(o.push(Bytes::from_static(b"c")), Ok(Queued::Done));
+        assert!(poll_once(&o, &mut batch).is_pending());
+        assert!(o.close(CloseReason::GoingAway));
+        assert!(
+            poll_once(&o, &mut batch).is_pending(),
+            "no Close before b and c"
+        );
+        o.flush();
+        assert!(o.is_empty());
+        let mut got = [0u8; 2];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"bc");
+        match poll_fn(|cx| o.poll_take(cx, &mut batch)).await {
+            Take::Close(f) => assert_eq!(&f[2..4], &1001u16.to_be_bytes()),
+            other => panic!("expected the Close after the flush, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn slow_consumer_close_drops_the_backlog() {
         let o = Outbox::new(8);
