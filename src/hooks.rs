@@ -264,7 +264,7 @@ impl Hooks {
     pub fn new(settings: Settings, calls: Family<HookLabels, Counter>, seconds: Histogram) -> Self {
         let client = settings
             .any()
-            .then(|| reqwest::Client::builder().timeout(settings.timeout).build())
+            .then(|| crate::outbound::client(settings.timeout))
             .and_then(|c| {
                 c.map_err(|e| tracing::error!(error = %e, "authorization hooks: no HTTP client"))
                     .ok()
@@ -516,6 +516,11 @@ impl Hooks {
             .await;
         let read = match sent {
             Ok(res) if res.status().is_success() => read_capped(res).await,
+            Ok(res) if res.status().is_redirection() => Err(Failure::Broken(format!(
+                "answered {} (a redirect to {}): redirects are not followed",
+                res.status(),
+                crate::outbound::redirected(&res).unwrap_or_default()
+            ))),
             Ok(res) if res.status().is_server_error() || res.status().as_u16() == 429 => {
                 Err(Failure::Unavailable(format!("answered {}", res.status())))
             }

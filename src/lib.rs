@@ -9,14 +9,15 @@
 //! import cycle: `../shared/tools/modgraph.py src` checks it):
 //!
 //! - [`frame`], [`id`], [`problem`], [`metrics`], [`wire`], [`web`], [`tls`], [`apps`],
-//!   [`signing`], [`event_loops`]: leaves. The RFC 6455 wire format (a server frame is
+//!   [`signing`], [`event_loops`], [`outbound`]: leaves. The RFC 6455 wire format (a server frame is
 //!   encoded **once** into a shared buffer and handed to every recipient; client frames are
 //!   decoded incrementally); connection ids (and their Pusher `socket_id` form); RFC 9457
 //!   errors; Prometheus metrics; the types nodes exchange through a backplane (publications,
 //!   stream names, connection entries, node ids); the demo page and JavaScript client; TLS;
 //!   Pusher apps (id, key, secret, limits) and how their channels map to hub streams;
 //!   Pusher's HMAC signatures; the binary's event loops (a single-threaded runtime per core,
-//!   each with a cork per turn that the registry's flushes go through).
+//!   each with a cork per turn that the registry's flushes go through); the one HTTP client
+//!   every outbound request uses (it follows no redirect).
 //! - [`close`], [`envelope`]: close reasons and their codes; the JSON envelopes of SPEC 1.2.
 //! - [`history`]: offsets, epochs and bounded history per group and for the all-clients
 //!   stream (bounded in bytes overall): what lets a reconnecting client recover what it missed.
@@ -75,6 +76,7 @@ pub mod hub;
 pub mod id;
 pub mod manager;
 pub mod metrics;
+pub mod outbound;
 pub mod outbox;
 pub mod problem;
 pub mod protocol;

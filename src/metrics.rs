@@ -83,7 +83,7 @@ pub struct Metrics {
     /// `gap_filled` (missed bus messages fetched from the shared history).
     pub backplane_events: Family<Reason, Counter>,
     /// Webhook events by outcome: `queued`, `delivered`, `retried`, `rejected` (a 4xx answer:
-    /// not retried), `given_up` (retries exhausted), `dropped` (the target's queue was full).
+    /// not retried), `redirected` (a 3xx answer: not followed, not retried), `given_up` (retries exhausted), `dropped` (the target's queue was full).
     pub webhook_events: Family<Reason, Counter>,
     /// Authorization hook calls by hook and outcome.
     pub hook_calls: Family<HookLabels, Counter>,
@@ -301,7 +301,7 @@ impl Metrics {
         );
         registry.register(
             "webhook_events",
-            "Webhook events (Pusher and wshub formats): queued, delivered, retried, rejected, given_up, dropped",
+            "Webhook events (Pusher and wshub formats): queued, delivered, retried, rejected, redirected, given_up, dropped",
             m.webhook_events.clone(),
         );
         registry.register(

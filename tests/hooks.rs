@@ -278,9 +278,8 @@ fn backend(body: &Value) -> Reply {
                     ..Reply::json(json!({"allow": true}))
                 },
                 "session=garbage" => Reply {
-                    status: 200,
                     body: "<html>login</html>".into(),
-                    delay: Duration::ZERO,
+                    ..Reply::status(200)
                 },
                 "session=5xx" => Reply::status(502),
                 // JSON, but not the answer: `allow` is not a boolean.
@@ -587,5 +586,96 @@ async fn a_clean_shutdown_sends_the_last_events_before_it_returns() {
         ),
         // A wshub.v1 client is told to reconnect elsewhere now.
         (Some("shutdown"), Some(1012))
+    );
+}
+
+/// Waits (at most 15 s) until the metric line `name` reads `want`.
+async fn metric_reaches(s: &TestServer, name: &str, want: f64) {
+    let polled = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let text =
+                String::from_utf8(http(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+            let now = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse::<f64>().ok());
+            if now == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "{name} never reached {want}");
+}
+
+#[tokio::test]
+async fn no_outbound_request_follows_a_redirect() {
+    // The trap: where every redirect points. It must never be asked anything.
+    let trap = Receiver::with(|_, _| Reply::json(json!({"allow": true, "user": "mallory"}))).await;
+    let to = trap.url.clone();
+    // The connect hook answers with each kind of redirect in turn, by cookie.
+    let rx = Receiver::with(move |b, _| {
+        let cookie = b["headers"]["cookie"].as_str().unwrap_or("");
+        match cookie.strip_prefix("session=r") {
+            Some(code) => Reply::redirect(code.parse().unwrap(), &to),
+            None => backend(b),
+        }
+    })
+    .await;
+    let s = hooked(&rx.url, Duration::from_millis(1500)).await;
+    for code in [301, 302, 303, 307, 308] {
+        // Refused as any answer that is not one: fail-closed, never admitted as the target's user.
+        assert_eq!(
+            refused_with(&s, &format!("session=r{code}")).await,
+            wshub::hooks::BROKEN_CODE,
+            "{code}"
+        );
+    }
+    // The hook still works for an answer that is one.
+    let (_ws, welcome) = connect_cookie(&s.ws_url(), "session=ann").await.unwrap();
+    assert_eq!(welcome["user"], "ann");
+    assert_eq!(
+        metric(
+            s.addr,
+            r#"wshub_hook_calls_total{hook="connect",outcome="invalid"}"#
+        )
+        .await,
+        5.0
+    );
+    s.stop().await;
+
+    // A webhook receiver that answers 307 (which would re-send the signed POST) and then 302
+    // (which would send a GET): each batch is failed, counted, not retried, not sent on.
+    let to = trap.url.clone();
+    let receiver =
+        Receiver::with(move |_, n| Reply::redirect(if n == 0 { 307 } else { 302 }, &to)).await;
+    let s = TestServer::with_config(HubConfig {
+        webhooks: webhooks(&receiver.url, &["connection.opened"]),
+        ..fast_config()
+    })
+    .await;
+    let (_a, _) = connect_v1(&s.ws_url()).await;
+    metric_reaches(
+        &s,
+        r#"wshub_webhook_events_total{reason="redirected"}"#,
+        1.0,
+    )
+    .await;
+    let (_b, _) = connect_v1(&s.ws_url()).await;
+    metric_reaches(
+        &s,
+        r#"wshub_webhook_events_total{reason="redirected"}"#,
+        2.0,
+    )
+    .await;
+    assert_eq!(receiver.got.lock().len(), 2, "each batch was tried once");
+    let text = String::from_utf8(http(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(!text.contains(r#"reason="retried""#), "{text}");
+    s.stop().await;
+    assert!(
+        trap.got.lock().is_empty(),
+        "a redirect was followed: the trap got {} requests",
+        trap.got.lock().len()
     );
 }

@@ -398,6 +398,26 @@ async fn the_http_api_refuses_what_pusher_refuses() {
     assert_eq!(unsigned.status, 401);
     let stale = api(&s, "POST", "/apps/1/events", ev, |p| p[1].1 = "1000".into()).await;
     assert_eq!(stale.status, 401);
+    // Correctly signed, at the ends of the range: a window is a window (no wrap-around), and a
+    // number past i64 is malformed. The server answers each and keeps serving.
+    let min = i64::MIN.to_string();
+    let max = i64::MAX.to_string();
+    let near_min = (i64::MIN + 1).to_string();
+    for (ts, why) in [
+        (min.as_str(), "expired"),
+        (near_min.as_str(), "expired"),
+        (max.as_str(), "expired"),
+        ("-1", "expired"),
+        ("0", "expired"),
+        ("18446744073709551615", "malformed"),
+        ("99999999999999999999999", "malformed"),
+        ("1e9", "malformed"),
+    ] {
+        let r = api(&s, "POST", "/apps/1/events", ev, |p| p[1].1 = ts.into()).await;
+        assert_eq!(r.status, 401, "auth_timestamp={ts}");
+        let detail = String::from_utf8_lossy(&r.body).to_lowercase();
+        assert!(detail.contains(why), "auth_timestamp={ts}: {detail}");
+    }
     let text = String::from_utf8_lossy(&stale.body);
     assert!(text.contains("Timestamp expired"), "{text}");
     let md5 = api(&s, "POST", "/apps/1/events", ev, |p| {

@@ -21,6 +21,13 @@ use crate::id::ConnId;
 use crate::protocol::pusher::{Channel, Kind, MAX_EVENT_NAME};
 use crate::signing;
 
+/// Whether `ts` is within [`MAX_SKEW_SECS`] of `now`, in checked arithmetic (a difference
+/// that does not fit an `i64`, as with a timestamp near `i64::MIN`, is not within it).
+fn within_skew(now: i64, ts: i64) -> bool {
+    now.checked_sub(ts)
+        .is_some_and(|d| d.unsigned_abs() <= MAX_SKEW_SECS.unsigned_abs())
+}
+
 /// How far a request's `auth_timestamp` may be from the server's clock.
 const MAX_SKEW_SECS: i64 = 600;
 
@@ -118,8 +125,8 @@ fn authenticate(
         .ok_or_else(|| unauthorized("Missing or malformed auth_timestamp"))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    if (now - ts).abs() > MAX_SKEW_SECS {
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if !within_skew(now, ts) {
         return Err(unauthorized(format!(
             "Timestamp expired: given timestamp ({ts}) is not within {MAX_SKEW_SECS}s of the server's time ({now})"
         )));

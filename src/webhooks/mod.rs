@@ -13,7 +13,8 @@
 //! batched (what arrives within [`BATCH_WINDOW`], at most [`BATCH_MAX`] events), and retries a
 //! batch that failed with a network error, a 5xx or a 429, with exponential backoff and jitter
 //! ([`RETRY_FIRST`] doubling, [`ATTEMPTS`] attempts in all), then gives it up; a batch answered
-//! with another 4xx is not retried (`rejected`). Every outcome is counted in
+//! with another 4xx is not retried (`rejected`), nor is one answered with a redirect
+//! (`redirected`: no redirect is followed, see [`crate::outbound`]). Every outcome is counted in
 //! `wshub_webhook_events_total{reason}` and logged. Which node emits an event in a cluster is
 //! the hub's business (exactly one does).
 
@@ -147,7 +148,7 @@ impl Webhooks {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return none;
         };
-        let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
+        let client = match crate::outbound::client(TIMEOUT) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhooks off: no HTTP client");
@@ -331,6 +332,12 @@ async fn send_batch(
             let retry = match req.send().await {
                 Ok(res) if res.status().is_success() => {
                     count("delivered", batch.len());
+                    false
+                }
+                Ok(res) if res.status().is_redirection() => {
+                    let to = crate::outbound::redirected(&res).unwrap_or_default();
+                    tracing::error!(%url, status = %res.status(), location = %to, n = batch.len(), "webhook answered with a redirect: not followed, not retried (configure the receiver's real URL)");
+                    count("redirected", batch.len());
                     false
                 }
                 Ok(res) if res.status().is_server_error() || res.status().as_u16() == 429 => {

@@ -1,5 +1,5 @@
 //! A real HTTP receiver for webhooks and authorization hooks: it records every request
-//! (headers and body) and answers as the test says (status, body, delay).
+//! (headers and body, of any method: a followed redirect's GET is seen too) and answers as the test says (status, body, delay).
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -13,6 +13,8 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub delay: Duration,
+    /// A `Location` header to answer with (with a 3xx status: a redirect).
+    pub location: Option<String>,
 }
 
 impl Reply {
@@ -21,6 +23,15 @@ impl Reply {
             status,
             body: String::new(),
             delay: Duration::ZERO,
+            location: None,
+        }
+    }
+
+    /// A redirect: `status` (a 3xx) sending the request on to `to`.
+    pub fn redirect(status: u16, to: &str) -> Self {
+        Reply {
+            location: Some(to.to_owned()),
+            ..Reply::status(status)
         }
     }
 
@@ -29,6 +40,7 @@ impl Reply {
             status: 200,
             body: v.to_string(),
             delay: Duration::ZERO,
+            location: None,
         }
     }
 }
@@ -80,7 +92,7 @@ impl Receiver {
         let state = got.clone();
         let app = axum::Router::new().route(
             "/hook",
-            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            axum::routing::any(move |headers: axum::http::HeaderMap, body: String| {
                 let (state, answer) = (state.clone(), answer.clone());
                 async move {
                     let n = {
@@ -96,9 +108,14 @@ impl Receiver {
                     if !reply.delay.is_zero() {
                         tokio::time::sleep(reply.delay).await;
                     }
+                    let mut headers = axum::http::HeaderMap::new();
+                    headers.insert("content-type", "application/json".parse().unwrap());
+                    if let Some(to) = &reply.location {
+                        headers.insert("location", to.parse().unwrap());
+                    }
                     (
                         axum::http::StatusCode::from_u16(reply.status).unwrap(),
-                        [("content-type", "application/json")],
+                        headers,
                         reply.body,
                     )
                 }
