@@ -6,9 +6,9 @@
 #   bench/compare.sh [OUTDIR]        # ~4 minutes per server
 #   UWS_BIN=/path/to/uws-peer bench/compare.sh
 #
-# The ceiling is never part of the project: ../shared/peers/uws/README.md says how to build it
-# from fetched uWebSockets sources; UWS_BIN (default ../shared/peers/uws/uws-peer) names the
-# binary, and the column is left out when there is none. SERVERS="wshub uws" picks servers.
+# The ceiling is never part of the project: a uWebSockets server speaking plain mode, built
+# outside it from uWebSockets' sources (see docs/BENCHMARKS.md). UWS_BIN names the binary
+# (default: the benchmark workspace's copy), and the column is left out when there is none. SERVERS="wshub uws" picks servers.
 #
 # Every server is started fresh for every measurement (idle memory is measured from a clean
 # process), on a free loopback port, and stopped afterwards. Results: OUTDIR/*.json, table on

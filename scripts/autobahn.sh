@@ -3,7 +3,7 @@
 #
 #   scripts/autobahn.sh [--quick] [OUTDIR]
 #
-# Needs ../shared/autobahn (or AUTOBAHN_DIR) from the workspace; installs the suite with its
+# Needs an Autobahn TestSuite checkout: AUTOBAHN_DIR (default: the CI workspace's copy); installs the suite with its
 # install.sh when missing. Starts a release build of wshub on a free port, runs the suite,
 # prints the summary and exits 1 if any case FAILED or is UNIMPLEMENTED (permessage-deflate,
 # sections 12 and 13, is part of conformance), 2 on a usage or run error, 3 when the suite could

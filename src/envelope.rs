@@ -1,4 +1,4 @@
-//! The JSON envelopes the server sends (SPEC 1.2), serialised straight into their final frames.
+//! The JSON envelopes the server sends (docs/PROTOCOL.md, "Plain mode"), serialised straight into their final frames.
 //!
 //! Every envelope has `type` and `timestamp` (RFC 3339, UTC, `Z` suffix, whole seconds as in
 //! the original). Text a client sent is carried as a JSON string, so any text comes back
@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::frame::{Frame, FrameBuf, OpCode};
 
-/// The kinds of server-to-client envelope of SPEC 1.2.
+/// The kinds of server-to-client envelope of plain mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A client joined or left (`"system"`).
@@ -77,7 +77,7 @@ impl Body {
     }
 }
 
-// The envelope is assembled field by field in the order of SPEC 1.2 (`type`, `from`,
+// The envelope is assembled field by field in the order plain mode documents (`type`, `from`,
 // `message`, `offset`, `timestamp`), exactly as serde_json's compact form of that struct,
 // which the tests compare against; the strings are escaped by serde_json itself.
 
@@ -296,7 +296,7 @@ mod properties {
         }
 
         /// The hand-assembled envelope is byte for byte what serde_json makes of the struct
-        /// SPEC 1.2 describes, with and without an offset and a sender.
+        /// plain mode describes, with and without an offset and a sender.
         #[test]
         fn assembled_envelopes_are_serde_json_s(
             s in any::<String>(),

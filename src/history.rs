@@ -1,4 +1,4 @@
-//! Message history with offsets and epochs (SPEC section 3): what makes a reconnect lossless.
+//! Message history with offsets and epochs (docs/PROTOCOL.md, "Recovery"): what makes a reconnect lossless.
 //!
 //! Every group, and the all-clients stream, is a [`Stream`]: a counter handing out offsets
 //! (1, 2, 3, … with no gaps), an epoch naming this run of the counter, and the last messages as

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! From the bottom up; a module uses only those above it in this list, never one below (no
-//! import cycle: `../shared/tools/modgraph.py src` checks it):
+//! import cycle):
 //!
 //! - [`frame`], [`id`], [`problem`], [`metrics`], [`wire`], [`web`], [`tls`], [`apps`],
 //!   [`signing`], [`event_loops`], [`outbound`]: leaves. The RFC 6455 wire format (a server frame is
@@ -18,7 +18,7 @@
 //!   Pusher's HMAC signatures; the binary's event loops (a single-threaded runtime per core,
 //!   each with a cork per turn that the registry's flushes go through); the one HTTP client
 //!   every outbound request uses (it follows no redirect).
-//! - [`close`], [`envelope`]: close reasons and their codes; the JSON envelopes of SPEC 1.2.
+//! - [`close`], [`envelope`]: close reasons and their codes; the JSON envelopes of plain mode.
 //! - [`history`]: offsets, epochs and bounded history per group and for the all-clients
 //!   stream (bounded in bytes overall): what lets a reconnecting client recover what it missed.
 //! - [`protocol`]: what travels in the frames: the `wshub.v1` subprotocol (commands, acks,

@@ -67,7 +67,7 @@ pub enum Publication {
         #[serde(with = "base64_bytes")]
         data: Vec<u8>,
     },
-    /// A SPEC 1.2 `system` announcement to every plain client.
+    /// A plain-mode `system` announcement to every plain client.
     System {
         /// The text.
         text: String,

@@ -84,7 +84,7 @@ async fn broadcast_valid_with_no_clients_is_200_with_0_recipients() {
     .await;
     assert_eq!(s, StatusCode::OK);
     let v: Value = serde_json::from_slice(&b).unwrap();
-    // SPEC 1.3's `recipients`, plus the message's offset in the all-clients stream.
+    // The broadcast's `recipients`, plus the message's offset in the all-clients stream.
     assert_eq!(v, serde_json::json!({"recipients": 0, "offset": 1}));
 }
 

@@ -1,4 +1,4 @@
-//! Scale-out over Redis (SPEC section 4): several nodes on one real `redis-server` (spawned
+//! Scale-out over Redis (docs/CLUSTER.md): several nodes on one real `redis-server` (spawned
 //! here on a free port), clients spread over them, every delivery counted. Also: the
 //! cluster-wide listing, a node killed (its connections leave the listing), the backplane
 //! killed and restarted (local delivery goes on, `/readyz` says so, cross-node delivery comes

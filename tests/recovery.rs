@@ -1,4 +1,4 @@
-//! Reconnection without loss (SPEC section 3): offsets, epochs, replay on `join` with `since`
+//! Reconnection without loss (docs/PROTOCOL.md, "Recovery"): offsets, epochs, replay on `join` with `since`
 //! and on connect with `?recover=`, the REST history, and replay racing live publishes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -213,7 +213,7 @@ async fn the_all_clients_stream_recovers_on_connect() {
     drop(a);
     srv.hub.broadcast_text("two");
     srv.hub.broadcast_text("three");
-    // A plain client gets SPEC 1.2's envelope exactly: no offset.
+    // A plain client gets plain mode's envelope exactly: no offset.
     let (mut plain, _) = connect(&srv.ws_url()).await;
     let url = format!("{}?recover={epoch}:1", srv.ws_url());
     let (mut b, welcome) = connect_v1_welcome(&url).await;
@@ -234,7 +234,7 @@ async fn the_all_clients_stream_recovers_on_connect() {
     assert_eq!(p["message"], "four");
     assert!(
         p.get("offset").is_none(),
-        "plain clients get SPEC 1.2 exactly: {p}"
+        "plain clients get plain mode's envelope exactly: {p}"
     );
     // Another epoch: nothing replayed, and the client is told.
     let url = format!("{}?recover=other:1", srv.ws_url());

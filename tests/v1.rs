@@ -28,7 +28,7 @@ async fn negotiation_welcome_and_plain_compatibility() {
     let srv = TestServer::start().await;
     let (mut plain, _) = connect(&srv.ws_url()).await;
     let (mut v1, id) = connect_v1(&srv.ws_url()).await;
-    // Plain clients still see every join (SPEC 1.2); v1 clients get no global announcements.
+    // Plain clients still see every join (plain mode); v1 clients get no global announcements.
     let joined = next_json(&mut plain).await;
     assert_eq!(joined["message"], format!("Client {} joined.", &id[..8]));
     let _ = connect(&srv.ws_url()).await;

@@ -1,4 +1,4 @@
-//! End-to-end: the `/ws` flows of SPEC 1.1–1.2 over real sockets with a real client.
+//! End-to-end: the `/ws` flows of plain mode over real sockets with a real client.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

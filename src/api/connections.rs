@@ -1,4 +1,4 @@
-//! `/api/connections`: list the live connections, push a broadcast (SPEC 1.3).
+//! `/api/connections`: list the live connections, push a broadcast (README, "REST API").
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -35,7 +35,7 @@ pub struct Connection {
     pub user: Option<String>,
     /// The groups it is a member of.
     pub groups: Vec<String>,
-    /// `plain` (SPEC 1 behaviour) or `wshub.v1`.
+    /// `plain` (no subprotocol: plain mode) or `wshub.v1`.
     #[schema(example = "wshub.v1")]
     pub protocol: String,
     /// The id of the node that holds the connection.

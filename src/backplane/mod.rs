@@ -1,4 +1,4 @@
-//! Scale-out (SPEC section 4): several wshub nodes share an existing engine, Redis or NATS with
+//! Scale-out (docs/CLUSTER.md): several wshub nodes share an existing engine, Redis or NATS with
 //! JetStream (or an in-process bus), as their backplane; each implements the [`Engine`] trait. No home-made cluster protocol: the engine carries every publication to every
 //! node, assigns the offsets of group and all-clients streams, keeps their shared history, and
 //! holds each node's connection entries under a TTL.

@@ -86,7 +86,7 @@ pub struct HubConfig {
     pub close_timeout: Duration,
     /// How long shutdown waits for connections to drain and close.
     pub shutdown_timeout: Duration,
-    /// Whether joins and leaves are announced to every client (SPEC 1.2).
+    /// Whether joins and leaves are announced to every plain client (docs/PROTOCOL.md, "Plain mode").
     pub announce: bool,
     /// Groups one connection may be a member of at once.
     pub max_groups_per_connection: usize,
@@ -561,7 +561,7 @@ impl Hub {
     }
 
     /// A text envelope to every connection, recorded in the all-clients stream: `wshub.v1`
-    /// connections get it with its `offset`, plain ones exactly as SPEC 1.2 has it. Returns
+    /// connections get it with its `offset`, plain ones exactly as plain mode has it (docs/PROTOCOL.md). Returns
     /// what was delivered here and the offset (0 when the backplane numbers it later, or
     /// while it is away).
     fn publish_all(
@@ -771,7 +771,7 @@ impl Hub {
     }
 
     /// Removes a `/ws` connection (if a failed send has not already) and announces its leaving:
-    /// to every plain client (SPEC 1.2), and to the members of each group it was in. Called
+    /// to every plain client (docs/PROTOCOL.md, "Plain mode"), and to the members of each group it was in. Called
     /// exactly once per registered connection, by the task that owns it.
     pub(crate) fn unregister(&self, entry: &HubEntry, ending: (&'static str, u16)) {
         let reason = ending.0;

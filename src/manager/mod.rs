@@ -1,4 +1,4 @@
-//! The connection manager: a thread-safe registry of live connections (SPEC 1.4).
+//! The connection manager: a thread-safe registry of live connections.
 //!
 //! It is generic over a small [`Sink`] trait so it can be unit-tested without a network: a test
 //! double stands in for a real socket. In the server the sink is the connection's
@@ -143,7 +143,7 @@ impl<S> Entry<S> {
 pub enum Audience<'a> {
     /// Every connection.
     All,
-    /// Every connection without a subprotocol (SPEC 1 announcements).
+    /// Every connection without a subprotocol (plain-mode announcements).
     Plain,
     /// Every `wshub.v1` connection.
     V1,

@@ -65,7 +65,7 @@ pub trait Sink: Send + Sync + 'static {
 /// Which protocol a connection speaks (each gets its own frames).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// No subprotocol: the behaviour of SPEC section 1 (global join/leave announcements).
+    /// No subprotocol: plain mode (docs/PROTOCOL.md: global join/leave announcements).
     Plain,
     /// `wshub.v1`: commands with acks; join/leave announcements scoped to groups.
     V1,

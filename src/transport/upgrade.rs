@@ -365,7 +365,7 @@ fn over_connection_limit(hub: &Hub) -> Option<Response> {
     Some(res)
 }
 
-/// `GET /ws`: a client of the hub (SPEC 1.1).
+/// `GET /ws`: a client of the hub (plain mode, or `wshub.v1` when asked).
 pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     let hs = match handshake(&mut req, hub.config().compression.is_some()) {
         Ok(hs) => hs,

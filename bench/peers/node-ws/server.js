@@ -1,5 +1,5 @@
 // The comparison peer for `wshub-bench`: what a backend engineer would write by hand with the
-// `ws` package, speaking the protocol of SPEC section 1 (join/leave, echo + message, binary
+// `ws` package, speaking wshub's plain mode (docs/PROTOCOL.md: join/leave, echo + message, binary
 // relay, REST broadcast, /ws/echo, keep-alive).
 //
 //   PORT=5290 ANNOUNCE=all|none node server.js
