@@ -519,7 +519,7 @@ impl Hooks {
             Ok(res) if res.status().is_redirection() => Err(Failure::Broken(format!(
                 "answered {} (a redirect to {}): redirects are not followed",
                 res.status(),
-                crate::outbound::redirected(&res).unwrap_or_default()
+                crate::outbound::location(&res)
             ))),
             Ok(res) if res.status().is_server_error() || res.status().as_u16() == 429 => {
                 Err(Failure::Unavailable(format!("answered {}", res.status())))

@@ -27,12 +27,9 @@ pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// What a `3xx` answer would have sent the request on to, for logs (its `Location`, cut to
-/// 200 bytes), or `None` for any other answer.
-pub fn redirected(res: &reqwest::Response) -> Option<String> {
-    if !res.status().is_redirection() {
-        return None;
-    }
+/// Where a `3xx` answer would have sent the request on to, for logs: its `Location`, cut to
+/// 200 bytes.
+pub fn location(res: &reqwest::Response) -> String {
     let location = res
         .headers()
         .get(reqwest::header::LOCATION)
@@ -42,5 +39,5 @@ pub fn redirected(res: &reqwest::Response) -> Option<String> {
     while !location.is_char_boundary(end) {
         end -= 1;
     }
-    Some(location[..end].to_owned())
+    location[..end].to_owned()
 }

@@ -45,17 +45,6 @@ async fn flood(c: &mut RawClient, opcode: u8, size: usize, count: usize) -> usiz
     sent
 }
 
-/// Waits until `name` reads `value` (the server let the hostile client go).
-async fn wait_metric(addr: std::net::SocketAddr, name: &str, value: f64) {
-    let waited = tokio::time::timeout(WAIT * 2, async {
-        while metric(addr, name).await != value {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "{name} never reached {value}");
-}
-
 #[tokio::test]
 async fn echo_client_that_never_reads_pins_no_more_than_its_budget() {
     let (child, addr) = spawn_server(&["--max-send-buffer", "1MiB", "--close-timeout", "1s"]).await;

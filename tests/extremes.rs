@@ -6,44 +6,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/jwt.rs"]
+mod jwt;
 
 use std::time::Duration;
 
 use common::*;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use jwt::jwt;
+use serde_json::json;
 use wshub::{Hub, HubConfig};
 
 const SECRET: &str = "a-test-secret-of-32-bytes-length";
 
-fn jwt(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// The status an upgrade to `url` is answered with (101: upgraded).
-async fn status_of(url: &str) -> u16 {
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok(_)) => 101,
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => res.status().as_u16(),
-        Ok(Err(e)) => panic!("{url}: {e}"),
-        Err(_) => panic!("{url}: no answer"),
-    }
-}
-
 async fn upgrade_status(s: &TestServer, token: &str) -> u16 {
-    status_of(&format!("{}?access_token={token}", s.ws_url())).await
+    upgrade_status_of(&format!("{}?access_token={token}", s.ws_url())).await
 }
 
 #[tokio::test]
@@ -75,7 +51,7 @@ async fn jwt_times_at_the_ends_of_their_range_are_answered_and_nothing_overflows
         json!({"sub": "a", "exp": u64::MAX, "nbf": -1}),
     ] {
         assert_eq!(
-            upgrade_status(&s, &jwt(claims.clone())).await,
+            upgrade_status(&s, &jwt(claims.clone(), SECRET)).await,
             401,
             "{claims}"
         );
@@ -88,7 +64,12 @@ async fn jwt_times_at_the_ends_of_their_range_are_answered_and_nothing_overflows
         json!({"sub": "forever", "exp": u64::MAX, "iat": u64::MAX}),
         json!({"sub": "forever", "exp": u64::MAX, "iat": 0, "nbf": 0}),
     ] {
-        let (mut ws, _) = connect_v1(&format!("{}?access_token={}", s.ws_url(), jwt(claims))).await;
+        let (mut ws, _) = connect_v1(&format!(
+            "{}?access_token={}",
+            s.ws_url(),
+            jwt(claims, SECRET)
+        ))
+        .await;
         assert_eq!(
             cmd(&mut ws, json!({"id": 1, "type": "ping"})).await["type"],
             "ack"
@@ -97,7 +78,7 @@ async fn jwt_times_at_the_ends_of_their_range_are_answered_and_nothing_overflows
     }
     // A refresh to such tokens: the same user is accepted, a malformed one refused.
     let ws = &mut alive[0];
-    let ok = jwt(json!({"sub": "forever", "exp": u64::MAX - 1}));
+    let ok = jwt(json!({"sub": "forever", "exp": u64::MAX - 1}), SECRET);
     let r = cmd(ws, json!({"id": 2, "type": "refresh", "token": ok})).await;
     assert_eq!(r["type"], "ack", "{r}");
     // Revoking the user (everything issued before now): the token with iat = u64::MAX is
@@ -131,7 +112,7 @@ async fn jwt_times_at_the_ends_of_their_range_are_answered_and_nothing_overflows
     assert_eq!(
         upgrade_status(
             &s,
-            &jwt(json!({"sub": "forever", "exp": u64::MAX, "iat": 0}))
+            &jwt(json!({"sub": "forever", "exp": u64::MAX, "iat": 0}), SECRET)
         )
         .await,
         401
@@ -139,7 +120,10 @@ async fn jwt_times_at_the_ends_of_their_range_are_answered_and_nothing_overflows
     assert_eq!(
         upgrade_status(
             &s,
-            &jwt(json!({"sub": "forever", "exp": u64::MAX, "iat": now() + 3600}))
+            &jwt(
+                json!({"sub": "forever", "exp": u64::MAX, "iat": now_secs() + 3600}),
+                SECRET
+            )
         )
         .await,
         101
@@ -282,7 +266,7 @@ async fn offsets_limits_and_ttls_at_the_ends_of_their_range_get_specific_answers
         (format!("e:{}", u64::MAX), 101),
         ("e:18446744073709551616".to_owned(), 400),
     ] {
-        let got = status_of(&format!("{}?recover={recover}", s.ws_url())).await;
+        let got = upgrade_status_of(&format!("{}?recover={recover}", s.ws_url())).await;
         assert_eq!(got, status, "recover={recover}");
     }
     // Nobody else was disturbed: the other member got the three earlier messages' successor.

@@ -589,26 +589,6 @@ async fn a_clean_shutdown_sends_the_last_events_before_it_returns() {
     );
 }
 
-/// Waits (at most 15 s) until the metric line `name` reads `want`.
-async fn metric_reaches(s: &TestServer, name: &str, want: f64) {
-    let polled = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            let text =
-                String::from_utf8(http(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
-            let now = text
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.parse::<f64>().ok());
-            if now == Some(want) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(polled.is_ok(), "{name} never reached {want}");
-}
-
 #[tokio::test]
 async fn no_outbound_request_follows_a_redirect() {
     // The trap: where every redirect points. It must never be asked anything.
@@ -656,15 +636,15 @@ async fn no_outbound_request_follows_a_redirect() {
     })
     .await;
     let (_a, _) = connect_v1(&s.ws_url()).await;
-    metric_reaches(
-        &s,
+    wait_metric(
+        s.addr,
         r#"wshub_webhook_events_total{reason="redirected"}"#,
         1.0,
     )
     .await;
     let (_b, _) = connect_v1(&s.ws_url()).await;
-    metric_reaches(
-        &s,
+    wait_metric(
+        s.addr,
         r#"wshub_webhook_events_total{reason="redirected"}"#,
         2.0,
     )

@@ -7,35 +7,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/jwt.rs"]
+mod jwt;
 
 use std::time::Duration;
 
 use common::*;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use jwt::jwt;
+use serde_json::json;
 use wshub::{Hub, HubConfig};
 
 const SECRET: &str = "token-lifecycle-test-secret-32-bytes";
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn jwt(claims: Value, secret: &str) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn token(sub: &str, lasts: u64) -> String {
     jwt(
-        json!({"sub": sub, "exp": now() + lasts, "iat": now()}),
+        json!({"sub": sub, "exp": now_secs() + lasts, "iat": now_secs()}),
         SECRET,
     )
 }
@@ -91,8 +77,8 @@ async fn an_expired_token_closes_its_connection_and_a_refresh_keeps_it() {
     // Read all along, as a browser does (answering pings and the Close).
     let expiring = tokio::spawn(async move { closed(&mut expiring).await });
     let (mut refreshed, _) = client(&s, &token("ann", 2)).await;
-    let exp = now() + 3600;
-    let new = jwt(json!({"sub": "ann", "exp": exp, "iat": now()}), SECRET);
+    let exp = now_secs() + 3600;
+    let new = jwt(json!({"sub": "ann", "exp": exp, "iat": now_secs()}), SECRET);
     let ack = cmd(
         &mut refreshed,
         json!({"id": 1, "type": "refresh", "token": new}),
@@ -130,13 +116,13 @@ async fn a_refresh_with_another_user_a_bad_signature_or_an_expired_token_ends_th
         (
             "a bad signature",
             jwt(
-                json!({"sub": "ann", "exp": now() + 600}),
+                json!({"sub": "ann", "exp": now_secs() + 600}),
                 "another-secret-that-is-32-bytes-long",
             ),
         ),
         (
             "an expired token",
-            jwt(json!({"sub": "ann", "exp": now() - 60}), SECRET),
+            jwt(json!({"sub": "ann", "exp": now_secs() - 60}), SECRET),
         ),
     ];
     for (what, bad) in refused {
@@ -168,7 +154,7 @@ async fn a_refresh_with_another_user_a_bad_signature_or_an_expired_token_ends_th
 async fn a_refreshed_token_that_allows_fewer_groups_leaves_the_others() {
     let s = server().await;
     let both = jwt(
-        json!({"sub": "ann", "exp": now() + 600, "groups": ["red", "blue"]}),
+        json!({"sub": "ann", "exp": now_secs() + 600, "groups": ["red", "blue"]}),
         SECRET,
     );
     let (mut ann, _) = client(&s, &both).await;
@@ -181,7 +167,7 @@ async fn a_refreshed_token_that_allows_fewer_groups_leaves_the_others() {
         cmd(&mut watcher, json!({"id": g, "type": "join", "group": g})).await;
     }
     let red_only = jwt(
-        json!({"sub": "ann", "exp": now() + 600, "groups": ["red"]}),
+        json!({"sub": "ann", "exp": now_secs() + 600, "groups": ["red"]}),
         SECRET,
     );
     let ack = cmd(
@@ -217,11 +203,7 @@ async fn node(bus: &str, id: &str) -> TestServer {
 
 /// The status of an upgrade with this token.
 async fn upgrade_status(s: &TestServer, token: &str) -> u16 {
-    match tokio_tungstenite::connect_async(format!("{}?access_token={token}", s.ws_url())).await {
-        Ok(_) => 101,
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
-        Err(e) => panic!("{e}"),
-    }
+    upgrade_status_of(&format!("{}?access_token={token}", s.ws_url())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,10 +211,10 @@ async fn revoking_a_user_closes_it_everywhere_and_refuses_its_older_tokens_on_ev
     let a = node("revoke", "ra").await;
     let b = node("revoke", "rb").await;
     let old = jwt(
-        json!({"sub": "ann", "exp": now() + 600, "iat": now() - 10}),
+        json!({"sub": "ann", "exp": now_secs() + 600, "iat": now_secs() - 10}),
         SECRET,
     );
-    let no_iat = jwt(json!({"sub": "ann", "exp": now() + 600}), SECRET);
+    let no_iat = jwt(json!({"sub": "ann", "exp": now_secs() + 600}), SECRET);
     let (mut on_a, _) = client(&a, &old).await;
     let (mut on_b, _) = client(&b, &old).await;
     let (mut bob, _) = client(&b, &token("bob", 600)).await;
@@ -246,7 +228,7 @@ async fn revoking_a_user_closes_it_everywhere_and_refuses_its_older_tokens_on_ev
     .await;
     assert_eq!(res.status, 200);
     let revoked_before = res.json()["revokedBefore"].as_u64().unwrap();
-    assert!(revoked_before.abs_diff(now()) <= 1);
+    assert!(revoked_before.abs_diff(now_secs()) <= 1);
     assert_eq!(closed(&mut on_a).await, (4000, "signed out".to_owned()));
     assert_eq!(closed(&mut on_b).await, (4000, "signed out".to_owned()));
     assert_eq!(
@@ -255,7 +237,7 @@ async fn revoking_a_user_closes_it_everywhere_and_refuses_its_older_tokens_on_ev
     );
     // Older tokens (and those without `iat`) are refused on both nodes, newer ones accepted.
     let newer = jwt(
-        json!({"sub": "ann", "exp": now() + 600, "iat": revoked_before + 1}),
+        json!({"sub": "ann", "exp": now_secs() + 600, "iat": revoked_before + 1}),
         SECRET,
     );
     for s in [&a, &b] {
@@ -323,6 +305,6 @@ async fn a_revocation_the_backplane_cannot_keep_is_a_503_but_the_live_node_appli
     assert!(String::from_utf8_lossy(&res.body).contains("could not keep"));
     // This node applied it all the same.
     assert_eq!(closed(&mut ann).await.0, 4403);
-    assert!(a.hub.is_revoked(Some("ann"), Some(now() - 5)));
+    assert!(a.hub.is_revoked(Some("ann"), Some(now_secs() - 5)));
     a.stop().await;
 }

@@ -21,15 +21,15 @@ use crate::id::ConnId;
 use crate::protocol::pusher::{Channel, Kind, MAX_EVENT_NAME};
 use crate::signing;
 
+/// How far a request's `auth_timestamp` may be from the server's clock.
+const MAX_SKEW_SECS: i64 = 600;
+
 /// Whether `ts` is within [`MAX_SKEW_SECS`] of `now`, in checked arithmetic (a difference
 /// that does not fit an `i64`, as with a timestamp near `i64::MIN`, is not within it).
 fn within_skew(now: i64, ts: i64) -> bool {
     now.checked_sub(ts)
         .is_some_and(|d| d.unsigned_abs() <= MAX_SKEW_SECS.unsigned_abs())
 }
-
-/// How far a request's `auth_timestamp` may be from the server's clock.
-const MAX_SKEW_SECS: i64 = 600;
 
 /// Channels one trigger may name.
 const MAX_CHANNELS: usize = 100;

@@ -335,7 +335,7 @@ async fn send_batch(
                     false
                 }
                 Ok(res) if res.status().is_redirection() => {
-                    let to = crate::outbound::redirected(&res).unwrap_or_default();
+                    let to = crate::outbound::location(&res);
                     tracing::error!(%url, status = %res.status(), location = %to, n = batch.len(), "webhook answered with a redirect: not followed, not retried (configure the receiver's real URL)");
                     count("redirected", batch.len());
                     false

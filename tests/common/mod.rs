@@ -596,3 +596,42 @@ pub async fn local_node(hub: Hub, bus: &str) -> TestServer {
     .unwrap();
     srv
 }
+
+/// Now, in Unix seconds (what JWT claims count in).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The status an upgrade to `url` is answered with (101: upgraded).
+pub async fn upgrade_status_of(url: &str) -> u16 {
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok(_)) => 101,
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => res.status().as_u16(),
+        Ok(Err(e)) => panic!("{url}: {e}"),
+        Err(_) => panic!("{url}: no answer"),
+    }
+}
+
+/// Waits (at most 20 s) until the metric line `name` (labels included) reads `value`; a line
+/// not there yet counts as not reached.
+pub async fn wait_metric(addr: SocketAddr, name: &str, value: f64) {
+    let waited = tokio::time::timeout(WAIT * 2, async {
+        loop {
+            let text = String::from_utf8(http(addr, "GET", "/metrics", &[], b"").await.body)
+                .unwrap_or_default();
+            let now = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse::<f64>().ok());
+            if now == Some(value) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{name} never reached {value}");
+}
