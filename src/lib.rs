@@ -105,6 +105,7 @@ pub fn router(hub: Hub) -> axum::Router {
         .route("/ws", get(transport::ws_handler))
         .route("/ws/echo", get(transport::echo_handler))
         .route("/app/{key}", get(transport::pusher_handler))
+        .route("/events", get(transport::events_handler))
         .route("/", get(web::index))
         .route("/client.js", get(web::client_js))
         .route("/client.d.ts", get(web::client_dts))

@@ -1,6 +1,7 @@
 //! What travels inside the frames: the `wshub.v1` commands and envelopes, and the Pusher
 //! Channels protocol.
 
+pub mod events;
 pub mod pusher;
 pub mod v1;
 

@@ -29,6 +29,9 @@ use crate::problem::Problem;
 use crate::protocol;
 use crate::protocol::pusher::{self, Code};
 
+use super::admission::{
+    admit, ask_connect_hook, asks_connect_hook, over_connection_limit, unavailable,
+};
 use super::connection::{self, EchoSlot, Params, Role};
 use super::writer;
 
@@ -201,80 +204,6 @@ fn switching_protocols(accept: &str, v1: bool, deflate: Option<Agreed>) -> Respo
     res
 }
 
-/// Whether the `connect` hook decides about this request: one is configured, and the request
-/// carries no token that the hub could check itself (a valid JWT needs no hook).
-fn asks_connect_hook(hub: &Hub, req: &Request) -> bool {
-    if !hub.hooks().asks_connect() {
-        return false;
-    }
-    if !hub.auth().requires_token() {
-        return true;
-    }
-    query_token(req).is_none() && crate::auth::bearer(req.headers()).is_none()
-}
-
-/// The `?access_token=` of an upgrade request.
-fn query_token(req: &Request) -> Option<String> {
-    axum::extract::Query::<TokenQuery>::try_from_uri(req.uri())
-        .ok()
-        .and_then(|q| q.0.access_token)
-}
-
-/// Asks the `connect` hook: who the connection is, or the close code that refuses it. (What
-/// it needs of the request is taken first: the request itself is not held across the wait.)
-fn ask_connect_hook(
-    hub: &Hub,
-    req: &Request,
-    remote: Option<SocketAddr>,
-    v1: bool,
-) -> impl std::future::Future<Output = Result<(ConnInfo, Grants), (u16, String)>> + Send + 'static {
-    let query = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let headers = req.headers().clone();
-    let path = req.uri().path().to_owned();
-    let hub = hub.clone();
-    async move { connect_verdict(&hub, &headers, &path, query, remote, v1).await }
-}
-
-async fn connect_verdict(
-    hub: &Hub,
-    headers: &HeaderMap,
-    path: &str,
-    query: Vec<(String, String)>,
-    remote: Option<SocketAddr>,
-    v1: bool,
-) -> Result<(ConnInfo, Grants), (u16, String)> {
-    let verdict = hub
-        .hooks()
-        .connect(crate::hooks::ConnectRequest {
-            remote,
-            path,
-            query,
-            headers,
-            protocol: if v1 { protocol::V1 } else { "plain" },
-        })
-        .await;
-    match verdict {
-        crate::hooks::Verdict::Allow(who) => {
-            let mut info = ConnInfo::now(remote);
-            info.user = who.user;
-            info.user_info = who.info;
-            let grants = Grants {
-                allowed_groups: who.groups,
-                expires_at: None,
-            };
-            Ok((info, grants))
-        }
-        crate::hooks::Verdict::Deny { code, reason } => Err((code, reason)),
-        crate::hooks::Verdict::Failed { code, .. } => {
-            Err((code, "authorization unavailable: try again later".into()))
-        }
-    }
-}
-
 /// Refuses a `/ws` client after the upgrade, with a close code it can read (a browser sees
 /// nothing of a refused handshake but "failed").
 fn refuse_upgraded(hub: &Hub, hs: Handshake, code: u16, reason: &str) -> Response {
@@ -289,28 +218,6 @@ fn refuse_upgraded(hub: &Hub, hs: Handshake, code: u16, reason: &str) -> Respons
         run_upgraded(hs.on_upgrade, outbox, Role::Refused(hub.clone()), params).instrument(span),
     );
     switching_protocols(&hs.accept, hs.v1, None)
-}
-
-/// The Origin allow-list, then the connection token.
-fn admit(hub: &Hub, req: &Request) -> Result<Identity, Problem> {
-    let auth = hub.auth();
-    auth.check_origin(req.headers())?;
-    if !auth.requires_token() {
-        return Ok(Identity::default());
-    }
-    let identity = auth.authenticate(req.headers(), query_token(req).as_deref())?;
-    if hub.is_revoked(identity.user.as_deref(), identity.issued_at) {
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "this token was revoked (the user's tokens issued before the revocation are refused): get a new one",
-        ));
-    }
-    Ok(identity)
-}
-
-#[derive(serde::Deserialize)]
-struct TokenQuery {
-    access_token: Option<String>,
 }
 
 /// `?recover=<epoch>:<offset>`: the last position a `wshub.v1` client saw in the all-clients
@@ -333,36 +240,11 @@ fn recover_param(req: &Request) -> Result<Option<Position>, Problem> {
     }
 }
 
-fn unavailable() -> Response {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the server is shutting down",
-    )
-    .into_response()
-}
-
 fn params(max_message: usize, deflate: Option<Agreed>) -> Params {
     Params {
         max_message,
         deflate,
     }
-}
-
-/// `--max-connections` counts `/ws` and `/ws/echo` together: the 503 to answer when it is
-/// reached.
-fn over_connection_limit(hub: &Hub) -> Option<Response> {
-    let max = hub.config().max_connections?;
-    if hub.connection_count() + hub.echo_count() < max {
-        return None;
-    }
-    let mut res = Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("connection limit reached ({max}); try again later"),
-    )
-    .into_response();
-    res.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    Some(res)
 }
 
 /// `GET /ws`: a client of the hub (plain mode, or `wshub.v1` when asked).
@@ -393,7 +275,14 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
         return res;
     }
     let (mut info, grants) = if hooked {
-        match ask_connect_hook(&hub, &req, hs.remote, hs.v1).await {
+        match ask_connect_hook(
+            &hub,
+            &req,
+            hs.remote,
+            if hs.v1 { protocol::V1 } else { "plain" },
+        )
+        .await
+        {
             Ok(admitted) => admitted,
             Err((code, reason)) => return refuse_upgraded(&hub, hs, code, &reason),
         }
