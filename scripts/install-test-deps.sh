@@ -37,7 +37,7 @@ if ((${#need_apt[@]})); then
   "${as_root[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+if [[ ! -d tests/browser/node_modules/playwright-core || ! -d tests/browser/node_modules/eventsource ]]; then
   echo "== npm ci (tests/browser)"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -263,3 +263,71 @@ async fn heartbeats_keep_an_idle_stream_open_and_shutdown_says_reconnect() {
     assert!(s.next_within(WAIT).await.is_none(), "the stream ends");
     wait_for(|| server.hub.connection_count() == 0).await;
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_meets_its_groups_policy_and_slows_nobody() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use wshub::manager::policy::{Policy, Rule};
+    let server = TestServer::with_config(HubConfig {
+        send_queue: 256,
+        max_send_buffer: 256 * 1024,
+        delivery_policies: vec![Rule {
+            pattern: "feed".into(),
+            policy: Policy::DropOldest,
+        }],
+        shutdown_timeout: Duration::from_secs(1),
+        ..HubConfig::default()
+    })
+    .await;
+    let addr = server.addr;
+    let mut feed = Sse::open_with(addr, "/events?group=feed", &[], Some(4096)).await;
+    feed.next_named("subscribed").await;
+    let mut strict = Sse::open_with(addr, "/events?group=strict", &[], Some(4096)).await;
+    strict.next_named("subscribed").await;
+    // A bystander in both groups, reading everything.
+    let (mut ws, _) = connect_v1(&format!("ws://{addr}/ws")).await;
+    for (i, g) in ["feed", "strict"].iter().enumerate() {
+        let ack = cmd(&mut ws, json!({ "id": i, "type": "join", "group": g })).await;
+        assert_eq!(ack["type"], "ack");
+    }
+    let got = Arc::new(AtomicUsize::new(0));
+    let counter = got.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let v = next_json(&mut ws).await;
+            if v["type"] == "message" {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    const N: usize = 1500;
+    let body = serde_json::value::to_raw_value(&"x".repeat(4096)).unwrap();
+    for i in 0..N {
+        server.hub.publish_to_group("feed", &body);
+        server.hub.publish_to_group("strict", &body);
+        if i % 25 == 24 {
+            let want = 2 * (i + 1);
+            wait_for(|| got.load(Ordering::Relaxed) >= want).await;
+        }
+    }
+    wait_for(|| got.load(Ordering::Relaxed) >= 2 * N).await;
+    reader.abort();
+    // `disconnect` (the default): the reader that stopped is closed as a slow consumer.
+    wait_metric(addr, "wshub_slow_consumer_closes_total", 1.0).await;
+    // `drop-oldest`: it stays, told what it lost, and gets the newest.
+    let mut gap = None;
+    let mut last = 0;
+    while last < N as u64 {
+        let ev = feed.next().await;
+        match ev.name.as_str() {
+            "gap" => gap = Some(ev.json()),
+            "message" => last = ev.json()["offset"].as_u64().unwrap(),
+            _ => {}
+        }
+    }
+    let gap = gap.expect("a gap event");
+    assert_eq!(gap["group"], "feed", "{gap}");
+    assert!(feed.last_id.as_deref().unwrap().ends_with(&format!(":{N}")));
+    drop(strict);
+}

@@ -47,7 +47,22 @@ pub struct Sse {
 impl Sse {
     /// `GET path` with `headers`; returns once the response head is in.
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut sock = TcpStream::connect(addr).await.unwrap();
+        Self::open_with(addr, path, headers, None).await
+    }
+
+    /// [`open`](Self::open) with the socket's receive buffer set first (a reader whose
+    /// kernel holds little for it).
+    pub async fn open_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        rcvbuf: Option<u32>,
+    ) -> Sse {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut sock = socket.connect(addr).await.unwrap();
         let mut req =
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
