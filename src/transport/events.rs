@@ -134,7 +134,7 @@ pub async fn events_handler(State(hub): State<Hub>, req: Request) -> Response {
             Err((code, reason)) => {
                 let status = if code == 4401 {
                     StatusCode::UNAUTHORIZED
-                } else if code == 1013 {
+                } else if code == 1011 || code == 1013 {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
                     StatusCode::FORBIDDEN
