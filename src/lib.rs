@@ -106,6 +106,14 @@ pub fn router(hub: Hub) -> axum::Router {
         .route("/ws/echo", get(transport::echo_handler))
         .route("/app/{key}", get(transport::pusher_handler))
         .route("/events", get(transport::events_handler))
+        .route("/v1/sse", get(transport::sse_handler))
+        .route("/v1/poll", get(transport::poll_open_handler))
+        .route("/v1/poll/{session}", get(transport::poll_handler))
+        .route(
+            "/v1/sessions/{session}",
+            axum::routing::post(transport::session_post_handler)
+                .delete(transport::session_close_handler),
+        )
         .route("/", get(web::index))
         .route("/client.js", get(web::client_js))
         .route("/client.d.ts", get(web::client_dts))
@@ -114,5 +122,6 @@ pub fn router(hub: Hub) -> axum::Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::map_response(api::trailing_newline))
+        .layer(axum::Extension(transport::Sessions::default()))
         .with_state(hub)
 }

@@ -134,3 +134,92 @@ pub(super) fn over_connection_limit(hub: &Hub) -> Option<Response> {
         .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     Some(res)
 }
+
+/// Who an HTTP session is, once admitted.
+pub(super) struct Admitted {
+    pub info: ConnInfo,
+    pub grants: Grants,
+    /// Whether a token named the user (then every later request of the session must carry a
+    /// token of the same user).
+    pub by_token: bool,
+}
+
+/// Admits a request that opens an HTTP session (`/events`, `/v1/sse`, `/v1/poll`): shutdown,
+/// the Origin allow-list and the token (or the `connect` hook, asked as `protocol`), the
+/// connection limit. A refusal is the problem+json to answer.
+pub(super) fn admit_http(
+    hub: &Hub,
+    req: &Request,
+    protocol: &'static str,
+) -> impl std::future::Future<Output = Result<Admitted, Response>> + Send + 'static {
+    // What is needed of the request is taken now: the request is not held across the wait.
+    let decided = admit_now(hub, req, protocol);
+    async move {
+        match decided {
+            Decided::Done(r) => r,
+            Decided::Hook(ask) => {
+                let (info, grants) = ask.await.map_err(|(code, reason)| {
+                    let status = match code {
+                        4401 => StatusCode::UNAUTHORIZED,
+                        1011 | 1013 => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::FORBIDDEN,
+                    };
+                    Problem::new(status, reason).into_response()
+                })?;
+                Ok(Admitted {
+                    info,
+                    grants,
+                    by_token: false,
+                })
+            }
+        }
+    }
+}
+
+type HookVerdict = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(ConnInfo, Grants), (u16, String)>> + Send>,
+>;
+
+enum Decided {
+    Done(Result<Admitted, Response>),
+    Hook(HookVerdict),
+}
+
+fn admit_now(hub: &Hub, req: &Request, protocol: &'static str) -> Decided {
+    if hub.is_shutting_down() {
+        return Decided::Done(Err(unavailable()));
+    }
+    let hooked = asks_connect_hook(hub, req);
+    let identity = match if hooked {
+        hub.auth()
+            .check_origin(req.headers())
+            .map(|()| Identity::default())
+    } else {
+        admit(hub, req)
+    } {
+        Ok(i) => i,
+        Err(p) => return Decided::Done(Err(p.into_response())),
+    };
+    if let Some(res) = over_connection_limit(hub) {
+        return Decided::Done(Err(res));
+    }
+    let remote = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    if hooked {
+        return Decided::Hook(Box::pin(ask_connect_hook(hub, req, remote, protocol)));
+    }
+    let by_token = identity.user.is_some();
+    let mut info = ConnInfo::now(remote);
+    info.user = identity.user;
+    info.user_info = identity.info;
+    Decided::Done(Ok(Admitted {
+        info,
+        grants: Grants {
+            allowed_groups: identity.allowed_groups,
+            expires_at: identity.expires_at,
+        },
+        by_token,
+    }))
+}

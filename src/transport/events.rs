@@ -20,17 +20,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tracing::Instrument as _;
 
-use crate::auth::Identity;
 use crate::history::Position;
 use crate::hub::{Hub, HubCork};
-use crate::manager::{ConnInfo, Grants, Protocol};
+use crate::manager::Protocol;
 use crate::problem::Problem;
 use crate::protocol::events::{self, Cursor, MAX_STREAMS};
 use crate::protocol::valid_group_name;
 
-use super::admission::{
-    admit, ask_connect_hook, asks_connect_hook, over_connection_limit, unavailable,
-};
+use super::admission::admit_http;
 use super::sse;
 
 /// What the request asks to follow.
@@ -103,55 +100,15 @@ fn follow(req: &Request) -> Result<Follow, Problem> {
 
 /// `GET /events`: a `text/event-stream` of the groups named (and the all-clients stream).
 pub async fn events_handler(State(hub): State<Hub>, req: Request) -> Response {
-    if hub.is_shutting_down() {
-        return unavailable();
-    }
     let follow = match follow(&req) {
         Ok(f) => f,
         Err(p) => return p.into_response(),
     };
-    let hooked = asks_connect_hook(&hub, &req);
-    let identity = match if hooked {
-        hub.auth()
-            .check_origin(req.headers())
-            .map(|()| Identity::default())
-    } else {
-        admit(&hub, &req)
-    } {
-        Ok(identity) => identity,
-        Err(problem) => return problem.into_response(),
+    let (mut info, grants) = match admit_http(&hub, &req, "events").await {
+        Ok(a) => (a.info, a.grants),
+        Err(res) => return res,
     };
-    if let Some(res) = over_connection_limit(&hub) {
-        return res;
-    }
-    let remote = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
-    let (mut info, grants) = if hooked {
-        match ask_connect_hook(&hub, &req, remote, "events").await {
-            Ok(admitted) => admitted,
-            Err((code, reason)) => {
-                let status = if code == 4401 {
-                    StatusCode::UNAUTHORIZED
-                } else if code == 1011 || code == 1013 {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::FORBIDDEN
-                };
-                return Problem::new(status, reason).into_response();
-            }
-        }
-    } else {
-        let mut info = ConnInfo::now(remote);
-        info.user = identity.user;
-        info.user_info = identity.info;
-        let grants = Grants {
-            allowed_groups: identity.allowed_groups,
-            expires_at: identity.expires_at,
-        };
-        (info, grants)
-    };
+    let remote = info.remote_addr;
     if let Some(g) = follow.groups.iter().find(|g| !grants.may_join(g)) {
         return Problem::new(
             StatusCode::FORBIDDEN,
@@ -186,14 +143,13 @@ pub async fn events_handler(State(hub): State<Hub>, req: Request) -> Response {
         }
         hub.flush(&mut cork, Instant::now());
     }
-    let mut cursor = Cursor::new(follow.all, &follow.groups, &follow.from);
+    let cursor = Cursor::new(follow.all, &follow.groups, &follow.from);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let span = tracing::debug_span!("events", id = %entry.id, remote = ?remote);
+    let task = super::session::Task::one_way(hub.clone(), entry, tx);
     hub.tasks().spawn(
-        sse::run(hub.clone(), entry, sse::preamble(), tx, move |p| {
-            cursor.render(p)
-        })
-        .instrument(span),
+        task.run(sse::preamble(), sse::Framing(cursor))
+            .instrument(span),
     );
     let mut res = sse::response(rx);
     res.headers_mut()

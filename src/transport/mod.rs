@@ -4,9 +4,15 @@
 mod admission;
 mod connection;
 mod events;
+mod http;
+mod session;
 mod sse;
 pub mod upgrade;
 mod writer;
 
 pub use events::events_handler;
+pub use http::{
+    poll_handler, poll_open_handler, session_close_handler, session_post_handler, sse_handler,
+};
+pub use session::Sessions;
 pub use upgrade::{echo_handler, pusher_handler, ws_handler};

@@ -1,23 +1,13 @@
 //! Server-Sent Events: a connection whose frames go down one long HTTP response
 //! (`text/event-stream`), as events.
 //!
-//! The transport is a task that owns the session, the HTTP counterpart of the WebSocket
-//! connection task: it drains the session's [`Outbox`] (the same bounded queue, byte budget
-//! and delivery policies as a WebSocket connection's), turns each frame's payload into an
-//! event with the renderer its protocol gave it, and hands the bytes to the response body
-//! through a channel of one chunk. A reader that stops reading stops the body, then the task;
-//! meanwhile the outbox fills and the group's delivery policy decides (a `gap`, a replaced
-//! message, or the close of a slow consumer), exactly as on WebSocket. A body that takes
-//! nothing for the idle timeout is closed as a slow consumer. Heartbeat comments go out every
-//! ping interval so that proxies keep the response open; a token's expiry ends the stream.
-//!
-//! The payloads are the frames the hub encoded once for every recipient (a WebSocket frame:
-//! header and payload); the task writes their payload, so encoding stays once per publication,
-//! and only the event's name and id are the session's own.
+//! The session's task ([`super::session`]) drains its outbox into the response body through
+//! this framing: each frame's payload an event, named and numbered by the renderer its
+//! protocol gave (the payloads are the frames the hub encoded once for every recipient; only
+//! the event's name and id are the session's own), heartbeat comments every ping interval so
+//! that proxies keep the response open, and a `close` event before the end.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -26,9 +16,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::close::CloseReason;
-use crate::frame;
-use crate::hub::{Hub, HubEntry};
-use crate::outbox::Take;
 use crate::protocol::events::Event;
 
 /// How long a browser waits before reconnecting (the `retry:` field, in milliseconds).
@@ -81,113 +68,56 @@ pub(super) fn preamble() -> Bytes {
     Bytes::from(format!("retry: {RETRY_MS}\n: wshub\n\n"))
 }
 
-/// Runs one stream until it ends: what its session's outbox holds goes down the body as
-/// events rendered by `render`; then the session is unregistered. `first` is sent first.
-pub(super) async fn run(
-    hub: Hub,
-    entry: HubEntry,
-    first: Bytes,
-    tx: mpsc::Sender<Bytes>,
-    mut render: impl for<'a> FnMut(&'a [u8]) -> Event<'a> + Send,
-) {
-    let outbox = entry.sink.clone();
-    let cfg = hub.config();
-    let heartbeat = cfg.ping_interval.max(Duration::from_millis(100));
-    let stall = cfg.idle_timeout.max(heartbeat);
-    let leeway = hub.auth().leeway();
-    let shutdown = hub.shutdown_token().clone();
-    let mut ending = send(&tx, first, stall).await.err();
-    let mut batch = VecDeque::new();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown_seen = false;
-    while ending.is_none() {
-        let token_left = token_left(&entry, leeway);
-        let chunk = tokio::select! {
-            take = outbox.take(&mut batch) => match take {
-                Take::Frames(_) => {
-                    let mut out = BytesMut::new();
-                    let mut bytes = 0;
-                    for f in batch.drain(..) {
-                        bytes += f.len();
-                        if let Some((_, payload)) = frame::split_server_frame(&f) {
-                            write_event(&mut out, &render(payload));
-                        }
-                    }
-                    outbox.sent(bytes);
-                    outbox.release();
-                    out.freeze()
-                }
-                Take::Close(_) => {
-                    let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
-                    let mut out = BytesMut::new();
-                    let data = serde_json::json!({ "code": reason.code(), "reason": reason.text() });
-                    write_event(&mut out, &Event {
-                        name: Some("close".into()),
-                        id: None,
-                        data: data.to_string().into_bytes().into(),
-                    });
-                    let _ = send(&tx, out.freeze(), stall).await;
-                    ending = Some((reason.label(), reason.code()));
-                    continue;
-                }
-                Take::Finished => {
-                    ending = Some(("normal", 1000));
-                    continue;
-                }
-            },
-            _ = tick.tick() => Bytes::from_static(b": heartbeat\n\n"),
-            () = tokio::time::sleep(token_left.unwrap_or_default()), if token_left.is_some() => {
-                outbox.close(CloseReason::TokenExpired);
-                continue;
-            }
-            () = tx.closed() => {
-                ending = Some(("dropped", 1006));
-                continue;
-            }
-            () = shutdown.cancelled(), if !shutdown_seen => {
-                shutdown_seen = true;
-                outbox.close(CloseReason::Restarting(1012));
-                continue;
-            }
-        };
-        if let Err(e) = send(&tx, chunk, stall).await {
-            if e.0 == "slow_consumer" && outbox.close(CloseReason::SlowConsumer) {
-                hub.metrics().slow_consumers.inc();
-            }
-            ending = Some(e);
+/// SSE framing for a session's frames: each payload becomes an event (named and numbered by
+/// the protocol's renderer), a close a `close` event; heartbeats are comments.
+pub(super) struct Framing<R>(pub R);
+
+/// What a protocol makes of a frame's payload on an event stream.
+pub(super) trait Render: Send + 'static {
+    /// The event `payload` becomes.
+    fn render<'a>(&mut self, payload: &'a [u8]) -> Event<'a>;
+}
+
+/// `/events`: named and numbered by the stream's positions.
+impl Render for crate::protocol::events::Cursor {
+    fn render<'a>(&mut self, payload: &'a [u8]) -> Event<'a> {
+        crate::protocol::events::Cursor::render(self, payload)
+    }
+}
+
+/// `wshub.v1` over SSE: an unnamed, unnumbered event per frame.
+pub(super) struct Plain;
+
+impl Render for Plain {
+    fn render<'a>(&mut self, payload: &'a [u8]) -> Event<'a> {
+        Event {
+            name: None,
+            id: None,
+            data: payload.into(),
         }
     }
-    outbox.close(CloseReason::Normal(1000));
-    let (label, code) = ending.unwrap_or(("normal", 1000));
-    hub.unregister(&entry, (label, code));
 }
 
-/// Hands `chunk` to the body, waiting at most `stall` for it to take the previous one.
-async fn send(
-    tx: &mpsc::Sender<Bytes>,
-    chunk: Bytes,
-    stall: Duration,
-) -> Result<(), (&'static str, u16)> {
-    match tokio::time::timeout(stall, tx.send(chunk)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(("dropped", 1006)),
-        Err(_) => Err(("slow_consumer", CloseReason::SlowConsumer.code())),
+impl<R: Render> super::session::Framing for Framing<R> {
+    fn frame(&mut self, payload: &[u8], out: &mut BytesMut) {
+        write_event(out, &self.0.render(payload));
     }
-}
 
-/// How long until the session's token runs out (its `exp` plus the leeway; zero: it has), if
-/// it has one.
-fn token_left(entry: &HubEntry, leeway: Duration) -> Option<Duration> {
-    let exp = entry.expires_at()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Some(
-        Duration::from_secs(exp)
-            .saturating_add(leeway)
-            .saturating_sub(now),
-    )
+    fn close(&mut self, reason: &CloseReason, out: &mut BytesMut) {
+        let data = serde_json::json!({ "code": reason.code(), "reason": reason.text() });
+        write_event(
+            out,
+            &Event {
+                name: Some("close".into()),
+                id: None,
+                data: data.to_string().into_bytes().into(),
+            },
+        );
+    }
+
+    fn heartbeat(&self) -> Option<Bytes> {
+        Some(Bytes::from_static(b": heartbeat\n\n"))
+    }
 }
 
 #[cfg(test)]

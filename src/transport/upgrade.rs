@@ -222,7 +222,7 @@ fn refuse_upgraded(hub: &Hub, hs: Handshake, code: u16, reason: &str) -> Respons
 
 /// `?recover=<epoch>:<offset>`: the last position a `wshub.v1` client saw in the all-clients
 /// stream; what it missed is replayed right after the welcome.
-fn recover_param(req: &Request) -> Result<Option<Position>, Problem> {
+pub(super) fn recover_param(req: &Request) -> Result<Option<Position>, Problem> {
     #[derive(serde::Deserialize)]
     struct RecoverQuery {
         recover: Option<String>,

@@ -1,0 +1,308 @@
+//! `wshub.v1` over plain HTTP, for clients whose WebSocket upgrade a proxy refuses: the same
+//! session (welcome, commands, acks, groups, recovery, tokens, budgets) on two transports.
+//!
+//! - **SSE down, POST up**: `GET /v1/sse` answers `text/event-stream`; its first event,
+//!   `session`, names the session; every frame follows as an unnamed event whose data is the
+//!   frame's JSON.
+//! - **Long polling**: `GET /v1/poll` answers `{"type":"session","session":"…"}`; then each
+//!   `GET /v1/poll/{session}` answers what is waiting, one frame's JSON per line
+//!   (`application/x-ndjson`), or 204 when nothing came within the poll's wait.
+//!
+//! Both take commands in `POST /v1/sessions/{session}` (one or more, one per line; at most
+//! `--max-message-size` bytes; 204 once queued for the session), and `DELETE
+//! /v1/sessions/{session}` ends the session.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::{Bytes, BytesMut};
+
+use crate::close::CloseReason;
+use crate::hub::Hub;
+use crate::manager::Protocol;
+use crate::problem::Problem;
+
+use super::admission::{admit, admit_http};
+use super::session::{self, Framing, Handle, Sessions};
+use super::sse;
+use super::upgrade::recover_param;
+
+/// Most bytes one poll answers with (more waits for the next poll).
+const POLL_BYTES: usize = 256 * 1024;
+
+/// Long polling's framing: one frame's JSON per line; the close as a line of its own.
+struct Lines;
+
+impl Framing for Lines {
+    fn frame(&mut self, payload: &[u8], out: &mut BytesMut) {
+        // A JSON text has no raw line break.
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\n");
+    }
+
+    fn close(&mut self, reason: &CloseReason, out: &mut BytesMut) {
+        let line =
+            serde_json::json!({ "type": "close", "code": reason.code(), "reason": reason.text() });
+        out.extend_from_slice(line.to_string().as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+
+    fn heartbeat(&self) -> Option<Bytes> {
+        None
+    }
+}
+
+/// Registers a `wshub.v1` session for `req` and opens it on a transport.
+async fn open(
+    hub: &Hub,
+    sessions: &Sessions,
+    req: Request,
+    long_poll: bool,
+) -> Result<session::Opened, Response> {
+    let recover = recover_param(&req).map_err(IntoResponse::into_response)?;
+    let admitted = admit_http(hub, &req, crate::protocol::V1).await?;
+    drop(req);
+    let mut info = admitted.info;
+    info.protocol = Protocol::V1;
+    let bound = if admitted.by_token {
+        info.user.clone()
+    } else {
+        None
+    };
+    let prefetched = hub
+        .prefetch(crate::wire::StreamName::All, recover.as_ref())
+        .await;
+    let entry = hub.register(info, admitted.grants, recover.as_ref(), prefetched);
+    Ok(if long_poll {
+        session::open(hub, sessions, entry, bound, |_| Bytes::new(), true, Lines)
+    } else {
+        let first = |token: &str| {
+            let mut out = BytesMut::from(&sse::preamble()[..]);
+            let data = serde_json::json!({ "session": token }).to_string();
+            sse::write_event(
+                &mut out,
+                &crate::protocol::events::Event {
+                    name: Some("session".into()),
+                    id: None,
+                    data: data.into_bytes().into(),
+                },
+            );
+            out.freeze()
+        };
+        session::open(
+            hub,
+            sessions,
+            entry,
+            bound,
+            first,
+            false,
+            sse::Framing(sse::Plain),
+        )
+    })
+}
+
+/// `GET /v1/sse`: a `wshub.v1` session over Server-Sent Events.
+pub async fn sse_handler(
+    State(hub): State<Hub>,
+    Extension(sessions): Extension<Sessions>,
+    req: Request,
+) -> Response {
+    match open(&hub, &sessions, req, false).await {
+        Ok(opened) => match opened.down {
+            Some(rx) => sse::response(rx),
+            None => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the session has no stream",
+            )
+            .into_response(),
+        },
+        Err(p) => p.into_response(),
+    }
+}
+
+/// `GET /v1/poll`: a `wshub.v1` session over long polling; answers its name.
+pub async fn poll_open_handler(
+    State(hub): State<Hub>,
+    Extension(sessions): Extension<Sessions>,
+    req: Request,
+) -> Response {
+    match open(&hub, &sessions, req, true).await {
+        Ok(opened) => {
+            let line = serde_json::json!({ "type": "session", "session": opened.token });
+            ndjson(StatusCode::OK, Bytes::from(format!("{line}\n")))
+        }
+        Err(p) => p.into_response(),
+    }
+}
+
+fn ndjson(status: StatusCode, body: Bytes) -> Response {
+    let mut res = (status, Body::from(body)).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn no_session() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no such session: it ended, or never existed (open a new one)",
+    )
+}
+
+/// The session named in the path, if the request may act for it: a session a token opened
+/// takes requests with a token of the same user only.
+fn session_for(
+    hub: &Hub,
+    sessions: &Sessions,
+    token: &str,
+    req: &Request,
+) -> Result<std::sync::Arc<Handle>, Problem> {
+    let handle = sessions.get(token).ok_or_else(no_session)?;
+    if let Some(user) = &handle.bound_user {
+        let identity = admit(hub, req)?;
+        if identity.user.as_deref() != Some(&**user) {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "this session belongs to another user",
+            ));
+        }
+    }
+    Ok(handle)
+}
+
+/// Puts a poll's end on the session's clock, however the poll ends (answered, or dropped by a
+/// client that went away).
+struct Polling<'a>(&'a Handle, &'a Hub);
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0
+            .last_poll
+            .store(self.1.sweep().now(), std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .polling
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `GET /v1/poll/{session}`: what the session has for the client, or 204 after the poll's wait.
+pub async fn poll_handler(
+    State(hub): State<Hub>,
+    Extension(sessions): Extension<Sessions>,
+    Path(token): Path<String>,
+    req: Request,
+) -> Response {
+    let handle = match session_for(&hub, &sessions, &token, &req) {
+        Ok(h) => h,
+        Err(p) => return p.into_response(),
+    };
+    drop(req);
+    let Some(poll) = &handle.poll else {
+        return Problem::bad_request(
+            "this session's frames come down its event stream, not in polls",
+        )
+        .into_response();
+    };
+    let Ok(mut rx) = poll.try_lock() else {
+        return Problem::new(
+            StatusCode::CONFLICT,
+            "another poll of this session is waiting: one at a time",
+        )
+        .into_response();
+    };
+    handle
+        .polling
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let _polling = Polling(&handle, &hub);
+    match tokio::time::timeout(session::poll_wait(&hub), rx.recv()).await {
+        Ok(Some(first)) => {
+            let mut body = BytesMut::from(&first[..]);
+            while body.len() < POLL_BYTES {
+                match rx.try_recv() {
+                    Ok(more) => body.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            ndjson(StatusCode::OK, body.freeze())
+        }
+        Ok(None) => no_session().into_response(),
+        Err(_) => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// `POST /v1/sessions/{session}`: commands, one per line, handled in order by the session.
+pub async fn session_post_handler(
+    State(hub): State<Hub>,
+    Extension(sessions): Extension<Sessions>,
+    Path(token): Path<String>,
+    req: Request,
+) -> Response {
+    let handle = match session_for(&hub, &sessions, &token, &req) {
+        Ok(h) => h,
+        Err(p) => return p.into_response(),
+    };
+    let max = hub.config().max_message_size;
+    let body = match axum::body::to_bytes(req.into_body(), max).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a POST of commands is at most {max} bytes (--max-message-size)"),
+            )
+            .into_response()
+        }
+    };
+    if std::str::from_utf8(&body).is_err() {
+        return Problem::bad_request("commands are JSON text (UTF-8), one per line")
+            .into_response();
+    }
+    // A session whose replies are not being read takes no commands: the POST waits, then
+    // says so.
+    let wait = hub.config().idle_timeout.max(Duration::from_millis(100));
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let cmd = body.slice_ref(line);
+        match tokio::time::timeout(wait, handle.commands.send(cmd)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return no_session().into_response(),
+            Err(_) => {
+                let mut res = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the session is not taking commands: its replies are not being read",
+                )
+                .into_response();
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return res;
+            }
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /v1/sessions/{session}`: the client is done.
+pub async fn session_close_handler(
+    State(hub): State<Hub>,
+    Extension(sessions): Extension<Sessions>,
+    Path(token): Path<String>,
+    req: Request,
+) -> Response {
+    match session_for(&hub, &sessions, &token, &req) {
+        Ok(handle) => {
+            handle.entry.sink.close(CloseReason::Normal(1000));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(p) => p.into_response(),
+    }
+}

@@ -1,0 +1,355 @@
+//! An HTTP session: a hub connection whose frames go down HTTP responses (an event stream, or
+//! the answers to long polls) and whose commands come up in POSTs. The HTTP counterpart of the
+//! WebSocket connection task.
+//!
+//! One task owns the session ([`run`]). It drains the session's [`Outbox`](crate::outbox::Outbox)
+//! (the same bounded queue, byte budget and delivery policies as a WebSocket connection's),
+//! frames each payload with the transport's [`Framing`], and hands the bytes to the response
+//! side through a channel of one chunk: a reader that stops reading stops the body, the
+//! channel stays full, and meanwhile the outbox fills and the group's delivery policy decides
+//! (a `gap`, a replaced message, or the close of a slow consumer), exactly as on WebSocket. A
+//! response side that takes nothing for the idle timeout is closed as a slow consumer.
+//!
+//! Commands arrive from POSTs through a bounded channel and are handled one at a time, in
+//! order, by this task, like a WebSocket's messages. While the session's own replies wait (its
+//! outbox half full, in frames or bytes) it takes no command: the channel fills and the POSTs
+//! wait, so a client that pipelines is slowed down by its replies instead of disconnected.
+//!
+//! Sessions are named by an unguessable token (122 random bits, not the connection id, which
+//! other clients see) and, when a token admitted them, bound to its user: every request of the
+//! session must carry a token of the same user.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::close::CloseReason;
+use crate::frame;
+use crate::hub::{Hub, HubCork, HubEntry};
+use crate::outbox::Take;
+
+/// How a transport writes a session's frames.
+pub(super) trait Framing: Send + 'static {
+    /// Appends what one frame's payload becomes.
+    fn frame(&mut self, payload: &[u8], out: &mut BytesMut);
+    /// Appends the last words: why the session ends.
+    fn close(&mut self, reason: &CloseReason, out: &mut BytesMut);
+    /// What keeps an idle response open, every ping interval (`None`: nothing).
+    fn heartbeat(&self) -> Option<Bytes>;
+}
+
+/// Commands waiting for a session's task, at most (each at most `--max-message-size`).
+pub(super) const COMMAND_QUEUE: usize = 64;
+
+/// What the requests of a session reach it by.
+pub(crate) struct Handle {
+    /// The session's registry entry.
+    pub entry: HubEntry,
+    /// The user a token named when the session opened: later requests must name the same.
+    pub bound_user: Option<Arc<str>>,
+    /// Commands, to the session's task.
+    pub commands: mpsc::Sender<Bytes>,
+    /// Long polling: the chunks the task framed, taken by one poll at a time.
+    pub poll: Option<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    /// Long polling: a poll is waiting now.
+    pub polling: AtomicBool,
+    /// Long polling: when the last poll ended, on the hub's sweep clock (milliseconds).
+    pub last_poll: AtomicU64,
+}
+
+/// The HTTP sessions of a router, by token.
+#[derive(Clone, Default)]
+pub struct Sessions {
+    map: Arc<Mutex<HashMap<String, Arc<Handle>>>>,
+}
+
+impl Sessions {
+    /// The session named `token`.
+    pub(crate) fn get(&self, token: &str) -> Option<Arc<Handle>> {
+        self.map.lock().get(token).cloned()
+    }
+
+    fn insert(&self, token: String, handle: Arc<Handle>) {
+        self.map.lock().insert(token, handle);
+    }
+
+    fn remove(&self, token: &str) {
+        self.map.lock().remove(token);
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A new session token: 122 random bits from the operating system's generator, in hex.
+fn new_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// What [`open`] gives the handler: the session's token, and the response side of its channel
+/// (for an event stream; long polling keeps it in the handle).
+pub(super) struct Opened {
+    pub token: String,
+    pub down: Option<mpsc::Receiver<Bytes>>,
+}
+
+/// Opens a session for `entry` (registered): puts it in the table and starts its task.
+/// `first` is the first chunk down; `long_poll` keeps the response side in the handle.
+pub(super) fn open(
+    hub: &Hub,
+    sessions: &Sessions,
+    entry: HubEntry,
+    bound_user: Option<Arc<str>>,
+    first: impl FnOnce(&str) -> Bytes,
+    long_poll: bool,
+    framing: impl Framing,
+) -> Opened {
+    let token = new_token();
+    let first = first(&token);
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let (ctx, crx) = mpsc::channel::<Bytes>(COMMAND_QUEUE);
+    let (down, poll) = if long_poll {
+        (None, Some(tokio::sync::Mutex::new(rx)))
+    } else {
+        (Some(rx), None)
+    };
+    let handle = Arc::new(Handle {
+        entry: entry.clone(),
+        bound_user,
+        commands: ctx,
+        poll,
+        polling: AtomicBool::new(false),
+        last_poll: AtomicU64::new(hub.sweep().now()),
+    });
+    sessions.insert(token.clone(), handle.clone());
+    let task = Task {
+        hub: hub.clone(),
+        entry,
+        tx,
+        commands: Some(crx),
+        handle: long_poll.then_some(handle),
+    };
+    let span = tracing::debug_span!("session", id = %task.entry.id);
+    let sessions = sessions.clone();
+    let name = token.clone();
+    let linger = poll_wait(hub);
+    hub.tasks().spawn(tracing::Instrument::instrument(
+        async move {
+            task.run(first, framing).await;
+            if long_poll {
+                // The last words wait in the channel for one more poll (outside the hub's
+                // tasks: shutdown does not wait for them).
+                tokio::spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    sessions.remove(&name);
+                });
+            } else {
+                sessions.remove(&name);
+            }
+        },
+        span,
+    ));
+    Opened { token, down }
+}
+
+/// A session's task: see the module's documentation.
+pub(super) struct Task {
+    hub: Hub,
+    entry: HubEntry,
+    tx: mpsc::Sender<Bytes>,
+    /// Commands from POSTs (`None`: a stream that takes none, `/events`).
+    commands: Option<mpsc::Receiver<Bytes>>,
+    /// Long polling: the handle whose polls it watches.
+    handle: Option<Arc<Handle>>,
+}
+
+impl Task {
+    /// A task for a session that takes no commands (`/events`).
+    pub(super) fn one_way(hub: Hub, entry: HubEntry, tx: mpsc::Sender<Bytes>) -> Self {
+        Self {
+            hub,
+            entry,
+            tx,
+            commands: None,
+            handle: None,
+        }
+    }
+
+    /// Runs the session until it ends, then unregisters it.
+    pub(super) async fn run(mut self, first: Bytes, mut framing: impl Framing) {
+        let hub = self.hub.clone();
+        let outbox = self.entry.sink.clone();
+        let cfg = hub.config();
+        let heartbeat = cfg.ping_interval.max(Duration::from_millis(100));
+        let stall = cfg.idle_timeout.max(heartbeat);
+        // A vanished long-poll client: no poll for this long after the last one ended.
+        let poll_gone = poll_wait(&hub).saturating_add(cfg.idle_timeout);
+        let (input_frames, input_bytes) = (outbox.capacity() / 2, cfg.max_send_buffer / 2);
+        let leeway = hub.auth().leeway();
+        let shutdown = hub.shutdown_token().clone();
+        let mut ending = if first.is_empty() {
+            None
+        } else {
+            send(&self.tx, first, stall).await.err()
+        };
+        let mut batch = VecDeque::new();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown_seen = false;
+        while ending.is_none() {
+            let token_left = token_left(&self.entry, leeway);
+            // The session's own replies waiting: its commands wait too.
+            let held = outbox.len() >= input_frames || outbox.pending_bytes() >= input_bytes;
+            let take_commands = self.commands.is_some() && !held;
+            let chunk = tokio::select! {
+                // Commands first, as many as come before the replies' mark: what they produce
+                // leaves together, in one chunk (one poll's answer).
+                biased;
+                cmd = recv(&mut self.commands), if take_commands => {
+                    if let Some(text) = cmd {
+                        self.command(&text).await;
+                    }
+                    continue;
+                }
+                take = outbox.take(&mut batch) => match take {
+                    Take::Frames(_) => {
+                        let mut out = BytesMut::new();
+                        let mut bytes = 0;
+                        for f in batch.drain(..) {
+                            bytes += f.len();
+                            if let Some((_, payload)) = frame::split_server_frame(&f) {
+                                framing.frame(payload, &mut out);
+                            }
+                        }
+                        outbox.sent(bytes);
+                        outbox.release();
+                        out.freeze()
+                    }
+                    Take::Close(_) => {
+                        let reason = outbox.close_reason().unwrap_or(CloseReason::GoingAway);
+                        let mut out = BytesMut::new();
+                        framing.close(&reason, &mut out);
+                        let _ = send(&self.tx, out.freeze(), stall).await;
+                        ending = Some((reason.label(), reason.code()));
+                        continue;
+                    }
+                    Take::Finished => {
+                        ending = Some(("normal", 1000));
+                        continue;
+                    }
+                },
+                _ = tick.tick() => {
+                    if let Some(h) = &self.handle {
+                        let idle = hub.sweep().now().saturating_sub(h.last_poll.load(Ordering::Relaxed));
+                        if !h.polling.load(Ordering::Relaxed) && idle > millis(poll_gone) {
+                            outbox.close(CloseReason::IdleTimeout);
+                            continue;
+                        }
+                    }
+                    match framing.heartbeat() {
+                        Some(b) => b,
+                        None => continue,
+                    }
+                }
+                () = tokio::time::sleep(token_left.unwrap_or_default()), if token_left.is_some() => {
+                    outbox.close(CloseReason::TokenExpired);
+                    continue;
+                }
+                () = self.tx.closed(), if self.handle.is_none() => {
+                    ending = Some(("dropped", 1006));
+                    continue;
+                }
+                () = shutdown.cancelled(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    outbox.close(CloseReason::Restarting(1012));
+                    continue;
+                }
+            };
+            if let Err(e) = send(&self.tx, chunk, stall).await {
+                if e.0 == "slow_consumer" && outbox.close(CloseReason::SlowConsumer) {
+                    hub.metrics().slow_consumers.inc();
+                }
+                ending = Some(e);
+            }
+        }
+        outbox.close(CloseReason::Normal(1000));
+        let (label, code) = ending.unwrap_or(("normal", 1000));
+        hub.unregister(&self.entry, (label, code));
+    }
+
+    /// One command, as a WebSocket connection's text message is handled (a fetch it needs is
+    /// awaited here: the session's commands are handled in order).
+    async fn command(&self, text: &[u8]) {
+        let Ok(text) = std::str::from_utf8(text) else {
+            return;
+        };
+        let mut cork = HubCork::new();
+        let mut pre = None;
+        while let Some(fetch) = self
+            .hub
+            .on_command(&self.entry, text, pre.take(), &mut cork)
+        {
+            pre = Some(fetch.await);
+        }
+        self.hub.flush(&mut cork, Instant::now());
+    }
+}
+
+async fn recv(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long a long poll waits for something to send before answering 204 (under the usual
+/// 30 to 60 s of proxies' idle limits).
+pub(super) fn poll_wait(hub: &Hub) -> Duration {
+    hub.config()
+        .ping_interval
+        .clamp(Duration::from_millis(100), Duration::from_secs(25))
+}
+
+/// Hands `chunk` to the response side, waiting at most `stall` for it to take the previous
+/// one.
+async fn send(
+    tx: &mpsc::Sender<Bytes>,
+    chunk: Bytes,
+    stall: Duration,
+) -> Result<(), (&'static str, u16)> {
+    match tokio::time::timeout(stall, tx.send(chunk)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(("dropped", 1006)),
+        Err(_) => Err(("slow_consumer", CloseReason::SlowConsumer.code())),
+    }
+}
+
+/// How long until the session's token runs out (its `exp` plus the leeway; zero: it has), if
+/// it has one.
+fn token_left(entry: &HubEntry, leeway: Duration) -> Option<Duration> {
+    let exp = entry.expires_at()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Some(
+        Duration::from_secs(exp)
+            .saturating_add(leeway)
+            .saturating_sub(now),
+    )
+}
