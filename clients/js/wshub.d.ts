@@ -28,7 +28,18 @@ export interface ClientOptions {
   commandTimeout?: number;
   /** A WebSocket constructor, where there is no global one. */
   WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
+  /** The transports to use, in order of preference (default all three): the next one is
+   * tried when one fails before its welcome, and the list comes back round to the first. */
+  transports?: Transport[];
+  /** How long a connection may take to bring its welcome before the next transport is
+   * tried, in ms (default 3000). */
+  fallbackAfter?: number;
+  /** On a fallback, how often WebSocket is tried again, in ms (default 60000). */
+  upgradeRetry?: number;
 }
+
+/** `websocket`; `sse`: Server-Sent Events down, POSTs up; `longpolling`. */
+export type Transport = "websocket" | "sse" | "longpolling";
 
 export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
@@ -113,6 +124,8 @@ export class WshubClient extends EventTarget {
   readonly state: State;
   readonly groups: string[];
   connectionId: string | null;
+  /** The transport in use (`null` before the first connection). */
+  transport: Transport | null;
   user: string | null;
   position(group?: string | null): Position | null;
   connect(): Promise<Welcome>;

@@ -4,7 +4,10 @@
 // It speaks wshub.v1 (docs/PROTOCOL.md): commands return promises settled by the server's ack
 // or error; it reconnects on its own with exponential backoff and jitter, rejoins its groups and
 // recovers what it missed from the offsets it last saw (`join` with `since`, `?recover=` for the
-// all-clients stream). Types: wshub.d.ts next to this file.
+// all-clients stream). When WebSocket is blocked (a proxy refuses the upgrade, or passes
+// nothing), it falls back by itself to Server-Sent Events with POSTs, then long polling, and
+// tries WebSocket again every minute (`transports`, `fallbackAfter`, `upgradeRetry`). Types:
+// wshub.d.ts next to this file.
 
 /** Close codes after which the client does not reconnect: it closed itself (1000 from the
  * server means "go away for good"), or the server said 4400-4499 (don't come back). */
@@ -34,6 +37,188 @@ export class WshubError extends Error {
   }
 }
 
+// --- HTTP transports: WebSocket-shaped, so that the client above does not know which it has ---
+
+/** The HTTP base (`http(s)://host`) and query of a `ws(s)://host/ws?…` URL. */
+function httpOf(wsUrl) {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  return u;
+}
+
+/** What every request of an HTTP session carries: the token, as a header (the server binds a
+ * session to the user whose token opened it). */
+function authHeaders(u) {
+  const t = u.searchParams.get("access_token");
+  return t ? { authorization: `Bearer ${t}` } : {};
+}
+
+/** Commands up: one POST at a time, what queued meanwhile goes in the next (one per line). */
+class Uplink {
+  constructor(sock) {
+    this.sock = sock;
+    this.lines = [];
+    this.busy = false;
+  }
+
+  push(text) {
+    this.lines.push(text);
+    if (!this.busy) this._flush();
+  }
+
+  async _flush() {
+    this.busy = true;
+    while (this.lines.length && this.sock.readyState === 1) {
+      // Up to 16 KiB a POST (a larger command goes alone): under any `--max-message-size`.
+      let n = 0;
+      let bytes = 0;
+      while (n < this.lines.length && (n === 0 || bytes + this.lines[n].length < 16384)) bytes += this.lines[n++].length + 1;
+      const body = this.lines.splice(0, n).join("\n");
+      try {
+        const res = await fetch(`${this.sock._base.origin}/v1/sessions/${this.sock._session}`, {
+          method: "POST",
+          headers: { "content-type": "application/x-ndjson", ...this.sock._auth },
+          body,
+        });
+        if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      } catch {
+        this.sock._closed(1006, "commands could not be sent");
+      }
+    }
+    this.busy = false;
+  }
+}
+
+/** Base of the HTTP sockets: `readyState`, the callbacks, `send`, `close`. */
+class HttpSocket {
+  constructor(wsUrl) {
+    this.readyState = 0;
+    this._base = httpOf(wsUrl);
+    this._auth = authHeaders(this._base);
+    this._abort = new AbortController();
+    this._up = new Uplink(this);
+    this._session = null;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+  }
+
+  send(text) {
+    if (this.readyState !== 1) throw new Error("not open");
+    this._up.push(text);
+  }
+
+  close(code = 1000, reason = "") {
+    if (this.readyState >= 2) return;
+    if (this._session) {
+      fetch(`${this._base.origin}/v1/sessions/${this._session}`, { method: "DELETE", headers: this._auth }).catch(() => {});
+    }
+    this._closed(code, reason);
+  }
+
+  _opened(session) {
+    this._session = session;
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+
+  _closed(code, reason) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this._abort.abort();
+    this.onclose?.({ code, reason });
+  }
+
+  _url(path) {
+    const u = new URL(this._base);
+    u.pathname = path;
+    return u.toString();
+  }
+}
+
+/** `wshub.v1` over Server-Sent Events (read with fetch, so the token goes in a header too). */
+class SseSocket extends HttpSocket {
+  constructor(wsUrl) {
+    super(wsUrl);
+    this.transport = "sse";
+    this._run();
+  }
+
+  async _run() {
+    let code = 1006;
+    let reason = "";
+    try {
+      const res = await fetch(this._url("/v1/sse"), {
+        headers: { accept: "text/event-stream", ...this._auth },
+        signal: this._abort.signal,
+        cache: "no-store",
+      });
+      if (!res.ok) {
+        // A refused token is final as on WebSocket (4401); anything else is worth a retry.
+        return this._closed(res.status === 401 ? 4401 : 1006, `HTTP ${res.status}`);
+      }
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          let event = "";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) event = line.slice(6).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (!data.length) continue;
+          const text = data.join("\n");
+          if (event === "session") this._opened(JSON.parse(text).session);
+          else if (event === "close") ({ code, reason } = JSON.parse(text));
+          else if (event === "") this.onmessage?.({ data: text });
+        }
+      }
+    } catch {}
+    this._closed(code, reason);
+  }
+}
+
+/** `wshub.v1` over long polling. */
+class PollSocket extends HttpSocket {
+  constructor(wsUrl) {
+    super(wsUrl);
+    this.transport = "longpolling";
+    this._run();
+  }
+
+  async _run() {
+    let code = 1006;
+    let reason = "";
+    try {
+      const open = await fetch(this._url("/v1/poll"), { headers: this._auth, signal: this._abort.signal, cache: "no-store" });
+      if (!open.ok) return this._closed(open.status === 401 ? 4401 : 1006, `HTTP ${open.status}`);
+      this._opened((await open.json()).session);
+      while (this.readyState === 1) {
+        const res = await fetch(`${this._base.origin}/v1/poll/${this._session}`, { headers: this._auth, signal: this._abort.signal, cache: "no-store" });
+        if (res.status === 204) continue;
+        if (!res.ok) break;
+        for (const line of (await res.text()).split("\n")) {
+          if (!line) continue;
+          if (line.startsWith('{"code"') || line.includes('"type":"close"')) {
+            const m = JSON.parse(line);
+            if (m.type === "close") {
+              ({ code, reason } = m);
+              continue;
+            }
+          }
+          this.onmessage?.({ data: line });
+        }
+      }
+    } catch {}
+    this._closed(code, reason);
+  }
+}
+
 const DEFAULTS = {
   token: undefined,
   refreshBefore: 30000,
@@ -44,6 +229,9 @@ const DEFAULTS = {
   jitter: 0.5,
   commandTimeout: 10000,
   WebSocket: undefined,
+  transports: ["websocket", "sse", "longpolling"],
+  fallbackAfter: 3000,
+  upgradeRetry: 60000,
 };
 
 /**
@@ -72,7 +260,11 @@ export class WshubClient extends EventTarget {
     this.url = this._urls[0];
     this.options = { ...DEFAULTS, ...options };
     this._WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
-    if (typeof this._WebSocket !== "function") {
+    const kinds = this.options.transports;
+    if (!Array.isArray(kinds) || kinds.length === 0 || kinds.some((k) => !["websocket", "sse", "longpolling"].includes(k))) {
+      throw new Error("transports: a list of `websocket`, `sse`, `longpolling`");
+    }
+    if (kinds.includes("websocket") && typeof this._WebSocket !== "function") {
       throw new Error("no WebSocket implementation: pass one as options.WebSocket");
     }
     this._state = "idle";
@@ -88,6 +280,10 @@ export class WshubClient extends EventTarget {
     this._attempt = 0;
     this._timer = null;
     this._closedByUser = false;
+    this._kind = 0; // index into options.transports of the transport to use next
+    this._welcomed = false;
+    /** The transport in use: `websocket`, `sse` or `longpolling`. */
+    this.transport = null;
     this.connectionId = null;
     this.user = null;
   }
@@ -132,6 +328,8 @@ export class WshubClient extends EventTarget {
   /** Closes for good (no reconnection); pending commands are rejected. */
   close(code = 1000, reason = "") {
     this._closedByUser = true;
+    clearTimeout(this._fallbackTimer);
+    clearTimeout(this._upgradeTimer);
     clearTimeout(this._timer);
     this._timer = null;
     clearTimeout(this._refreshTimer);
@@ -242,8 +440,30 @@ export class WshubClient extends EventTarget {
       return;
     }
     if (this._closedByUser) return;
-    const ws = new this._WebSocket(url, "wshub.v1");
+    const kinds = this.options.transports;
+    const kind = kinds[this._kind % kinds.length];
+    let ws;
+    try {
+      ws = kind === "sse" ? new SseSocket(url) : kind === "longpolling" ? new PollSocket(url) : new this._WebSocket(url, "wshub.v1");
+    } catch {
+      // A URL or an environment this transport cannot use: the next one.
+      this._welcomed = false;
+      return this._onClose(1006, `${kind} unavailable`);
+    }
     this._ws = ws;
+    this.transport = kind;
+    this._welcomed = false;
+    // No welcome within `fallbackAfter` (a proxy that takes the upgrade and passes nothing):
+    // this transport does not work here; the next one.
+    clearTimeout(this._fallbackTimer);
+    this._fallbackTimer = setTimeout(() => {
+      if (this._ws !== ws || this._welcomed) return;
+      this._ws = null;
+      try {
+        ws.close(4000, "no welcome");
+      } catch {}
+      this._onClose(1006, "no welcome");
+    }, this.options.fallbackAfter);
     ws.onmessage = (ev) => this._onFrame(ev.data);
     ws.onclose = (ev) => {
       if (this._ws !== ws) return;
@@ -267,6 +487,11 @@ export class WshubClient extends EventTarget {
   }
 
   _onClose(code, reason) {
+    clearTimeout(this._fallbackTimer);
+    clearTimeout(this._upgradeTimer);
+    // A transport that never got as far as the welcome (an upgrade a proxy refused, a stream
+    // it buffers): the next attempt uses the next one, and comes back round to WebSocket.
+    if (!this._welcomed && code !== 4401) this._kind += 1;
     this._joining.clear();
     this._joiningSeen.clear();
     this._recovering.clear();
@@ -434,7 +659,52 @@ export class WshubClient extends EventTarget {
     return true;
   }
 
+  /** On a fallback transport, tries WebSocket again every `upgradeRetry` ms; when a probe
+   * gets its welcome, the client moves over (the reconnect recovers what is in flight). */
+  _scheduleUpgrade() {
+    clearTimeout(this._upgradeTimer);
+    const kinds = this.options.transports;
+    if (this.transport === "websocket" || !kinds.includes("websocket")) return;
+    this._upgradeTimer = setTimeout(async () => {
+      if (this._state !== "open" || this.transport === "websocket" || this._closedByUser) return;
+      let probe;
+      try {
+        probe = new this._WebSocket(await this._url(), "wshub.v1");
+      } catch {
+        return this._scheduleUpgrade();
+      }
+      let done = false;
+      const giveUp = () => {
+        if (done) return;
+        done = true;
+        try {
+          probe.close();
+        } catch {}
+        this._scheduleUpgrade();
+      };
+      const timer = setTimeout(giveUp, this.options.fallbackAfter);
+      probe.onerror = () => {};
+      probe.onclose = () => {
+        clearTimeout(timer);
+        giveUp();
+      };
+      probe.onmessage = () => {
+        clearTimeout(timer);
+        done = true;
+        probe.onclose = null;
+        probe.close(1000);
+        const current = this._ws;
+        if (this._state !== "open" || !current || this.transport === "websocket") return;
+        this._kind = kinds.indexOf("websocket");
+        current.close(4000, "moving to WebSocket");
+      };
+    }, this.options.upgradeRetry);
+  }
+
   _onWelcome(w) {
+    this._welcomed = true;
+    clearTimeout(this._fallbackTimer);
+    this._scheduleUpgrade();
     const asked = this._all;
     this.connectionId = w.connectionId;
     this.user = w.user ?? null;
