@@ -129,3 +129,32 @@ test("Chromium's EventSource: two groups, a cut network and a restart, every mes
   assert.ok(subs.slice(2).every((s) => s.recovered === true), JSON.stringify(subs));
   await page.close();
 });
+
+test("the demo page behind a proxy that refuses WebSocket upgrades falls back to SSE and chats with a WebSocket client", async () => {
+  const { WshubClient } = await import("../../clients/js/wshub.js");
+  const blocking = await startProxy(port, { refuseUpgrades: true });
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  try {
+    await page.goto(`http://127.0.0.1:${blocking.port}/?group=behind-proxy`);
+    await page.waitForSelector('#status[data-state="open"]', { timeout: 15000 });
+    assert.equal(await page.getAttribute("#status", "data-transport"), "sse");
+    assert.equal(await page.textContent("#status-text"), "open · sse");
+    await page.waitForSelector('#groups li[data-group="behind-proxy"]', { timeout: 10000 });
+    const ws = new WshubClient(srv.wsUrl);
+    await ws.connect();
+    assert.equal(ws.transport, "websocket");
+    await ws.join("behind-proxy");
+    await ws.publish("behind-proxy", { text: "hello from a WebSocket" });
+    await page.waitForFunction(() => [...document.querySelectorAll("#messages li.msg .text")].some((e) => e.textContent === "hello from a WebSocket"), null, { timeout: 10000 });
+    const got = new Promise((resolve) => ws.addEventListener("message", (e) => e.detail.message?.text === "hello from SSE" && resolve(e.detail)));
+    await page.fill("#msg-input", "hello from SSE");
+    await page.click("#send-btn");
+    const m = await Promise.race([got, new Promise((_, reject) => setTimeout(() => reject(new Error("the page's message did not reach the WebSocket client")), 10000))]);
+    assert.equal(m.group, "behind-proxy");
+    ws.close();
+  } finally {
+    await page.close();
+    await blocking.close();
+  }
+});

@@ -1,8 +1,11 @@
 // A TCP proxy on 127.0.0.1 that can cut the network: `drop()` destroys every connection through
 // it and refuses new ones until `restore()`. To the browser it is a real network failure.
+// With `refuseUpgrades`, it is the corporate proxy that answers every WebSocket upgrade 403.
 import net from "node:net";
 
-export async function startProxy(targetPort) {
+const UPGRADE = /\r\nupgrade:\s*websocket\s*\r\n/i;
+
+export async function startProxy(targetPort, { refuseUpgrades = false } = {}) {
   const sockets = new Set();
   let up = true;
   const server = net.createServer((client) => {
@@ -16,7 +19,18 @@ export async function startProxy(targetPort) {
       s.on("close", () => sockets.delete(s));
       s.on("error", () => {});
     }
-    client.pipe(upstream);
+    if (refuseUpgrades) {
+      client.on("data", (chunk) => {
+        if (UPGRADE.test(chunk.toString("latin1"))) {
+          client.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+          upstream.destroy();
+          return;
+        }
+        upstream.write(chunk);
+      });
+    } else {
+      client.pipe(upstream);
+    }
     upstream.pipe(client);
     client.on("close", () => upstream.destroy());
     upstream.on("close", () => client.destroy());
