@@ -31,17 +31,6 @@ async fn publish(addr: std::net::SocketAddr, group: &str, message: serde_json::V
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
-/// Polls `cond` until it holds (within the tests' wait).
-async fn wait_for(cond: impl Fn() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("condition not met in time");
-}
-
 #[tokio::test]
 async fn a_stream_resumes_after_each_drop_with_nothing_missed_and_nothing_twice() {
     let server = TestServer::start().await;

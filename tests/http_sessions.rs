@@ -20,17 +20,6 @@ use serde_json::{json, Value};
 use sse::Sse;
 use wshub::HubConfig;
 
-/// Polls `cond` until it holds (within the tests' wait).
-async fn wait_for(cond: impl Fn() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("condition not met in time");
-}
-
 async fn post(
     addr: SocketAddr,
     session: &str,

@@ -204,14 +204,10 @@ class PollSocket extends HttpSocket {
         if (!res.ok) break;
         for (const line of (await res.text()).split("\n")) {
           if (!line) continue;
-          if (line.startsWith('{"code"') || line.includes('"type":"close"')) {
-            const m = JSON.parse(line);
-            if (m.type === "close") {
-              ({ code, reason } = m);
-              continue;
-            }
-          }
-          this.onmessage?.({ data: line });
+          // The session's last words: a close line of the transport's own.
+          const m = line.includes('"type":"close"') ? JSON.parse(line) : null;
+          if (m?.type === "close") ({ code, reason } = m);
+          else this.onmessage?.({ data: line });
         }
       }
     } catch {}

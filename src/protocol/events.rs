@@ -165,7 +165,7 @@ impl Cursor {
                 Some(e) => {
                     id.push_str(e);
                     id.push(':');
-                    id.push_str(&s.offset.to_string());
+                    id.push_str(itoa::Buffer::new().format(s.offset));
                 }
                 None => id.push('-'),
             }

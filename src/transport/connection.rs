@@ -138,15 +138,7 @@ fn token_left(role: &Role, leeway: Duration) -> Option<Duration> {
     let Role::Hub { entry, .. } = role else {
         return None;
     };
-    let exp = entry.expires_at()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    Some(
-        Duration::from_secs(exp)
-            .saturating_add(leeway)
-            .saturating_sub(now),
-    )
+    super::session::token_left(entry, leeway)
 }
 
 /// A token bucket: `per_second` tokens a second, at most `burst` saved up.

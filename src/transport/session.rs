@@ -81,16 +81,6 @@ impl Sessions {
     fn remove(&self, token: &str) {
         self.map.lock().remove(token);
     }
-
-    /// How many are open.
-    pub fn len(&self) -> usize {
-        self.map.lock().len()
-    }
-
-    /// Whether none is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A new session token: 122 random bits from the operating system's generator, in hex.
@@ -340,9 +330,9 @@ async fn send(
     }
 }
 
-/// How long until the session's token runs out (its `exp` plus the leeway; zero: it has), if
+/// How long until a connection's token runs out (its `exp` plus the leeway; zero: it has), if
 /// it has one.
-fn token_left(entry: &HubEntry, leeway: Duration) -> Option<Duration> {
+pub(super) fn token_left(entry: &HubEntry, leeway: Duration) -> Option<Duration> {
     let exp = entry.expires_at()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

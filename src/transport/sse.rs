@@ -18,9 +18,6 @@ use tokio::sync::mpsc;
 use crate::close::CloseReason;
 use crate::protocol::events::Event;
 
-/// How long a browser waits before reconnecting (the `retry:` field, in milliseconds).
-pub(super) const RETRY_MS: u64 = 2000;
-
 /// Appends one event in the `text/event-stream` format: `event:` (when named), `id:` (when
 /// given), the data one `data:` line per line of it, and the blank line that ends it.
 pub(super) fn write_event(out: &mut BytesMut, event: &Event<'_>) {
@@ -62,10 +59,10 @@ pub(super) fn response(rx: mpsc::Receiver<Bytes>) -> Response {
     res
 }
 
-/// The first bytes of every stream: the reconnection delay, then a comment that makes
-/// proxies and browsers see the response start.
+/// The first bytes of every stream: how long a browser waits before reconnecting (`retry:`,
+/// 2 s), then a comment that makes proxies and browsers see the response start.
 pub(super) fn preamble() -> Bytes {
-    Bytes::from(format!("retry: {RETRY_MS}\n: wshub\n\n"))
+    Bytes::from_static(b"retry: 2000\n: wshub\n\n")
 }
 
 /// SSE framing for a session's frames: each payload becomes an event (named and numbered by

@@ -635,3 +635,14 @@ pub async fn wait_metric(addr: SocketAddr, name: &str, value: f64) {
     .await;
     assert!(waited.is_ok(), "{name} never reached {value}");
 }
+
+/// Polls `cond` until it holds (within [`WAIT`]).
+pub async fn wait_for(cond: impl Fn() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("condition not met in time");
+}
