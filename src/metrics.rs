@@ -73,6 +73,9 @@ pub struct Metrics {
     pub drops: Family<Reason, Counter>,
     /// Connections closed because their outbound queue overflowed.
     pub slow_consumers: Counter,
+    /// Times a connection stopped reading its input while its own replies waited to be
+    /// written (reply backpressure: a pipelining client slowed down, not closed).
+    pub input_holds: Counter,
     /// REST requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// 1 while the backplane is reachable (always 1 for the in-memory backplane).
@@ -157,6 +160,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             drops: Family::default(),
             slow_consumers: Counter::default(),
+            input_holds: Counter::default(),
             http_requests: Family::default(),
             backplane_up: Gauge::default(),
             node_info: Family::default(),
@@ -283,6 +287,11 @@ impl Metrics {
             "slow_consumer_closes",
             "Connections closed because their outbound queue overflowed",
             m.slow_consumers.clone(),
+        );
+        registry.register(
+            "input_holds",
+            "Times a connection stopped reading its input while its own replies waited to be written (reply backpressure)",
+            m.input_holds.clone(),
         );
         registry.register(
             "http_requests",

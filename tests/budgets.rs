@@ -74,13 +74,22 @@ async fn echo_client_that_never_reads_pins_no_more_than_its_budget() {
     drop(child);
 }
 
-/// Reads everything `ws` gets until it has been quiet for a second; returns it with the count.
-fn keep_reading(mut ws: Ws) -> tokio::task::JoinHandle<(Ws, usize)> {
+/// Reads everything `ws` gets (answering pings) until `stop` fires; returns it with the count.
+fn keep_reading(
+    mut ws: Ws,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<(Ws, usize)> {
     use futures_util::StreamExt as _;
     tokio::spawn(async move {
         let mut n = 0;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
-            n += 1;
+        loop {
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(_)) => n += 1,
+                    _ => break,
+                },
+                _ = &mut stop => break,
+            }
         }
         (ws, n)
     })
@@ -95,11 +104,18 @@ async fn ws_client_that_never_reads_is_closed_by_bytes_not_frames() {
         "1s",
         "--history-size",
         "0",
+        // The non-reader's input is held once its own echoes fill half its budget; with
+        // nothing written to it for this long it is closed as a slow consumer.
+        "--idle-timeout",
+        "2s",
+        "--ping-interval",
+        "500ms",
     ])
     .await;
     let pid = child.id().unwrap();
     let (good, _) = connect(&format!("ws://{addr}/ws")).await;
-    let reader = keep_reading(good);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let reader = keep_reading(good, stopped);
     let before = rss_bytes(pid);
     let mut bad = non_reader(addr, "/ws").await;
     // 400 × 64 KiB: each comes back twice to the sender (echo and broadcast); well under the
@@ -120,6 +136,7 @@ async fn ws_client_that_never_reads_is_closed_by_bytes_not_frames() {
         growth >> 20
     );
     // The good client, reading all along, got the broadcasts and still works.
+    stop.send(()).unwrap();
     let (mut good, got) = reader.await.unwrap();
     assert!(got > 0);
     assert_unaffected(addr, &mut good).await;

@@ -55,8 +55,10 @@ impl Replies {
 
 impl Hub {
     /// Sends a reply to connection `id`, after any reply that is still waiting. Replies held
-    /// behind a waiting one count against the connection's budgets: a client that pipelines
-    /// past them is closed as a slow consumer, as if its outbox were full.
+    /// behind a waiting one count against the connection's budgets: past half of them its task
+    /// stops reading ([`replies_over_mark`](Self::replies_over_mark)); a client that still gets
+    /// past all of them (one burst cannot) is closed as a slow consumer, as if its outbox were
+    /// full.
     pub(crate) fn reply(&self, id: ConnId, frame: Frame, cork: &mut HubCork) {
         if self.shared.replies.queued.load(Ordering::Acquire) == 0 {
             self.send_corked(id, &frame, cork);
@@ -92,6 +94,25 @@ impl Hub {
         }
     }
 
+    /// Whether the replies held for connection `id` behind a waiting one take half its byte
+    /// budget or half its frames: its task then reads no more of its input until they go out
+    /// (see [`Outbox::input_held`](crate::outbox::Outbox)).
+    pub(crate) fn replies_over_mark(&self, id: ConnId) -> bool {
+        let r = &self.shared.replies;
+        if r.queued.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let queues = r.queues.lock();
+        queues
+            .get(&id)
+            .is_some_and(|q| self.over_mark(q.bytes, q.replies.len()))
+    }
+
+    fn over_mark(&self, bytes: usize, replies: usize) -> bool {
+        let c = &self.shared.config;
+        bytes >= c.max_send_buffer / 2 || replies >= c.send_queue / 2
+    }
+
     /// Reserves the place of a reply that comes later; `None` when the connection already has
     /// [`MAX_WAITING`] replies waiting.
     pub(crate) fn reserve_reply(&self, id: ConnId) -> Option<u64> {
@@ -113,11 +134,12 @@ impl Hub {
     /// Fills a reserved reply and sends every reply that no longer waits, in order.
     pub(crate) fn fill_reply(&self, id: ConnId, ticket: u64, frame: Frame) {
         let r = &self.shared.replies;
-        let ready = {
+        let (ready, was_over) = {
             let mut queues = r.queues.lock();
             let Some(q) = queues.get_mut(&id) else {
                 return;
             };
+            let was_over = self.over_mark(q.bytes, q.replies.len());
             if let Some(slot) = q
                 .replies
                 .iter_mut()
@@ -137,13 +159,19 @@ impl Hub {
             if q.replies.is_empty() {
                 r.remove(&mut queues, id);
             }
-            ready
+            (ready, was_over)
         };
         let mut cork = HubCork::new();
         for f in &ready {
             self.send_corked(id, f, &mut cork);
         }
         cork.flush();
+        if was_over && !ready.is_empty() {
+            // Its task stopped reading for these: it looks again.
+            if let Some(entry) = self.shared.manager.get(id) {
+                entry.sink.wake_task();
+            }
+        }
     }
 
     /// Forgets what waited for a connection that is gone.

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -181,6 +181,12 @@ pub struct Outbox {
     max_bytes: u32,
     /// Bytes queued or held by a writer and not yet written (what this connection pins).
     pending: AtomicUsize,
+    /// Bytes were written to the socket since the connection's last look
+    /// ([`wrote_since`](Self::wrote_since)): a sign of life while it holds its input.
+    written: AtomicBool,
+    /// The connection stopped reading its input because of what waits here: a write that
+    /// brings the outbox back under the mark wakes its task.
+    input_waits: AtomicBool,
 }
 
 struct State {
@@ -245,6 +251,8 @@ impl Outbox {
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1),
             pending: AtomicUsize::new(0),
+            written: AtomicBool::new(false),
+            input_waits: AtomicBool::new(false),
         }
     }
 
@@ -268,6 +276,71 @@ impl Outbox {
         if bytes > 0 {
             self.pending.fetch_sub(bytes, Ordering::Relaxed);
         }
+    }
+
+    /// `bytes` were written to the socket. Wakes the connection's task when that brings a
+    /// held input back under the mark.
+    pub(crate) fn wrote(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.sent(bytes);
+        self.written.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `input_held`: either that check sees these bytes gone, or
+        // this one sees that the task waits.
+        fence(Ordering::SeqCst);
+        if self.input_waits.load(Ordering::Relaxed)
+            && !self.over_input_mark()
+            && self.input_waits.swap(false, Ordering::Relaxed)
+        {
+            self.wake_task();
+        }
+    }
+
+    /// Whether bytes reached the socket since the last call.
+    pub(crate) fn wrote_since(&self) -> bool {
+        self.written.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether the connection should stop reading its input for now: half its frames or half
+    /// its byte budget wait to be written. A client's own replies then slow the client down,
+    /// as TCP would, instead of filling the outbox until the client is closed as a slow
+    /// consumer; reading resumes (the task is woken) once the writer brings it back under.
+    pub(crate) fn input_held(&self) -> bool {
+        if self.pending_bytes() == 0 {
+            return false;
+        }
+        self.input_waits.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let held = self.over_input_mark();
+        if !held {
+            self.input_waits.store(false, Ordering::Relaxed);
+        }
+        held
+    }
+
+    /// Whether the bytes waiting alone pass the mark: a cheap first look (no lock) before
+    /// [`input_held`](Self::input_held).
+    pub(crate) fn bytes_over_input_mark(&self) -> bool {
+        self.pending_bytes() >= self.max_bytes() / 2
+    }
+
+    /// Whether what no delivery policy may drop (replies, and messages sent to this
+    /// connection alone or under a policy that keeps them) takes half the frames or half the
+    /// byte budget. Frames `drop-oldest` may drop do not count: they make room for replies, and
+    /// a client overwhelmed by a busy group must still be read (to leave it, say).
+    fn over_input_mark(&self) -> bool {
+        let pending = self.pending_bytes();
+        if pending == 0 {
+            return false;
+        }
+        let (frames, bytes) = (self.capacity() / 2, self.max_bytes() / 2);
+        let st = self.state.lock();
+        if pending < bytes && st.queue.len() < frames {
+            return false;
+        }
+        let (n, len) = Self::droppable(&st);
+        st.queue.len().saturating_sub(n) >= frames || pending.saturating_sub(len) >= bytes
     }
 
     /// Drops the frames of `batch` after the first `keep`, forgetting their bytes.
@@ -412,7 +485,7 @@ impl Outbox {
             let result = write_batch(socket.as_ref().as_ref(), &batch);
             let handed_over = match result {
                 Ok(n) => {
-                    self.sent(n);
+                    self.wrote(n);
                     partial = advance(&mut batch, n) || (partial && n == 0);
                     !batch.is_empty()
                 }

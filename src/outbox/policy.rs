@@ -45,6 +45,15 @@ impl Mark {
 const GAP_MARGIN: usize = 8;
 
 impl Outbox {
+    /// How many queued frames, and how many bytes of them, a policy may drop to make room.
+    pub(super) fn droppable(st: &State) -> (usize, usize) {
+        st.queue
+            .iter()
+            .zip(&st.marks)
+            .filter(|(_, m)| m.as_ref().is_some_and(Mark::droppable))
+            .fold((0, 0), |(n, len), (f, _)| (n + 1, len + f.len()))
+    }
+
     /// Queues a group's message under its delivery policy (see [`Policy`]).
     ///
     /// # Errors

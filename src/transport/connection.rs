@@ -320,6 +320,19 @@ impl Conn {
         }
     }
 
+    /// Whether the connection's own output waits (in its outbox, or held behind a reply that
+    /// waits for the backplane): then it reads no more for now (see
+    /// [`Outbox::input_held`]). Its task is woken when that changes.
+    fn input_held(&self) -> bool {
+        self.outbox.input_held()
+            || match &self.role {
+                Role::Hub { hub, entry } | Role::Pusher { hub, entry, .. } => {
+                    hub.replies_over_mark(entry.id)
+                }
+                Role::Echo(_) | Role::Refused(_) => false,
+            }
+    }
+
     /// Writes everything the last burst of messages (handled from `burst`) produced.
     /// `cork`: the connections (the hub's, this one included) offered frames and not yet
     /// flushed.
@@ -349,6 +362,7 @@ impl Conn {
         burst: std::time::Instant,
         cork: &mut HubCork,
     ) -> Option<Ending> {
+        let mut handled = 0u8;
         loop {
             if let Step::Fetch(fetch, text) = step {
                 *pending = Some(Box::new((fetch, text)));
@@ -356,6 +370,12 @@ impl Conn {
                 break;
             }
             if !(matches!(step, Step::Continue) && self.reading && !rd.decoder.failed()) {
+                break;
+            }
+            // Its replies wait: the rest stays buffered until the writer catches up. The whole
+            // check (a lock) every few messages, the bytes (an atomic) at every one.
+            handled = handled.wrapping_add(1);
+            if (handled % 8 == 0 || self.outbox.bytes_over_input_mark()) && self.input_held() {
                 break;
             }
             match rd.buffered() {
@@ -658,6 +678,13 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
                 cx.waker().wake_by_ref();
                 break;
             }
+            if self.c.input_held() {
+                // The connection's own output waits to be written: read no more until it is
+                // under the mark (the outbox wakes this task then). The peer's sends back up
+                // into TCP, which slows it down.
+                self.c.role.hub().metrics().input_holds.inc();
+                break;
+            }
             let Poll::Ready(r) = self.rd.poll_next(cx, &mut io.reader, &mut full) else {
                 break;
             };
@@ -750,6 +777,15 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
         }
         let sweep = hub.sweep();
         let now = sweep.now();
+        // While the input is held, bytes the peer took since the last tick count as a sign
+        // of life (it reads, we do not).
+        let wrote = outbox.wrote_since();
+        let held = outbox.input_held();
+        if (held && wrote) || (!held && self.c.input_held()) {
+            // Not read from because it reads too slowly, but reading; or because its replies
+            // wait for the backplane, which is no fault of the client's.
+            self.c.last_seen = now;
+        }
         let silent = Duration::from_millis(now.saturating_sub(self.c.last_seen));
         // A refresh moves the deadline: read it anew each time.
         let t = Timing::of(hub);
@@ -757,6 +793,13 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
         if token.is_some_and(|t| t.is_zero()) {
             tracing::debug!("closing: token expired");
             outbox.close(CloseReason::TokenExpired);
+        } else if held && silent >= t.idle_timeout {
+            // Its input held all along and nothing written: a client that sends and never
+            // reads. Its budget is pinned no longer than the idle timeout.
+            tracing::debug!(?silent, "closing: sends but does not read");
+            if outbox.close(CloseReason::SlowConsumer) {
+                hub.metrics().slow_consumers.inc();
+            }
         } else if silent >= t.idle_timeout {
             tracing::debug!(?silent, "closing: idle timeout");
             outbox.close(CloseReason::IdleTimeout);

@@ -186,7 +186,6 @@ impl Task {
         let stall = cfg.idle_timeout.max(heartbeat);
         // A vanished long-poll client: no poll for this long after the last one ended.
         let poll_gone = poll_wait(&hub).saturating_add(cfg.idle_timeout);
-        let (input_frames, input_bytes) = (outbox.capacity() / 2, cfg.max_send_buffer / 2);
         let leeway = hub.auth().leeway();
         let shutdown = hub.shutdown_token().clone();
         let mut ending = if first.is_empty() {
@@ -198,10 +197,15 @@ impl Task {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown_seen = false;
+        let mut was_held = false;
         while ending.is_none() {
             let token_left = token_left(&self.entry, leeway);
             // The session's own replies waiting: its commands wait too.
-            let held = outbox.len() >= input_frames || outbox.pending_bytes() >= input_bytes;
+            let held = outbox.input_held();
+            if held && !was_held {
+                hub.metrics().input_holds.inc();
+            }
+            was_held = held;
             let take_commands = self.commands.is_some() && !held;
             let chunk = tokio::select! {
                 // Commands first, as many as come before the replies' mark: what they produce
@@ -223,7 +227,7 @@ impl Task {
                                 framing.frame(payload, &mut out);
                             }
                         }
-                        outbox.sent(bytes);
+                        outbox.wrote(bytes);
                         outbox.release();
                         out.freeze()
                     }

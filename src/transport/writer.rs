@@ -183,7 +183,7 @@ fn write_all<W: FrameWrite>(
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         if let Some(o) = outbox {
-            o.sent(written);
+            o.wrote(written);
         }
         *partial = advance(batch, written);
     }
