@@ -47,6 +47,11 @@ pub struct App {
     /// every member's info, so it is bounded like any other byte budget.
     #[serde(default = "default_max_member_size")]
     pub max_member_size: usize,
+    /// Whether the subscribers of its channels (presence channels excepted) are sent
+    /// `pusher_internal:subscription_count` when the cluster's count changes, rate-limited per
+    /// channel (Pusher's "subscription counting" app setting; off unless enabled, as there).
+    #[serde(default)]
+    pub subscription_count: bool,
     /// Where this app's webhooks go (Pusher's format, signed with the app secret).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
@@ -136,6 +141,7 @@ impl App {
             max_presence_members: default_max_presence_members(),
             max_event_size: default_max_event_size(),
             max_member_size: default_max_member_size(),
+            subscription_count: false,
             webhooks: Vec::new(),
         }
     }

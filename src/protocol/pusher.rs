@@ -403,6 +403,27 @@ pub fn member_removed(channel: &str, user_id: &str) -> Frame {
     )
 }
 
+/// `pusher_internal:subscription_count`: how many connections are subscribed to `channel`
+/// (pusher-js gives it to the page as `pusher:subscription_count`).
+pub fn subscription_count(channel: &str, count: usize) -> Frame {
+    #[derive(Serialize)]
+    struct Count {
+        subscription_count: usize,
+    }
+    let data = stringify(&Count {
+        subscription_count: count,
+    });
+    encode(
+        &Event {
+            event: "pusher_internal:subscription_count",
+            channel: Some(channel),
+            data: &data,
+            user_id: None,
+        },
+        data.len(),
+    )
+}
+
 /// `pusher:subscription_error`: why a subscription was refused, with an HTTP-like status.
 pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> Frame {
     #[derive(Serialize)]

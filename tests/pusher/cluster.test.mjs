@@ -13,7 +13,9 @@ const open = [];
 
 before(async () => {
   redis = await startRedis();
-  const args = (id) => ["--app", `${APP.appId}:${APP.key}:${APP.secret}`, "--backplane", `redis://127.0.0.1:${redis.port}`, "--node-id", id, "--node-ttl", "2s"];
+  // Subscription counting on (Pusher's app setting), as JSON: the command line's other form.
+  const app = JSON.stringify({ id: APP.appId, key: APP.key, secret: APP.secret, subscription_count: true });
+  const args = (id) => ["--app", app, "--backplane", `redis://127.0.0.1:${redis.port}`, "--node-id", id, "--node-ttl", "2s"];
   n1 = await startServer({ args: args("n1") });
   n2 = await startServer({ args: args("n2") });
   for (const n of [n1, n2]) {
@@ -95,4 +97,56 @@ test("presence, events, client events, queries and terminate across two nodes", 
   assert.deepEqual(added, ["bob"]);
   assert.deepEqual(removed, ["bob"]);
   alice.disconnect();
+});
+
+/** Resolves when `ch` is told its count is `n` (pusher:subscription_count), within `ms`. */
+function countIs(ch, n, ms = 8000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no subscription_count ${n} within ${ms} ms (last: ${ch.subscriptionCount})`)), ms);
+    timer.unref();
+    const handler = (data) => {
+      if (data.subscription_count !== n) return;
+      clearTimeout(timer);
+      ch.unbind("pusher:subscription_count", handler);
+      resolve(data);
+    };
+    ch.bind("pusher:subscription_count", handler);
+  });
+}
+
+test("subscription counts are the cluster's, sent to subscribers on both nodes as they come and go", async () => {
+  const a = client(n1, "ca");
+  const b = client(n2, "cb");
+  await next(a.connection, "connected");
+  await next(b.connection, "connected");
+  const cha = a.subscribe("watchers");
+  const one = countIs(cha, 1);
+  await next(cha, "pusher:subscription_succeeded");
+  await one;
+  // b joins on the other node: both hear 2 (within the channel's one-second window).
+  const two = countIs(cha, 2);
+  const chb = b.subscribe("watchers");
+  const bTwo = countIs(chb, 2);
+  await Promise.all([two, bTwo]);
+  assert.equal(cha.subscriptionCount, 2);
+  assert.equal(chb.subscriptionCount, 2);
+  // The HTTP API agrees, from either node.
+  const res = await sdk(n2).get({ path: "/channels/watchers", params: { info: "subscription_count" } });
+  assert.equal((await res.json()).subscription_count, 2);
+  // b leaves: a hears 1.
+  const back = countIs(cha, 1);
+  b.unsubscribe("watchers");
+  await back;
+  assert.equal(cha.subscriptionCount, 1);
+  // A presence channel's members say more: no count there (its subscribe answers with members).
+  const p = a.subscribe("presence-counted");
+  let counted = false;
+  p.bind("pusher:subscription_count", () => { counted = true; });
+  await next(p, "pusher:subscription_succeeded");
+  // Proof that nothing was sent: a count would have gone out as the subscription was
+  // counted, ahead (in the bus's order) of an event triggered after it.
+  const ev = next(p, "after");
+  await sdk(n1).trigger("presence-counted", "after", {});
+  await ev;
+  assert.equal(counted, false);
 });

@@ -6,7 +6,8 @@
 //! the backplane and the hub's one delivery path like every other publication, encoded once
 //! per protocol. What is Pusher's own lives here: the per-connection session and its messages
 //! (this file), subscriptions, sign-in and client events (`subscribe`), cluster-wide presence
-//! (`presence`), and what the HTTP API asks of the hub (`server`).
+//! (`presence`), subscription counts (`count`), and what the HTTP API asks of the hub
+//! (`server`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::id::ConnId;
 use crate::protocol::pusher::{self, Code};
 use presence::Members;
 
+mod count;
 mod presence;
 mod server;
 mod subscribe;
@@ -117,6 +119,8 @@ pub(crate) struct PusherState {
     users: Mutex<HashMap<UserKey, Vec<ConnId>>>,
     /// Connections per app id.
     connections: Mutex<HashMap<Arc<str>, usize>>,
+    /// Channels whose `subscription_count` was sent lately.
+    counts: count::Counts,
 }
 
 /// Why a subscription was refused: a `pusher:subscription_error`.

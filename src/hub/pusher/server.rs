@@ -48,6 +48,7 @@ impl Hub {
         } else if before > 0 && after == 0 && !self.hold(stream, None, node, mine) && mine {
             self.occupancy_webhook(stream, false);
         }
+        self.subscription_count_changed(stream, after);
         if !mine {
             return;
         }
