@@ -236,8 +236,8 @@ pub struct ServeArgs {
     )]
     pub publish_hook_groups: Vec<String>,
 
-    /// Hold channel_vacated/group.vacated and member_removed webhooks this long: a channel occupied again (a user back) within it sends neither event, as a page reload should (Pusher waits a few seconds; 0s: told at once).
-    #[arg(long, env = "WSHUB_WEBHOOK_DELAY", default_value = "0s", value_parser = parse_delay)]
+    /// Hold channel_vacated/group.vacated and member_removed webhooks this long: a channel occupied again (a user back) within it sends neither event, as a page reload should (Pusher also waits a few seconds; 0s: told at once).
+    #[arg(long, env = "WSHUB_WEBHOOK_DELAY", default_value = "3s", value_parser = parse_delay)]
     #[serde(serialize_with = "ser_duration")]
     pub webhook_delay: Duration,
 

@@ -232,7 +232,7 @@ fn pusher_apps_come_from_tables_or_flags_and_their_secrets_are_never_printed() {
 fn webhooks_and_hooks_are_checked_at_startup_and_their_secret_never_printed() {
     let path = file(
         "hooks.toml",
-        "webhook_secret = \"whsec_YS1rZXktb2YtdGhlLWJhY2tlbmQtMjRi\"\nwebhook_delay = \"3s\"\n\n[[webhooks]]\nurl = \"http://127.0.0.1:9/events\"\nevent_types = [\"group.occupied\", \"group.vacated\"]\n\n[[webhooks]]\nurl = \"http://127.0.0.1:9/all\"\n",
+        "webhook_secret = \"whsec_YS1rZXktb2YtdGhlLWJhY2tlbmQtMjRi\"\nwebhook_delay = \"4s\"\n\n[[webhooks]]\nurl = \"http://127.0.0.1:9/events\"\nevent_types = [\"group.occupied\", \"group.vacated\"]\n\n[[webhooks]]\nurl = \"http://127.0.0.1:9/all\"\n",
     );
     let (ok, out, err) = wshub(
         &[
@@ -259,7 +259,7 @@ fn webhooks_and_hooks_are_checked_at_startup_and_their_secret_never_printed() {
     let hooks = cfg["webhooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 2);
     assert_eq!(hooks[0]["event_types"].as_array().unwrap().len(), 2);
-    assert_eq!(cfg["webhook_delay"].as_str(), Some("3s"));
+    assert_eq!(cfg["webhook_delay"].as_str(), Some("4s"));
     // What cannot work stops the server, saying why.
     let secret = "0123456789abcdef";
     for (args, says) in [

@@ -166,7 +166,7 @@ impl Default for HubConfig {
             apps: crate::apps::Apps::default(),
             webhooks: crate::webhooks::Settings::default(),
             hooks: crate::hooks::Settings::default(),
-            webhook_delay: Duration::ZERO,
+            webhook_delay: Duration::from_secs(3),
             presence_groups: vec!["*".into()],
             silent_groups: Vec::new(),
             compression: Some(crate::frame::deflate::Settings::default()),
