@@ -322,15 +322,17 @@ impl Conn {
 
     /// Whether the connection's own output waits (in its outbox, or held behind a reply that
     /// waits for the backplane): then it reads no more for now (see
-    /// [`Outbox::input_held`]). Its task is woken when that changes.
+    /// [`Outbox::input_held`]). Its task is woken when that changes. Never while closing.
     fn input_held(&self) -> bool {
-        self.outbox.input_held()
-            || match &self.role {
-                Role::Hub { hub, entry } | Role::Pusher { hub, entry, .. } => {
-                    hub.replies_over_mark(entry.id)
-                }
-                Role::Echo(_) | Role::Refused(_) => false,
-            }
+        // Once closing, what the peer sends is read and dropped (its Close is awaited).
+        !self.closing
+            && (self.outbox.input_held()
+                || match &self.role {
+                    Role::Hub { hub, entry } | Role::Pusher { hub, entry, .. } => {
+                        hub.replies_over_mark(entry.id)
+                    }
+                    Role::Echo(_) | Role::Refused(_) => false,
+                })
     }
 
     /// Writes everything the last burst of messages (handled from `burst`) produced.
