@@ -52,6 +52,11 @@ pub struct App {
     /// channel (Pusher's "subscription counting" app setting; off unless enabled, as there).
     #[serde(default)]
     pub subscription_count: bool,
+    /// Whether signed-in users are told `online`/`offline` of the users in their `watchlist`
+    /// (from their `user_data`), cluster-wide (Pusher's "watchlist events" app setting; off
+    /// unless enabled, as there).
+    #[serde(default)]
+    pub watchlist_events: bool,
     /// Where this app's webhooks go (Pusher's format, signed with the app secret).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
@@ -142,6 +147,7 @@ impl App {
             max_event_size: default_max_event_size(),
             max_member_size: default_max_member_size(),
             subscription_count: false,
+            watchlist_events: false,
             webhooks: Vec::new(),
         }
     }

@@ -461,6 +461,35 @@ pub fn cache_miss(channel: &str) -> Frame {
     )
 }
 
+/// `pusher_internal:watchlist_events`: `online`/`offline` with the user ids of each (what
+/// pusher-js gives to `user.watchlist`).
+pub fn watchlist_events(events: &[(&str, Vec<&str>)]) -> Frame {
+    #[derive(Serialize)]
+    struct One<'a> {
+        name: &'a str,
+        user_ids: &'a [&'a str],
+    }
+    #[derive(Serialize)]
+    struct Events<'a> {
+        events: Vec<One<'a>>,
+    }
+    let data = stringify(&Events {
+        events: events
+            .iter()
+            .map(|(name, user_ids)| One { name, user_ids })
+            .collect(),
+    });
+    encode(
+        &Event {
+            event: "pusher_internal:watchlist_events",
+            channel: None,
+            data: &data,
+            user_id: None,
+        },
+        data.len(),
+    )
+}
+
 /// `pusher:signin_success`, with the user data the client signed in with.
 pub fn signin_success(user_data: &str) -> Frame {
     #[derive(Serialize)]

@@ -470,6 +470,8 @@ pub fn fast_config() -> HubConfig {
         idle_timeout: Duration::from_millis(1000),
         close_timeout: Duration::from_millis(500),
         shutdown_timeout: Duration::from_secs(2),
+        // Webhooks told at once (the flap delay's own tests set it).
+        webhook_delay: Duration::ZERO,
         ..HubConfig::default()
     }
 }

@@ -13,8 +13,9 @@ const open = [];
 
 before(async () => {
   redis = await startRedis();
-  // Subscription counting on (Pusher's app setting), as JSON: the command line's other form.
-  const app = JSON.stringify({ id: APP.appId, key: APP.key, secret: APP.secret, subscription_count: true });
+  // Subscription counting and watchlist events on (Pusher's app settings), as JSON: the
+  // command line's other form.
+  const app = JSON.stringify({ id: APP.appId, key: APP.key, secret: APP.secret, subscription_count: true, watchlist_events: true });
   const args = (id) => ["--app", app, "--backplane", `redis://127.0.0.1:${redis.port}`, "--node-id", id, "--node-ttl", "2s"];
   n1 = await startServer({ args: args("n1") });
   n2 = await startServer({ args: args("n2") });
@@ -33,7 +34,7 @@ after(async () => {
 const sdk = (n) => new PusherServer({ appId: APP.appId, key: APP.key, secret: APP.secret, host: "127.0.0.1", port: String(n.port), useTLS: false });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function client(n, user) {
+function client(n, user, watchlist) {
   const signer = sdk(n);
   const c = new Pusher(APP.key, {
     cluster: "mt1",
@@ -45,7 +46,7 @@ function client(n, user) {
       customHandler: ({ socketId, channelName }, cb) =>
         cb(null, signer.authorizeChannel(socketId, channelName, channelName.startsWith("presence-") ? { user_id: user, user_info: { name: user } } : undefined)),
     },
-    userAuthentication: { customHandler: ({ socketId }, cb) => cb(null, signer.authenticateUser(socketId, { id: user })) },
+    userAuthentication: { customHandler: ({ socketId }, cb) => cb(null, signer.authenticateUser(socketId, watchlist ? { id: user, watchlist } : { id: user })) },
   });
   open.push(c);
   return c;
@@ -149,4 +150,49 @@ test("subscription counts are the cluster's, sent to subscribers on both nodes a
   await sdk(n1).trigger("presence-counted", "after", {});
   await ev;
   assert.equal(counted, false);
+});
+
+/** The next watchlist event `name` (online/offline) whose user_ids include `user`. */
+function watched(c, name, user, ms = 8000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${name} for ${user} within ${ms} ms`)), ms);
+    timer.unref();
+    const handler = (e) => {
+      if (!e.user_ids.includes(user)) return;
+      clearTimeout(timer);
+      c.user.watchlist.unbind(name, handler);
+      resolve(e);
+    };
+    c.user.watchlist.bind(name, handler);
+  });
+}
+
+test("watchlist events: a user hears its friends come online and go offline on the other node", async () => {
+  const w = client(n1, "watcher", ["friend-1", "friend-2"]);
+  // At sign-in: the status of everyone watched (nobody is online yet).
+  const initial = watched(w, "offline", "friend-1");
+  await next(w.connection, "connected");
+  w.signin();
+  const first = await initial;
+  assert.deepEqual([...first.user_ids].sort(), ["friend-1", "friend-2"]);
+  assert.equal(first.name, "offline");
+
+  // friend-1 signs in on node 2: the watcher on node 1 hears it online.
+  const online = watched(w, "online", "friend-1");
+  const f = client(n2, "friend-1");
+  await next(f.connection, "connected");
+  f.signin();
+  assert.deepEqual((await online).user_ids, ["friend-1"]);
+
+  // A second watcher signing in now hears friend-1 online at once.
+  const w2 = client(n2, "watcher-2", ["friend-1"]);
+  const now = watched(w2, "online", "friend-1");
+  await next(w2.connection, "connected");
+  w2.signin();
+  await now;
+
+  // friend-1 leaves: both watchers hear it offline.
+  const gone = [watched(w, "offline", "friend-1"), watched(w2, "offline", "friend-1")];
+  f.disconnect();
+  await Promise.all(gone);
 });

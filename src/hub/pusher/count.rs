@@ -54,8 +54,10 @@ impl Hub {
         let Some((app, channel)) = self.apps().channel_of(stream) else {
             return;
         };
-        let presence = Channel::parse(channel).is_some_and(|c| c.kind == Kind::Presence);
-        if !app.subscription_count || presence {
+        // Presence channels' members say more; a user's own channel is that user's alone.
+        let counted = Channel::parse(channel)
+            .is_some_and(|c| c.kind != Kind::Presence && c.kind != Kind::User);
+        if !app.subscription_count || !counted {
             return;
         }
         let now = Instant::now();

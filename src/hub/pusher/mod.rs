@@ -27,6 +27,7 @@ mod count;
 mod presence;
 mod server;
 mod subscribe;
+mod watchlist;
 
 /// A Pusher connection's own state, held by its task.
 pub(crate) struct Session {
@@ -45,6 +46,8 @@ struct SessionState {
     presence: Vec<(Arc<str>, String)>,
     /// The user it signed in as.
     user: Option<String>,
+    /// The users it watches (its sign-in's `watchlist`, when the app has watchlist events).
+    watchlist: Vec<String>,
     /// Client-event tokens left, and when they were counted.
     tokens: f64,
     counted: Option<Instant>,
@@ -121,6 +124,8 @@ pub(crate) struct PusherState {
     connections: Mutex<HashMap<Arc<str>, usize>>,
     /// Channels whose `subscription_count` was sent lately.
     counts: count::Counts,
+    /// This node's watchers of each user.
+    watchers: watchlist::Watchers,
 }
 
 /// Why a subscription was refused: a `pusher:subscription_error`.
@@ -213,6 +218,7 @@ impl Hub {
         session: &Session,
         reason: (&'static str, u16),
     ) {
+        self.unwatch(entry.id, session);
         let (presence, user) = match session.state.lock().take() {
             Some(mut s) => (std::mem::take(&mut s.presence), s.user.take()),
             None => (Vec::new(), None),

@@ -49,6 +49,7 @@ impl Hub {
             self.occupancy_webhook(stream, false);
         }
         self.subscription_count_changed(stream, after);
+        self.watched_user_changed(stream, before, after);
         if !mine {
             return;
         }

@@ -280,8 +280,15 @@ impl Hub {
         #[derive(serde::Deserialize)]
         struct UserData {
             id: serde_json::Value,
+            #[serde(default)]
+            watchlist: Option<Vec<serde_json::Value>>,
         }
-        let id = match serde_json::from_str::<UserData>(&s.user_data).map(|u| u.id) {
+        let parsed = serde_json::from_str::<UserData>(&s.user_data);
+        let watchlist = match &parsed {
+            Ok(u) => super::watchlist::parse(u.watchlist.as_deref()),
+            Err(_) => Vec::new(),
+        };
+        let id = match parsed.map(|u| u.id) {
             Ok(serde_json::Value::String(s)) if !s.is_empty() => s,
             Ok(serde_json::Value::Number(n)) => n.to_string(),
             _ => {
@@ -309,6 +316,8 @@ impl Hub {
             .push(me.id);
         drop(users);
         self.to_pusher(me.id, pusher::signin_success(&s.user_data), cork);
+        self.unwatch(me.id, session);
+        self.watch(me.id, session, watchlist, cork);
     }
 
     /// A `client-` event: relayed to the channel's other subscribers on every node.
