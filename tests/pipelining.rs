@@ -51,6 +51,33 @@ async fn small_buffer_client_at(
     ws
 }
 
+/// Reads text frames slowly (a pause every 20) until `reply` has said `true` (the next reply,
+/// in order) `N` times; the connection must not close meanwhile.
+async fn read_slowly(
+    rx: &mut futures_util::stream::SplitStream<Ws>,
+    mut reply: impl FnMut(Value) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (mut replies, mut frames) = (0u64, 0u64);
+    while replies < N {
+        let m = tokio::time::timeout_at(deadline, rx.next())
+            .await
+            .unwrap_or_else(|_| panic!("replies stopped after {replies}"));
+        let Some(Ok(m)) = m else {
+            panic!("closed after {replies} replies: {m:?}");
+        };
+        let Message::Text(t) = m else { continue };
+        if reply(serde_json::from_str(&t).unwrap()) {
+            replies += 1;
+        }
+        frames += 1;
+        if frames % 20 == 0 {
+            // A slow reader: the server's writes back up while the commands keep coming.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
 fn server_config(group_rule: Option<&str>) -> HubConfig {
     HubConfig {
         delivery_policies: group_rule
@@ -133,17 +160,7 @@ async fn pipeline(group_rule: Option<&str>, make: fn(u64) -> Value) -> (u64, u64
     });
 
     let (mut next, mut messages, mut gaps) = (1u64, 0u64, 0u64);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut frames = 0u64;
-    while next <= N {
-        let m = tokio::time::timeout_at(deadline, rx.next())
-            .await
-            .unwrap_or_else(|_| panic!("replies stopped at {next}"));
-        let Some(Ok(m)) = m else {
-            panic!("closed after {} replies: {m:?}", next - 1);
-        };
-        let Message::Text(t) = m else { continue };
-        let v: Value = serde_json::from_str(&t).unwrap();
+    read_slowly(&mut rx, |v| {
         match v["type"].as_str() {
             Some("message") => messages += 1,
             Some("gap") => gaps += 1,
@@ -154,14 +171,12 @@ async fn pipeline(group_rule: Option<&str>, make: fn(u64) -> Value) -> (u64, u64
                 assert_eq!(v["type"], "ack", "{v}");
                 assert_eq!(v["id"], id(next), "in order");
                 next += 1;
+                return true;
             }
         }
-        frames += 1;
-        if frames % 20 == 0 {
-            // A slow reader: the server's writes back up while the commands keep coming.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
+        false
+    })
+    .await;
     let _tx = sender.await.unwrap();
     let (seen, _bystander) = tokio::time::timeout(Duration::from_secs(60), bystander_reader)
         .await
@@ -278,28 +293,16 @@ async fn a_pusher_client_pipelining_subscriptions_is_slowed_not_closed() {
         tx
     });
     let mut next = 1;
-    let mut frames = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while next <= N {
-        let m = tokio::time::timeout_at(deadline, rx.next())
-            .await
-            .unwrap_or_else(|_| panic!("answers stopped at {next}"));
-        let Some(Ok(m)) = m else {
-            panic!("closed after {} answers: {m:?}", next - 1);
-        };
-        let Message::Text(t) = m else { continue };
-        let v: Value = serde_json::from_str(&t).unwrap();
+    read_slowly(&mut rx, |v| {
         if v["event"] == "pusher_internal:subscription_succeeded" {
             assert_eq!(v["channel"], channel(next), "in order");
             next += 1;
-        } else {
-            assert_eq!(v["event"], "pusher:connection_established", "{v}");
+            return true;
         }
-        frames += 1;
-        if frames % 20 == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
+        assert_eq!(v["event"], "pusher:connection_established", "{v}");
+        false
+    })
+    .await;
     let _tx = sender.await.unwrap();
     let (mut bystander, _) =
         tokio_tungstenite::connect_async(format!("ws://{}/app/key-1?protocol=7", srv.addr))

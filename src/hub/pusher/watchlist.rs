@@ -139,3 +139,29 @@ impl Hub {
         cork.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_watchlist_keeps_string_and_number_ids_once_and_at_most_its_bound() {
+        let list = [
+            json!("a"),
+            json!(7),
+            json!("a"),
+            json!(""),
+            json!(null),
+            json!({"id": "b"}),
+            json!(["c"]),
+            json!(true),
+        ];
+        assert_eq!(parse(Some(&list)), ["a", "7"]);
+        assert!(parse(None).is_empty());
+        let many: Vec<_> = (0..1000).map(|i| json!(i)).collect();
+        let kept = parse(Some(&many));
+        assert_eq!(kept.len(), MAX_WATCHLIST);
+        assert_eq!(kept[0], "0");
+    }
+}
