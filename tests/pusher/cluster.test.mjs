@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import Pusher from "pusher-js";
 import PusherServer from "pusher";
 import { startServer, until } from "../../clients/js/test/server.mjs";
-import { next, startRedis } from "./helpers.mjs";
+import { connected, next, startRedis } from "./helpers.mjs";
 
 const APP = { appId: "100", key: "key-one", secret: "secret-one" };
 let redis, n1, n2;
@@ -53,7 +53,7 @@ function client(n, user, watchlist) {
 }
 
 async function subscribed(c, name) {
-  if (c.connection.state !== "connected") await next(c.connection, "connected");
+  await connected(c);
   const ch = c.subscribe(name);
   const r = await next(ch, "pusher:subscription_succeeded");
   return [ch, r];
@@ -118,8 +118,8 @@ function countIs(ch, n, ms = 8000) {
 test("subscription counts are the cluster's, sent to subscribers on both nodes as they come and go", async () => {
   const a = client(n1, "ca");
   const b = client(n2, "cb");
-  await next(a.connection, "connected");
-  await next(b.connection, "connected");
+  await connected(a);
+  await connected(b);
   const cha = a.subscribe("watchers");
   const one = countIs(cha, 1);
   await next(cha, "pusher:subscription_succeeded");
@@ -171,7 +171,7 @@ test("watchlist events: a user hears its friends come online and go offline on t
   const w = client(n1, "watcher", ["friend-1", "friend-2"]);
   // At sign-in: the status of everyone watched (nobody is online yet).
   const initial = watched(w, "offline", "friend-1");
-  await next(w.connection, "connected");
+  await connected(w);
   w.signin();
   const first = await initial;
   assert.deepEqual([...first.user_ids].sort(), ["friend-1", "friend-2"]);
@@ -180,14 +180,14 @@ test("watchlist events: a user hears its friends come online and go offline on t
   // friend-1 signs in on node 2: the watcher on node 1 hears it online.
   const online = watched(w, "online", "friend-1");
   const f = client(n2, "friend-1");
-  await next(f.connection, "connected");
+  await connected(f);
   f.signin();
   assert.deepEqual((await online).user_ids, ["friend-1"]);
 
   // A second watcher signing in now hears friend-1 online at once.
   const w2 = client(n2, "watcher-2", ["friend-1"]);
   const now = watched(w2, "online", "friend-1");
-  await next(w2.connection, "connected");
+  await connected(w2);
   w2.signin();
   await now;
 

@@ -42,3 +42,8 @@ export function next(target, event, ms = 8000) {
     target.bind(event, handler);
   });
 }
+
+/** Resolves once the pusher-js client `c` is connected (at once if it already is). */
+export async function connected(c, ms = 8000) {
+  if (c.connection.state !== "connected") await next(c.connection, "connected", ms);
+}
