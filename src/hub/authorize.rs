@@ -6,18 +6,10 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-use super::recovery::Fetched;
-use super::{Hub, HubEntry, HubError, PrefetchFuture};
+use super::fetched::{Decision, Fetched, PrefetchFuture};
+use super::{Hub, HubEntry, HubError};
 use crate::hooks::Verdict;
 use crate::protocol::v1::Command;
-
-/// What a hook decided about a command.
-pub(crate) enum Decision {
-    /// Allowed; for a `publish`, the message the backend put in its place.
-    Allowed(Option<Box<RawValue>>),
-    /// Refused: the error to answer with.
-    Refused(HubError),
-}
 
 /// A hook's verdict as a command's decision (`allowed` says what an allowance carries).
 fn decide<T>(v: Verdict<T>, allowed: impl FnOnce(T) -> Option<Box<RawValue>>) -> Decision {

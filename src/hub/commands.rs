@@ -2,14 +2,8 @@
 
 use serde_json::value::RawValue;
 
-use super::authorize::Decision;
-use super::recovery::Fetched;
+use super::fetched::{Decision, Fetched, PrefetchFuture};
 use super::{Hub, HubCork, HubEntry, HubError};
-
-/// The shared-history fetch a command waits for (boxed: rare, and kept out of the connection
-/// task's own size).
-pub(crate) type PrefetchFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Fetched> + Send>>;
 use crate::history::Position;
 use crate::id::ConnId;
 use crate::manager::Audience;

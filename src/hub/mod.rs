@@ -17,6 +17,7 @@ mod cluster;
 mod commands;
 mod deliver;
 mod error;
+mod fetched;
 mod idempotency;
 mod occupancy;
 mod policies;
@@ -29,13 +30,12 @@ mod settle;
 mod tokens;
 
 pub use cluster::{Busy, NotPublished};
-pub(crate) use commands::PrefetchFuture;
 pub use deliver::Published;
 pub use error::HubError;
+pub(crate) use fetched::{Fetched, Prefetch, PrefetchFuture};
 pub use presence::{PresenceMember, PresencePage, PresenceStats, PAGE as PRESENCE_PAGE};
 pub(crate) use pusher::Session;
 pub use pusher::{PresenceUser, TriggerError};
-pub(crate) use recovery::{Fetched, Prefetch};
 pub use tokens::RevokeError;
 
 use crate::close::CloseReason;
@@ -718,7 +718,7 @@ impl Hub {
         info: ConnInfo,
         grants: crate::manager::Grants,
         recover: Option<&Position>,
-        prefetched: Option<recovery::Prefetch>,
+        prefetched: Option<fetched::Prefetch>,
     ) -> HubEntry {
         let outbox = Arc::new(self.new_outbox());
         let protocol = info.protocol;

@@ -6,33 +6,12 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
+use super::fetched::{Fetched, Prefetch, PrefetchFuture};
 use super::{Hub, HubCork};
 use crate::backplane::{self, Publication, StreamName};
-use crate::frame::Frame;
 use crate::history::{Position, Stream};
 use crate::id::ConnId;
 use crate::protocol::v1;
-
-/// What a command needed from the backplane, fetched before it is handled.
-pub(crate) enum Fetched {
-    /// For a `join`: what the recovery needs from the shared history.
-    Stream(Option<Prefetch>),
-    /// For a `send`: how many connections the target has in the cluster.
-    Target(Option<usize>),
-    /// For a Pusher subscription to a cache channel: its last event, as Pusher clients get it.
-    Cache(Option<Frame>),
-    /// An authorization hook's decision, then what the command needs next (a join's
-    /// recovery).
-    Hooked(super::authorize::Decision, Option<Box<Fetched>>),
-}
-
-/// What a recovery needs from the shared history, fetched before any lock is taken.
-pub(crate) struct Prefetch {
-    /// The stream's shared epoch and last offset, when this node had not seen it.
-    position: Option<(String, u64)>,
-    /// Publications this node does not keep: offset, age, frame; oldest first.
-    older: Vec<(u64, Duration, Frame)>,
-}
 
 /// How long a `send` waits for the backplane to locate its target (awaited, not blocking:
 /// only the sending connection waits).
@@ -45,7 +24,7 @@ impl Hub {
     /// In a cluster, what `cmd` needs from the backplane before it can be handled: a `join`
     /// whose recovery needs the shared history, a `send` to a target that is not a connection
     /// of this node. Decided here without I/O; the fetch is for the caller to await.
-    pub(super) fn fetch_for(&self, cmd: &v1::Command<'_>) -> Option<super::PrefetchFuture> {
+    pub(super) fn fetch_for(&self, cmd: &v1::Command<'_>) -> Option<PrefetchFuture> {
         self.shared_bus()?;
         let hub = self.clone();
         match cmd {
