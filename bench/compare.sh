@@ -5,6 +5,7 @@
 #
 #   bench/compare.sh [OUTDIR]        # ~4 minutes per server
 #   UWS_BIN=/path/to/uws-peer bench/compare.sh
+#   WSHUB_BIN=/tmp/before/target/release/wshub SERVERS=wshub bench/compare.sh before  # an older build, for a before/after
 #
 # The ceiling is never part of the project: a uWebSockets server speaking plain mode, built
 # outside it from uWebSockets' sources (see docs/BENCHMARKS.md). UWS_BIN names the binary
@@ -23,7 +24,7 @@ dur="${DURATION:-5s}"
 sources="${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4}"
 
 cargo build --release --quiet --workspace
-bin=./target/release/wshub
+bin="${WSHUB_BIN:-./target/release/wshub}"
 gen=./target/release/wshub-bench
 uws="${UWS_BIN:-../shared/peers/uws/uws-peer}"
 servers="${SERVERS:-wshub node$([[ -x $uws ]] && echo " uws")}"
