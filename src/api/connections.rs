@@ -159,8 +159,8 @@ pub(crate) fn not_published(e: crate::hub::NotPublished) -> Problem {
 }
 
 /// 503 for a backplane that cannot be read.
-pub(crate) fn unavailable(detail: String) -> Problem {
-    Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+pub(crate) fn unavailable(e: crate::backplane::BackplaneError) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 /// Push a message to every connected client, as a `server-broadcast` envelope.

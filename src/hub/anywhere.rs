@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::cluster::{Busy, NotPublished};
 use super::{Hub, HubCork};
-use crate::backplane::Publication;
+use crate::backplane::{BackplaneError, Publication};
 use crate::envelope::Kind;
 use crate::id::ConnId;
 
@@ -33,7 +33,7 @@ impl Hub {
         &self,
         group: Option<&str>,
         user: Option<&str>,
-    ) -> Result<Vec<crate::wire::ConnectionEntry>, String> {
+    ) -> Result<Vec<crate::wire::ConnectionEntry>, BackplaneError> {
         let Some(c) = self.cluster() else {
             return Ok(self
                 .connections(group, user)
@@ -57,7 +57,7 @@ impl Hub {
     pub async fn connection_anywhere(
         &self,
         id: ConnId,
-    ) -> Result<Option<crate::wire::ConnectionEntry>, String> {
+    ) -> Result<Option<crate::wire::ConnectionEntry>, BackplaneError> {
         if let Some(e) = self.connection_entry(id) {
             return Ok(Some(e));
         }
@@ -67,8 +67,7 @@ impl Hub {
         let found = c
             .engine()
             .entry(&id.to_string(), c.config().node_ttl)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(found.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
@@ -76,7 +75,7 @@ impl Hub {
     ///
     /// # Errors
     /// `Err(None)` when no node has it, `Err(Some(reason))` when the backplane cannot be read.
-    async fn whereis(&self, id: ConnId) -> Result<bool, Option<String>> {
+    async fn whereis(&self, id: ConnId) -> Result<bool, Option<BackplaneError>> {
         if self.shared.manager.get(id).is_some() {
             return Ok(true);
         }
@@ -90,7 +89,9 @@ impl Hub {
         {
             Ok(Some(_)) => Ok(false),
             Ok(None) => Err(None),
-            Err(e) => Err(Some(format!("the backplane could not be read: {e}"))),
+            Err(e) => Err(Some(BackplaneError(format!(
+                "the backplane could not be read: {e}"
+            )))),
         }
     }
 
@@ -104,7 +105,7 @@ impl Hub {
         id: ConnId,
         code: u16,
         reason: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, BackplaneError> {
         let remote = Publication::Disconnect {
             to: id.to_string(),
             code,
@@ -119,7 +120,11 @@ impl Hub {
     ///
     /// # Errors
     /// When the backplane cannot be read.
-    pub async fn send_anywhere(&self, id: ConnId, message: &RawValue) -> Result<bool, String> {
+    pub async fn send_anywhere(
+        &self,
+        id: ConnId,
+        message: &RawValue,
+    ) -> Result<bool, BackplaneError> {
         let remote = Publication::Direct {
             to: id.to_string(),
             from: None,
@@ -135,7 +140,11 @@ impl Hub {
     ///
     /// # Errors
     /// When the backplane cannot be read.
-    pub async fn add_member_elsewhere(&self, id: ConnId, group: &str) -> Result<bool, String> {
+    pub async fn add_member_elsewhere(
+        &self,
+        id: ConnId,
+        group: &str,
+    ) -> Result<bool, BackplaneError> {
         let remote = Publication::Member {
             to: id.to_string(),
             group: group.to_owned(),
@@ -149,7 +158,11 @@ impl Hub {
     ///
     /// # Errors
     /// When the backplane cannot be read.
-    pub async fn remove_member_anywhere(&self, id: ConnId, group: &str) -> Result<bool, String> {
+    pub async fn remove_member_anywhere(
+        &self,
+        id: ConnId,
+        group: &str,
+    ) -> Result<bool, BackplaneError> {
         let remote = Publication::Member {
             to: id.to_string(),
             group: group.to_owned(),
@@ -169,7 +182,7 @@ impl Hub {
         id: ConnId,
         local: impl FnOnce(&Hub) -> bool,
         publication: Publication,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, BackplaneError> {
         match self.whereis(id).await {
             Ok(true) => Ok(local(self)),
             Ok(false) => {
@@ -331,7 +344,7 @@ impl Hub {
         &self,
         user: &str,
         message: &RawValue,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, BackplaneError> {
         if self.shared_bus().is_none() {
             return Ok(self.send_to_user(user, message));
         }
@@ -356,7 +369,7 @@ impl Hub {
     ///
     /// # Errors
     /// When the backplane cannot be read.
-    pub async fn list_groups(&self) -> Result<Vec<(String, usize)>, String> {
+    pub async fn list_groups(&self) -> Result<Vec<(String, usize)>, BackplaneError> {
         if self.cluster().is_none() {
             return Ok(self
                 .groups()

@@ -256,12 +256,10 @@ impl Hub {
     /// Every connection entry in the backplane, oldest first.
     pub(super) async fn entries_everywhere(
         c: &Cluster,
-    ) -> Result<Vec<crate::wire::ConnectionEntry>, String> {
-        let raw = c
-            .engine()
-            .entries(c.config().node_ttl)
-            .await
-            .map_err(|e| format!("the backplane could not be read: {e}"))?;
+    ) -> Result<Vec<crate::wire::ConnectionEntry>, crate::backplane::BackplaneError> {
+        let raw = c.engine().entries(c.config().node_ttl).await.map_err(|e| {
+            crate::backplane::BackplaneError(format!("the backplane could not be read: {e}"))
+        })?;
         let mut list: Vec<crate::wire::ConnectionEntry> = raw
             .iter()
             .filter_map(|j| serde_json::from_str(j).ok())
