@@ -62,6 +62,14 @@ pub struct Position {
 }
 
 impl Position {
+    /// A stream's `epoch` and an `offset` in it.
+    pub fn new(epoch: impl Into<Arc<str>>, offset: u64) -> Self {
+        Self {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
     /// Parses `epoch:offset`, the form of the `recover` query parameter.
     pub fn parse(s: &str) -> Option<Self> {
         let (epoch, offset) = s.rsplit_once(':')?;

@@ -22,7 +22,7 @@ use crate::wire::Publication;
 const BUS_CAPACITY: usize = 65_536;
 
 /// One message on the bus: who published it, its position, the publication.
-type Carried = Arc<(Arc<str>, Option<(String, u64)>, Publication)>;
+type Carried = Arc<(Arc<str>, Option<crate::history::Position>, Publication)>;
 
 #[derive(Default)]
 struct Stream {
@@ -204,7 +204,10 @@ impl LocalEngine {
 
     /// Numbers the batch's stream publications (each stream under the bus's lock, so offsets
     /// are gap-free whoever publishes) and puts everything on the bus, in order.
-    pub(crate) fn publish_batch(&self, batch: &[Outgoing]) -> Vec<Option<(String, u64)>> {
+    pub(crate) fn publish_batch(
+        &self,
+        batch: &[Outgoing],
+    ) -> Vec<Option<crate::history::Position>> {
         let keep_ms = self.history.ttl.as_millis() as u64;
         let now = now_ms();
         batch
@@ -225,7 +228,7 @@ impl LocalEngine {
                     {
                         s.kept.pop_front();
                     }
-                    let pos = (s.epoch.clone(), s.top);
+                    let pos = crate::history::Position::new(s.epoch.as_str(), s.top);
                     // Sent under the stream's lock: nodes see a stream's offsets in order.
                     let _ = self.bus.tx.send(Arc::new((
                         self.node.clone(),
@@ -301,8 +304,8 @@ fn carried(m: &Carried) -> BusMessage {
     let (node, position, publication) = &**m;
     BusMessage {
         node: node.to_string(),
-        epoch: position.as_ref().map(|(e, _)| e.clone()),
-        offset: position.as_ref().map(|(_, o)| *o),
+        epoch: position.as_ref().map(|p| p.epoch.to_string()),
+        offset: position.as_ref().map(|p| p.offset),
         publication: publication.clone(),
     }
 }
@@ -382,7 +385,7 @@ impl super::Engine for LocalEngine {
         &'a self,
         batch: &'a [super::Outgoing],
         _history: HistoryConfig,
-    ) -> super::EngineFuture<'a, Vec<Option<(String, u64)>>> {
+    ) -> super::EngineFuture<'a, Vec<Option<crate::history::Position>>> {
         let r = self.up().map(|()| LocalEngine::publish_batch(self, batch));
         Box::pin(async move { r })
     }

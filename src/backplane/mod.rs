@@ -64,7 +64,7 @@ pub struct Outgoing {
     /// The publication.
     pub publication: Publication,
     /// Who waits for its position (epoch, offset), if anyone.
-    pub reply: Option<oneshot::Sender<Option<(String, u64)>>>,
+    pub reply: Option<oneshot::Sender<Option<crate::history::Position>>>,
     /// When the engine cannot take it: delivered on this node only (`true`, answered `None`),
     /// or not at all (`false`: the reply is dropped unanswered, so the waiter knows nothing
     /// was delivered and can try elsewhere).
@@ -149,7 +149,7 @@ impl Cluster {
     pub fn publish(
         &self,
         publication: Publication,
-    ) -> Result<oneshot::Receiver<Option<(String, u64)>>, QueueFull> {
+    ) -> Result<oneshot::Receiver<Option<crate::history::Position>>, QueueFull> {
         self.publish_with(publication, true)
     }
 
@@ -162,7 +162,7 @@ impl Cluster {
     pub fn publish_or_nothing(
         &self,
         publication: Publication,
-    ) -> Result<oneshot::Receiver<Option<(String, u64)>>, QueueFull> {
+    ) -> Result<oneshot::Receiver<Option<crate::history::Position>>, QueueFull> {
         self.publish_with(publication, false)
     }
 
@@ -170,7 +170,7 @@ impl Cluster {
         &self,
         publication: Publication,
         local_fallback: bool,
-    ) -> Result<oneshot::Receiver<Option<(String, u64)>>, QueueFull> {
+    ) -> Result<oneshot::Receiver<Option<crate::history::Position>>, QueueFull> {
         let (tx, rx) = oneshot::channel();
         self.out
             .try_send(Outgoing {
@@ -352,7 +352,7 @@ pub trait Engine: Send + Sync + 'static {
         &'a self,
         batch: &'a [Outgoing],
         history: HistoryConfig,
-    ) -> EngineFuture<'a, Vec<Option<(String, u64)>>>;
+    ) -> EngineFuture<'a, Vec<Option<crate::history::Position>>>;
 
     /// Replaces this node's entries.
     fn rewrite_entries(

@@ -433,7 +433,7 @@ impl NatsEngine {
     pub(crate) async fn publish_batch(
         &self,
         batch: &[Outgoing],
-    ) -> Result<Vec<Option<(String, u64)>>, BackplaneError> {
+    ) -> Result<Vec<Option<crate::history::Position>>, BackplaneError> {
         let r = self.ready()?;
         let client = self.client()?;
         let mut out = Vec::with_capacity(batch.len());
@@ -454,9 +454,10 @@ impl NatsEngine {
                 }
                 Some(stream) => {
                     let subject = self.subject(stream);
-                    out.push(Some((
-                        r.epoch.clone(),
-                        self.publish_numbered(&r, &subject, payload).await?,
+                    let offset = self.publish_numbered(&r, &subject, payload).await?;
+                    out.push(Some(crate::history::Position::new(
+                        r.epoch.as_str(),
+                        offset,
                     )));
                 }
             }
@@ -784,7 +785,7 @@ impl super::Engine for NatsEngine {
         &'a self,
         batch: &'a [super::Outgoing],
         _history: HistoryConfig,
-    ) -> super::EngineFuture<'a, Vec<Option<(String, u64)>>> {
+    ) -> super::EngineFuture<'a, Vec<Option<crate::history::Position>>> {
         Box::pin(NatsEngine::publish_batch(self, batch))
     }
 

@@ -150,7 +150,7 @@ impl RedisEngine {
         &self,
         batch: &[Outgoing],
         history: crate::history::HistoryConfig,
-    ) -> redis::RedisResult<Vec<Option<(String, u64)>>> {
+    ) -> redis::RedisResult<Vec<Option<crate::history::Position>>> {
         let bus = self.bus();
         let keep_ms = history
             .ttl
@@ -197,7 +197,7 @@ impl RedisEngine {
                 redis::Value::Array(items) if items.len() == 2 => {
                     let epoch: String = redis::from_redis_value(items[0].clone()).ok()?;
                     let top: u64 = redis::from_redis_value(items[1].clone()).ok()?;
-                    Some((epoch, top))
+                    Some(crate::history::Position::new(epoch, top))
                 }
                 _ => None,
             })
@@ -553,7 +553,7 @@ impl super::Engine for RedisEngine {
         &'a self,
         batch: &'a [super::Outgoing],
         history: crate::history::HistoryConfig,
-    ) -> super::EngineFuture<'a, Vec<Option<(String, u64)>>> {
+    ) -> super::EngineFuture<'a, Vec<Option<crate::history::Position>>> {
         Box::pin(async move { Ok(RedisEngine::publish_batch(self, batch, history).await?) })
     }
 

@@ -392,10 +392,10 @@ impl Hub {
 /// not published at all (the engine could not take it), 0 when the answer took more than 3
 /// seconds.
 pub(super) async fn await_published(
-    rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>,
+    rx: tokio::sync::oneshot::Receiver<Option<crate::history::Position>>,
 ) -> Option<u64> {
     match tokio::time::timeout(Duration::from_secs(3), rx).await {
-        Ok(Ok(Some((_, offset)))) => Some(offset),
+        Ok(Ok(Some(p))) => Some(p.offset),
         Ok(Ok(None)) | Err(_) => Some(0),
         Ok(Err(_)) => None,
     }
@@ -404,7 +404,7 @@ pub(super) async fn await_published(
 /// The offset the backplane gave a publication (0 when it was delivered locally only, or the
 /// answer took more than 3 seconds).
 pub(super) async fn await_position(
-    rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>,
+    rx: tokio::sync::oneshot::Receiver<Option<crate::history::Position>>,
 ) -> u64 {
     await_published(rx).await.unwrap_or(0)
 }

@@ -16,7 +16,7 @@ enum Answer {
     /// With this ack, now.
     Now(AckExtra<'static>),
     /// With an ack carrying the offset the backplane gives the publication.
-    Numbered(tokio::sync::oneshot::Receiver<Option<(String, u64)>>),
+    Numbered(tokio::sync::oneshot::Receiver<Option<crate::history::Position>>),
     /// With an ack carrying a presence page.
     Page(super::PresencePage),
     /// With an ack carrying presence counts.
@@ -89,7 +89,7 @@ impl Hub {
         &self,
         me: crate::id::ConnId,
         id: &RawValue,
-        rx: tokio::sync::oneshot::Receiver<Option<(String, u64)>>,
+        rx: tokio::sync::oneshot::Receiver<Option<crate::history::Position>>,
         cork: &mut HubCork,
     ) {
         let Some(ticket) = self.reserve_reply(me) else {

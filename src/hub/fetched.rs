@@ -34,7 +34,7 @@ pub(crate) enum Fetched {
 /// What a recovery needs from the shared history, fetched before any lock is taken.
 pub(crate) struct Prefetch {
     /// The stream's shared epoch and last offset, when this node had not seen it.
-    pub(super) position: Option<(String, u64)>,
+    pub(super) position: Option<crate::history::Position>,
     /// Publications this node does not keep: offset, age, frame; oldest first.
     pub(super) older: Vec<(u64, Duration, Frame)>,
 }

@@ -136,7 +136,7 @@ impl Hub {
                     })
                     .collect();
                 Some(Prefetch {
-                    position: cold.then_some((epoch, top)),
+                    position: cold.then(|| Position::new(epoch, top)),
                     older,
                 })
             }
@@ -156,9 +156,9 @@ impl Hub {
     /// right before what is kept (anything that moved meanwhile is re-checked here).
     pub(crate) fn apply_prefetch(&self, s: &mut Stream, p: Option<Prefetch>) {
         let Some(p) = p else { return };
-        if let Some((epoch, top)) = p.position {
+        if let Some(at) = p.position {
             if s.is_cold() {
-                s.set_position(&epoch, top);
+                s.set_position(&at.epoch, at.offset);
             }
         }
         s.prepend(p.older);
