@@ -6,7 +6,7 @@
 //! (in `use` lines and in code, `{...}` groups expanded) is resolved to the module it reaches.
 //! A file depends on a sibling module (or anything inside it) when it names it; naming an
 //! ancestor's own items (`super::Hub`) is not an edge (a parent is above its children).
-//! Code under `#[cfg(test)]` at the end of a file is left out: tests may look anywhere.
+//! A file's `#[cfg(test)] mod` (its last part) is left out: tests may look anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -43,13 +43,19 @@ fn modules(root: &Path) -> Vec<(Vec<String>, String)> {
     out
 }
 
-/// The text without comments, and without a trailing `#[cfg(test)] mod ...`.
+/// The text without comments, and without its `#[cfg(test)] mod ...` (the test modules end
+/// a file here; any other `#[cfg(test)]` item is read like the rest).
 fn code(text: &str) -> String {
     let mut s = String::with_capacity(text.len());
-    for line in text.lines() {
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
         let t = line.trim_start();
         if t.starts_with("#[cfg(test)]") {
-            break;
+            let next = lines.peek().map_or("", |l| l.trim_start());
+            if next.starts_with("mod ") || next.starts_with("pub mod ") {
+                break;
+            }
+            continue;
         }
         let line = match line.find("//") {
             Some(i) => &line[..i],
@@ -298,6 +304,9 @@ fn the_reader_expands_groups_and_resolves_super() {
         .map(|v| v.into_iter().map(String::from).collect::<Vec<_>>())
         .collect::<Vec<_>>()
     );
+    // A test-only item mid-file is read; the test module at the end is not.
+    let c = code("use crate::a;\n#[cfg(test)]\nfn h() {}\nuse crate::b; // crate::x\n#[cfg(test)]\nmod tests {\n    use crate::c;\n}\n");
+    assert!(c.contains("crate::b") && !c.contains("crate::c") && !c.contains("crate::x"));
     let from: Vec<String> = ["hub", "pusher", "subscribe"].map(String::from).to_vec();
     assert_eq!(
         resolve(&from, &p[4]),
