@@ -234,7 +234,9 @@ impl EventLoops {
         let stop = CancellationToken::new();
         let mut handles = vec![own];
         let mut threads = Vec::new();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<Handle>>();
+        // Each thread says which loop it is: they get ready in any order, and loop `i` must be
+        // `handles[i]` (the thread named `wshub-loop-{i}`, the load kept for it).
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, io::Result<Handle>)>();
         let mut go = Vec::new();
         for i in 1..n.max(1) {
             let ready = ready_tx.clone();
@@ -250,11 +252,11 @@ impl EventLoops {
                     {
                         Ok(rt) => rt,
                         Err(e) => {
-                            let _ = ready.send(Err(e));
+                            let _ = ready.send((i, Err(e)));
                             return;
                         }
                     };
-                    if ready.send(Ok(rt.handle().clone())).is_err() {
+                    if ready.send((i, Ok(rt.handle().clone()))).is_err() {
                         return;
                     }
                     drop(ready);
@@ -275,10 +277,11 @@ impl EventLoops {
             }
         }
         drop(ready_tx);
+        let mut others: Vec<Option<Handle>> = vec![None; n.max(1) - 1];
         for _ in 1..n.max(1) {
             match ready_rx.recv() {
-                Ok(Ok(h)) => handles.push(h),
-                Ok(Err(e)) => {
+                Ok((i, Ok(h))) => others[i - 1] = Some(h),
+                Ok((_, Err(e))) => {
                     stop.cancel();
                     return Err(e);
                 }
@@ -288,6 +291,7 @@ impl EventLoops {
                 }
             }
         }
+        handles.extend(others.into_iter().flatten());
         let loops = Arc::new(Self {
             load: Mutex::new(Load::new(handles.len())),
             handles,
