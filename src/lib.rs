@@ -101,6 +101,10 @@ use axum::routing::get;
 /// Serve it with [`server::run`], or with `axum::serve` using
 /// `into_make_service_with_connect_info::<SocketAddr>()` so connections know their peer.
 pub fn router(hub: Hub) -> axum::Router {
+    // The HTTP sessions of this router; requests for them that reach another node of the
+    // cluster are relayed here.
+    let sessions = transport::Sessions::default();
+    hub.serve_relayed(transport::SessionsService::new(&hub, sessions.clone()));
     axum::Router::new()
         .route("/ws", get(transport::ws_handler))
         .route("/ws/echo", get(transport::echo_handler))
@@ -122,6 +126,6 @@ pub fn router(hub: Hub) -> axum::Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::map_response(api::trailing_newline))
-        .layer(axum::Extension(transport::Sessions::default()))
+        .layer(axum::Extension(sessions))
         .with_state(hub)
 }

@@ -76,6 +76,9 @@ pub struct Metrics {
     /// Times a connection stopped reading its input while its own replies waited to be
     /// written (reply backpressure: a pipelining client slowed down, not closed).
     pub input_holds: Counter,
+    /// HTTP session requests (POSTs, polls, DELETEs) that reached this node and were relayed
+    /// to the session's node over the backplane.
+    pub relayed: Counter,
     /// REST requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// 1 while the backplane is reachable (always 1 for the in-memory backplane).
@@ -161,6 +164,7 @@ impl Metrics {
             drops: Family::default(),
             slow_consumers: Counter::default(),
             input_holds: Counter::default(),
+            relayed: Counter::default(),
             http_requests: Family::default(),
             backplane_up: Gauge::default(),
             node_info: Family::default(),
@@ -292,6 +296,11 @@ impl Metrics {
             "input_holds",
             "Times a connection stopped reading its input while its own replies waited to be written (reply backpressure)",
             m.input_holds.clone(),
+        );
+        registry.register(
+            "relayed_requests",
+            "HTTP session requests relayed to the session's node over the backplane (no sticky sessions)",
+            m.relayed.clone(),
         );
         registry.register(
             "http_requests",

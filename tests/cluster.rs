@@ -9,6 +9,8 @@
 mod common;
 #[path = "common/receiver.rs"]
 mod receiver;
+#[path = "common/sse.rs"]
+mod sse;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -232,6 +234,7 @@ mod in_process {
         the_backplane_dies_and_comes_back,
         every_delivery_counted_across_a_backplane_outage,
         a_cache_channels_last_event_reaches_a_node_started_after_it,
+        http_sessions_answer_on_any_node_without_sticky_sessions,
     );
 }
 
@@ -250,6 +253,7 @@ on_both!(
     a_revocation_is_kept_by_the_backplane_when_every_node_restarts,
     an_idempotency_key_is_cluster_wide,
     a_publisher_outrunning_the_backplane_is_told_to_retry,
+    http_sessions_answer_on_any_node_without_sticky_sessions,
 );
 
 fn token(sub: &str) -> String {
@@ -1711,6 +1715,229 @@ async fn a_publisher_outrunning_the_backplane_is_told_to_retry(kind: Kind) {
         got += 1;
     }
     assert_eq!(got, accepted, "every accepted publication, and only those");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Requests that take turns between the nodes, as a round-robin balancer sends them.
+struct RoundRobin {
+    addrs: Vec<std::net::SocketAddr>,
+    turn: std::sync::atomic::AtomicUsize,
+}
+
+impl RoundRobin {
+    fn next(&self) -> std::net::SocketAddr {
+        let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.addrs[i % self.addrs.len()]
+    }
+
+    /// One poll of `session`, on the next node: its status and frames.
+    async fn poll(&self, session: &str, headers: &[(&str, &str)]) -> (u16, Vec<Value>) {
+        let r = http(
+            self.next(),
+            "GET",
+            &format!("/v1/poll/{session}"),
+            headers,
+            b"",
+        )
+        .await;
+        let frames = if r.status == 200 {
+            String::from_utf8(r.body)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (r.status, frames)
+    }
+
+    /// Polls `session` (each poll on the next node) until a frame matches `pred`.
+    async fn until(
+        &self,
+        session: &str,
+        headers: &[(&str, &str)],
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        tokio::time::timeout(3 * WAIT, async {
+            loop {
+                let (status, frames) = self.poll(session, headers).await;
+                assert!(status == 200 || status == 204, "poll answered {status}");
+                if let Some(f) = frames.into_iter().find(|f| pred(f)) {
+                    return f;
+                }
+            }
+        })
+        .await
+        .expect("no such frame")
+    }
+
+    /// Commands to `session`, on the next node.
+    async fn post(&self, session: &str, headers: &[(&str, &str)], lines: &str) -> u16 {
+        http(
+            self.next(),
+            "POST",
+            &format!("/v1/sessions/{session}"),
+            headers,
+            lines.as_bytes(),
+        )
+        .await
+        .status
+    }
+}
+
+/// No sticky sessions: a long-polling session opened on one node is polled and posted to on
+/// both, in turn, as a round-robin balancer would; an SSE session's POSTs reach the other
+/// node. Every request is answered as the session's node would answer it (the session's user
+/// checked there), and the session chats with a WebSocket client on the other node.
+async fn http_sessions_answer_on_any_node_without_sticky_sessions(kind: Kind) {
+    let engine = Backend::start(kind);
+    let quick = |c: &mut HubConfig| c.ping_interval = Duration::from_millis(300);
+    let a = node_configured(backplane(&engine, "wshub"), "node-a", quick).await;
+    let b = node_configured(backplane(&engine, "wshub"), "node-b", quick).await;
+    let auth = format!("Bearer {}", token("lp"));
+    let me = [("Authorization", auth.as_str())];
+    let r = http(a.addr, "GET", "/v1/poll", &me, b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let session = r.json()["session"].as_str().unwrap().to_owned();
+    assert!(session.ends_with(".node-a"), "{session}");
+    let lb = RoundRobin {
+        addrs: vec![b.addr, a.addr],
+        turn: Default::default(),
+    };
+    // A WebSocket client on B, in the room.
+    let (mut ws, _) = client(&b, "ws").await;
+    join(&mut ws, "room").await;
+    let welcome = lb.until(&session, &me, |f| f["type"] == "welcome").await;
+    assert_eq!(welcome["protocol"], "wshub.v1");
+    let status = lb
+        .post(
+            &session,
+            &me,
+            "{\"id\":1,\"type\":\"join\",\"group\":\"room\"}",
+        )
+        .await;
+    assert_eq!(status, 204);
+    lb.until(&session, &me, |f| f["type"] == "ack" && f["id"] == 1)
+        .await;
+    let status = lb
+        .post(
+            &session,
+            &me,
+            "{\"id\":2,\"type\":\"publish\",\"group\":\"room\",\"message\":\"from lp\"}",
+        )
+        .await;
+    assert_eq!(status, 204);
+    let got = next_json_where(&mut ws, |v| v["type"] == "message").await;
+    assert_eq!(
+        (got["group"].as_str(), got["message"].as_str()),
+        (Some("room"), Some("from lp")),
+        "{got}"
+    );
+    cmd(
+        &mut ws,
+        json!({"id":"p","type":"publish","group":"room","message":"from ws"}),
+    )
+    .await;
+    lb.until(&session, &me, |f| {
+        f["type"] == "message" && f["message"] == "from ws"
+    })
+    .await;
+
+    // The session's node judges who may act for it, wherever the request arrived.
+    let other = format!("Bearer {}", token("mallory"));
+    for (headers, want) in [
+        (vec![("Authorization", other.as_str())], 403),
+        (vec![], 401),
+    ] {
+        let r = http(b.addr, "GET", &format!("/v1/poll/{session}"), &headers, b"").await;
+        assert_eq!(r.status, want, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let r = http(
+            b.addr,
+            "POST",
+            &format!("/v1/sessions/{session}"),
+            &headers,
+            b"{}",
+        )
+        .await;
+        assert_eq!(r.status, want);
+    }
+    // A guessed session of a live node: that node's 404. Of a node nobody heard of (once B
+    // is old enough to know every live node): 404 at once.
+    let guess = format!("{}.node-a", "0123456789abcdef".repeat(2));
+    let r = http(b.addr, "POST", &format!("/v1/sessions/{guess}"), &[], b"{}").await;
+    assert_eq!(r.status, 404);
+    let b_cluster = b.hub.cluster().unwrap().clone();
+    tokio::time::timeout(WAIT, async {
+        while b_cluster.age() <= Duration::from_millis(1600) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let ghost = format!("{}.ghost", "0123456789abcdef".repeat(2));
+    let r = http(b.addr, "GET", &format!("/v1/poll/{ghost}"), &[], b"").await;
+    assert_eq!(r.status, 404);
+    // Oversized POSTs are refused where they arrive.
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000));
+    let r = http(
+        b.addr,
+        "POST",
+        &format!("/v1/sessions/{session}"),
+        &me,
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 413);
+
+    // An SSE session on B, its commands POSTed to A.
+    let sse_auth = format!("Bearer {}", token("sse"));
+    let mut s = sse::Sse::open(b.addr, "/v1/sse", &[("Authorization", sse_auth.as_str())]).await;
+    assert_eq!(s.status, 200);
+    let sse_session = s.next_named("session").await.json()["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(sse_session.ends_with(".node-b"), "{sse_session}");
+    assert_eq!(s.next().await.json()["type"], "welcome");
+    let r = http(
+        a.addr,
+        "POST",
+        &format!("/v1/sessions/{sse_session}"),
+        &[("Authorization", sse_auth.as_str())],
+        b"{\"id\":1,\"type\":\"join\",\"group\":\"room\"}\n{\"id\":2,\"type\":\"publish\",\"group\":\"room\",\"message\":\"from sse\"}",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let mut acks = Vec::new();
+    while acks.len() < 2 {
+        let f = s.next().await.json();
+        if f["type"] == "ack" {
+            acks.push(f["id"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(acks, [1, 2]);
+    lb.until(&session, &me, |f| {
+        f["type"] == "message" && f["message"] == "from sse"
+    })
+    .await;
+
+    // Goodbye through the other node: the session's last poll says so.
+    let r = http(
+        b.addr,
+        "DELETE",
+        &format!("/v1/sessions/{session}"),
+        &me,
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    lb.until(&session, &me, |f| f["type"] == "close").await;
+    assert!(metric(a.addr, "wshub_relayed_requests_total").await > 0.0);
+    assert!(metric(b.addr, "wshub_relayed_requests_total").await > 0.0);
+    drop(s);
     a.stop().await;
     b.stop().await;
 }

@@ -51,7 +51,10 @@ impl Poller {
         let v = r.json();
         assert_eq!(v["type"], "session");
         let session = v["session"].as_str().unwrap().to_owned();
-        assert_eq!(session.len(), 32);
+        // 122 random bits in hex, then the node that holds the session.
+        let (random, node) = session.split_at(32);
+        assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{session}");
+        assert!(node.starts_with('.') && node.len() > 1, "{session}");
         Poller {
             addr,
             session,

@@ -21,6 +21,9 @@ use crate::wire::Publication;
 /// gap from the shared history, like a node of a real engine).
 const BUS_CAPACITY: usize = 65_536;
 
+/// Mail between nodes a slow node may fall behind before it loses some (as pub/sub would).
+const MAIL_CAPACITY: usize = 4096;
+
 /// One message on the bus: who published it, its position, the publication.
 type Carried = Arc<(Arc<str>, Option<crate::history::Position>, Publication)>;
 
@@ -37,6 +40,8 @@ struct Bus {
     entries: Mutex<HashMap<Arc<str>, HashMap<String, String>>>,
     revoked: Mutex<HashMap<String, u64>>,
     tx: broadcast::Sender<Carried>,
+    /// Mail between nodes: to whom, what.
+    mail: broadcast::Sender<(Arc<str>, bytes::Bytes)>,
     /// Out of service (see [`set_down`]): every operation fails, subscribers disconnect.
     down: std::sync::atomic::AtomicBool,
 }
@@ -78,6 +83,7 @@ fn bus(name: &str) -> Arc<Bus> {
         entries: Mutex::new(HashMap::new()),
         revoked: Mutex::new(HashMap::new()),
         tx: broadcast::channel(BUS_CAPACITY).0,
+        mail: broadcast::channel(MAIL_CAPACITY).0,
         down: std::sync::atomic::AtomicBool::new(false),
     });
     all.retain(|_, w| w.strong_count() > 0);
@@ -266,12 +272,26 @@ async fn subscriber(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let mut rx = engine.bus.tx.subscribe();
+        let mut mail = engine.bus.mail.subscribe();
         cluster.engine_changed(h.as_ref(), true);
         resync.notify_one();
         loop {
             // Woken now and then to notice a hub that is gone (its entries go with it), or a
             // bus taken down.
-            let received = tokio::time::timeout(std::time::Duration::from_millis(250), rx.recv());
+            let received = tokio::time::timeout(std::time::Duration::from_millis(250), async {
+                loop {
+                    tokio::select! {
+                        m = rx.recv() => return m,
+                        m = mail.recv() => match m {
+                            Ok((to, m)) if to == engine.node => cluster.on_mail(&h, m),
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => {
+                                return Err(broadcast::error::RecvError::Closed)
+                            }
+                        },
+                    }
+                }
+            });
             let first = match received.await {
                 _ if engine.is_down() => break,
                 Err(_) if h.alive() => continue,
@@ -407,6 +427,13 @@ impl super::Engine for LocalEngine {
         _ttl: std::time::Duration,
     ) -> super::EngineFuture<'a, ()> {
         let r = self.up().map(|()| LocalEngine::apply(self, changes));
+        Box::pin(async move { r })
+    }
+
+    fn send_to<'a>(&'a self, node: &'a str, mail: bytes::Bytes) -> super::EngineFuture<'a, ()> {
+        let r = self.up().map(|()| {
+            let _ = self.bus.mail.send((Arc::from(node), mail));
+        });
         Box::pin(async move { r })
     }
 

@@ -22,6 +22,7 @@ mod config;
 pub mod local;
 pub mod nats;
 pub mod redis;
+pub mod relay;
 mod tasks;
 
 pub use config::{BackplaneConfig, BackplaneUrl};
@@ -57,6 +58,8 @@ pub trait Handler: Send + Sync + 'static {
     fn local_entries(&self) -> Vec<(String, String)>;
     /// Counts a backplane event (`disconnected`, `publish_failed`, `gap_filled`, …).
     fn event(&self, reason: &'static str);
+    /// What answers the requests other nodes relay to this one, if anything does.
+    fn relay_service(&self) -> Option<Arc<dyn relay::Service>>;
 }
 
 /// A queued publication and who waits for its offset.
@@ -84,6 +87,10 @@ pub struct Cluster {
     engine: Arc<dyn Engine>,
     config: BackplaneConfig,
     history: HistoryConfig,
+    /// Requests to other nodes, and theirs to this one.
+    relay: relay::Relay,
+    /// When this node joined.
+    since: std::time::Instant,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -99,6 +106,12 @@ impl Cluster {
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// How long ago this node joined (younger than the node TTL, it may not have heard of
+    /// every live node yet).
+    pub fn age(&self) -> Duration {
+        self.since.elapsed()
     }
 
     /// Whether the engine is reachable (cross-node delivery works).
@@ -280,6 +293,8 @@ pub fn prepare(
         engine,
         config,
         history,
+        relay: relay::Relay::default(),
+        since: std::time::Instant::now(),
     });
     let tasks = Tasks {
         cluster: cluster.clone(),
@@ -363,6 +378,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Applies changes to this node's entries.
     fn apply<'a>(&'a self, changes: &'a [EntryChange], ttl: Duration) -> EngineFuture<'a, ()>;
+
+    /// Puts `mail` in node `node`'s mailbox (no answer, no delivery guarantee: a node that is
+    /// gone never reads it). The subscriber hands this node's own mail to
+    /// its cluster's relay (see [`relay`]).
+    fn send_to<'a>(&'a self, node: &'a str, mail: bytes::Bytes) -> EngineFuture<'a, ()>;
 
     /// Whether entries expire from their own last write (so each heartbeat rewrites them all,
     /// and a heartbeat a third of the TTL is enough).

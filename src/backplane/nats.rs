@@ -5,6 +5,8 @@
 //!
 //! Names (under the prefix `P`, default `wshub`):
 //! - `P.bus`: the core subject every node subscribes to.
+//! - `P.mail.<node in hex>`: a node's mailbox, a core subject only that node subscribes to
+//!   (requests relayed between nodes, and their answers).
 //! - `P.h.all` and `P.h.g.<group in hex>`: the streams' subjects, stored in the JetStream
 //!   stream `P_HISTORY` (at most `--history-size` messages per subject, kept an hour or
 //!   `--history-ttl`, whichever is longer; older ones are filtered out on read).
@@ -136,6 +138,11 @@ impl NatsEngine {
 
     fn bus(&self) -> String {
         format!("{}.bus", self.prefix)
+    }
+
+    fn mailbox(&self, node: &str) -> String {
+        let hex: String = node.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}.mail.{hex}", self.prefix)
     }
 
     fn subject(&self, stream: StreamName<'_>) -> String {
@@ -580,6 +587,10 @@ async fn subscriber(
         };
         let started = async {
             let bus = client.subscribe(engine.bus()).await.map_err(err)?;
+            let mail = client
+                .subscribe(engine.mailbox(&engine.node))
+                .await
+                .map_err(err)?;
             let consumer = ready
                 .stream
                 .create_consumer(consumer::push::OrderedConfig {
@@ -591,19 +602,20 @@ async fn subscriber(
                 .await
                 .map_err(err)?;
             let stream = consumer.messages().await.map_err(err)?;
-            Ok::<_, BackplaneError>((bus, stream))
+            Ok::<_, BackplaneError>((bus, mail, stream))
         };
-        let (mut bus, mut stream) = match tokio::time::timeout(CALL_TIMEOUT, started).await {
-            Ok(Ok(s)) => s,
-            other => {
-                if let Ok(Err(e)) = other {
-                    tracing::warn!(error = %e, "NATS backplane subscription failed");
+        let (mut bus, mut mail, mut stream) =
+            match tokio::time::timeout(CALL_TIMEOUT, started).await {
+                Ok(Ok(s)) => s,
+                other => {
+                    if let Ok(Err(e)) = other {
+                        tracing::warn!(error = %e, "NATS backplane subscription failed");
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
                 }
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                continue;
-            }
-        };
+            };
         attempt = 0;
         let epoch = ready.epoch.clone();
         *engine.ready.lock() = Some(ready);
@@ -623,6 +635,13 @@ async fn subscriber(
                 m = stream.next() => match m {
                     Some(Ok(m)) => items.push(Item::Stream(Box::new(m))),
                     _ => break,
+                },
+                m = mail.next() => match m {
+                    Some(m) => {
+                        cluster.on_mail(&h, m.payload);
+                        continue;
+                    }
+                    None => break,
                 },
                 e = events.recv() => match e {
                     Some(async_nats::Event::Disconnected) | Some(async_nats::Event::Closed) | None => break,
@@ -808,6 +827,18 @@ impl super::Engine for NatsEngine {
     /// NATS keys expire from their last write.
     fn entries_expire_per_write(&self) -> bool {
         true
+    }
+
+    fn send_to<'a>(&'a self, node: &'a str, mail: Bytes) -> super::EngineFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.client()?;
+            client
+                .publish(self.mailbox(node), mail)
+                .await
+                .map_err(err)?;
+            // Sent now, not with the client's next batch: a relayed request waits for it.
+            client.flush().await.map_err(err)
+        })
     }
 
     fn subscriber(

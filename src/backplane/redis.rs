@@ -3,6 +3,8 @@
 //!
 //! Keys (under the prefix `P`, default `wshub`):
 //! - `P:bus`: the pub/sub channel every node subscribes to.
+//! - `P:mail:<node>`: a node's mailbox, a pub/sub channel only that node subscribes to
+//!   (requests relayed between nodes, and their answers).
 //! - `P:m:<stream>`: a stream's `epoch` and `top` offset (a hash); `<stream>` is `all` or
 //!   `g:<group>`.
 //! - `P:h:<stream>`: its history, a Redis Stream whose entry ids are the offsets (`17-0`).
@@ -100,6 +102,10 @@ impl RedisEngine {
 
     fn bus(&self) -> String {
         format!("{}:bus", self.prefix)
+    }
+
+    fn mailbox(&self, node: &str) -> String {
+        format!("{}:mail:{node}", self.prefix)
     }
 
     fn stream_id(stream: StreamName<'_>) -> String {
@@ -458,6 +464,7 @@ async fn subscriber(
         let connected = async {
             let mut ps = engine.client.get_async_pubsub().await?;
             ps.subscribe(engine.bus()).await?;
+            ps.subscribe(engine.mailbox(&engine.node)).await?;
             engine.script.load_async(&mut engine.conn()).await?;
             Ok::<_, redis::RedisError>(ps)
         };
@@ -469,6 +476,7 @@ async fn subscriber(
                 }
                 cluster.engine_changed(h.as_ref(), true);
                 resync.notify_one();
+                let bus = engine.bus();
                 let mut messages = ps.into_on_message();
                 while let Some(msg) = messages.next().await {
                     if !h.alive() {
@@ -479,10 +487,17 @@ async fn subscriber(
                     let mut next = Some(msg);
                     let mut n = 0;
                     while let Some(msg) = next.take() {
-                        match serde_json::from_slice::<BusMessage>(msg.get_payload_bytes()) {
-                            Ok(m) => batch.push(m),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "unreadable backplane message ignored")
+                        if msg.get_channel_name() != bus {
+                            cluster.on_mail(
+                                &h,
+                                bytes::Bytes::copy_from_slice(msg.get_payload_bytes()),
+                            );
+                        } else {
+                            match serde_json::from_slice::<BusMessage>(msg.get_payload_bytes()) {
+                                Ok(m) => batch.push(m),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "unreadable backplane message ignored")
+                                }
                             }
                         }
                         n += 1;
@@ -490,7 +505,9 @@ async fn subscriber(
                             next = messages.next().now_or_never().flatten();
                         }
                     }
-                    h.on_bus(batch).await;
+                    if !batch.is_empty() {
+                        h.on_bus(batch).await;
+                    }
                 }
                 tracing::warn!("backplane subscription lost");
             }
@@ -571,6 +588,15 @@ impl super::Engine for RedisEngine {
         ttl: Duration,
     ) -> super::EngineFuture<'a, ()> {
         Box::pin(async move { Ok(RedisEngine::apply(self, changes, ttl).await?) })
+    }
+
+    fn send_to<'a>(&'a self, node: &'a str, mail: bytes::Bytes) -> super::EngineFuture<'a, ()> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(self.mailbox(node)).arg(&mail[..]);
+            self.call::<i64>(&cmd).await?;
+            Ok(())
+        })
     }
 
     fn subscriber(

@@ -61,6 +61,10 @@ impl backplane::Handler for NodeHandler {
             h.backplane_event(reason);
         }
     }
+
+    fn relay_service(&self) -> Option<Arc<dyn backplane::relay::Service>> {
+        Hub::upgrade(&self.0).and_then(|h| h.shared.relayed.read().clone())
+    }
 }
 
 /// The backplane's publication queue is full: the node publishes faster than the engine
@@ -139,6 +143,13 @@ impl Hub {
     /// This node's id (shown in connection listings and metrics).
     pub fn node_id(&self) -> &str {
         &self.shared.node
+    }
+
+    /// Answers the requests other nodes relay to this one with `service` (replacing what
+    /// answered them before). The HTTP transport registers its sessions here, so a POST or a
+    /// poll that reached another node is answered by the session's own.
+    pub fn serve_relayed(&self, service: Arc<dyn backplane::relay::Service>) {
+        *self.shared.relayed.write() = Some(service);
     }
 
     /// The backplane if it is reachable now: publications go through it.

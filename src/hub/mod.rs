@@ -206,6 +206,8 @@ pub(crate) struct Shared {
     revocations: tokens::Revocations,
     policies: policies::Policies,
     idempotency: idempotency::Idempotency,
+    /// What answers the requests other nodes relay here (the HTTP transport's sessions).
+    relayed: parking_lot::RwLock<Option<Arc<dyn crate::backplane::relay::Service>>>,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -344,6 +346,7 @@ impl Hub {
                 revocations: tokens::Revocations::default(),
                 policies,
                 idempotency,
+                relayed: parking_lot::RwLock::new(None),
             }),
         };
         hub.shared

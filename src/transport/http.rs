@@ -27,6 +27,7 @@ use crate::manager::Protocol;
 use crate::problem::Problem;
 
 use super::admission::{admit, admit_http};
+use super::relay;
 use super::session::{self, Framing, Handle, Sessions};
 use super::sse;
 use super::upgrade::recover_param;
@@ -200,7 +201,20 @@ pub async fn poll_handler(
     Path(token): Path<String>,
     req: Request,
 ) -> Response {
-    let handle = match session_for(&hub, &sessions, &token, &req) {
+    match relay::elsewhere(&hub, &sessions, &token) {
+        Some(node) => relay::forward(&hub, &node, relay::Op::Poll, &token, req).await,
+        None => poll_here(&hub, &sessions, &token, req).await,
+    }
+}
+
+/// A poll of a session of this node.
+pub(super) async fn poll_here(
+    hub: &Hub,
+    sessions: &Sessions,
+    token: &str,
+    req: Request,
+) -> Response {
+    let handle = match session_for(hub, sessions, token, &req) {
         Ok(h) => h,
         Err(p) => return p.into_response(),
     };
@@ -221,8 +235,8 @@ pub async fn poll_handler(
     handle
         .polling
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let _polling = Polling(&handle, &hub);
-    match tokio::time::timeout(session::poll_wait(&hub), rx.recv()).await {
+    let _polling = Polling(&handle, hub);
+    match tokio::time::timeout(session::poll_wait(hub), rx.recv()).await {
         Ok(Some(first)) => {
             let mut body = BytesMut::from(&first[..]);
             while body.len() < POLL_BYTES {
@@ -245,25 +259,27 @@ pub async fn session_post_handler(
     Path(token): Path<String>,
     req: Request,
 ) -> Response {
-    let handle = match session_for(&hub, &sessions, &token, &req) {
+    match relay::elsewhere(&hub, &sessions, &token) {
+        Some(node) => relay::forward(&hub, &node, relay::Op::Post, &token, req).await,
+        None => post_here(&hub, &sessions, &token, req).await,
+    }
+}
+
+/// A POST to a session of this node.
+pub(super) async fn post_here(
+    hub: &Hub,
+    sessions: &Sessions,
+    token: &str,
+    req: Request,
+) -> Response {
+    let handle = match session_for(hub, sessions, token, &req) {
         Ok(h) => h,
         Err(p) => return p.into_response(),
     };
-    let max = hub.config().max_message_size;
-    let body = match axum::body::to_bytes(req.into_body(), max).await {
+    let body = match session::read_commands(hub, req.into_body()).await {
         Ok(b) => b,
-        Err(_) => {
-            return Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("a POST of commands is at most {max} bytes (--max-message-size)"),
-            )
-            .into_response()
-        }
+        Err(p) => return p.into_response(),
     };
-    if std::str::from_utf8(&body).is_err() {
-        return Problem::bad_request("commands are JSON text (UTF-8), one per line")
-            .into_response();
-    }
     // A session whose replies are not being read takes no commands: the POST waits, then
     // says so.
     let wait = hub.config().idle_timeout.max(Duration::from_millis(100));
@@ -298,11 +314,60 @@ pub async fn session_close_handler(
     Path(token): Path<String>,
     req: Request,
 ) -> Response {
-    match session_for(&hub, &sessions, &token, &req) {
+    match relay::elsewhere(&hub, &sessions, &token) {
+        Some(node) => relay::forward(&hub, &node, relay::Op::Close, &token, req).await,
+        None => close_here(&hub, &sessions, &token, &req),
+    }
+}
+
+/// The end of a session of this node.
+pub(super) fn close_here(hub: &Hub, sessions: &Sessions, token: &str, req: &Request) -> Response {
+    match session_for(hub, sessions, token, req) {
         Ok(handle) => {
             handle.entry.sink.close(CloseReason::Normal(1000));
             StatusCode::NO_CONTENT.into_response()
         }
         Err(p) => p.into_response(),
+    }
+}
+
+/// Answers the requests other nodes relay for this node's sessions (see `relay`).
+pub(crate) struct SessionsService {
+    hub: std::sync::Weak<crate::hub::Shared>,
+    sessions: Sessions,
+}
+
+impl SessionsService {
+    pub(crate) fn new(hub: &Hub, sessions: Sessions) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            hub: hub.downgrade(),
+            sessions,
+        })
+    }
+}
+
+impl crate::backplane::relay::Service for SessionsService {
+    fn serve(
+        &self,
+        request: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>> {
+        let hub = Hub::upgrade(&self.hub);
+        let sessions = self.sessions.clone();
+        Box::pin(async move {
+            let res = match (hub, relay::unpack_request(&request)) {
+                (Some(hub), Ok((op, token, req))) => match op {
+                    relay::Op::Poll => poll_here(&hub, &sessions, &token, req).await,
+                    relay::Op::Post => post_here(&hub, &sessions, &token, req).await,
+                    relay::Op::Close => close_here(&hub, &sessions, &token, &req),
+                },
+                (None, _) => Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the session's node is shutting down",
+                )
+                .into_response(),
+                (_, Err(p)) => p.into_response(),
+            };
+            relay::pack_response(res).await
+        })
     }
 }

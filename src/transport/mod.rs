@@ -5,12 +5,14 @@ mod admission;
 mod connection;
 mod events;
 mod http;
+mod relay;
 mod session;
 mod sse;
 pub mod upgrade;
 mod writer;
 
 pub use events::events_handler;
+pub(crate) use http::SessionsService;
 pub use http::{
     poll_handler, poll_open_handler, session_close_handler, session_post_handler, sse_handler,
 };

@@ -83,9 +83,11 @@ impl Sessions {
     }
 }
 
-/// A new session token: 122 random bits from the operating system's generator, in hex.
-fn new_token() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// A new session token: 122 random bits from the operating system's generator, in hex, then
+/// the node that holds the session (`<32 hex>.<node id>`): a request that reaches another node
+/// is relayed here (see `relay`).
+fn new_token(node: &str) -> String {
+    format!("{}.{node}", uuid::Uuid::new_v4().simple())
 }
 
 /// What [`open`] gives the handler: the session's token, and the response side of its channel
@@ -106,7 +108,7 @@ pub(super) fn open(
     long_poll: bool,
     framing: impl Framing,
 ) -> Opened {
-    let token = new_token();
+    let token = new_token(hub.node_id());
     let first = first(&token);
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let (ctx, crx) = mpsc::channel::<Bytes>(COMMAND_QUEUE);
@@ -310,6 +312,26 @@ async fn recv(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A POST's commands: at most `--max-message-size` bytes of UTF-8 text.
+pub(super) async fn read_commands(
+    hub: &Hub,
+    body: axum::body::Body,
+) -> Result<Bytes, crate::problem::Problem> {
+    let max = hub.config().max_message_size;
+    let body = axum::body::to_bytes(body, max).await.map_err(|_| {
+        crate::problem::Problem::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a POST of commands is at most {max} bytes (--max-message-size)"),
+        )
+    })?;
+    if std::str::from_utf8(&body).is_err() {
+        return Err(crate::problem::Problem::bad_request(
+            "commands are JSON text (UTF-8), one per line",
+        ));
+    }
+    Ok(body)
 }
 
 /// How long a long poll waits for something to send before answering 204 (under the usual

@@ -206,6 +206,11 @@ impl Hub {
         alive.keys().all(|n| **n > *self.shared.node)
     }
 
+    /// Whether node `node` was heard of within the node TTL (this node always is).
+    pub(crate) fn node_is_alive(&self, node: &str) -> bool {
+        node == self.node_id() || self.shared.pusher.alive.lock().contains_key(node)
+    }
+
     /// Another node was heard from (it is alive).
     pub(crate) fn node_alive(&self, node: &str) {
         if node == self.node_id() {
