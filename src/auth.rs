@@ -192,6 +192,14 @@ impl Auth {
         }
     }
 
+    /// Whether a page from `origin` may connect (no allow-list: any may).
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.origins
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)))
+    }
+
     /// Checks the `Origin` of an upgrade request.
     ///
     /// # Errors

@@ -95,7 +95,8 @@ pub use id::ConnId;
 use axum::routing::get;
 
 /// Every wshub route, ready to serve or to merge into another application: `/ws`, `/ws/echo`,
-/// `/app/{key}` and `/apps/*` (Pusher), `/api/*`, `/openapi.json`, `/swagger`, `/healthz`, the demo page `/`, `/client.js`, and a
+/// the HTTP transports (`/events`, `/v1/sse`, `/v1/poll`, `/v1/sessions/*`, Pusher's
+/// `/pusher/app/*` fallbacks), `/app/{key}` and `/apps/*` (Pusher), `/api/*`, `/openapi.json`, `/swagger`, `/healthz`, the demo page `/`, `/client.js`, and a
 /// problem+json 404 fallback.
 ///
 /// Serve it with [`server::run`], or with `axum::serve` using
@@ -105,19 +106,42 @@ pub fn router(hub: Hub) -> axum::Router {
     // cluster are relayed here.
     let sessions = transport::Sessions::default();
     hub.serve_relayed(transport::SessionsService::new(&hub, sessions.clone()));
+    // The HTTP transports, which pages on other origins reach with `fetch`, `EventSource` and
+    // XHRs (CORS).
+    // (Each route answers OPTIONS, so that the CORS layer sees the preflight: a layer wraps
+    // what a route answers, not its 405.)
+    let preflight = || async { axum::http::StatusCode::NO_CONTENT };
+    let http_transports = axum::Router::new()
+        .route("/events", get(transport::events_handler).options(preflight))
+        .route("/v1/sse", get(transport::sse_handler).options(preflight))
+        .route(
+            "/v1/poll",
+            get(transport::poll_open_handler).options(preflight),
+        )
+        .route(
+            "/v1/poll/{session}",
+            get(transport::poll_handler).options(preflight),
+        )
+        .route(
+            "/v1/sessions/{session}",
+            axum::routing::post(transport::session_post_handler)
+                .delete(transport::session_close_handler)
+                .options(preflight),
+        )
+        .route(
+            "/pusher/app/{key}/{server}/{session}/{transport}",
+            axum::routing::post(transport::pusher_http_handler).options(preflight),
+        )
+        .route(
+            "/app/{key}/{server}/{session}/{transport}",
+            axum::routing::post(transport::pusher_http_handler).options(preflight),
+        )
+        .layer(transport::cors(&hub));
     axum::Router::new()
         .route("/ws", get(transport::ws_handler))
         .route("/ws/echo", get(transport::echo_handler))
         .route("/app/{key}", get(transport::pusher_handler))
-        .route("/events", get(transport::events_handler))
-        .route("/v1/sse", get(transport::sse_handler))
-        .route("/v1/poll", get(transport::poll_open_handler))
-        .route("/v1/poll/{session}", get(transport::poll_handler))
-        .route(
-            "/v1/sessions/{session}",
-            axum::routing::post(transport::session_post_handler)
-                .delete(transport::session_close_handler),
-        )
+        .merge(http_transports)
         .route("/", get(web::index))
         .route("/client.js", get(web::client_js))
         .route("/client.d.ts", get(web::client_dts))

@@ -566,3 +566,100 @@ async fn the_development_app_is_not_served_when_the_hub_is_secured() {
     assert_eq!(r.status, 404);
     s.stop().await;
 }
+
+/// Pusher's HTTP fallbacks (`xhr_streaming`, `xhr_polling`; the real pusher-js is in
+/// tests/pusher/fallback.test.mjs): what pusher-js never sends, answered clearly, and a
+/// session that vanishes is closed within its bound.
+#[tokio::test]
+async fn pusher_http_fallbacks_answer_bad_requests_and_close_vanished_sessions() {
+    let s = server(vec![], |c| {
+        c.max_message_size = 1024;
+        c.ping_interval = Duration::from_millis(200);
+        c.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let base = format!("/pusher/app/{KEY}");
+    let post = |path: String, body: &'static [u8]| {
+        let addr = s.addr;
+        async move {
+            http(
+                addr,
+                "POST",
+                &path,
+                &[("Content-Type", "application/json")],
+                body,
+            )
+            .await
+        }
+    };
+    // A poll opens the session: `o`, then the connection's first event.
+    let r = post(format!("{base}/1/abcd/xhr?protocol=7"), b"").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"o\n"[..]));
+    let r = post(format!("{base}/1/abcd/xhr?protocol=7"), b"").await;
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(
+        text.starts_with("a[") && text.contains("pusher:connection_established"),
+        "{text}"
+    );
+    // Messages in: a subscription, answered in the next poll.
+    let r = post(
+        format!("{base}/1/abcd/xhr_send"),
+        br#"["{\"event\":\"pusher:subscribe\",\"data\":{\"channel\":\"news\"}}"]"#,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let r = post(format!("{base}/1/abcd/xhr?protocol=7"), b"").await;
+    assert!(String::from_utf8_lossy(&r.body).contains("subscription_succeeded"));
+    // Bad sends: not an array of strings (400), too big (413), to no session (404).
+    for (body, want) in [
+        (&b"{\"event\":\"x\"}"[..], 400),
+        (&b"[1,2]"[..], 400),
+        (&b"not json"[..], 400),
+    ] {
+        let r = http(
+            s.addr,
+            "POST",
+            &format!("{base}/1/abcd/xhr_send"),
+            &[],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, want, "{}", String::from_utf8_lossy(body));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    }
+    let big = format!("[\"{}\"]", "x".repeat(2000));
+    let r = http(
+        s.addr,
+        "POST",
+        &format!("{base}/1/abcd/xhr_send"),
+        &[],
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    let r = post(format!("{base}/1/nobody/xhr_send"), b"[]").await;
+    assert_eq!(r.status, 404);
+    // Bad ids and transports: 404 with a reason.
+    let r = post(format!("{base}/1/{}/xhr", "s".repeat(65)), b"").await;
+    assert_eq!(r.status, 404);
+    let r = post(format!("{base}/1/abcd/jsonp"), b"").await;
+    assert_eq!(r.status, 404);
+    assert!(String::from_utf8_lossy(&r.body).contains("xhr_streaming"));
+    // An unknown key: the protocol's error and close code, as on WebSocket.
+    let r = post(format!("/pusher/app/nokey/1/efgh/xhr?protocol=7"), b"").await;
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(
+        text.starts_with("o\na[") && text.ends_with("c[4001,\"no app has the key `nokey`\"]\n"),
+        "{text}"
+    );
+    // The session's client stops polling: closed within the poll's wait plus the idle
+    // timeout, and it counts as gone.
+    wait_metric(s.addr, "wshub_connections", 0.0).await;
+    tokio::time::timeout(WAIT, async {
+        while post(format!("{base}/1/abcd/xhr_send"), b"[]").await.status != 404 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a vanished session is gone");
+}

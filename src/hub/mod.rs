@@ -20,6 +20,7 @@ mod error;
 mod fetched;
 mod idempotency;
 mod occupancy;
+mod peer;
 mod policies;
 mod presence;
 mod pusher;
@@ -33,8 +34,8 @@ pub use cluster::{Busy, NotPublished};
 pub use deliver::Published;
 pub use error::HubError;
 pub(crate) use fetched::{Fetched, Prefetch, PrefetchFuture};
+pub(crate) use peer::Peer;
 pub use presence::{PresenceMember, PresencePage, PresenceStats, PAGE as PRESENCE_PAGE};
-pub(crate) use pusher::Session;
 pub use pusher::{PresenceUser, TriggerError};
 pub use tokens::RevokeError;
 

@@ -223,3 +223,25 @@ fn admit_now(hub: &Hub, req: &Request, protocol: &'static str) -> Decided {
         by_token,
     }))
 }
+
+/// Cross-origin requests to the HTTP transports (a page on another origin than the server's:
+/// its `EventSource`, its `fetch`es, pusher-js's XHRs): allowed for the origins that may open
+/// WebSockets (`--allowed-origins`; every origin without a list), with the headers they send
+/// (`Authorization`, `Content-Type`, preflighted) and `Retry-After` readable. No credentials:
+/// a session is named by its token, not by cookies.
+pub fn cors(hub: &Hub) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let hub = hub.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| hub.auth().origin_allowed(o))
+        }))
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(std::time::Duration::from_secs(600))
+}

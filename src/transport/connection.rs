@@ -22,10 +22,8 @@ use super::writer::{FrameWrite, Writer};
 
 use crate::close::CloseReason;
 use crate::frame::{self, deflate, DecodeError, Decoder, Frame, Message, OpCode};
-use crate::hub::{Hub, HubCork, HubEntry, RateLimit, RateLimitAction, Session};
-use crate::manager::Protocol;
+use crate::hub::{Hub, HubCork, Peer, RateLimit, RateLimitAction};
 use crate::outbox::{Outbox, Queued, SendError};
-use crate::protocol::v1;
 
 /// Bytes read from the socket per read call. The buffer lives on the stack of the poll, so an
 /// idle connection holds no read buffer at all.
@@ -36,22 +34,8 @@ static PING: &[u8] = &[0x89, 0x00];
 
 /// What the connection does with the messages it receives.
 pub(crate) enum Role {
-    /// A `/ws` client of the hub.
-    Hub {
-        /// The hub.
-        hub: Hub,
-        /// This connection's registry entry.
-        entry: HubEntry,
-    },
-    /// A Pusher client at `/app/{key}`.
-    Pusher {
-        /// The hub.
-        hub: Hub,
-        /// This connection's registry entry.
-        entry: HubEntry,
-        /// Its Pusher session.
-        session: Box<Session>,
-    },
+    /// A client of the hub (`/ws`, `/app/{key}`), whatever protocol its [`Peer`] speaks.
+    Peer(Peer),
     /// A `/ws/echo` client: every message comes back unchanged. Holds its place in the
     /// hub's connection count until the task ends.
     Echo(EchoSlot),
@@ -61,24 +45,27 @@ pub(crate) enum Role {
 }
 
 impl Role {
-    /// How this connection is closed when the server shuts down: plain clients keep the
-    /// original's 1001; `wshub.v1` clients get 1012 and Pusher clients 4200, the codes their
-    /// clients take as "reconnect now" (to another node, with their positions).
+    /// How this connection is closed when the server shuts down (the protocol says).
     fn shutdown_reason(&self) -> CloseReason {
         match self {
-            Role::Hub { entry, .. } if entry.info.protocol == Protocol::V1 => {
-                CloseReason::Restarting(1012)
-            }
-            Role::Pusher { .. } => CloseReason::Restarting(4200),
-            _ => CloseReason::GoingAway,
+            Role::Peer(p) => p.shutdown_reason(),
+            Role::Echo(_) | Role::Refused(_) => CloseReason::GoingAway,
         }
     }
 
     /// The hub the connection belongs to (its metrics, its limits).
     pub(crate) fn hub(&self) -> &Hub {
         match self {
-            Role::Hub { hub, .. } | Role::Pusher { hub, .. } | Role::Refused(hub) => hub,
+            Role::Peer(p) => p.hub(),
+            Role::Refused(hub) => hub,
             Role::Echo(slot) => &slot.0,
+        }
+    }
+
+    /// The connection's end, told to its protocol (nothing to tell for the others).
+    pub(crate) fn closed(&self, outcome: (&'static str, u16)) {
+        if let Role::Peer(p) = self {
+            p.closed(outcome);
         }
     }
 }
@@ -135,10 +122,10 @@ impl Timing {
 /// How long until the connection's token runs out (its `exp` plus the leeway; zero: it has),
 /// if it has one.
 fn token_left(role: &Role, leeway: Duration) -> Option<Duration> {
-    let Role::Hub { entry, .. } = role else {
+    let Role::Peer(p) = role else {
         return None;
     };
-    super::session::token_left(entry, leeway)
+    super::session::token_left(p.entry(), leeway)
 }
 
 /// A token bucket: `per_second` tokens a second, at most `burst` saved up.
@@ -328,9 +315,7 @@ impl Conn {
         !self.closing
             && (self.outbox.input_held()
                 || match &self.role {
-                    Role::Hub { hub, entry } | Role::Pusher { hub, entry, .. } => {
-                        hub.replies_over_mark(entry.id)
-                    }
+                    Role::Peer(p) => p.replies_over_mark(),
                     Role::Echo(_) | Role::Refused(_) => false,
                 })
     }
@@ -340,7 +325,7 @@ impl Conn {
     /// flushed.
     fn flush(&mut self, burst: std::time::Instant, cork: &mut HubCork) {
         match &self.role {
-            Role::Hub { hub, .. } | Role::Pusher { hub, .. } => hub.flush(cork, burst),
+            Role::Peer(p) => p.hub().flush(cork, burst),
             Role::Echo(_) | Role::Refused(_) => cork.flush(),
         }
         self.flush_own();
@@ -407,18 +392,8 @@ impl Conn {
             return;
         };
         // With `pre` given, the message is handled now: no second fetch.
-        match &self.role {
-            Role::Hub { hub, entry } => {
-                let _ = hub.on_command(entry, text, Some(pre), cork);
-            }
-            Role::Pusher {
-                hub,
-                entry,
-                session,
-            } => {
-                let _ = hub.on_pusher(entry, session, text, Some(pre), cork);
-            }
-            Role::Echo(_) | Role::Refused(_) => {}
+        if let Role::Peer(p) = &self.role {
+            let _ = p.on_text(text, Some(pre), cork);
         }
     }
 
@@ -474,32 +449,13 @@ impl Conn {
                 reason: "rate_limited",
             })
             .inc();
-        match self.bucket.as_ref().map(|b| b.limit.action) {
-            Some(RateLimitAction::Close) => {
+        match (self.bucket.as_ref().map(|b| b.limit.action), &self.role) {
+            (Some(RateLimitAction::Close), _) => {
                 self.outbox.close(CloseReason::RateLimited);
             }
+            (_, Role::Peer(p)) => p.over_limit(payload, cork),
             // A raw echo has no error frame: the message is dropped (and counted).
-            _ if matches!(self.role, Role::Echo(_) | Role::Refused(_)) => {}
-            _ if matches!(self.role, Role::Pusher { .. }) => {
-                let frame = crate::protocol::pusher::error(
-                    crate::protocol::pusher::Code::ClientEventRate,
-                    "message dropped: over this connection's rate limit",
-                );
-                let r = self.outbox.push(frame);
-                self.queued(r);
-            }
-            _ => {
-                let id = std::str::from_utf8(payload).ok().and_then(v1::command_id);
-                let frame = v1::error(
-                    id.as_deref(),
-                    v1::ErrorCode::RateLimited,
-                    "message dropped: over this connection's rate limit",
-                );
-                // A reply like any other: after a `publish` ack that waits for the backplane.
-                if let Role::Hub { hub, entry } = &self.role {
-                    hub.reply(entry.id, frame, cork);
-                }
-            }
+            (_, Role::Echo(_) | Role::Refused(_)) => {}
         }
     }
 
@@ -508,28 +464,13 @@ impl Conn {
             Message::Text(b) | Message::Binary(b) if self.closing => drop(b),
             Message::Text(b) | Message::Binary(b) if !self.allowed() => self.over_limit(&b, cork),
             Message::Text(b) => match &self.role {
-                Role::Hub { hub, entry } => match std::str::from_utf8(&b) {
-                    Ok(text) if entry.info.protocol == Protocol::V1 => {
-                        if let Some(fetch) = hub.on_command(entry, text, None, cork) {
-                            return Step::Fetch(fetch, b);
-                        }
-                    }
-                    Ok(text) => hub.on_text(entry.id, text, cork),
-                    // The decoder validated it; never trust that with a panic.
-                    Err(_) => {
-                        self.outbox.close(CloseReason::InvalidUtf8);
-                    }
-                },
-                Role::Pusher {
-                    hub,
-                    entry,
-                    session,
-                } => match std::str::from_utf8(&b) {
+                Role::Peer(p) => match std::str::from_utf8(&b) {
                     Ok(text) => {
-                        if let Some(fetch) = hub.on_pusher(entry, session, text, None, cork) {
+                        if let Some(fetch) = p.on_text(text, None, cork) {
                             return Step::Fetch(fetch, b);
                         }
                     }
+                    // The decoder validated it; never trust that with a panic.
                     Err(_) => {
                         self.outbox.close(CloseReason::InvalidUtf8);
                     }
@@ -541,18 +482,7 @@ impl Conn {
                 }
             },
             Message::Binary(b) => match &self.role {
-                Role::Hub { hub, entry } if entry.info.protocol == Protocol::V1 => {
-                    hub.on_v1_binary(entry, cork)
-                }
-                Role::Hub { hub, entry } => hub.on_binary(entry.id, &b, cork),
-                Role::Pusher { .. } => {
-                    let frame = crate::protocol::pusher::error(
-                        crate::protocol::pusher::Code::Generic,
-                        "the Pusher protocol has no binary messages",
-                    );
-                    let r = self.outbox.push(frame);
-                    self.queued(r);
-                }
+                Role::Peer(p) => p.on_binary(&b, cork),
                 Role::Refused(_) => {}
                 Role::Echo(_) => {
                     let r = self.outbox.push(self.echo(OpCode::Binary, &b));
@@ -828,15 +758,7 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
         c.outbox.detach();
         self.io = None;
         self.pending = None;
-        match &c.role {
-            Role::Hub { hub, entry } => hub.unregister(entry, ending.outcome()),
-            Role::Pusher {
-                hub,
-                entry,
-                session,
-            } => hub.pusher_closed(entry, session, ending.outcome()),
-            Role::Echo(_) | Role::Refused(_) => {}
-        }
+        c.role.closed(ending.outcome());
     }
 }
 

@@ -129,6 +129,7 @@ pub async fn events_handler(State(hub): State<Hub>, req: Request) -> Response {
         None
     };
     let entry = hub.register(info, grants, recover_all.as_ref(), prefetched);
+    let peer = crate::hub::Peer::new(hub.clone(), entry);
     let first_group = usize::from(follow.all);
     for (i, group) in follow.groups.iter().enumerate() {
         let since = follow.from[first_group + i]
@@ -138,15 +139,15 @@ pub async fn events_handler(State(hub): State<Hub>, req: Request) -> Response {
             .to_string();
         let mut cork = HubCork::new();
         let mut pre = None;
-        while let Some(fetch) = hub.on_command(&entry, &text, pre.take(), &mut cork) {
+        while let Some(fetch) = peer.on_text(&text, pre.take(), &mut cork) {
             pre = Some(fetch.await);
         }
         hub.flush(&mut cork, Instant::now());
     }
     let cursor = Cursor::new(follow.all, &follow.groups, &follow.from);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let span = tracing::debug_span!("events", id = %entry.id, remote = ?remote);
-    let task = super::session::Task::one_way(hub.clone(), entry, tx);
+    let span = tracing::debug_span!("events", id = %peer.entry().id, remote = ?remote);
+    let task = super::session::Task::one_way(peer, tx);
     hub.tasks().spawn(
         task.run(sse::preamble(), sse::Framing(cursor))
             .instrument(span),

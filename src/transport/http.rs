@@ -22,7 +22,7 @@ use axum::Extension;
 use bytes::{Bytes, BytesMut};
 
 use crate::close::CloseReason;
-use crate::hub::Hub;
+use crate::hub::{Hub, Peer};
 use crate::manager::Protocol;
 use crate::problem::Problem;
 
@@ -79,7 +79,15 @@ async fn open(
         .await;
     let entry = hub.register(info, admitted.grants, recover.as_ref(), prefetched);
     Ok(if long_poll {
-        session::open(hub, sessions, entry, bound, |_| Bytes::new(), true, Lines)
+        session::open(
+            sessions,
+            None,
+            Peer::new(hub.clone(), entry),
+            bound,
+            |_| Bytes::new(),
+            true,
+            Lines,
+        )
     } else {
         let first = |token: &str| {
             let mut out = BytesMut::from(&sse::preamble()[..]);
@@ -95,9 +103,9 @@ async fn open(
             out.freeze()
         };
         session::open(
-            hub,
             sessions,
-            entry,
+            None,
+            Peer::new(hub.clone(), entry),
             bound,
             first,
             false,
@@ -179,21 +187,6 @@ fn session_for(
     Ok(handle)
 }
 
-/// Puts a poll's end on the session's clock, however the poll ends (answered, or dropped by a
-/// client that went away).
-struct Polling<'a>(&'a Handle, &'a Hub);
-
-impl Drop for Polling<'_> {
-    fn drop(&mut self) {
-        self.0
-            .last_poll
-            .store(self.1.sweep().now(), std::sync::atomic::Ordering::Relaxed);
-        self.0
-            .polling
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// `GET /v1/poll/{session}`: what the session has for the client, or 204 after the poll's wait.
 pub async fn poll_handler(
     State(hub): State<Hub>,
@@ -232,10 +225,7 @@ pub(super) async fn poll_here(
         )
         .into_response();
     };
-    handle
-        .polling
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let _polling = Polling(&handle, hub);
+    let _polling = session::Attached::new(handle.clone(), hub);
     match tokio::time::timeout(session::poll_wait(hub), rx.recv()).await {
         Ok(Some(first)) => {
             let mut body = BytesMut::from(&first[..]);

@@ -5,16 +5,19 @@ mod admission;
 mod connection;
 mod events;
 mod http;
+mod pusher_http;
 mod relay;
 mod session;
 mod sse;
 pub mod upgrade;
 mod writer;
 
+pub use admission::cors;
 pub use events::events_handler;
 pub(crate) use http::SessionsService;
 pub use http::{
     poll_handler, poll_open_handler, session_close_handler, session_post_handler, sse_handler,
 };
+pub use pusher_http::pusher_http_handler;
 pub use session::Sessions;
 pub use upgrade::{echo_handler, pusher_handler, ws_handler};

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::close::CloseReason;
 use crate::frame;
-use crate::hub::{Hub, HubCork, HubEntry};
+use crate::hub::{Hub, HubCork, HubEntry, Peer};
 use crate::outbox::Take;
 
 /// How a transport writes a session's frames.
@@ -54,12 +54,67 @@ pub(crate) struct Handle {
     pub bound_user: Option<Arc<str>>,
     /// Commands, to the session's task.
     pub commands: mpsc::Sender<Bytes>,
-    /// Long polling: the chunks the task framed, taken by one poll at a time.
-    pub poll: Option<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    /// Long polling (and streams a client may reopen): the chunks the task framed, taken by
+    /// one request at a time.
+    pub poll: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>>,
     /// Long polling: a poll is waiting now.
     pub polling: AtomicBool,
     /// Long polling: when the last poll ended, on the hub's sweep clock (milliseconds).
     pub last_poll: AtomicU64,
+    /// The request that reads the session now (for transports where a newer one replaces an
+    /// older one: a client that reopens its stream), and how an older one is told to go.
+    reader: AtomicU64,
+    step_aside: tokio::sync::Notify,
+}
+
+impl Handle {
+    /// A new request is to read the session: the one reading now steps aside (see
+    /// [`replaced`](Self::replaced)). Its number.
+    pub(super) fn new_reader(&self) -> u64 {
+        let n = self.reader.fetch_add(1, Ordering::AcqRel) + 1;
+        self.step_aside.notify_waiters();
+        n
+    }
+
+    /// Resolves once reader `n` is replaced by a newer one.
+    pub(super) async fn replaced(&self, n: u64) {
+        loop {
+            let aside = self.step_aside.notified();
+            tokio::pin!(aside);
+            aside.as_mut().enable();
+            if self.reader.load(Ordering::Acquire) != n {
+                return;
+            }
+            aside.await;
+        }
+    }
+}
+
+/// A request that takes a session's frames (a poll, or a stream its client may reopen): while
+/// it lasts the session is being read; its end, however it ends (answered, or dropped by a
+/// client that went away), goes on the session's clock.
+pub(super) struct Attached {
+    handle: Arc<Handle>,
+    hub: Hub,
+}
+
+impl Attached {
+    pub(super) fn new(handle: Arc<Handle>, hub: &Hub) -> Self {
+        handle.polling.store(true, Ordering::Relaxed);
+        Self {
+            handle,
+            hub: hub.clone(),
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.handle
+            .last_poll
+            .store(self.hub.sweep().now(), Ordering::Relaxed);
+        self.handle.polling.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The HTTP sessions of a router, by token.
@@ -97,23 +152,27 @@ pub(super) struct Opened {
     pub down: Option<mpsc::Receiver<Bytes>>,
 }
 
-/// Opens a session for `entry` (registered): puts it in the table and starts its task.
-/// `first` is the first chunk down; `long_poll` keeps the response side in the handle.
+/// Opens a session for `peer` (registered): puts it in the table (as `name`, or a new token)
+/// and starts its task. `first` is the first chunk down; `long_poll` keeps the response side
+/// in the handle (for polls, or for streams a client may reopen).
 pub(super) fn open(
-    hub: &Hub,
     sessions: &Sessions,
-    entry: HubEntry,
+    name: Option<String>,
+    peer: Peer,
     bound_user: Option<Arc<str>>,
     first: impl FnOnce(&str) -> Bytes,
     long_poll: bool,
     framing: impl Framing,
 ) -> Opened {
-    let token = new_token(hub.node_id());
+    let hub = peer.hub().clone();
+    let hub = &hub;
+    let entry = peer.entry().clone();
+    let token = name.unwrap_or_else(|| new_token(hub.node_id()));
     let first = first(&token);
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let (ctx, crx) = mpsc::channel::<Bytes>(COMMAND_QUEUE);
     let (down, poll) = if long_poll {
-        (None, Some(tokio::sync::Mutex::new(rx)))
+        (None, Some(Arc::new(tokio::sync::Mutex::new(rx))))
     } else {
         (Some(rx), None)
     };
@@ -124,16 +183,18 @@ pub(super) fn open(
         poll,
         polling: AtomicBool::new(false),
         last_poll: AtomicU64::new(hub.sweep().now()),
+        reader: AtomicU64::new(0),
+        step_aside: tokio::sync::Notify::new(),
     });
     sessions.insert(token.clone(), handle.clone());
+    drop(entry);
     let task = Task {
-        hub: hub.clone(),
-        entry,
+        peer,
         tx,
         commands: Some(crx),
         handle: long_poll.then_some(handle),
     };
-    let span = tracing::debug_span!("session", id = %task.entry.id);
+    let span = tracing::debug_span!("session", id = %task.peer.entry().id);
     let sessions = sessions.clone();
     let name = token.clone();
     let linger = poll_wait(hub);
@@ -158,8 +219,7 @@ pub(super) fn open(
 
 /// A session's task: see the module's documentation.
 pub(super) struct Task {
-    hub: Hub,
-    entry: HubEntry,
+    peer: Peer,
     tx: mpsc::Sender<Bytes>,
     /// Commands from POSTs (`None`: a stream that takes none, `/events`).
     commands: Option<mpsc::Receiver<Bytes>>,
@@ -169,10 +229,9 @@ pub(super) struct Task {
 
 impl Task {
     /// A task for a session that takes no commands (`/events`).
-    pub(super) fn one_way(hub: Hub, entry: HubEntry, tx: mpsc::Sender<Bytes>) -> Self {
+    pub(super) fn one_way(peer: Peer, tx: mpsc::Sender<Bytes>) -> Self {
         Self {
-            hub,
-            entry,
+            peer,
             tx,
             commands: None,
             handle: None,
@@ -181,8 +240,8 @@ impl Task {
 
     /// Runs the session until it ends, then unregisters it.
     pub(super) async fn run(mut self, first: Bytes, mut framing: impl Framing) {
-        let hub = self.hub.clone();
-        let outbox = self.entry.sink.clone();
+        let hub = self.peer.hub().clone();
+        let outbox = self.peer.entry().sink.clone();
         let cfg = hub.config();
         let heartbeat = cfg.ping_interval.max(Duration::from_millis(100));
         let stall = cfg.idle_timeout.max(heartbeat);
@@ -201,7 +260,7 @@ impl Task {
         let mut shutdown_seen = false;
         let mut was_held = false;
         while ending.is_none() {
-            let token_left = token_left(&self.entry, leeway);
+            let token_left = token_left(self.peer.entry(), leeway);
             // The session's own replies waiting: its commands wait too.
             let held = outbox.input_held();
             if held && !was_held {
@@ -269,7 +328,7 @@ impl Task {
                 }
                 () = shutdown.cancelled(), if !shutdown_seen => {
                     shutdown_seen = true;
-                    outbox.close(CloseReason::Restarting(1012));
+                    outbox.close(self.peer.shutdown_reason());
                     continue;
                 }
             };
@@ -281,8 +340,7 @@ impl Task {
             }
         }
         outbox.close(CloseReason::Normal(1000));
-        let (label, code) = ending.unwrap_or(("normal", 1000));
-        hub.unregister(&self.entry, (label, code));
+        self.peer.closed(ending.unwrap_or(("normal", 1000)));
     }
 
     /// One command, as a WebSocket connection's text message is handled (a fetch it needs is
@@ -293,13 +351,10 @@ impl Task {
         };
         let mut cork = HubCork::new();
         let mut pre = None;
-        while let Some(fetch) = self
-            .hub
-            .on_command(&self.entry, text, pre.take(), &mut cork)
-        {
+        while let Some(fetch) = self.peer.on_text(text, pre.take(), &mut cork) {
             pre = Some(fetch.await);
         }
-        self.hub.flush(&mut cork, Instant::now());
+        self.peer.hub().flush(&mut cork, Instant::now());
     }
 }
 

@@ -22,7 +22,7 @@ use crate::auth::Identity;
 use crate::frame;
 use crate::frame::deflate::{self, Agreed};
 use crate::history::Position;
-use crate::hub::{Hub, Session};
+use crate::hub::{Hub, Peer};
 use crate::manager::{ConnInfo, Grants, Protocol};
 use crate::outbox::Outbox;
 use crate::problem::Problem;
@@ -317,17 +317,14 @@ pub async fn ws_handler(State(hub): State<Hub>, mut req: Request) -> Response {
     // ~480 bytes of subscriber state (measured at 15k connections); nothing inside a
     // connection logs above debug except through the hub, which names the connection itself.
     let span = tracing::debug_span!("conn", id = %id, remote = ?hs.remote);
-    let role = Role::Hub {
-        hub: hub.clone(),
-        entry,
-    };
+    let role = Role::Peer(Peer::new(hub.clone(), entry));
     hub.tasks()
         .spawn(run_upgraded(hs.on_upgrade, outbox, role, params).instrument(span));
     switching_protocols(&hs.accept, hs.v1, hs.deflate)
 }
 
 /// Why a Pusher client is refused once upgraded: the protocol's own error and close code.
-fn pusher_refusal(
+pub(super) fn pusher_refusal(
     hub: &Hub,
     key: &str,
     req: &Request,
@@ -405,18 +402,8 @@ pub async fn pusher_handler(
             info.protocol = Protocol::Pusher;
             info.deflate = deflate.is_some_and(|d| d.takes_shared());
             let entry = hub.register(info, Grants::default(), None, None);
-            let session = Session::new(app, entry.id);
-            let _ = entry
-                .sink
-                .push(pusher::connection_established(&session.socket_id()));
-            (
-                entry.sink.clone(),
-                Role::Pusher {
-                    hub: hub.clone(),
-                    entry,
-                    session: Box::new(session),
-                },
-            )
+            let outbox = entry.sink.clone();
+            (outbox, Role::Peer(Peer::pusher(hub.clone(), entry, app)))
         }
         Err((code, why)) => {
             let outbox = Arc::new(hub.new_outbox());
@@ -466,15 +453,7 @@ async fn run_upgraded(on_upgrade: OnUpgrade, outbox: Arc<Outbox>, role: Role, pa
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
-            match &role {
-                Role::Hub { hub, entry } => hub.unregister(entry, ("upgrade_failed", 1006)),
-                Role::Pusher {
-                    hub,
-                    entry,
-                    session,
-                } => hub.pusher_closed(entry, session, ("upgrade_failed", 1006)),
-                Role::Echo(_) | Role::Refused(_) => {}
-            }
+            role.closed(("upgrade_failed", 1006));
             return;
         }
     };
