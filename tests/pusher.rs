@@ -646,7 +646,7 @@ async fn pusher_http_fallbacks_answer_bad_requests_and_close_vanished_sessions()
     assert_eq!(r.status, 404);
     assert!(String::from_utf8_lossy(&r.body).contains("xhr_streaming"));
     // An unknown key: the protocol's error and close code, as on WebSocket.
-    let r = post(format!("/pusher/app/nokey/1/efgh/xhr?protocol=7"), b"").await;
+    let r = post("/pusher/app/nokey/1/efgh/xhr?protocol=7".to_owned(), b"").await;
     let text = String::from_utf8(r.body).unwrap();
     assert!(
         text.starts_with("o\na[") && text.ends_with("c[4001,\"no app has the key `nokey`\"]\n"),

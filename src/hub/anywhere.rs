@@ -106,11 +106,11 @@ impl Hub {
         code: u16,
         reason: &str,
     ) -> Result<bool, BackplaneError> {
-        let remote = Publication::Disconnect {
+        let remote = Publication::from(crate::wire::Disconnect {
             to: id.to_string(),
             code,
             reason: reason.to_owned(),
-        };
+        });
         self.on_connection(id, |h| h.close_connection(id, code, reason), remote)
             .await
     }
@@ -125,12 +125,12 @@ impl Hub {
         id: ConnId,
         message: &RawValue,
     ) -> Result<bool, BackplaneError> {
-        let remote = Publication::Direct {
+        let remote = Publication::from(crate::wire::DirectMessage {
             to: id.to_string(),
             from: None,
             user: None,
             message: message.to_owned(),
-        };
+        });
         self.on_connection(id, |h| h.send_to_connection(id, message), remote)
             .await
     }
@@ -145,11 +145,11 @@ impl Hub {
         id: ConnId,
         group: &str,
     ) -> Result<bool, BackplaneError> {
-        let remote = Publication::Member {
+        let remote = Publication::from(crate::wire::MemberChange {
             to: id.to_string(),
             group: group.to_owned(),
             add: true,
-        };
+        });
         self.on_connection(id, |_| false, remote).await
     }
 
@@ -163,11 +163,11 @@ impl Hub {
         id: ConnId,
         group: &str,
     ) -> Result<bool, BackplaneError> {
-        let remote = Publication::Member {
+        let remote = Publication::from(crate::wire::MemberChange {
             to: id.to_string(),
             group: group.to_owned(),
             add: false,
-        };
+        });
         self.on_connection(id, |h| h.remove_from_group(id, group), remote)
             .await
     }
@@ -352,12 +352,12 @@ impl Hub {
         if n > 0 {
             let mut cork = HubCork::new();
             self.publish(
-                Publication::User {
+                Publication::from(crate::wire::UserMessage {
                     to: user.to_owned(),
                     from: None,
                     user: None,
                     message: message.to_owned(),
-                },
+                }),
                 &mut cork,
             );
             cork.flush();

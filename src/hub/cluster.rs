@@ -126,9 +126,9 @@ impl Hub {
                     return;
                 };
                 let mut cork = HubCork::new();
-                let alive = Publication::Alive {
+                let alive = Publication::from(crate::wire::Alive {
                     node: hub.node_id().to_owned(),
-                };
+                });
                 hub.publish(alive, &mut cork);
                 hub.forget_silent_nodes(ttl);
             }
@@ -182,9 +182,9 @@ impl Hub {
             // Every node (this one included) announces its presence members again: a newcomer
             // learns them, and whoever forgot this node's while it was away relearns them.
             let mut cork = HubCork::new();
-            let resync = Publication::Resync {
+            let resync = Publication::from(crate::wire::Resync {
                 node: self.node_id().to_owned(),
-            };
+            });
             self.publish(resync, &mut cork);
             self.load_revocations();
         } else {
@@ -287,7 +287,7 @@ impl Hub {
         message: &RawValue,
         opts: &super::PublishOptions,
     ) -> Publication {
-        Publication::Group {
+        Publication::from(crate::wire::GroupMessage {
             group: group.to_owned(),
             from: from.map(str::to_owned),
             user: user.map(str::to_owned),
@@ -297,7 +297,7 @@ impl Hub {
             ttl_ms: opts
                 .ttl
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
-        }
+        })
     }
 
     /// A text to everyone as it travels between nodes.
@@ -306,10 +306,10 @@ impl Hub {
             Kind::ServerBroadcast => AllKind::ServerBroadcast,
             _ => AllKind::Message,
         };
-        Publication::All {
+        Publication::from(crate::wire::AllMessage {
             kind,
             from: from.map(str::to_owned),
             text: text.to_owned(),
-        }
+        })
     }
 }

@@ -16,6 +16,7 @@ use crate::frame::{self, Frame, OpCode};
 use crate::id::ConnId;
 use crate::manager::{Audience, Delivery, Frames, Protocol};
 use crate::protocol::{pusher, v1};
+use crate::wire::{Control, Data};
 use std::cell::OnceCell;
 
 /// Who numbers a stream publication being delivered.
@@ -41,7 +42,7 @@ pub struct Published {
 /// A publication's frames, one per protocol, each encoded once when a recipient of that
 /// protocol first needs it (a group without Pusher subscribers never builds a Pusher frame).
 pub(crate) struct Encoded<'p> {
-    p: &'p Publication,
+    p: &'p Data,
     offset: Option<u64>,
     plain: OnceCell<Option<Frame>>,
     v1: OnceCell<Option<Frame>>,
@@ -51,7 +52,7 @@ pub(crate) struct Encoded<'p> {
 }
 
 impl<'p> Encoded<'p> {
-    pub(crate) fn new(p: &'p Publication, offset: Option<u64>) -> Self {
+    pub(crate) fn new(p: &'p Data, offset: Option<u64>) -> Self {
         Self {
             p,
             offset,
@@ -74,27 +75,21 @@ impl<'p> Encoded<'p> {
 
     fn encode_v1(&self) -> Option<Frame> {
         Some(match self.p {
-            Publication::Group {
-                group,
-                from,
-                user,
-                message,
-                ..
-            } => v1::delivery(
+            Data::Group(m) => v1::delivery(
                 "message",
-                Some(group),
+                Some(&m.group),
                 self.offset,
-                from.as_deref(),
-                user.as_deref(),
-                message,
+                m.from.as_deref(),
+                m.user.as_deref(),
+                &m.message,
             ),
-            Publication::Event {
+            Data::Event(crate::wire::ChannelEvent {
                 group,
                 event,
                 data,
                 user_id,
                 ..
-            } => {
+            }) => {
                 #[derive(serde::Serialize)]
                 struct Wrapped<'a> {
                     event: &'a str,
@@ -110,11 +105,11 @@ impl<'p> Encoded<'p> {
                     &message,
                 )
             }
-            Publication::All { kind, from, text } => match self.offset {
-                Some(o) => self.body(from, text).frame(all_kind(*kind), Some(o)),
+            Data::All(m) => match self.offset {
+                Some(o) => self.body(&m.from, &m.text).frame(all_kind(m.kind), Some(o)),
                 None => return self.encode_plain(),
             },
-            _ => return None,
+            Data::Binary(_) | Data::System(_) | Data::User(_) | Data::Direct(_) => return None,
         })
     }
 
@@ -126,33 +121,30 @@ impl<'p> Encoded<'p> {
 
     fn encode_plain(&self) -> Option<Frame> {
         match self.p {
-            Publication::All { kind, from, text } => {
-                Some(self.body(from, text).frame(all_kind(*kind), None))
-            }
+            Data::All(m) => Some(self.body(&m.from, &m.text).frame(all_kind(m.kind), None)),
             // Plain connections in a group (added through the REST API) get what v1 ones get.
-            Publication::Group { .. } | Publication::Event { .. } => self.v1().cloned(),
-            _ => None,
+            Data::Group(_) | Data::Event(_) => self.v1().cloned(),
+            Data::Binary(_) | Data::System(_) | Data::User(_) | Data::Direct(_) => None,
         }
     }
 
     fn encode_pusher(&self) -> Option<Frame> {
         Some(match self.p {
-            Publication::Group { group, message, .. } => {
-                pusher::event("message", crate::apps::channel_name(group), message, None)
-            }
-            Publication::Event {
-                group,
-                event,
-                data,
-                user_id,
-                ..
-            } => pusher::event(
-                event,
-                crate::apps::channel_name(group),
-                data,
-                user_id.as_deref(),
+            Data::Group(m) => pusher::event(
+                "message",
+                crate::apps::channel_name(&m.group),
+                &m.message,
+                None,
             ),
-            _ => return None,
+            Data::Event(e) => pusher::event(
+                &e.event,
+                crate::apps::channel_name(&e.group),
+                &e.data,
+                e.user_id.as_deref(),
+            ),
+            Data::All(_) | Data::Binary(_) | Data::System(_) | Data::User(_) | Data::Direct(_) => {
+                return None
+            }
         })
     }
 
@@ -221,7 +213,7 @@ impl Hub {
     }
 
     /// The frame of a stream publication as a `wshub.v1` client gets it (for history).
-    pub(crate) fn v1_frame(p: &Publication, offset: Option<u64>) -> Option<Frame> {
+    pub(crate) fn v1_frame(p: &Data, offset: Option<u64>) -> Option<Frame> {
         Encoded::new(p, offset).v1().cloned()
     }
 
@@ -247,187 +239,182 @@ impl Hub {
         d
     }
 
-    /// Delivers one publication to the local connections it is for. A stream publication is
-    /// numbered as `numbering` says and recorded in the local history, all under the stream's
-    /// lock, then offered to the members before the lock is released: each is either in a
-    /// recovering client's replay or delivered to it live, never both (see `crate::history`).
-    /// A position already seen (a duplicate from the bus) is dropped.
+    /// Delivers one publication on this node: data to the local connections it is for
+    /// ([`deliver_data`](Self::deliver_data)), a control message applied
+    /// ([`apply`](Self::apply)).
     pub(crate) fn deliver(
         &self,
         p: &Publication,
         numbering: Numbering<'_>,
         cork: &mut HubCork,
     ) -> Published {
-        if let Some(stream) = p.stream() {
-            return self.deliver_to_stream(p, stream, numbering, cork);
+        match p {
+            Publication::Data(d) => self.deliver_data(d, numbering, cork),
+            Publication::Control(c) => Published {
+                delivery: self.apply(c, cork),
+                offset: None,
+            },
         }
-        let delivery = match p {
-            Publication::Binary { data } => {
-                self.publish_corked(Audience::All, &frame::encode(OpCode::Binary, data), cork)
+    }
+
+    /// Delivers a message to the local connections it is for. A stream message is numbered
+    /// as `numbering` says and recorded in the local history, all under the stream's lock,
+    /// then offered to the members before the lock is released: each is either in a
+    /// recovering client's replay or delivered to it live, never both (see `crate::history`).
+    /// A position already seen (a duplicate from the bus) is dropped.
+    fn deliver_data(&self, d: &Data, numbering: Numbering<'_>, cork: &mut HubCork) -> Published {
+        if let Some(stream) = d.stream() {
+            return self.deliver_to_stream(d, stream, numbering, cork);
+        }
+        let delivery = match d {
+            Data::Binary(b) => {
+                self.publish_corked(Audience::All, &frame::encode(OpCode::Binary, &b.data), cork)
             }
-            Publication::System { text } => self.publish_corked(
+            Data::System(m) => self.publish_corked(
                 Audience::Plain,
-                &envelope::encode(Kind::System, None, text),
+                &envelope::encode(Kind::System, None, &m.text),
                 cork,
             ),
-            Publication::Membership {
-                group,
-                joined,
-                connection,
-                user,
-                except,
-                node,
-                info,
-            } => {
-                if let Some(node) = node {
-                    // Heard from: a node that dies before its first heartbeat reaches us is
-                    // still forgotten (and its groups vacated) after the node TTL.
-                    self.node_alive(node);
-                    let (before, after) = self.shared.occupancy.change(group, node, *joined);
-                    if before != after {
-                        self.occupancy_changed(group, node, before, after);
-                    }
-                }
-                if self.is_silent(group) {
-                    // No joined/left events in this group (it is too large for them).
-                    Delivery::default()
-                } else {
-                    let f = v1::membership(
-                        *joined,
-                        group,
-                        connection,
-                        user.as_deref(),
-                        info.as_deref(),
-                    );
-                    match except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
-                        Some(id) => self.publish_corked(Audience::GroupExcept(group, id), &f, cork),
-                        None => self.publish_corked(Audience::Group(group), &f, cork),
-                    }
-                }
-            }
-            Publication::User {
-                to,
-                from,
-                user,
-                message,
-            }
-            | Publication::Direct {
-                to,
-                from,
-                user,
-                message,
-            } => {
+            Data::User(m) => {
                 let f = v1::delivery(
                     "direct",
                     None,
                     None,
-                    from.as_deref(),
-                    user.as_deref(),
-                    message,
+                    m.from.as_deref(),
+                    m.user.as_deref(),
+                    &m.message,
                 );
-                if matches!(p, Publication::User { .. }) {
-                    self.publish_corked(Audience::User(to), &f, cork)
-                } else {
-                    let delivered = match to.parse::<ConnId>() {
-                        Ok(id) => usize::from(self.send_corked(id, &f, cork)),
-                        Err(_) => 0,
-                    };
-                    Delivery {
-                        delivered,
-                        ..Delivery::default()
-                    }
+                self.publish_corked(Audience::User(&m.to), &f, cork)
+            }
+            Data::Direct(m) => {
+                let f = v1::delivery(
+                    "direct",
+                    None,
+                    None,
+                    m.from.as_deref(),
+                    m.user.as_deref(),
+                    &m.message,
+                );
+                let delivered = match m.to.parse::<ConnId>() {
+                    Ok(id) => usize::from(self.send_corked(id, &f, cork)),
+                    Err(_) => 0,
+                };
+                Delivery {
+                    delivered,
+                    ..Delivery::default()
                 }
             }
-            Publication::Disconnect { to, code, reason } => {
-                if let Ok(id) = to.parse::<ConnId>() {
+            // Streams: above.
+            Data::Group(_) | Data::All(_) | Data::Event(_) => Delivery::default(),
+        };
+        Published {
+            delivery,
+            offset: None,
+        }
+    }
+
+    /// Applies what another node (or this one) told the cluster: memberships and counts,
+    /// presence, settling, revocations, liveness, operations on a local connection. What it
+    /// tells clients (`joined`/`left`, `member_added`) is what it delivered.
+    fn apply(&self, c: &Control, cork: &mut HubCork) -> Delivery {
+        match c {
+            Control::Membership(m) => {
+                if let Some(node) = &m.node {
+                    // Heard from: a node that dies before its first heartbeat reaches us is
+                    // still forgotten (and its groups vacated) after the node TTL.
+                    self.node_alive(node);
+                    let (before, after) = self.shared.occupancy.change(&m.group, node, m.joined);
+                    if before != after {
+                        self.occupancy_changed(&m.group, node, before, after);
+                    }
+                }
+                if self.is_silent(&m.group) {
+                    // No joined/left events in this group (it is too large for them).
+                    return Delivery::default();
+                }
+                let f = v1::membership(
+                    m.joined,
+                    &m.group,
+                    &m.connection,
+                    m.user.as_deref(),
+                    m.info.as_deref(),
+                );
+                match m.except.as_deref().and_then(|e| e.parse::<ConnId>().ok()) {
+                    Some(id) => self.publish_corked(Audience::GroupExcept(&m.group, id), &f, cork),
+                    None => self.publish_corked(Audience::Group(&m.group), &f, cork),
+                }
+            }
+            Control::Disconnect(d) => {
+                if let Ok(id) = d.to.parse::<ConnId>() {
                     self.disconnect(
                         id,
                         CloseReason::Disconnected {
-                            code: *code,
-                            reason: std::sync::Arc::from(reason.as_str()),
+                            code: d.code,
+                            reason: std::sync::Arc::from(d.reason.as_str()),
                         },
                     );
                 }
                 Delivery::default()
             }
-            Publication::Member { to, group, add } => {
-                if let Ok(id) = to.parse::<ConnId>() {
-                    if *add {
-                        let _ = self.add_to_group(id, group);
+            Control::Member(m) => {
+                if let Ok(id) = m.to.parse::<ConnId>() {
+                    if m.add {
+                        let _ = self.add_to_group(id, &m.group);
                     } else {
-                        self.remove_from_group(id, group);
+                        self.remove_from_group(id, &m.group);
                     }
                 }
                 Delivery::default()
             }
-            Publication::Presence {
-                group,
-                user_id,
-                added,
-                info,
-                connection,
-                node,
-            } => {
-                self.node_alive(node);
+            Control::Presence(p) => {
+                self.node_alive(&p.node);
                 self.apply_presence(
-                    group,
-                    user_id,
-                    *added,
-                    info.as_deref(),
-                    connection,
-                    node,
-                    *node == *self.node_id(),
+                    &p.group,
+                    &p.user_id,
+                    p.added,
+                    p.info.as_deref(),
+                    &p.connection,
+                    &p.node,
+                    *p.node == *self.node_id(),
                     cork,
                 )
             }
-            Publication::Revoke {
-                user,
-                close,
-                before,
-            } => {
-                self.apply_revoke(user, close.as_ref(), *before);
+            Control::Revoke(r) => {
+                self.apply_revoke(&r.user, r.close.as_ref(), r.before);
                 Delivery::default()
             }
-            Publication::Settle { group, user, node } => {
-                self.apply_settle(group, user.as_deref(), node);
+            Control::Settle(s) => {
+                self.apply_settle(&s.group, s.user.as_deref(), &s.node);
                 Delivery::default()
             }
-            Publication::Alive { node } => {
-                self.node_alive(node);
+            Control::Alive(a) => {
+                self.node_alive(&a.node);
                 Delivery::default()
             }
-            Publication::Resync { node } => {
-                self.node_alive(node);
-                self.resync_presence(node);
+            Control::Resync(r) => {
+                self.node_alive(&r.node);
+                self.resync_presence(&r.node);
                 self.announce_occupancy();
                 Delivery::default()
             }
-            Publication::Occupancy {
-                node,
-                groups,
-                users,
-                first,
-            } => {
-                self.node_alive(node);
-                self.shared.occupancy.replace(node, groups, users, *first);
+            Control::Occupancy(o) => {
+                self.node_alive(&o.node);
+                self.shared
+                    .occupancy
+                    .replace(&o.node, &o.groups, &o.users, o.first);
                 Delivery::default()
             }
-            Publication::Online { user, node, online } => {
-                self.node_alive(node);
-                self.shared.occupancy.user_change(user, node, *online);
+            Control::Online(o) => {
+                self.node_alive(&o.node);
+                self.shared
+                    .occupancy
+                    .user_change(&o.user, &o.node, o.online);
                 Delivery::default()
             }
-            Publication::Terminate { app, user } => {
-                self.terminate_here(app, user);
+            Control::Terminate(t) => {
+                self.terminate_here(&t.app, &t.user);
                 Delivery::default()
             }
-            Publication::Group { .. } | Publication::All { .. } | Publication::Event { .. } => {
-                Delivery::default()
-            }
-        };
-        Published {
-            delivery,
-            offset: None,
         }
     }
 
@@ -450,13 +437,13 @@ impl Hub {
 
     fn deliver_to_stream(
         &self,
-        p: &Publication,
+        p: &Data,
         stream: StreamName<'_>,
         numbering: Numbering<'_>,
         cork: &mut HubCork,
     ) -> Published {
         let except = match p {
-            Publication::Event { except, .. } => except.as_deref().and_then(|e| e.parse().ok()),
+            Data::Event(e) => e.except.as_deref().and_then(|e| e.parse().ok()),
             _ => None,
         };
         let audience = match (stream, except) {
@@ -476,11 +463,7 @@ impl Hub {
             };
         }
         let idem = match p {
-            Publication::Group {
-                group,
-                idempotency_key: Some(k),
-                ..
-            } => Some((group.as_str(), k.as_str())),
+            Data::Group(m) => m.idempotency_key.as_deref().map(|k| (m.group.as_str(), k)),
             _ => None,
         };
         let s = self.stream_ref(stream);
@@ -530,16 +513,14 @@ impl Hub {
             return Published::default();
         };
         let ttl = match p {
-            Publication::Group {
-                ttl_ms: Some(ms), ..
-            } => Some(std::time::Duration::from_millis(*ms)),
+            Data::Group(m) => m.ttl_ms.map(std::time::Duration::from_millis),
             _ => None,
         };
         s.append_for(kept, ttl);
         Self::keep_cached(&mut s, Self::is_cache(stream), &frames);
         let tag = match (stream, p) {
-            (StreamName::Group(g), Publication::Group { key, .. }) => {
-                self.shared.policies.tag(g, offset, key.as_deref(), ttl)
+            (StreamName::Group(g), Data::Group(m)) => {
+                self.shared.policies.tag(g, offset, m.key.as_deref(), ttl)
             }
             (StreamName::Group(g), _) => self.shared.policies.tag(g, offset, None, None),
             (StreamName::All, _) => None,

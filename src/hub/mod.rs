@@ -622,7 +622,10 @@ impl Hub {
     fn announce(&self, text: String) {
         let mut cork = Cork::new();
         if self
-            .publish(crate::backplane::Publication::System { text }, &mut cork)
+            .publish(
+                crate::wire::Publication::from(crate::wire::SystemMessage { text }),
+                &mut cork,
+            )
             .is_some()
         {
             cork.flush_deferred();
@@ -849,9 +852,9 @@ impl Hub {
     pub(crate) fn on_binary(&self, from: ConnId, data: &[u8], cork: &mut HubCork) {
         self.count_in(data.len());
         self.send_corked(from, &frame::encode(OpCode::Binary, data), cork);
-        let p = crate::backplane::Publication::Binary {
+        let p = crate::wire::Publication::from(crate::wire::BinaryMessage {
             data: data.to_vec(),
-        };
+        });
         self.publish(p, cork);
     }
 
@@ -889,17 +892,17 @@ impl Hub {
         // An authenticated member of a group with presence is a presence member, on every
         // node (the same table as Pusher's presence channels).
         if let Some(user) = user.filter(|_| self.presence_tracked(group)) {
-            let p = crate::backplane::Publication::Presence {
+            let p = crate::wire::Publication::from(crate::wire::PresenceChange {
                 group: group.to_owned(),
                 user_id: user.to_owned(),
                 added: joined,
                 info: info.clone(),
                 connection: id.to_string(),
                 node: self.node_id().to_owned(),
-            };
+            });
             self.publish(p, cork);
         }
-        let p = crate::backplane::Publication::Membership {
+        let p = crate::wire::Publication::from(crate::wire::Membership {
             group: group.to_owned(),
             joined,
             connection: id.short(),
@@ -907,7 +910,7 @@ impl Hub {
             except: except.map(|e| e.to_string()),
             node: Some(self.node_id().to_owned()),
             info,
-        };
+        });
         self.publish(p, cork);
         if joined {
             member_webhook();
@@ -917,11 +920,11 @@ impl Hub {
     /// A connection of `user` opened or closed: counted on every node.
     fn user_online(&self, user: &str, online: bool) {
         let mut cork = Cork::new();
-        let p = crate::backplane::Publication::Online {
+        let p = crate::wire::Publication::from(crate::wire::Online {
             user: user.to_owned(),
             node: self.node_id().to_owned(),
             online,
-        };
+        });
         self.publish(p, &mut cork);
     }
 

@@ -162,12 +162,12 @@ impl Hub {
                     .cloned()
                     .collect::<Vec<_>>()
             };
-            let p = Publication::Occupancy {
+            let p = Publication::from(crate::wire::Occupancy {
                 node: self.node_id().to_owned(),
                 groups: slice(&groups),
                 users: slice(&users),
                 first: i == 0,
-            };
+            });
             self.publish(p, &mut cork);
         }
         cork.flush();

@@ -131,7 +131,10 @@ impl Hub {
                         if age >= ttl {
                             return None;
                         }
-                        let v1 = Self::v1_frame(&st.publication, Some(st.offset))?;
+                        let crate::wire::Publication::Data(d) = &st.publication else {
+                            return None;
+                        };
+                        let v1 = Self::v1_frame(d, Some(st.offset))?;
                         Some((st.offset, age, v1))
                     })
                     .collect();
@@ -233,18 +236,18 @@ impl Hub {
             return Some(0);
         }
         let p = match to {
-            v1::Target::Connection(id) => Publication::Direct {
+            v1::Target::Connection(id) => Publication::from(crate::wire::DirectMessage {
                 to: id.to_string(),
                 from: from.map(str::to_owned),
                 user: user.map(str::to_owned),
                 message: message.to_owned(),
-            },
-            v1::Target::User(u) => Publication::User {
+            }),
+            v1::Target::User(u) => Publication::from(crate::wire::UserMessage {
                 to: u.to_string(),
                 from: from.map(str::to_owned),
                 user: user.map(str::to_owned),
                 message: message.to_owned(),
-            },
+            }),
         };
         self.publish(p, cork);
         Some(n)

@@ -101,11 +101,11 @@ impl Hub {
             .collect();
         let mut cork = HubCork::new();
         for (group, user) in keys {
-            let p = Publication::Settle {
+            let p = Publication::from(crate::wire::Settle {
                 group: group.to_string(),
                 user,
                 node: self.node_id().to_owned(),
-            };
+            });
             self.publish(p, &mut cork);
         }
         cork.flush();
@@ -114,11 +114,11 @@ impl Hub {
     /// Queues the settle of a hold for when the delay is over (the delay is the same for all:
     /// a queue in order of deadline, one task).
     fn queue_settle(&self, group: &str, user: Option<&str>) {
-        let p = Publication::Settle {
+        let p = Publication::from(crate::wire::Settle {
             group: group.to_owned(),
             user: user.map(str::to_owned),
             node: self.node_id().to_owned(),
-        };
+        });
         let Some(tx) = self.settle_queue() else {
             self.publish_settle(p);
             return;

@@ -116,11 +116,11 @@ impl Hub {
         revoke: bool,
     ) -> Result<Option<u64>, RevokeError> {
         let before = revoke.then(now_unix);
-        let p = Publication::Revoke {
+        let p = Publication::from(crate::wire::Revoke {
             user: user.to_owned(),
             close: Some((code, reason.to_owned())),
             before,
-        };
+        });
         let mut cork = HubCork::new();
         match self.shared_bus() {
             Some(c) => c

@@ -187,14 +187,14 @@ impl Hub {
         cork: &mut HubCork,
     ) {
         self.publish(
-            Publication::Presence {
+            Publication::from(crate::wire::PresenceChange {
                 group: stream.to_string(),
                 user_id: user.to_owned(),
                 added: false,
                 info: None,
                 connection: id.to_string(),
                 node: self.node_id().to_owned(),
-            },
+            }),
             cork,
         );
     }
@@ -237,13 +237,15 @@ impl Hub {
                         m.conns
                             .iter()
                             .filter(|(n, _)| **n == *self.shared.node)
-                            .map(move |(_, c)| Publication::Presence {
-                                group: group.to_string(),
-                                user_id: user.clone(),
-                                added: true,
-                                info: m.info.clone(),
-                                connection: c.to_string(),
-                                node: self.node_id().to_owned(),
+                            .map(move |(_, c)| {
+                                Publication::from(crate::wire::PresenceChange {
+                                    group: group.to_string(),
+                                    user_id: user.clone(),
+                                    added: true,
+                                    info: m.info.clone(),
+                                    connection: c.to_string(),
+                                    node: self.node_id().to_owned(),
+                                })
                             })
                     })
                 })

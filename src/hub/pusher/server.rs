@@ -107,13 +107,13 @@ impl Hub {
         self.ensure_group_stream(&stream).map_err(HubError::from)?;
         let started = std::time::Instant::now();
         let mut cork = HubCork::new();
-        let p = Publication::Event {
+        let p = Publication::from(crate::wire::ChannelEvent {
             group: stream,
             event: event.to_owned(),
             data,
             user_id: None,
             except: except.map(|e| e.to_string()),
-        };
+        });
         // Unlike a client's publication, an API call that the backplane cannot take now is
         // refused (429, or 503 while the engine is out of reach), not delivered on this node
         // only.
@@ -166,10 +166,10 @@ impl Hub {
 
     /// Closes every connection of `user` signed in to `app`, on every node.
     pub fn terminate_user(&self, app: &App, user: &str) {
-        let p = Publication::Terminate {
+        let p = Publication::from(crate::wire::Terminate {
             app: app.id.clone(),
             user: user.to_owned(),
-        };
+        });
         let mut cork = HubCork::new();
         self.publish(p, &mut cork);
         cork.flush();

@@ -45,9 +45,13 @@ impl Hub {
             })
             .await;
             let frame = match last {
-                Ok(Ok(Some(s))) => crate::hub::deliver::Encoded::new(&s.publication, None)
+                Ok(Ok(Some(crate::wire::Stored {
+                    publication: crate::wire::Publication::Data(d),
+                    ..
+                }))) => crate::hub::deliver::Encoded::new(&d, None)
                     .pusher()
                     .cloned(),
+                Ok(Ok(Some(_))) => None,
                 Ok(Ok(None)) => None,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "a cache channel's last event could not be read");
@@ -197,14 +201,14 @@ impl Hub {
                 // back in a cluster (so the list is the cluster's at that point of its order).
                 session.with(|s| s.presence.push((Arc::from(stream.as_str()), user.clone())));
                 self.publish(
-                    Publication::Presence {
+                    Publication::from(crate::wire::PresenceChange {
                         group: stream,
                         user_id: user,
                         added: true,
                         info,
                         connection: me.id.to_string(),
                         node: self.node_id().to_owned(),
-                    },
+                    }),
                     cork,
                 );
                 return Ok(frames);
@@ -389,13 +393,13 @@ impl Hub {
             }
             e
         });
-        let p = Publication::Event {
+        let p = Publication::from(crate::wire::ChannelEvent {
             user_id,
             group: stream,
             event: name.to_owned(),
             data,
             except: Some(me.id.to_string()),
-        };
+        });
         self.publish(p, cork);
         Ok(())
     }
