@@ -171,7 +171,8 @@ async fn serve(
             heartbeat: (args.node_ttl / 5).max(std::time::Duration::from_millis(100)),
             queue: args.publish_queue as usize,
             ..Default::default()
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         tracing::info!(node = %hub.node_id(), backplane = %args.backplane, "joining the cluster");
         wait_for_backplane(&hub, BACKPLANE_WAIT).await;
     }

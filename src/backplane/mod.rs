@@ -258,14 +258,14 @@ impl Tasks {
 /// Makes a node's side of the backplane `config` names; [`Tasks::start`] sets it going.
 ///
 /// # Errors
-/// When the URL is not usable at all (nothing was made).
+/// [`AttachError`]: the URL or the prefix is not usable (nothing was made).
 pub fn prepare(
     history: HistoryConfig,
     config: BackplaneConfig,
     node: Arc<str>,
-) -> Result<(Arc<Cluster>, Tasks), String> {
+) -> Result<(Arc<Cluster>, Tasks), AttachError> {
     let engine: Arc<dyn Engine> = match &config.url {
-        BackplaneUrl::Memory => return Err("the memory backplane needs no cluster".into()),
+        BackplaneUrl::Memory => return Err(AttachError::Memory),
         BackplaneUrl::Redis(url) => Arc::new(redis::RedisEngine::new(url, &config.prefix, &node)?),
         BackplaneUrl::Nats(url) => Arc::new(nats::NatsEngine::new(
             url,
@@ -302,6 +302,31 @@ pub fn prepare(
         entries: entries_rx,
     };
     Ok((cluster, tasks))
+}
+
+/// Why a backplane could not be attached (nothing was made; the hub stays a single node).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// The URL is not one the engine's client can use.
+    #[error("--backplane {url}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What the engine's client said.
+        reason: String,
+    },
+    /// The key prefix has characters the engine's names cannot carry.
+    #[error("backplane prefix `{0}`: letters, digits, _ and - only")]
+    BadPrefix(String),
+    /// The node id cannot name keys and subjects.
+    #[error("node id `{0}`: a node id is 1 to 64 characters from A-Z a-z 0-9 _ - .")]
+    BadNodeId(String),
+    /// `memory://` is a single node: there is no cluster to attach.
+    #[error("the memory backplane needs no cluster")]
+    Memory,
+    /// This hub has a backplane already.
+    #[error("a backplane is already attached")]
+    AlreadyAttached,
 }
 
 /// Why the engine could not do something (it is unreachable, or answered with an error).

@@ -115,14 +115,12 @@ impl NatsEngine {
         node: &Arc<str>,
         history: HistoryConfig,
         ttl: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::AttachError> {
         if !prefix
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(format!(
-                "backplane prefix `{prefix}`: letters, digits, _ and - only"
-            ));
+            return Err(super::AttachError::BadPrefix(prefix.to_owned()));
         }
         Ok(Self {
             url: url.to_owned(),

@@ -67,9 +67,17 @@ pub struct RedisEngine {
 }
 
 impl RedisEngine {
-    pub(crate) fn new(url: &str, prefix: &str, node: &Arc<str>) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--backplane {url}: {e}"))?;
-        let conn = Self::manager(&client).map_err(|e| format!("--backplane {url}: {e}"))?;
+    pub(crate) fn new(
+        url: &str,
+        prefix: &str,
+        node: &Arc<str>,
+    ) -> Result<Self, super::AttachError> {
+        let bad = |e: redis::RedisError| super::AttachError::BadUrl {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        };
+        let client = redis::Client::open(url).map_err(bad)?;
+        let conn = Self::manager(&client).map_err(bad)?;
         Ok(Self {
             client,
             conn: parking_lot::Mutex::new(conn),

@@ -90,11 +90,13 @@ impl Hub {
     /// the engine need not be up yet (the node starts degraded and connects in the background).
     ///
     /// # Errors
-    /// When the URL is unusable, or a backplane is already attached.
-    pub fn connect_backplane(&self, config: BackplaneConfig) -> Result<(), String> {
-        crate::wire::parse_node_id(self.node_id())?;
+    /// [`backplane::AttachError`]: the URL, the prefix or the node id is unusable, or a
+    /// backplane is already attached.
+    pub fn connect_backplane(&self, config: BackplaneConfig) -> Result<(), backplane::AttachError> {
+        crate::wire::parse_node_id(self.node_id())
+            .map_err(|_| backplane::AttachError::BadNodeId(self.node_id().to_owned()))?;
         if self.cluster().is_some() {
-            return Err("a backplane is already attached".to_owned());
+            return Err(backplane::AttachError::AlreadyAttached);
         }
         let (cluster, tasks) =
             backplane::prepare(self.shared.config.history, config, self.shared.node.clone())?;
@@ -105,7 +107,7 @@ impl Hub {
         self.shared
             .cluster
             .set(cluster)
-            .map_err(|_| "a backplane is already attached".to_owned())?;
+            .map_err(|_| backplane::AttachError::AlreadyAttached)?;
         tasks.start(Arc::new(NodeHandler(self.downgrade())));
         self.spawn_heartbeat();
         Ok(())
