@@ -41,10 +41,14 @@
 //!   [`backplane::Handler`] trait it defines.
 //! - [`hub`]: the handle every message goes through: register, announce, echo, broadcast,
 //!   groups, Pusher sessions (subscriptions, cluster-wide presence and occupancy, client
-//!   events, sign-in), and the one delivery path for what any protocol or node publishes.
-//! - [`transport`]: the upgrade handshakes (`/ws`, `/ws/echo`, Pusher's `/app/{key}`) and the
+//!   events, sign-in), the one publish entry ([`Hub::publish_to`]: a target, a message,
+//!   options), the one delivery path for what any protocol or node publishes, and
+//!   `hub::Peer`, the protocol session every transport drives.
+//! - [`transport`]: the transports, which move a `Peer`'s frames and know nothing of its
+//!   protocol: the WebSocket upgrades (`/ws`, `/ws/echo`, Pusher's `/app/{key}`) and the
 //!   per-connection task, a hand-written poll (reader, batched writer, keep-alive, closing
-//!   handshake).
+//!   handshake); the HTTP sessions (`/v1/sse`, `/v1/poll`, `/events`, Pusher's
+//!   `xhr_streaming` and `xhr_polling`), relayed to the session's node from any other.
 //! - [`api`]: the REST companion API, Pusher's signed HTTP API (`/apps/{id}/…`), the OpenAPI
 //!   document and Swagger UI.
 //! - [`config`], [`server`]: options, the accept loop (handing connections to the event
@@ -56,7 +60,10 @@
 //! let hub = wshub::Hub::new(wshub::HubConfig::default());
 //! let app = axum::Router::new().merge(wshub::router(hub.clone()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! hub.broadcast_text("hello from the backend");
+//! use wshub::hub::{Message, Target};
+//! hub.publish_to(Target::All, Message::Text("hello from the backend"), &Default::default())
+//!     .await
+//!     .ok();
 //! wshub::server::run(listener, hub, app, Default::default(), std::future::pending()).await
 //! # }
 //! ```

@@ -19,6 +19,7 @@ use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use wshub::backplane::{BackplaneConfig, BackplaneUrl};
+use wshub::hub::{Message, Target};
 use wshub::{Hub, HubConfig};
 
 const SECRET: &str = "cluster-test-secret-0123456789-32b";
@@ -1139,8 +1140,12 @@ async fn the_library_broadcast_answers_in_a_cluster() {
     let m = next_json_where(&mut there, |v| v["type"] == "server-broadcast").await;
     assert_eq!(m["message"], "from the library");
     assert_eq!(m["offset"], 1);
-    let (n, offset) = a.hub.broadcast_everywhere("awaited").await.unwrap();
-    assert_eq!((n, offset), (None, 2));
+    let done = a
+        .hub
+        .publish_to(Target::All, Message::Text("awaited"), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!((done.recipients, done.offset), (None, Some(2)));
 }
 
 /// A client that pipelines commands behind a publish ack waiting for a stalled backplane: the
@@ -1198,11 +1203,15 @@ async fn a_refused_backplane_leaves_the_hub_a_single_node() {
     };
     assert!(hub.connect_backplane(bad).is_err());
     assert!(hub.cluster().is_none());
-    assert_eq!(
-        hub.broadcast_text_at("still here").1,
-        1,
-        "numbered here, as before"
-    );
+    let done = hub
+        .publish_to(
+            Target::All,
+            Message::Text("still here"),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.offset, Some(1), "numbered here, as before");
     assert!(
         hub.render_metrics().contains("wshub_backplane_up 1"),
         "a single node's backplane is up"
@@ -1613,20 +1622,16 @@ async fn an_idempotency_key_is_cluster_wide(kind: Kind) {
     let ack = cmd(&mut m, json!({"id": 1, "type": "join", "group": "pay"})).await;
     assert_eq!(ack["type"], "ack", "{ack}");
     let msg = |s: &str| serde_json::value::to_raw_value(s).unwrap();
-    let first = a
-        .hub
-        .publish_everywhere("pay", &msg("once"), None, Some("k1"))
+    let first = publish_keyed(&a.hub, "pay", &msg("once"), None, Some("k1"))
         .await
         .unwrap();
     assert!(!first.duplicate);
     let v = next_json_where(&mut m, |v| v["type"] == "message").await;
     assert_eq!(
         (v["message"].as_str(), v["offset"].as_u64()),
-        (Some("once"), Some(first.offset))
+        (Some("once"), first.offset)
     );
-    let again = b
-        .hub
-        .publish_everywhere("pay", &msg("once"), None, Some("k1"))
+    let again = publish_keyed(&b.hub, "pay", &msg("once"), None, Some("k1"))
         .await
         .unwrap();
     assert!(again.duplicate);
@@ -1634,12 +1639,11 @@ async fn an_idempotency_key_is_cluster_wide(kind: Kind) {
     // The same key on both nodes at once.
     let race = msg("race");
     let (x, y) = tokio::join!(
-        a.hub.publish_everywhere("pay", &race, None, Some("k2")),
-        b.hub.publish_everywhere("pay", &race, None, Some("k2")),
+        publish_keyed(&a.hub, "pay", &race, None, Some("k2")),
+        publish_keyed(&b.hub, "pay", &race, None, Some("k2")),
     );
     assert!(x.is_ok() && y.is_ok());
-    a.hub
-        .publish_everywhere("pay", &msg("after"), None, None)
+    publish_keyed(&a.hub, "pay", &msg("after"), None, None)
         .await
         .unwrap();
     let mut races = 0;
@@ -1702,8 +1706,7 @@ async fn a_publisher_outrunning_the_backplane_is_told_to_retry(kind: Kind) {
     }
     assert!(accepted > 0 && accepted < 300, "{accepted} of 300 accepted");
     let end = serde_json::value::to_raw_value("end").unwrap();
-    a.hub
-        .publish_everywhere("flood", &end, None, None)
+    publish_keyed(&a.hub, "flood", &end, None, None)
         .await
         .unwrap();
     let mut got = 0;
@@ -1940,4 +1943,21 @@ async fn http_sessions_answer_on_any_node_without_sticky_sessions(kind: Kind) {
     drop(s);
     a.stop().await;
     b.stop().await;
+}
+
+/// A group publication through the one publish entry, with an idempotency key.
+async fn publish_keyed(
+    hub: &Hub,
+    group: &str,
+    message: &serde_json::value::RawValue,
+    key: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<wshub::hub::Outcome, wshub::hub::PublishError> {
+    let opts = wshub::hub::PublishOptions {
+        key: key.map(str::to_owned),
+        idempotency_key: idempotency_key.map(str::to_owned),
+        ttl: None,
+    };
+    hub.publish_to(Target::Group(group), Message::Json(message), &opts)
+        .await
 }

@@ -134,10 +134,21 @@ async fn slow_readers_get_their_groups_policy_and_fast_ones_everything() {
 
     for seq in 0..N {
         let m = payload(seq);
-        srv.hub.publish_to_group_at("feed:a", &m);
-        let key = format!("k{}", seq % 4);
-        srv.hub.publish_to_group_keyed("tick:a", &m, Some(&key));
-        srv.hub.publish_to_group_at("room", &m);
+        let none = wshub::hub::PublishOptions::default();
+        let keyed = wshub::hub::PublishOptions {
+            key: Some(format!("k{}", seq % 4)),
+            ..Default::default()
+        };
+        for (group, opts) in [("feed:a", &none), ("tick:a", &keyed), ("room", &none)] {
+            srv.hub
+                .publish_to(
+                    wshub::hub::Target::Group(group),
+                    wshub::hub::Message::Json(&m),
+                    opts,
+                )
+                .await
+                .unwrap();
+        }
         if seq % 8 == 0 {
             // The fast reader keeps up (it shares the runtime).
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -323,7 +334,14 @@ async fn a_ttl_takes_a_message_out_of_history_and_out_of_a_slow_readers_queue() 
             ttl: Some(Duration::from_millis(500)),
             ..Default::default()
         };
-        srv.hub.publish_to_group_with("live", &m, &opts);
+        srv.hub
+            .publish_to(
+                wshub::hub::Target::Group("live"),
+                wshub::hub::Message::Json(&m),
+                &opts,
+            )
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (got, code) = read_all(&mut slow).await;

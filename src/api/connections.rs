@@ -158,6 +158,18 @@ pub(crate) fn not_published(e: crate::hub::NotPublished) -> Problem {
     }
 }
 
+/// A publication not made, as problem+json: 429/503 (nothing published), 404 (no such
+/// connection), 503 (the backplane unreadable), 400 (a message the target cannot carry).
+pub(crate) fn publish_failed(e: crate::hub::PublishError) -> Problem {
+    use crate::hub::PublishError as E;
+    match e {
+        E::NotPublished(n) => not_published(n),
+        E::NoSuchConnection(_) => Problem::not_found(e.to_string()),
+        E::Unavailable(b) => unavailable(b),
+        E::Invalid(why) => Problem::bad_request(why),
+    }
+}
+
 /// 503 for a backplane that cannot be read.
 pub(crate) fn unavailable(e: crate::backplane::BackplaneError) -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -192,11 +204,18 @@ pub async fn broadcast(
             "`message` must not be empty or whitespace",
         ));
     }
-    let (recipients, offset) = hub
-        .broadcast_everywhere(&message)
+    let done = hub
+        .publish_to(
+            crate::hub::Target::All,
+            crate::hub::Message::Text(&message),
+            &Default::default(),
+        )
         .await
-        .map_err(not_published)?;
-    Ok(Json(BroadcastResult { recipients, offset }))
+        .map_err(publish_failed)?;
+    Ok(Json(BroadcastResult {
+        recipients: done.recipients,
+        offset: done.offset.unwrap_or(0),
+    }))
 }
 
 /// Filters of `GET /api/connections`.
@@ -399,10 +418,15 @@ pub async fn send_one(
 ) -> Result<Json<Recipients>, Problem> {
     let id = parse_id(&id)?;
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
-    let found = hub.send_anywhere(id, &message).await.map_err(unavailable)?;
-    if found {
-        Ok(Json(Recipients { recipients: 1 }))
-    } else {
-        Err(Problem::not_found(format!("no connection `{id}`")))
-    }
+    let done = hub
+        .publish_to(
+            crate::hub::Target::Connection(id),
+            crate::hub::Message::Json(&message),
+            &Default::default(),
+        )
+        .await
+        .map_err(publish_failed)?;
+    Ok(Json(Recipients {
+        recipients: done.recipients.unwrap_or(0),
+    }))
 }

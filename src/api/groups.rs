@@ -201,12 +201,16 @@ pub async fn broadcast(
     hub.ensure_group_stream(&group)
         .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let done = hub
-        .publish_everywhere_with(&group, &message, &opts)
+        .publish_to(
+            crate::hub::Target::Group(&group),
+            crate::hub::Message::Json(&message),
+            &opts,
+        )
         .await
-        .map_err(super::connections::not_published)?;
+        .map_err(super::connections::publish_failed)?;
     Ok(Json(Published {
         recipients: done.recipients,
-        offset: done.offset,
+        offset: done.offset.unwrap_or(0),
         duplicate: done.duplicate.then_some(true),
     }))
 }
@@ -292,11 +296,16 @@ pub async fn send_to_user(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Recipients>, Problem> {
     let message = json_body::<MessageBody>(&headers, body)?.into_message()?;
+    let done = hub
+        .publish_to(
+            crate::hub::Target::User(&user),
+            crate::hub::Message::Json(&message),
+            &Default::default(),
+        )
+        .await
+        .map_err(super::connections::publish_failed)?;
     Ok(Json(Recipients {
-        recipients: hub
-            .send_to_user_everywhere(&user, &message)
-            .await
-            .map_err(unavailable)?,
+        recipients: done.recipients.unwrap_or(0),
     }))
 }
 

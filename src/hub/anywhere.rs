@@ -120,7 +120,7 @@ impl Hub {
     ///
     /// # Errors
     /// When the backplane cannot be read.
-    pub async fn send_anywhere(
+    pub(crate) async fn send_anywhere(
         &self,
         id: ConnId,
         message: &RawValue,
@@ -205,7 +205,7 @@ impl Hub {
     /// [`NotPublished`]: the backplane's queue is full, or this node cannot reach the engine
     /// (starting, or cut off): nothing was published anywhere, so the caller may retry here
     /// later or on another node.
-    pub async fn broadcast_everywhere(
+    pub(crate) async fn broadcast_everywhere(
         &self,
         message: &str,
     ) -> Result<(Option<usize>, u64), NotPublished> {
@@ -242,30 +242,12 @@ impl Hub {
         Busy
     }
 
-    /// A REST group publish (what it did: [`GroupPublished`]), as [`broadcast_everywhere`](Self::broadcast_everywhere).
+    /// A group publish from outside a connection (what it did: [`GroupPublished`]), as
+    /// [`broadcast_everywhere`](Self::broadcast_everywhere).
     ///
     /// # Errors
     /// As [`broadcast_everywhere`](Self::broadcast_everywhere).
-    pub async fn publish_everywhere(
-        &self,
-        group: &str,
-        message: &RawValue,
-        key: Option<&str>,
-        idempotency_key: Option<&str>,
-    ) -> Result<GroupPublished, NotPublished> {
-        let opts = super::PublishOptions {
-            key: key.map(str::to_owned),
-            idempotency_key: idempotency_key.map(str::to_owned),
-            ttl: None,
-        };
-        self.publish_everywhere_with(group, message, &opts).await
-    }
-
-    /// [`publish_everywhere`](Self::publish_everywhere) with every option (a TTL too).
-    ///
-    /// # Errors
-    /// As [`broadcast_everywhere`](Self::broadcast_everywhere).
-    pub async fn publish_everywhere_with(
+    pub(crate) async fn publish_everywhere_with(
         &self,
         group: &str,
         message: &RawValue,
@@ -340,7 +322,7 @@ impl Hub {
     ///
     /// # Errors
     /// When the backplane cannot be read.
-    pub async fn send_to_user_everywhere(
+    pub(crate) async fn send_to_user_everywhere(
         &self,
         user: &str,
         message: &RawValue,

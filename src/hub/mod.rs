@@ -23,6 +23,7 @@ mod occupancy;
 mod peer;
 mod policies;
 mod presence;
+mod publish;
 mod pusher;
 mod recovery;
 mod replies;
@@ -36,6 +37,7 @@ pub use error::HubError;
 pub(crate) use fetched::{Fetched, Prefetch, PrefetchFuture};
 pub(crate) use peer::Peer;
 pub use presence::{PresenceMember, PresencePage, PresenceStats, PAGE as PRESENCE_PAGE};
+pub use publish::{Message, Outcome, PublishError, Target};
 pub use pusher::{PresenceUser, TriggerError};
 pub use tokens::RevokeError;
 
@@ -540,8 +542,9 @@ impl Hub {
             .map(|e| ConnectionSnapshot::of(&e))
     }
 
-    /// Sends `message` to every client as a `server-broadcast` envelope; returns how many
-    /// connections it was queued for.
+    /// Sends `message` to this node's clients as a `server-broadcast` envelope; returns how
+    /// many connections it was queued for. A shorthand for a single node:
+    /// [`publish_to`](Self::publish_to) is the one entry.
     pub fn broadcast_text(&self, message: &str) -> usize {
         self.broadcast_text_at(message).0
     }
@@ -552,7 +555,7 @@ impl Hub {
     /// In a cluster the backplane numbers the message after this returns: the offset is then 0
     /// and the count is this node's connections (those it reaches here; other nodes' are not
     /// counted). [`broadcast_everywhere`](Self::broadcast_everywhere) waits for the offset.
-    pub fn broadcast_text_at(&self, message: &str) -> (usize, u64) {
+    pub(crate) fn broadcast_text_at(&self, message: &str) -> (usize, u64) {
         let started = std::time::Instant::now();
         let mut cork = Cork::new();
         let p = Self::all_publication(Kind::ServerBroadcast, None, message);

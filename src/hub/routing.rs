@@ -28,8 +28,10 @@ impl Hub {
             .map(|m| m.iter().map(|e| e.id).collect())
     }
 
-    /// Publishes `message` (any JSON value) to a group's members as a `message` envelope with
-    /// no sender; returns how many connections it reached (0 for an unknown group).
+    /// Publishes `message` (any JSON value) to this node's members of a group as a `message`
+    /// envelope with no sender; returns how many connections it reached (0 for an unknown
+    /// group). A shorthand for a single node: [`publish_to`](Self::publish_to) is the one
+    /// entry (any target, every option, the cluster).
     pub fn publish_to_group(&self, group: &str, message: &RawValue) -> usize {
         self.publish_to_group_at(group, message).0
     }
@@ -37,13 +39,13 @@ impl Hub {
     /// Like [`publish_to_group`](Self::publish_to_group), also returning the message's offset
     /// in the group's stream. The message is kept in the group's history even when the group
     /// has no members right now (they may be reconnecting).
-    pub fn publish_to_group_at(&self, group: &str, message: &RawValue) -> (usize, u64) {
+    pub(crate) fn publish_to_group_at(&self, group: &str, message: &RawValue) -> (usize, u64) {
         self.publish_to_group_keyed(group, message, None)
     }
 
     /// Like [`publish_to_group_at`](Self::publish_to_group_at), with a conflation key (see
     /// `keep-latest` in [`Policy`](crate::manager::policy::Policy)).
-    pub fn publish_to_group_keyed(
+    pub(crate) fn publish_to_group_keyed(
         &self,
         group: &str,
         message: &RawValue,
@@ -59,7 +61,7 @@ impl Hub {
     /// Like [`publish_to_group_keyed`](Self::publish_to_group_keyed), with every option (an
     /// idempotency key: a repeat within `--idempotency-window` is delivered to no one, its
     /// offset the first one's; a TTL).
-    pub fn publish_to_group_with(
+    pub(crate) fn publish_to_group_with(
         &self,
         group: &str,
         message: &RawValue,
