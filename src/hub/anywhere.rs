@@ -76,7 +76,7 @@ impl Hub {
     /// # Errors
     /// `Err(None)` when no node has it, `Err(Some(reason))` when the backplane cannot be read.
     async fn whereis(&self, id: ConnId) -> Result<bool, Option<BackplaneError>> {
-        if self.shared.manager.get(id).is_some() {
+        if self.shared.delivery.manager.get(id).is_some() {
             return Ok(true);
         }
         let Some(c) = self.shared_bus() else {
@@ -275,7 +275,7 @@ impl Hub {
         let p = Self::group_publication(group, None, None, message, opts);
         let release = || {
             if let Some(k) = idempotency_key {
-                self.shared.idempotency.release(group, k);
+                self.shared.delivery.idempotency.release(group, k);
             }
         };
         let rx = match c.publish_or_nothing(p) {
@@ -289,7 +289,7 @@ impl Hub {
             release();
             return Err(NotPublished::Unreachable);
         };
-        let here = || self.shared.manager.group_size(group).unwrap_or(0);
+        let here = || self.shared.delivery.manager.group_size(group).unwrap_or(0);
         Ok(GroupPublished {
             recipients: (offset == 0).then(here),
             offset,
@@ -307,7 +307,7 @@ impl Hub {
         use super::idempotency::Seen;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
-            match self.shared.idempotency.claim(group, key) {
+            match self.shared.delivery.idempotency.claim(group, key) {
                 Ok(()) => return Ok(None),
                 Err(Seen::At(first)) => return Ok(Some(first)),
                 Err(Seen::Pending) if tokio::time::Instant::now() < deadline => {

@@ -55,7 +55,9 @@ impl Hub {
                 }))
             }
             Command::Publish { group, message, .. } => {
-                if !hooks.asks_publish(group) || !self.shared.manager.is_member(me.id, group) {
+                if !hooks.asks_publish(group)
+                    || !self.shared.delivery.manager.is_member(me.id, group)
+                {
                     return None;
                 }
                 let (group, message) = (group.to_string(), (*message).to_owned());

@@ -63,7 +63,7 @@ impl backplane::Handler for NodeHandler {
     }
 
     fn relay_service(&self) -> Option<Arc<dyn backplane::relay::Service>> {
-        Hub::upgrade(&self.0).and_then(|h| h.shared.relayed.read().clone())
+        Hub::upgrade(&self.0).and_then(|h| h.shared.protocols.relayed.read().clone())
     }
 }
 
@@ -102,10 +102,11 @@ impl Hub {
             backplane::prepare(self.shared.config.history, config, self.shared.node.clone())?;
         // All of this before the tasks start: they may connect (and deliver) at once, and a
         // publication from here must already go to the backplane.
-        self.shared.history.set_clustered();
+        self.shared.delivery.history.set_clustered();
         self.shared.metrics.backplane_up.set(0);
         self.shared
             .cluster
+            .backplane
             .set(cluster)
             .map_err(|_| backplane::AttachError::AlreadyAttached)?;
         tasks.start(Arc::new(NodeHandler(self.downgrade())));
@@ -139,7 +140,7 @@ impl Hub {
 
     /// The backplane, when this node is part of a cluster.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.shared.cluster.get()
+        self.shared.cluster.backplane.get()
     }
 
     /// This node's id (shown in connection listings and metrics).
@@ -151,7 +152,7 @@ impl Hub {
     /// answered them before). The HTTP transport registers its sessions here, so a POST or a
     /// poll that reached another node is answered by the session's own.
     pub fn serve_relayed(&self, service: Arc<dyn backplane::relay::Service>) {
-        *self.shared.relayed.write() = Some(service);
+        *self.shared.protocols.relayed.write() = Some(service);
     }
 
     /// The backplane if it is reachable now: publications go through it.

@@ -158,7 +158,7 @@ impl Hub {
                     cork,
                 )?;
                 Ok(Answer::Now(AckExtra {
-                    members: self.shared.manager.group_size(&group),
+                    members: self.shared.delivery.manager.group_size(&group),
                     changed: Some(joined.changed),
                     epoch: Some(joined.at.epoch.to_string()),
                     offset: Some(joined.at.offset),
@@ -180,7 +180,7 @@ impl Hub {
                 idempotency_key,
                 ttl,
             } => {
-                if !self.shared.manager.is_member(me.id, &group) {
+                if !self.shared.delivery.manager.is_member(me.id, &group) {
                     return Err(HubError::NotMember(group.into_owned()));
                 }
                 // The backend's replacement, when its hook gave one.
@@ -201,7 +201,7 @@ impl Hub {
                 };
                 let once = opts.idempotency_key.as_deref();
                 if let Some(k) = once {
-                    if let Err(seen) = self.shared.idempotency.claim(&group, k) {
+                    if let Err(seen) = self.shared.delivery.idempotency.claim(&group, k) {
                         // A repeat: the first one's offset (none yet while it is still on its
                         // way through the bus), delivered to no one.
                         return Ok(Answer::Now(AckExtra {
@@ -225,7 +225,7 @@ impl Hub {
                         // delivery on this node alone would be lost to the others).
                         Err(_) => {
                             if let Some(k) = once {
-                                self.shared.idempotency.release(&group, k);
+                                self.shared.delivery.idempotency.release(&group, k);
                             }
                             self.backplane_event("queue_full");
                             Err(HubError::Busy)
@@ -246,6 +246,7 @@ impl Hub {
                 };
                 let target = self
                     .shared
+                    .edges
                     .webhooks
                     .hub_wants(EventType::MessageReceived)
                     .then(|| match &to {
@@ -319,13 +320,13 @@ impl Hub {
     ) -> Result<Joined, HubError> {
         let limit = self.shared.config.max_groups_per_connection;
         // A refused join changes nothing: checked before any state is made for the group.
-        self.shared.manager.check_join(id, group, limit)?;
+        self.shared.delivery.manager.check_join(id, group, limit)?;
         let stream = self.group_stream(group)?;
         // Joined and replayed under the stream's lock: each publication is in the replay or
         // delivered live, never both, never neither (see `crate::history`).
         let mut s = stream.lock();
         self.apply_prefetch(&mut s, pre);
-        let changed = self.shared.manager.join(id, group, limit)?;
+        let changed = self.shared.delivery.manager.join(id, group, limit)?;
         let at = s.position();
         let mut recovered = None;
         if let Some(since) = since {
@@ -336,6 +337,7 @@ impl Hub {
                 limit.oldest_first = true;
                 let queued = self
                     .shared
+                    .delivery
                     .manager
                     .get(id)
                     .map_or(0, |e| e.sink.pending_bytes());
@@ -367,8 +369,12 @@ impl Hub {
 
     /// A group's stream, made if the hub may keep one more.
     pub(super) fn group_stream(&self, group: &str) -> Result<crate::history::StreamRef, HubError> {
-        let m = &self.shared.manager;
-        Ok(self.shared.history.try_stream(group, |g| m.has_group(g))?)
+        let m = &self.shared.delivery.manager;
+        Ok(self
+            .shared
+            .delivery
+            .history
+            .try_stream(group, |g| m.has_group(g))?)
     }
 
     /// Removes `id` from `group` and, when it was a member, tells the remaining members.
@@ -379,7 +385,7 @@ impl Hub {
         user: Option<&str>,
         cork: &mut HubCork,
     ) -> bool {
-        let changed = self.shared.manager.leave(id, group);
+        let changed = self.shared.delivery.manager.leave(id, group);
         if changed {
             self.entry_changed(id);
             let info = self.user_info(id);

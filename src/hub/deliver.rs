@@ -207,8 +207,8 @@ impl Hub {
 
     pub(crate) fn stream_ref(&self, stream: StreamName<'_>) -> crate::history::StreamRef {
         match stream {
-            StreamName::All => self.shared.history.all().clone(),
-            StreamName::Group(g) => self.shared.history.stream(g),
+            StreamName::All => self.shared.delivery.history.all().clone(),
+            StreamName::Group(g) => self.shared.delivery.history.stream(g),
         }
     }
 
@@ -231,6 +231,7 @@ impl Hub {
     ) -> Delivery {
         let d = self
             .shared
+            .delivery
             .manager
             .publish_tagged(audience, frames, tag, cork);
         self.shared
@@ -323,7 +324,11 @@ impl Hub {
                     // Heard from: a node that dies before its first heartbeat reaches us is
                     // still forgotten (and its groups vacated) after the node TTL.
                     self.node_alive(node);
-                    let (before, after) = self.shared.occupancy.change(&m.group, node, m.joined);
+                    let (before, after) = self
+                        .shared
+                        .cluster
+                        .occupancy
+                        .change(&m.group, node, m.joined);
                     if before != after {
                         self.occupancy_changed(&m.group, node, before, after);
                     }
@@ -400,6 +405,7 @@ impl Hub {
             Control::Occupancy(o) => {
                 self.node_alive(&o.node);
                 self.shared
+                    .cluster
                     .occupancy
                     .replace(&o.node, &o.groups, &o.users, o.first);
                 Delivery::default()
@@ -407,6 +413,7 @@ impl Hub {
             Control::Online(o) => {
                 self.node_alive(&o.node);
                 self.shared
+                    .cluster
                     .occupancy
                     .user_change(&o.user, &o.node, o.online);
                 Delivery::default()
@@ -470,7 +477,9 @@ impl Hub {
         let mut s = s.lock();
         if let (Some((g, k)), Numbering::Here) = (idem, &numbering) {
             // Numbered here: a repeat takes no offset at all.
-            if let Some(super::idempotency::Seen::At(first)) = self.shared.idempotency.seen(g, k) {
+            if let Some(super::idempotency::Seen::At(first)) =
+                self.shared.delivery.idempotency.seen(g, k)
+            {
                 return Published {
                     delivery: Delivery::default(),
                     offset: Some(first),
@@ -501,7 +510,7 @@ impl Hub {
         if let Some((g, k)) = idem {
             // Every node decides here, in the bus's order: the same publication is first
             // everywhere. A repeat that raced the first to the bus keeps its offset unused.
-            if let Some(first) = self.shared.idempotency.deliver(g, k, offset) {
+            if let Some(first) = self.shared.delivery.idempotency.deliver(g, k, offset) {
                 return Published {
                     delivery: Delivery::default(),
                     offset: Some(first),
@@ -520,14 +529,17 @@ impl Hub {
         Self::keep_cached(&mut s, Self::is_cache(stream), &frames);
         let tag = match (stream, p) {
             (StreamName::Group(g), Data::Group(m)) => {
-                self.shared.policies.tag(g, offset, m.key.as_deref(), ttl)
+                self.shared
+                    .delivery
+                    .policies
+                    .tag(g, offset, m.key.as_deref(), ttl)
             }
-            (StreamName::Group(g), _) => self.shared.policies.tag(g, offset, None, None),
+            (StreamName::Group(g), _) => self.shared.delivery.policies.tag(g, offset, None, None),
             (StreamName::All, _) => None,
         };
         let delivery = self.offer_tagged(audience, &frames, tag.as_ref(), cork);
         drop(s);
-        self.shared.history.enforce_budget();
+        self.shared.delivery.history.enforce_budget();
         Published {
             delivery,
             offset: Some(offset),

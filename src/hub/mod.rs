@@ -180,12 +180,10 @@ impl Default for HubConfig {
 }
 
 pub(crate) struct Shared {
+    /// This node's id.
     node: Arc<str>,
-    cluster: std::sync::OnceLock<Arc<crate::backplane::Cluster>>,
     config: HubConfig,
     auth: crate::auth::Auth,
-    manager: ConnectionManager<Outbox>,
-    history: History,
     metrics: Metrics,
     shutdown: CancellationToken,
     /// Every connection's timer, and its wake-up at shutdown.
@@ -193,24 +191,51 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// Open `/ws/echo` connections.
     echo: std::sync::atomic::AtomicUsize,
+    /// What delivery needs.
+    delivery: DeliveryState,
+    /// What the cluster keeps (this node's copy).
+    cluster: ClusterState,
+    /// The protocols' own state.
+    protocols: ProtocolState,
+    /// The backend, asked and told.
+    edges: Edges,
+}
+
+/// What delivery needs: who is connected and in which groups, what each stream kept, how
+/// slow readers are treated, which publications were seen, and the replies that wait.
+struct DeliveryState {
+    manager: ConnectionManager<Outbox>,
+    history: History,
+    policies: policies::Policies,
+    idempotency: idempotency::Idempotency,
     /// Replies that wait for the backplane, per connection.
     replies: replies::Replies,
-    /// Presence, signed-in users and connection counts of Pusher apps.
-    pusher: pusher::PusherState,
+}
+
+/// What the cluster keeps, this node's copy: the backplane, members per group and node,
+/// vacates and removals held for the webhook flap delay, revoked users.
+struct ClusterState {
+    backplane: std::sync::OnceLock<Arc<crate::backplane::Cluster>>,
     /// Members per group in the whole cluster.
     occupancy: occupancy::Occupancy,
-    /// Where Pusher apps' webhooks and the hub's own go.
-    webhooks: crate::webhooks::Webhooks,
-    /// The authorization hooks.
-    hooks: crate::hooks::Hooks,
     /// Vacates and member removals held for the webhook flap delay.
     settling: settle::Settling,
     /// Users whose tokens are revoked.
     revocations: tokens::Revocations,
-    policies: policies::Policies,
-    idempotency: idempotency::Idempotency,
+}
+
+/// The protocols' own state.
+struct ProtocolState {
+    /// Presence, signed-in users and connection counts of Pusher apps.
+    pusher: pusher::PusherState,
     /// What answers the requests other nodes relay here (the HTTP transport's sessions).
     relayed: parking_lot::RwLock<Option<Arc<dyn crate::backplane::relay::Service>>>,
+}
+
+/// The backend: where webhooks go, and the authorization hooks asked.
+struct Edges {
+    webhooks: crate::webhooks::Webhooks,
+    hooks: crate::hooks::Hooks,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -330,26 +355,31 @@ impl Hub {
         let hub = Self {
             shared: Arc::new(Shared {
                 node,
-                cluster: std::sync::OnceLock::new(),
-                history: History::with_counter(config.history, metrics.history_evicted.clone()),
+                delivery: DeliveryState {
+                    history: History::with_counter(config.history, metrics.history_evicted.clone()),
+                    manager,
+                    policies,
+                    idempotency,
+                    replies: replies::Replies::default(),
+                },
+                cluster: ClusterState {
+                    backplane: std::sync::OnceLock::new(),
+                    occupancy: occupancy::Occupancy::default(),
+                    settling: settle::Settling::default(),
+                    revocations: tokens::Revocations::default(),
+                },
+                protocols: ProtocolState {
+                    pusher: pusher::PusherState::default(),
+                    relayed: parking_lot::RwLock::new(None),
+                },
+                edges: Edges { webhooks, hooks },
                 config,
                 auth,
-                manager,
                 metrics,
                 shutdown,
                 sweep,
                 tasks: TaskTracker::new(),
                 echo: std::sync::atomic::AtomicUsize::new(0),
-                replies: replies::Replies::default(),
-                pusher: pusher::PusherState::default(),
-                occupancy: occupancy::Occupancy::default(),
-                webhooks,
-                hooks,
-                settling: settle::Settling::default(),
-                revocations: tokens::Revocations::default(),
-                policies,
-                idempotency,
-                relayed: parking_lot::RwLock::new(None),
             }),
         };
         hub.shared
@@ -378,16 +408,16 @@ impl Hub {
             loop {
                 tick.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                let m = &shared.manager;
-                shared.history.sweep(|g| m.has_group(g));
-                shared.history.enforce_budget();
+                let m = &shared.delivery.manager;
+                shared.delivery.history.sweep(|g| m.has_group(g));
+                shared.delivery.history.enforce_budget();
             }
         });
     }
 
     /// The hub's message history.
     pub fn history(&self) -> &History {
-        &self.shared.history
+        &self.shared.delivery.history
     }
 
     /// How much one replay may queue: a replay must never make its own connection a slow
@@ -414,12 +444,12 @@ impl Hub {
 
     /// Waits until every webhook queued went out (or `deadline`): part of a clean shutdown.
     pub async fn flush_webhooks(&self, deadline: tokio::time::Instant) -> bool {
-        self.shared.webhooks.flush(deadline).await
+        self.shared.edges.webhooks.flush(deadline).await
     }
 
     /// The authorization hooks.
     pub fn hooks(&self) -> &crate::hooks::Hooks {
-        &self.shared.hooks
+        &self.shared.edges.hooks
     }
 
     /// Tells the hub's webhook targets about an event of type `ty`: when one wants it, `data`
@@ -429,7 +459,7 @@ impl Hub {
         ty: crate::webhooks::EventType,
         data: impl FnOnce() -> serde_json::Value,
     ) {
-        let w = &self.shared.webhooks;
+        let w = &self.shared.edges.webhooks;
         if w.hub_wants(ty) {
             w.emit_hub(ty, data(), &self.shared.metrics.webhook_events);
         }
@@ -451,13 +481,14 @@ impl Hub {
         let m = &self.shared.metrics;
         let queued: usize = self
             .shared
+            .delivery
             .manager
             .entries()
             .iter()
             .map(|e| e.sink.pending_bytes())
             .sum();
         m.outbound_queued_bytes.set(gauge(queued));
-        let h = &self.shared.history;
+        let h = &self.shared.delivery.history;
         m.history_bytes.set(gauge(h.bytes()));
         m.history_streams.set(gauge(h.len()));
         m.backplane_queue
@@ -467,7 +498,7 @@ impl Hub {
 
     /// Number of connections on `/ws`.
     pub fn connection_count(&self) -> usize {
-        self.shared.manager.count()
+        self.shared.delivery.manager.count()
     }
 
     /// Number of connections on `/ws/echo`.
@@ -493,7 +524,7 @@ impl Hub {
     /// A snapshot of every connection on `/ws`, oldest first; optionally only the members of a
     /// group and/or the connections of a user.
     pub fn connections(&self, group: Option<&str>, user: Option<&str>) -> Vec<ConnectionSnapshot> {
-        let m = &self.shared.manager;
+        let m = &self.shared.delivery.manager;
         let entries = match (group, user) {
             (Some(g), _) => m.group_members(g).unwrap_or_default(),
             (None, Some(u)) => m.user_connections(u),
@@ -537,6 +568,7 @@ impl Hub {
     /// One connection.
     pub fn connection(&self, id: ConnId) -> Option<ConnectionSnapshot> {
         self.shared
+            .delivery
             .manager
             .get(id)
             .map(|e| ConnectionSnapshot::of(&e))
@@ -645,7 +677,11 @@ impl Hub {
         frame: &Frame,
         cork: &mut HubCork,
     ) -> Delivery {
-        let d = self.shared.manager.publish_corked(audience, frame, cork);
+        let d = self
+            .shared
+            .delivery
+            .manager
+            .publish_corked(audience, frame, cork);
         self.shared
             .metrics
             .delivered(frame.len(), d.delivered, d.slow, d.dead);
@@ -654,7 +690,7 @@ impl Hub {
 
     fn send_corked(&self, id: ConnId, frame: &Frame, cork: &mut HubCork) -> bool {
         let m = &self.shared.metrics;
-        match self.shared.manager.send_corked(id, frame, cork) {
+        match self.shared.delivery.manager.send_corked(id, frame, cork) {
             Ok(()) => {
                 m.delivered(frame.len(), 1, 0, 0);
                 true
@@ -673,7 +709,7 @@ impl Hub {
 
     /// Closes one connection with `reason`; `false` when it is unknown.
     pub fn disconnect(&self, id: ConnId, reason: CloseReason) -> bool {
-        match self.shared.manager.get(id) {
+        match self.shared.delivery.manager.get(id) {
             Some(entry) => {
                 entry.sink.close(reason);
                 true
@@ -734,8 +770,12 @@ impl Hub {
         let protocol = info.protocol;
         // Registered under the all-clients stream's lock: every broadcast is either before
         // (in the replay) or after (queued live), never both.
-        let mut all = self.shared.history.all().lock();
-        let entry = self.shared.manager.add_entry(outbox.clone(), info, grants);
+        let mut all = self.shared.delivery.history.all().lock();
+        let entry = self
+            .shared
+            .delivery
+            .manager
+            .add_entry(outbox.clone(), info, grants);
         let id = entry.id;
         self.shared.metrics.connects.inc();
         self.shared.metrics.connections.inc();
@@ -792,7 +832,7 @@ impl Hub {
             .disconnects
             .get_or_create(&Reason { reason })
             .inc();
-        self.shared.manager.remove(entry.id);
+        self.shared.delivery.manager.remove(entry.id);
         self.forget_replies(entry.id);
         self.entry_changed(entry.id);
         if let Some(user) = &entry.info.user {
@@ -832,6 +872,7 @@ impl Hub {
         self.hub_webhook(EventType::MessageReceived, || {
             let user = self
                 .shared
+                .delivery
                 .manager
                 .get(from)
                 .and_then(|e| e.info.user.clone());

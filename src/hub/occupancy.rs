@@ -140,6 +140,7 @@ impl Hub {
     pub(crate) fn announce_occupancy(&self) {
         let groups: Vec<(String, usize)> = self
             .shared
+            .delivery
             .manager
             .groups()
             .into_iter()
@@ -147,6 +148,7 @@ impl Hub {
             .collect();
         let users: Vec<(String, usize)> = self
             .shared
+            .delivery
             .manager
             .users()
             .into_iter()

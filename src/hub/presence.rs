@@ -75,6 +75,7 @@ impl Hub {
     /// What the backend says about a connection's user (JSON text), if anything.
     pub(crate) fn user_info(&self, id: ConnId) -> Option<Arc<str>> {
         self.shared
+            .delivery
             .manager
             .get(id)
             .and_then(|e| e.info.user_info.clone())
@@ -86,7 +87,7 @@ impl Hub {
         let limit = limit.clamp(1, PAGE_MAX);
         // A cursor that is not a connection id starts from the beginning.
         let after: Option<ConnId> = cursor.and_then(|c| c.parse().ok());
-        let table = self.shared.pusher.presence.lock();
+        let table = self.shared.protocols.pusher.presence.lock();
         let Some(members) = table.get(group) else {
             return PresencePage {
                 members: Vec::new(),
@@ -130,8 +131,8 @@ impl Hub {
 
     /// How many connections and distinct users are present in `group`, cluster-wide.
     pub fn presence_stats(&self, group: &str) -> PresenceStats {
-        let total = self.shared.occupancy.count(group);
-        let table = self.shared.pusher.presence.lock();
+        let total = self.shared.cluster.occupancy.count(group);
+        let table = self.shared.protocols.pusher.presence.lock();
         table.get(group).map_or(
             PresenceStats {
                 connections: 0,

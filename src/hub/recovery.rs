@@ -42,7 +42,7 @@ impl Hub {
                 let to = match to {
                     v1::Target::Connection(c) => {
                         if c.parse::<ConnId>()
-                            .is_ok_and(|id| self.shared.manager.get(id).is_some())
+                            .is_ok_and(|id| self.shared.delivery.manager.get(id).is_some())
                         {
                             return None;
                         }
@@ -179,7 +179,7 @@ impl Hub {
             v1::Target::Connection(id) => {
                 if id
                     .parse::<ConnId>()
-                    .is_ok_and(|id| self.shared.manager.get(id).is_some())
+                    .is_ok_and(|id| self.shared.delivery.manager.get(id).is_some())
                 {
                     return None;
                 }
@@ -188,7 +188,7 @@ impl Hub {
                     .map(|r| r.map(|node| usize::from(node.is_some())))
             }
             // Counted on every node from the connects and disconnects: no listing read.
-            v1::Target::User(u) => Ok(Ok(self.shared.occupancy.user_count(u))),
+            v1::Target::User(u) => Ok(Ok(self.shared.cluster.occupancy.user_count(u))),
         };
         match asked {
             Ok(Ok(n)) => Some(n),
@@ -220,7 +220,7 @@ impl Hub {
         if let v1::Target::Connection(id) = to {
             if id
                 .parse::<ConnId>()
-                .is_ok_and(|id| self.shared.manager.get(id).is_some())
+                .is_ok_and(|id| self.shared.delivery.manager.get(id).is_some())
             {
                 return None;
             }
@@ -230,7 +230,13 @@ impl Hub {
         let n = match (found, to) {
             (Some(n), _) => n,
             (None, v1::Target::Connection(_)) => 1,
-            (None, v1::Target::User(u)) => self.shared.manager.user_connections(u).len().max(1),
+            (None, v1::Target::User(u)) => self
+                .shared
+                .delivery
+                .manager
+                .user_connections(u)
+                .len()
+                .max(1),
         };
         if n == 0 {
             return Some(0);

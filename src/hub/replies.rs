@@ -60,12 +60,12 @@ impl Hub {
     /// past all of them (one burst cannot) is closed as a slow consumer, as if its outbox were
     /// full.
     pub(crate) fn reply(&self, id: ConnId, frame: Frame, cork: &mut HubCork) {
-        if self.shared.replies.queued.load(Ordering::Acquire) == 0 {
+        if self.shared.delivery.replies.queued.load(Ordering::Acquire) == 0 {
             self.send_corked(id, &frame, cork);
             return;
         }
         let over = {
-            let mut queues = self.shared.replies.queues.lock();
+            let mut queues = self.shared.delivery.replies.queues.lock();
             let Some(q) = queues.get_mut(&id) else {
                 drop(queues);
                 self.send_corked(id, &frame, cork);
@@ -98,7 +98,7 @@ impl Hub {
     /// budget or half its frames: its task then reads no more of its input until they go out
     /// (see [`Outbox::input_held`](crate::outbox::Outbox)).
     pub(crate) fn replies_over_mark(&self, id: ConnId) -> bool {
-        let r = &self.shared.replies;
+        let r = &self.shared.delivery.replies;
         if r.queued.load(Ordering::Acquire) == 0 {
             return false;
         }
@@ -116,7 +116,7 @@ impl Hub {
     /// Reserves the place of a reply that comes later; `None` when the connection already has
     /// [`MAX_WAITING`] replies waiting.
     pub(crate) fn reserve_reply(&self, id: ConnId) -> Option<u64> {
-        let r = &self.shared.replies;
+        let r = &self.shared.delivery.replies;
         let mut queues = r.queues.lock();
         let q = queues.entry(id).or_insert_with(|| {
             r.queued.fetch_add(1, Ordering::Release);
@@ -133,7 +133,7 @@ impl Hub {
 
     /// Fills a reserved reply and sends every reply that no longer waits, in order.
     pub(crate) fn fill_reply(&self, id: ConnId, ticket: u64, frame: Frame) {
-        let r = &self.shared.replies;
+        let r = &self.shared.delivery.replies;
         let (ready, was_over) = {
             let mut queues = r.queues.lock();
             let Some(q) = queues.get_mut(&id) else {
@@ -168,7 +168,7 @@ impl Hub {
         cork.flush();
         if was_over && !ready.is_empty() {
             // Its task stopped reading for these: it looks again.
-            if let Some(entry) = self.shared.manager.get(id) {
+            if let Some(entry) = self.shared.delivery.manager.get(id) {
                 entry.sink.wake_task();
             }
         }
@@ -176,7 +176,7 @@ impl Hub {
 
     /// Forgets what waited for a connection that is gone.
     pub(crate) fn forget_replies(&self, id: ConnId) {
-        let r = &self.shared.replies;
+        let r = &self.shared.delivery.replies;
         if r.queued.load(Ordering::Acquire) == 0 {
             return;
         }

@@ -12,17 +12,18 @@ use crate::protocol::v1::{self, Target};
 impl Hub {
     /// Every group with its member count, sorted by name.
     pub fn groups(&self) -> Vec<(Arc<str>, usize)> {
-        self.shared.manager.groups()
+        self.shared.delivery.manager.groups()
     }
 
     /// How many connections of this node are members of a group (0: none).
     pub fn group_size(&self, group: &str) -> usize {
-        self.shared.manager.group_size(group).unwrap_or(0)
+        self.shared.delivery.manager.group_size(group).unwrap_or(0)
     }
 
     /// The ids of a group's members, or `None` when the group does not exist.
     pub fn group_members(&self, group: &str) -> Option<Vec<ConnId>> {
         self.shared
+            .delivery
             .manager
             .group_members(group)
             .map(|m| m.iter().map(|e| e.id).collect())
@@ -80,8 +81,9 @@ impl Hub {
     /// [`TooManyStreams`](crate::history::TooManyStreams) when the hub may keep no more
     /// groups.
     pub fn ensure_group_stream(&self, group: &str) -> Result<(), crate::history::TooManyStreams> {
-        let m = &self.shared.manager;
+        let m = &self.shared.delivery.manager;
         self.shared
+            .delivery
             .history
             .try_stream(group, |g| m.has_group(g))
             .map(drop)
@@ -117,6 +119,7 @@ impl Hub {
     pub fn add_to_group(&self, id: ConnId, group: &str) -> Result<bool, HubError> {
         let entry = self
             .shared
+            .delivery
             .manager
             .get(id)
             .ok_or(HubError::NotFound("no connection with that id"))?;
@@ -130,7 +133,7 @@ impl Hub {
     /// Removes a connection from a group (telling the remaining members); `false` when it was
     /// not a member.
     pub fn remove_from_group(&self, id: ConnId, group: &str) -> bool {
-        let Some(entry) = self.shared.manager.get(id) else {
+        let Some(entry) = self.shared.delivery.manager.get(id) else {
             return false;
         };
         let mut cork = HubCork::new();

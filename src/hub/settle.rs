@@ -50,6 +50,7 @@ impl Hub {
             return false;
         }
         self.shared
+            .cluster
             .settling
             .held
             .lock()
@@ -67,13 +68,26 @@ impl Hub {
             return false;
         }
         let key = (Arc::from(group), user.map(str::to_owned));
-        self.shared.settling.held.lock().remove(&key).is_some()
+        self.shared
+            .cluster
+            .settling
+            .held
+            .lock()
+            .remove(&key)
+            .is_some()
     }
 
     /// Applies a [`Publication::Settle`]: the mark goes; `node` tells if it was still there.
     pub(crate) fn apply_settle(&self, group: &str, user: Option<&str>, node: &str) {
         let key = (Arc::from(group), user.map(str::to_owned));
-        let was_held = self.shared.settling.held.lock().remove(&key).is_some();
+        let was_held = self
+            .shared
+            .cluster
+            .settling
+            .held
+            .lock()
+            .remove(&key)
+            .is_some();
         if !was_held || node != self.node_id() {
             return;
         }
@@ -92,6 +106,7 @@ impl Hub {
         }
         let keys: Vec<Key> = self
             .shared
+            .cluster
             .settling
             .held
             .lock()
@@ -138,7 +153,7 @@ impl Hub {
 
     /// The queue of settles, and its task (started on first use, in the current runtime).
     fn settle_queue(&self) -> Option<&mpsc::Sender<(Instant, Publication)>> {
-        let s = &self.shared.settling;
+        let s = &self.shared.cluster.settling;
         if let Some(tx) = s.queue.get() {
             return Some(tx);
         }

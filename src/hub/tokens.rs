@@ -94,7 +94,15 @@ impl Hub {
     /// the user's tokens were revoked: its age cannot be told).
     pub fn is_revoked(&self, user: Option<&str>, issued_at: Option<u64>) -> bool {
         let Some(user) = user else { return false };
-        let Some(before) = self.shared.revocations.before.lock().get(user).copied() else {
+        let Some(before) = self
+            .shared
+            .cluster
+            .revocations
+            .before
+            .lock()
+            .get(user)
+            .copied()
+        else {
             return false;
         };
         issued_at.is_none_or(|iat| iat < before)
@@ -179,7 +187,7 @@ impl Hub {
         before: Option<u64>,
     ) {
         if let Some(before) = before {
-            let mut all = self.shared.revocations.before.lock();
+            let mut all = self.shared.cluster.revocations.before.lock();
             if all.len() >= MAX_REVOKED && !all.contains_key(user) {
                 if let Some(oldest) = all.iter().min_by_key(|(_, t)| **t).map(|(u, _)| u.clone()) {
                     all.remove(&oldest);
@@ -193,7 +201,7 @@ impl Hub {
             code: *code,
             reason: Arc::from(reason.as_str()),
         };
-        for e in self.shared.manager.user_connections(user) {
+        for e in self.shared.delivery.manager.user_connections(user) {
             self.disconnect(e.id, reason.clone());
         }
     }

@@ -62,7 +62,7 @@ impl Hub {
         }
         let now = Instant::now();
         let wait = {
-            let mut all = self.shared.pusher.counts.channels.lock();
+            let mut all = self.shared.protocols.pusher.counts.channels.lock();
             if count == 0 {
                 // Nobody left to tell; a timer still armed finds nothing.
                 all.remove(stream);
@@ -104,7 +104,7 @@ impl Hub {
                 rt.spawn(async move {
                     tokio::time::sleep(wait).await;
                     let count = {
-                        let mut all = hub.shared.pusher.counts.channels.lock();
+                        let mut all = hub.shared.protocols.pusher.counts.channels.lock();
                         let Some(t) = all.get_mut(&stream) else {
                             return;
                         };

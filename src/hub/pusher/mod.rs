@@ -190,7 +190,7 @@ impl Hub {
         if !app.enabled {
             return Err(Code::AppDisabled);
         }
-        let mut counts = self.shared.pusher.connections.lock();
+        let mut counts = self.shared.protocols.pusher.connections.lock();
         let n = counts.entry(Arc::from(app.id.as_str())).or_insert(0);
         if app.max_connections.is_some_and(|max| *n >= max) {
             return Err(Code::OverQuota);
@@ -202,6 +202,7 @@ impl Hub {
     /// Connections of an app on this node.
     pub fn pusher_connections(&self, app: &str) -> usize {
         self.shared
+            .protocols
             .pusher
             .connections
             .lock()
@@ -229,7 +230,7 @@ impl Hub {
         }
         if let Some(user) = user {
             let key = (Arc::from(session.app.id.as_str()), user);
-            let mut users = self.shared.pusher.users.lock();
+            let mut users = self.shared.protocols.pusher.users.lock();
             if let Some(conns) = users.get_mut(&key) {
                 conns.retain(|c| *c != entry.id);
                 if conns.is_empty() {
@@ -238,7 +239,7 @@ impl Hub {
             }
         }
         {
-            let mut counts = self.shared.pusher.connections.lock();
+            let mut counts = self.shared.protocols.pusher.connections.lock();
             if let Some(n) = counts.get_mut(session.app.id.as_str()) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {

@@ -53,7 +53,7 @@ impl Hub {
         let mut to_joiner = None;
         let changed_user =
             {
-                let mut all = self.shared.pusher.presence.lock();
+                let mut all = self.shared.protocols.pusher.presence.lock();
                 if added {
                     let members = all.entry(Arc::from(group)).or_default();
                     let first = !members.users.contains_key(user);
@@ -70,10 +70,10 @@ impl Hub {
                         // The member list goes to a Pusher subscriber that joined here (a
                         // `wshub.v1` member asks with `presence`).
                         let pusher_here = here
-                            && self.shared.manager.get(id).is_some_and(|e| {
+                            && self.shared.delivery.manager.get(id).is_some_and(|e| {
                                 e.info.protocol == crate::manager::Protocol::Pusher
                             });
-                        if pusher_here && self.shared.manager.is_member(id, group) {
+                        if pusher_here && self.shared.delivery.manager.is_member(id, group) {
                             to_joiner = Some(Self::presence_frame(members, channel));
                         }
                     }
@@ -150,10 +150,11 @@ impl Hub {
                 (p == crate::manager::Protocol::Pusher).then_some(self.0)
             }
         }
-        let d = self
-            .shared
-            .manager
-            .publish_by_protocol(audience, &OnlyPusher(frame), cork);
+        let d =
+            self.shared
+                .delivery
+                .manager
+                .publish_by_protocol(audience, &OnlyPusher(frame), cork);
         self.shared
             .metrics
             .delivered(frame.len(), d.delivered, d.slow, d.dead);
@@ -171,7 +172,7 @@ impl Hub {
     }
 
     pub(super) fn presence_snapshot(&self, stream: &str, channel: &str) -> Frame {
-        let all = self.shared.pusher.presence.lock();
+        let all = self.shared.protocols.pusher.presence.lock();
         match all.get(stream) {
             Some(m) => Self::presence_frame(m, channel),
             None => Self::presence_frame(&Members::default(), channel),
@@ -202,13 +203,13 @@ impl Hub {
     /// Whether this node comes first by id among the live nodes it knows (it speaks for the
     /// cluster where one node must: a dead node's departures, re-announcements).
     pub(crate) fn is_first_live_node(&self) -> bool {
-        let alive = self.shared.pusher.alive.lock();
+        let alive = self.shared.protocols.pusher.alive.lock();
         alive.keys().all(|n| **n > *self.shared.node)
     }
 
     /// Whether node `node` was heard of within the node TTL (this node always is).
     pub(crate) fn node_is_alive(&self, node: &str) -> bool {
-        node == self.node_id() || self.shared.pusher.alive.lock().contains_key(node)
+        node == self.node_id() || self.shared.protocols.pusher.alive.lock().contains_key(node)
     }
 
     /// Another node was heard from (it is alive).
@@ -217,7 +218,7 @@ impl Hub {
             return;
         }
         // Called for every publication that names a node: no allocation for one already known.
-        let mut alive = self.shared.pusher.alive.lock();
+        let mut alive = self.shared.protocols.pusher.alive.lock();
         match alive.get_mut(node) {
             Some(at) => *at = Instant::now(),
             None => {
@@ -230,7 +231,7 @@ impl Hub {
     /// members again (applying one twice changes nothing).
     pub(crate) fn resync_presence(&self, _node: &str) {
         let mine: Vec<Publication> = {
-            let all = self.shared.pusher.presence.lock();
+            let all = self.shared.protocols.pusher.presence.lock();
             all.iter()
                 .flat_map(|(group, members)| {
                     members.users.iter().flat_map(move |(user, m)| {
@@ -263,7 +264,7 @@ impl Hub {
     pub(crate) fn forget_silent_nodes(&self, ttl: std::time::Duration) {
         let now = Instant::now();
         let gone: Vec<Arc<str>> = {
-            let mut alive = self.shared.pusher.alive.lock();
+            let mut alive = self.shared.protocols.pusher.alive.lock();
             let gone = alive
                 .iter()
                 .filter(|(_, t)| now.duration_since(**t) > ttl)
@@ -279,10 +280,10 @@ impl Hub {
         }
         let emptied: Vec<Arc<str>> = gone
             .iter()
-            .flat_map(|n| self.shared.occupancy.forget(n))
+            .flat_map(|n| self.shared.cluster.occupancy.forget(n))
             .collect();
         let removals: Vec<(String, String, String, String)> = {
-            let all = self.shared.pusher.presence.lock();
+            let all = self.shared.protocols.pusher.presence.lock();
             all.iter()
                 .flat_map(|(g, members)| {
                     members

@@ -26,10 +26,12 @@ impl Hub {
         let Some((app, channel)) = self.apps().channel_of(stream) else {
             return;
         };
-        if self.shared.webhooks.wants(&app.id, name) {
-            self.shared
-                .webhooks
-                .emit(&app.id, event(channel), &self.shared.metrics.webhook_events);
+        if self.shared.edges.webhooks.wants(&app.id, name) {
+            self.shared.edges.webhooks.emit(
+                &app.id,
+                event(channel),
+                &self.shared.metrics.webhook_events,
+            );
         }
     }
 
@@ -130,13 +132,13 @@ impl Hub {
     /// Subscribers of a channel of `app`, on every node.
     pub fn subscription_count(&self, app: &App, channel: &str) -> usize {
         let stream = self.apps().stream_of(app, channel);
-        self.shared.occupancy.count(&stream)
+        self.shared.cluster.occupancy.count(&stream)
     }
 
     /// The users of a presence channel of `app`, on every node.
     pub fn presence_users(&self, app: &App, channel: &str) -> Vec<PresenceUser> {
         let stream = self.apps().stream_of(app, channel);
-        let all = self.shared.pusher.presence.lock();
+        let all = self.shared.protocols.pusher.presence.lock();
         let mut users: Vec<PresenceUser> = all
             .get(stream.as_str())
             .map(|m| {
@@ -154,6 +156,7 @@ impl Hub {
     pub fn app_channels(&self, app: &App) -> Vec<(String, usize)> {
         let apps = self.apps();
         self.shared
+            .cluster
             .occupancy
             .all()
             .into_iter()
@@ -179,6 +182,7 @@ impl Hub {
     pub(crate) fn terminate_here(&self, app: &str, user: &str) {
         let conns = self
             .shared
+            .protocols
             .pusher
             .users
             .lock()

@@ -24,10 +24,15 @@ impl Hub {
             return None;
         }
         let stream = self.apps().stream_of(&session.app, channel);
-        let known = self.shared.history.existing(&stream).is_some_and(|s| {
-            let s = s.lock();
-            s.cached().is_some() || !s.is_cold()
-        });
+        let known = self
+            .shared
+            .delivery
+            .history
+            .existing(&stream)
+            .is_some_and(|s| {
+                let s = s.lock();
+                s.cached().is_some() || !s.is_cold()
+            });
         if known {
             return None;
         }
@@ -71,7 +76,7 @@ impl Hub {
         if self.ensure_group_stream(&stream).is_err() {
             return;
         }
-        if let Some(s) = self.shared.history.existing(&stream) {
+        if let Some(s) = self.shared.delivery.history.existing(&stream) {
             let mut s = s.lock();
             if s.cached().is_none() {
                 s.set_cached(frame);
@@ -177,7 +182,7 @@ impl Hub {
         };
         let stream = self.apps().stream_of(app, name);
         if let Some((user, _)) = &presence {
-            let members = self.shared.pusher.presence.lock();
+            let members = self.shared.protocols.pusher.presence.lock();
             let m = members.get(stream.as_str());
             let count = m.map_or(0, |m| m.users.len());
             let known = m.is_some_and(|m| m.users.contains_key(user));
@@ -230,6 +235,7 @@ impl Hub {
     pub(super) fn cached_or_miss(&self, stream: &str, channel: &str) -> Frame {
         let cached = self
             .shared
+            .delivery
             .history
             .existing(stream)
             .and_then(|s| s.lock().cached().cloned());
@@ -304,7 +310,7 @@ impl Hub {
             }
         };
         let previous = session.with(|st| st.user.replace(id.clone()));
-        let mut users = self.shared.pusher.users.lock();
+        let mut users = self.shared.protocols.pusher.users.lock();
         if let Some(prev) = previous {
             let key = (Arc::from(app.id.as_str()), prev);
             if let Some(conns) = users.get_mut(&key) {
@@ -352,7 +358,7 @@ impl Hub {
             return Err(refused("an event name is at most 200 characters".into()));
         }
         let stream = self.apps().stream_of(app, channel);
-        if !self.shared.manager.is_member(me.id, &stream) {
+        if !self.shared.delivery.manager.is_member(me.id, &stream) {
             return Err(refused(format!("not subscribed to `{channel}`")));
         }
         let size = data.map_or(0, |d| d.get().len());

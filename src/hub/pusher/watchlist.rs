@@ -62,7 +62,7 @@ impl Hub {
         }
         let app_id: Arc<str> = Arc::from(app.id.as_str());
         {
-            let mut all = self.shared.pusher.watchers.by_user.lock();
+            let mut all = self.shared.protocols.pusher.watchers.by_user.lock();
             for user in &list {
                 all.entry((app_id.clone(), user.clone()))
                     .or_default()
@@ -72,7 +72,7 @@ impl Hub {
         let (online, offline): (Vec<&str>, Vec<&str>) =
             list.iter().map(String::as_str).partition(|u| {
                 let stream = self.apps().stream_of(app, &format!("{USER_CHANNEL}{u}"));
-                self.shared.occupancy.count(&stream) > 0
+                self.shared.cluster.occupancy.count(&stream) > 0
             });
         let mut events = Vec::new();
         if !online.is_empty() {
@@ -92,7 +92,7 @@ impl Hub {
             return;
         }
         let app_id: Arc<str> = Arc::from(session.app.id.as_str());
-        let mut all = self.shared.pusher.watchers.by_user.lock();
+        let mut all = self.shared.protocols.pusher.watchers.by_user.lock();
         for user in list {
             let key = (app_id.clone(), user);
             if let Some(w) = all.get_mut(&key) {
@@ -125,7 +125,7 @@ impl Hub {
             return;
         }
         let watchers = {
-            let all = self.shared.pusher.watchers.by_user.lock();
+            let all = self.shared.protocols.pusher.watchers.by_user.lock();
             match all.get(&(Arc::from(app.id.as_str()), user.to_owned())) {
                 Some(w) => w.clone(),
                 None => return,
