@@ -4,7 +4,9 @@
 // another, and the time until every session has every one. Reports deliveries per second and
 // the server's CPU time per delivery (user + system, from /proc).
 //
-//   node --experimental-websocket bench/sse-fanout.mjs [sse|ws] [N=1000] [M=200] [BIN=target/release/wshub]
+//   node --experimental-websocket bench/sse-fanout.mjs [sse|ws] [N=1000] [M=200] [BIN=target/release/wshub] [WINDOW=16]
+//
+// WINDOW publications are in flight at once (as `wshub-bench fanout --window 16`).
 //
 // Bounded: at most N sessions, M publications, and 60 s of waiting.
 import { spawn } from "node:child_process";
@@ -16,9 +18,10 @@ const MODE = process.argv[2] ?? "sse";
 const N = Number(process.argv[3] ?? 1000);
 const M = Number(process.argv[4] ?? 200);
 const BIN = process.argv[5] ?? "target/release/wshub";
+const WINDOW = Number(process.argv[6] ?? 16);
 if (!["sse", "ws"].includes(MODE)) throw new Error("mode: sse or ws");
 
-const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--announce", "none", "--max-connections", String(N + 100)], { stdio: ["ignore", "pipe", "inherit"] });
+const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--announce", "none", "--silent-groups", "*", "--max-connections", String(N + 100)], { stdio: ["ignore", "pipe", "inherit"] });
 const addr = await new Promise((resolve, reject) => {
   const t = setTimeout(() => reject(new Error("no listen line")), 10000);
   createInterface({ input: child.stdout }).on("line", (l) => {
@@ -95,10 +98,16 @@ await new Promise((r) => setTimeout(r, 500));
 const body = JSON.stringify({ message: { text: "x".repeat(64) } });
 const cpu0 = cpu();
 const t0 = performance.now();
-for (let i = 0; i < M; i++) {
-  const res = await fetch(`http://${addr}/api/groups/fan/broadcast`, { method: "POST", headers: { "content-type": "application/json" }, body });
-  await res.arrayBuffer();
-}
+let next = 0;
+await Promise.all(
+  Array.from({ length: Math.min(WINDOW, M) }, async () => {
+    while (next < M) {
+      next++;
+      const res = await fetch(`http://${addr}/api/groups/fan/broadcast`, { method: "POST", headers: { "content-type": "application/json" }, body });
+      await res.arrayBuffer();
+    }
+  }),
+);
 const want = N * M;
 const deadline = Date.now() + 60000;
 while (got < want && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));

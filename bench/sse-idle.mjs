@@ -12,7 +12,7 @@ import { createInterface } from "node:readline";
 
 const N = Number(process.argv[2] ?? 10000);
 const BIN = process.argv[3] ?? "target/release/wshub";
-const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--max-connections", String(N + 100)], { stdio: ["ignore", "pipe", "inherit"] });
+const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--announce", "none", "--silent-groups", "*", "--max-connections", String(N + 100)], { stdio: ["ignore", "pipe", "inherit"] });
 const addr = await new Promise((resolve, reject) => {
   const t = setTimeout(() => reject(new Error("no listen line")), 10000);
   createInterface({ input: child.stdout }).on("line", (l) => {
@@ -74,6 +74,8 @@ for (let i = 0; i < N; i += 500) {
 await sleep(1000);
 const idle = rss();
 console.log(`${N} SSE sessions: ${((idle - base) / N / 1024).toFixed(2)} KiB each above the baseline (${(base / 1048576).toFixed(1)} MiB → ${(idle / 1048576).toFixed(1)} MiB)`);
+const metrics = await (await fetch(`http://${addr}/metrics`)).text();
+for (const l of metrics.split("\n")) if (/^wshub_(connections |disconnects_total)/.test(l)) console.log("  " + l);
 const t0 = performance.now();
 const res = await fetch(`http://${addr}/api/groups/idle/broadcast`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ message: { text: "hello, all of you" } }) });
 const { recipients } = await res.json();

@@ -353,3 +353,66 @@ async fn a_client_pipelining_10000_commands_while_reading_slowly_gets_every_repl
     assert_eq!(metric(addr, "wshub_slow_consumer_closes_total").await, 0.0);
     assert_eq!(server.hub.connection_count(), 1);
 }
+
+/// `--rate-limit` holds on HTTP sessions as on WebSocket: past the burst, each command is
+/// dropped and answered `rate_limited` (or the session closed, with `close`).
+#[tokio::test]
+async fn http_sessions_are_rate_limited_like_websocket() {
+    for action in [
+        wshub::hub::RateLimitAction::Error,
+        wshub::hub::RateLimitAction::Close,
+    ] {
+        let server = TestServer::with_config(HubConfig {
+            rate_limit: Some(wshub::hub::RateLimit {
+                // One token per 100 s: no refill during the test, however slow the machine.
+                per_second: 0.01,
+                burst: 3,
+                action,
+            }),
+            ..fast_config()
+        })
+        .await;
+        let p = Poller::open(server.addr, "").await;
+        let pings: String = (1..=5)
+            .map(|i| format!("{{\"id\":{i},\"type\":\"ping\"}}\n"))
+            .collect();
+        assert_eq!(p.send(&pings).await, 204);
+        if action == wshub::hub::RateLimitAction::Error {
+            let mut replies = Vec::new();
+            tokio::time::timeout(WAIT, async {
+                while !replies.iter().any(|f: &Value| f["id"] == 5) {
+                    let (status, frames) = p.poll().await;
+                    assert!(status == 200 || status == 204, "poll answered {status}");
+                    replies.extend(frames.into_iter().filter(|f| f["id"].is_number()));
+                }
+            })
+            .await
+            .expect("every command answered");
+            let kinds: Vec<(i64, &str)> = replies
+                .iter()
+                .map(|f| (f["id"].as_i64().unwrap(), f["type"].as_str().unwrap()))
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    (1, "ack"),
+                    (2, "ack"),
+                    (3, "ack"),
+                    (4, "error"),
+                    (5, "error")
+                ]
+            );
+            assert_eq!(replies[4]["code"], "rate_limited");
+        } else {
+            let close = p.until(|f| f["type"] == "close").await;
+            assert_eq!(close["code"], 1008, "{close}");
+        }
+        // Both past the burst with `error`; with `close`, at least the one that closed it.
+        let dropped = metric(server.addr, "wshub_drops_total{reason=\"rate_limited\"}").await;
+        assert!(
+            dropped == 2.0 || (dropped == 1.0 && action == wshub::hub::RateLimitAction::Close),
+            "{dropped}"
+        );
+        server.stop().await;
+    }
+}

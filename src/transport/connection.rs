@@ -18,11 +18,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::bucket::Bucket;
 use super::writer::{FrameWrite, Writer};
 
 use crate::close::CloseReason;
 use crate::frame::{self, deflate, DecodeError, Decoder, Frame, Message, OpCode};
-use crate::hub::{Hub, HubCork, Peer, RateLimit, RateLimitAction};
+use crate::hub::{Hub, HubCork, Peer, RateLimitAction};
 use crate::outbox::{Outbox, Queued, SendError};
 
 /// Bytes read from the socket per read call. The buffer lives on the stack of the poll, so an
@@ -126,39 +127,6 @@ fn token_left(role: &Role, leeway: Duration) -> Option<Duration> {
         return None;
     };
     super::session::token_left(p.entry(), leeway)
-}
-
-/// A token bucket: `per_second` tokens a second, at most `burst` saved up.
-struct Bucket {
-    limit: RateLimit,
-    tokens: f64,
-    /// When tokens were last counted, in milliseconds on the sweep's clock.
-    last: u64,
-}
-
-impl Bucket {
-    fn new(limit: RateLimit, now: u64) -> Self {
-        Self {
-            limit,
-            tokens: f64::from(limit.burst.max(1)),
-            last: now,
-        }
-    }
-
-    /// Takes a token at `now` (milliseconds); `false` when the bucket is empty.
-    fn take(&mut self, now: u64) -> bool {
-        let burst = f64::from(self.limit.burst.max(1));
-        let elapsed = now.saturating_sub(self.last) as f64 / 1000.0;
-        let earned = elapsed * self.limit.per_second;
-        self.tokens = (self.tokens + earned).min(burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// How the connection ended, for logs.

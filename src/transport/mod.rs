@@ -2,6 +2,7 @@
 //! (`connection`: reader, keep-alive, closing handshake) and its batched writer (`writer`).
 
 mod admission;
+mod bucket;
 mod connection;
 mod events;
 mod http;

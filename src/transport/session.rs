@@ -189,6 +189,7 @@ pub(super) fn open(
     sessions.insert(token.clone(), handle.clone());
     drop(entry);
     let task = Task {
+        bucket: rate_limit(&peer),
         peer,
         tx,
         commands: Some(crx),
@@ -220,6 +221,8 @@ pub(super) fn open(
 /// A session's task: see the module's documentation.
 pub(super) struct Task {
     peer: Peer,
+    /// The inbound rate limit, when the hub has one.
+    bucket: Option<super::bucket::Bucket>,
     tx: mpsc::Sender<Bytes>,
     /// Commands from POSTs (`None`: a stream that takes none, `/events`).
     commands: Option<mpsc::Receiver<Bytes>>,
@@ -231,6 +234,7 @@ impl Task {
     /// A task for a session that takes no commands (`/events`).
     pub(super) fn one_way(peer: Peer, tx: mpsc::Sender<Bytes>) -> Self {
         Self {
+            bucket: None,
             peer,
             tx,
             commands: None,
@@ -344,18 +348,44 @@ impl Task {
     }
 
     /// One command, as a WebSocket connection's text message is handled (a fetch it needs is
-    /// awaited here: the session's commands are handled in order).
-    async fn command(&self, text: &[u8]) {
+    /// awaited here: the session's commands are handled in order), under the same rate limit.
+    async fn command(&mut self, text: &[u8]) {
         let Ok(text) = std::str::from_utf8(text) else {
             return;
         };
         let mut cork = HubCork::new();
+        let now = self.peer.hub().sweep().now();
+        let over = self.bucket.as_mut().is_some_and(|b| !b.take(now));
+        if let (true, Some(bucket)) = (over, &self.bucket) {
+            let hub = self.peer.hub();
+            hub.metrics()
+                .drops
+                .get_or_create(&crate::metrics::Reason {
+                    reason: "rate_limited",
+                })
+                .inc();
+            if bucket.limit.action == crate::hub::RateLimitAction::Close {
+                self.peer.entry().sink.close(CloseReason::RateLimited);
+            } else {
+                self.peer.over_limit(text.as_bytes(), &mut cork);
+                hub.flush(&mut cork, Instant::now());
+            }
+            return;
+        }
         let mut pre = None;
         while let Some(fetch) = self.peer.on_text(text, pre.take(), &mut cork) {
             pre = Some(fetch.await);
         }
         self.peer.hub().flush(&mut cork, Instant::now());
     }
+}
+
+/// A session's rate limit: the hub's, as a WebSocket connection has it.
+fn rate_limit(peer: &Peer) -> Option<super::bucket::Bucket> {
+    let hub = peer.hub();
+    hub.config()
+        .rate_limit
+        .map(|l| super::bucket::Bucket::new(l, hub.sweep().now()))
 }
 
 async fn recv(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
