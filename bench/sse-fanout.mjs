@@ -9,10 +9,9 @@
 // WINDOW publications are in flight at once (as `wshub-bench fanout --window 16`).
 //
 // Bounded: at most N sessions, M publications, and 60 s of waiting.
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import http from "node:http";
-import { createInterface } from "node:readline";
+import { startWshub } from "./serve.mjs";
 
 const MODE = process.argv[2] ?? "sse";
 const N = Number(process.argv[3] ?? 1000);
@@ -21,19 +20,7 @@ const BIN = process.argv[5] ?? "target/release/wshub";
 const WINDOW = Number(process.argv[6] ?? 16);
 if (!["sse", "ws"].includes(MODE)) throw new Error("mode: sse or ws");
 
-const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--announce", "none", "--silent-groups", "*", "--max-connections", String(N + 100)], { stdio: ["ignore", "pipe", "inherit"] });
-const addr = await new Promise((resolve, reject) => {
-  const t = setTimeout(() => reject(new Error("no listen line")), 10000);
-  createInterface({ input: child.stdout }).on("line", (l) => {
-    try {
-      const local = JSON.parse(l)?.fields?.local;
-      if (local) {
-        clearTimeout(t);
-        resolve(local);
-      }
-    } catch {}
-  });
-});
+const { child, addr } = await startWshub(BIN, N);
 const [host, port] = addr.split(":");
 const cpu = () => {
   const f = readFileSync(`/proc/${child.pid}/stat`, "utf8").split(") ")[1].split(" ");

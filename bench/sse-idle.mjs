@@ -5,26 +5,13 @@
 // it is reported (one encode for all N, framed per session).
 //
 //   node bench/sse-idle.mjs [N=10000] [BIN=target/release/wshub]
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import http from "node:http";
-import { createInterface } from "node:readline";
+import { startWshub } from "./serve.mjs";
 
 const N = Number(process.argv[2] ?? 10000);
 const BIN = process.argv[3] ?? "target/release/wshub";
-const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--announce", "none", "--silent-groups", "*", "--max-connections", String(N + 100)], { stdio: ["ignore", "pipe", "inherit"] });
-const addr = await new Promise((resolve, reject) => {
-  const t = setTimeout(() => reject(new Error("no listen line")), 10000);
-  createInterface({ input: child.stdout }).on("line", (l) => {
-    try {
-      const local = JSON.parse(l)?.fields?.local;
-      if (local) {
-        clearTimeout(t);
-        resolve(local);
-      }
-    } catch {}
-  });
-});
+const { child, addr } = await startWshub(BIN, N);
 const [host, port] = addr.split(":");
 const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"))[1]) * 1024;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

@@ -163,6 +163,15 @@ impl Frames for Encoded<'_> {
     }
 }
 
+/// A `direct` envelope (to a user's connections, or to one).
+fn direct_frame(
+    from: Option<&str>,
+    user: Option<&str>,
+    message: &serde_json::value::RawValue,
+) -> Frame {
+    v1::delivery("direct", None, None, from, user, message)
+}
+
 fn all_kind(kind: AllKind) -> Kind {
     match kind {
         AllKind::ServerBroadcast => Kind::ServerBroadcast,
@@ -277,25 +286,11 @@ impl Hub {
                 cork,
             ),
             Data::User(m) => {
-                let f = v1::delivery(
-                    "direct",
-                    None,
-                    None,
-                    m.from.as_deref(),
-                    m.user.as_deref(),
-                    &m.message,
-                );
+                let f = direct_frame(m.from.as_deref(), m.user.as_deref(), &m.message);
                 self.publish_corked(Audience::User(&m.to), &f, cork)
             }
             Data::Direct(m) => {
-                let f = v1::delivery(
-                    "direct",
-                    None,
-                    None,
-                    m.from.as_deref(),
-                    m.user.as_deref(),
-                    &m.message,
-                );
+                let f = direct_frame(m.from.as_deref(), m.user.as_deref(), &m.message);
                 let delivered = match m.to.parse::<ConnId>() {
                     Ok(id) => usize::from(self.send_corked(id, &f, cork)),
                     Err(_) => 0,

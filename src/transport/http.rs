@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,9 +30,6 @@ use super::relay;
 use super::session::{self, Framing, Handle, Sessions};
 use super::sse;
 use super::upgrade::recover_param;
-
-/// Most bytes one poll answers with (more waits for the next poll).
-const POLL_BYTES: usize = 256 * 1024;
 
 /// Long polling's framing: one frame's JSON per line; the close as a line of its own.
 struct Lines;
@@ -149,14 +145,7 @@ pub async fn poll_open_handler(
 }
 
 fn ndjson(status: StatusCode, body: Bytes) -> Response {
-    let mut res = (status, Body::from(body)).into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    session::answer(status, "application/x-ndjson", body)
 }
 
 fn no_session() -> Problem {
@@ -227,16 +216,7 @@ pub(super) async fn poll_here(
     };
     let _polling = session::Attached::new(handle.clone(), hub);
     match tokio::time::timeout(session::poll_wait(hub), rx.recv()).await {
-        Ok(Some(first)) => {
-            let mut body = BytesMut::from(&first[..]);
-            while body.len() < POLL_BYTES {
-                match rx.try_recv() {
-                    Ok(more) => body.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            ndjson(StatusCode::OK, body.freeze())
-        }
+        Ok(Some(first)) => ndjson(StatusCode::OK, session::poll_answer(&first, &mut rx)),
         Ok(None) => no_session().into_response(),
         Err(_) => StatusCode::NO_CONTENT.into_response(),
     }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
@@ -35,9 +35,6 @@ use crate::problem::Problem;
 
 use super::admission::{over_connection_limit, unavailable};
 use super::session::{self, Framing, Sessions};
-
-/// Most bytes one poll answers with (more waits for the next poll).
-const POLL_BYTES: usize = 256 * 1024;
 
 /// The lines pusher-js reads.
 struct SockJs {
@@ -78,14 +75,7 @@ fn valid_segment(s: &str) -> bool {
 }
 
 fn lines(status: StatusCode, body: impl Into<Body>) -> Response {
-    let mut res = (status, body.into()).into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/javascript; charset=UTF-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    session::answer(status, "application/javascript; charset=UTF-8", body)
 }
 
 /// `POST /pusher/app/{key}/{server}/{session}/{xhr_streaming|xhr|xhr_send}`.
@@ -211,16 +201,7 @@ async fn receive(
     let wait = session::poll_wait(hub);
     let answer = tokio::select! {
         r = tokio::time::timeout(wait, rx.recv()) => match r {
-            Ok(Some(first)) => {
-                let mut body = BytesMut::from(&first[..]);
-                while body.len() < POLL_BYTES {
-                    match rx.try_recv() {
-                        Ok(more) => body.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
-                body.freeze()
-            }
+            Ok(Some(first)) => session::poll_answer(&first, &mut rx),
             Ok(None) => Bytes::from(close_line(3000, "Go away!")),
             Err(_) => Bytes::from_static(b"h\n"),
         },

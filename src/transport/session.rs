@@ -419,6 +419,36 @@ pub(super) async fn read_commands(
     Ok(body)
 }
 
+/// Most bytes one poll answers with (more waits for the next poll).
+pub(super) const POLL_BYTES: usize = 256 * 1024;
+
+/// A poll's answer: `first`, and what else waits already, up to [`POLL_BYTES`].
+pub(super) fn poll_answer(first: &[u8], rx: &mut mpsc::Receiver<Bytes>) -> Bytes {
+    let mut body = BytesMut::from(first);
+    while body.len() < POLL_BYTES {
+        match rx.try_recv() {
+            Ok(more) => body.extend_from_slice(&more),
+            Err(_) => break,
+        }
+    }
+    body.freeze()
+}
+
+/// An answer of an HTTP session's request: `body` as `content_type`, never cached.
+pub(super) fn answer(
+    status: axum::http::StatusCode,
+    content_type: &'static str,
+    body: impl Into<axum::body::Body>,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    use axum::response::IntoResponse as _;
+    let mut res = (status, body.into()).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 /// How long a long poll waits for something to send before answering 204 (under the usual
 /// 30 to 60 s of proxies' idle limits).
 pub(super) fn poll_wait(hub: &Hub) -> Duration {
