@@ -256,6 +256,8 @@ struct Conn {
     closing: bool,
     /// This connection's own outbox was offered a frame outside the hub (echo, pong).
     own_dirty: bool,
+    /// Its input is held now (counted once per hold in `wshub_input_holds_total`).
+    held: bool,
     /// The inbound rate limit, when the hub has one (boxed: most connections have none).
     bucket: Option<Box<Bucket>>,
     /// How this connection's own messages (echoes) are compressed, when it negotiated it.
@@ -581,10 +583,13 @@ impl<R: AsyncRead + Unpin, W: FrameWrite> Driver<R, W> {
             if self.c.input_held() {
                 // The connection's own output waits to be written: read no more until it is
                 // under the mark (the outbox wakes this task then). The peer's sends back up
-                // into TCP, which slows it down.
-                self.c.role.hub().metrics().input_holds.inc();
+                // into TCP, which slows it down. Counted once per hold, as HTTP sessions are.
+                if !std::mem::replace(&mut self.c.held, true) {
+                    self.c.role.hub().metrics().input_holds.inc();
+                }
                 break;
             }
+            self.c.held = false;
             let Poll::Ready(r) = self.rd.poll_next(cx, &mut io.reader, &mut full) else {
                 break;
             };
@@ -776,6 +781,7 @@ where
         close_sent: false,
         closing: false,
         own_dirty: false,
+        held: false,
         bucket: hub
             .config()
             .rate_limit
