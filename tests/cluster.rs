@@ -236,6 +236,7 @@ mod in_process {
         every_delivery_counted_across_a_backplane_outage,
         a_cache_channels_last_event_reaches_a_node_started_after_it,
         http_sessions_answer_on_any_node_without_sticky_sessions,
+        a_relayed_request_without_a_backplane_is_503,
     );
 }
 
@@ -1960,4 +1961,36 @@ async fn publish_keyed(
     };
     hub.publish_to(Target::Group(group), Message::Json(message), &opts)
         .await
+}
+
+/// The backplane goes away while a long-polling session lives on A: a POST that reaches B
+/// cannot be relayed, and says so (503 with `Retry-After`, problem+json) at once instead of
+/// waiting; on A the session goes on. (The in-process bus: its outage is immediate.)
+async fn a_relayed_request_without_a_backplane_is_503(kind: Kind) {
+    let mut engine = Backend::start(kind);
+    let quick = |c: &mut HubConfig| c.ping_interval = Duration::from_millis(300);
+    let a = node_configured(backplane(&engine, "wshub"), "node-a", quick).await;
+    let b = node_configured(backplane(&engine, "wshub"), "node-b", quick).await;
+    let auth = format!("Bearer {}", token("lp"));
+    let me = [("Authorization", auth.as_str())];
+    let r = http(a.addr, "GET", "/v1/poll", &me, b"").await;
+    assert_eq!(r.status, 200);
+    let session = r.json()["session"].as_str().unwrap().to_owned();
+    let ping = b"{\"id\":1,\"type\":\"ping\"}";
+    let path = format!("/v1/sessions/{session}");
+    assert_eq!(http(b.addr, "POST", &path, &me, ping).await.status, 204);
+    engine.kill();
+    wait_up(&b.hub, false).await;
+    let started = std::time::Instant::now();
+    let r = http(b.addr, "POST", &path, &me, ping).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        started.elapsed() < WAIT,
+        "answered without waiting for a deadline"
+    );
+    assert_eq!(http(a.addr, "POST", &path, &me, ping).await.status, 204);
+    a.stop().await;
+    b.stop().await;
 }

@@ -118,6 +118,26 @@ pub(super) fn unavailable() -> Response {
     .into_response()
 }
 
+/// What refuses a Pusher client before its protocol is even looked at, on any transport:
+/// shutdown, the Origin allow-list, the connection limit (Pusher's own refusals come after,
+/// in its words). `None`: it may go on.
+pub(super) fn pusher_gate(hub: &Hub, req: &Request) -> Option<Response> {
+    if hub.is_shutting_down() {
+        return Some(unavailable());
+    }
+    if let Err(problem) = hub.auth().check_origin(req.headers()) {
+        return Some(problem.into_response());
+    }
+    over_connection_limit(hub)
+}
+
+/// The peer's address, when the server knows it.
+pub(super) fn remote_of(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
 /// `--max-connections` counts `/ws` and `/ws/echo` together: the 503 to answer when it is
 /// reached.
 pub(super) fn over_connection_limit(hub: &Hub) -> Option<Response> {
@@ -203,10 +223,7 @@ fn admit_now(hub: &Hub, req: &Request, protocol: &'static str) -> Decided {
     if let Some(res) = over_connection_limit(hub) {
         return Decided::Done(Err(res));
     }
-    let remote = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+    let remote = remote_of(req);
     if hooked {
         return Decided::Hook(Box::pin(ask_connect_hook(hub, req, remote, protocol)));
     }

@@ -12,10 +12,8 @@
 //! `--max-message-size` bytes; 204 once queued for the session), and `DELETE
 //! /v1/sessions/{session}` ends the session.
 
-use std::time::Duration;
-
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
@@ -250,31 +248,22 @@ pub(super) async fn post_here(
         Ok(b) => b,
         Err(p) => return p.into_response(),
     };
-    // A session whose replies are not being read takes no commands: the POST waits, then
-    // says so.
-    let wait = hub.config().idle_timeout.max(Duration::from_millis(100));
-    for line in body.split(|&b| b == b'\n') {
-        let line = line.trim_ascii();
-        if line.is_empty() {
-            continue;
-        }
-        let cmd = body.slice_ref(line);
-        match tokio::time::timeout(wait, handle.commands.send(cmd)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return no_session().into_response(),
-            Err(_) => {
-                let mut res = Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the session is not taking commands: its replies are not being read",
-                )
-                .into_response();
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return res;
-            }
-        }
+    let commands: Vec<Bytes> = body
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|line| !line.is_empty())
+        .map(|line| body.slice_ref(line))
+        .collect();
+    match handle.queue(hub, commands).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(session::NotQueued::Ended) => no_session().into_response(),
+        Err(session::NotQueued::NotTaking) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session is not taking commands: its replies are not being read",
+        )
+        .retry_after(1)
+        .into_response(),
     }
-    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `DELETE /v1/sessions/{session}`: the client is done.

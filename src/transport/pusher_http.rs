@@ -33,7 +33,7 @@ use crate::hub::{Hub, Peer};
 use crate::manager::{ConnInfo, Grants, Protocol};
 use crate::problem::Problem;
 
-use super::admission::{over_connection_limit, unavailable};
+use super::admission::{pusher_gate, remote_of};
 use super::session::{self, Framing, Sessions};
 
 /// The lines pusher-js reads.
@@ -109,17 +109,11 @@ fn open(
     key: &str,
     req: &Request,
     streaming: bool,
-) -> Option<Response> {
-    if hub.is_shutting_down() {
-        return Some(unavailable());
+) -> Result<std::sync::Arc<session::Handle>, Box<Response>> {
+    if let Some(res) = pusher_gate(hub, req) {
+        return Err(Box::new(res));
     }
-    if let Err(p) = hub.auth().check_origin(req.headers()) {
-        return Some(p.into_response());
-    }
-    if let Some(res) = over_connection_limit(hub) {
-        return Some(res);
-    }
-    let refused = |(code, why): (crate::protocol::pusher::Code, String)| {
+    let app = super::upgrade::pusher_refusal(hub, key, req).map_err(|(code, why)| {
         let error = crate::protocol::pusher::error(code, &why);
         let mut out = BytesMut::from(&b"o\n"[..]);
         let mut framing = SockJs { streaming };
@@ -127,21 +121,13 @@ fn open(
             framing.frame(payload, &mut out);
         }
         out.extend_from_slice(close_line(code.get(), &why).as_bytes());
-        lines(StatusCode::OK, out.freeze())
-    };
-    let app = match super::upgrade::pusher_refusal(hub, key, req) {
-        Ok(app) => app,
-        Err(e) => return Some(refused(e)),
-    };
-    let remote = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
-    let mut info = ConnInfo::now(remote);
+        Box::new(lines(StatusCode::OK, out.freeze()))
+    })?;
+    let mut info = ConnInfo::now(remote_of(req));
     info.protocol = Protocol::Pusher;
     let entry = hub.register(info, Grants::default(), None, None);
     let peer = Peer::pusher(hub.clone(), entry, app);
-    session::open(
+    let opened = session::open(
         sessions,
         Some(name.to_owned()),
         peer,
@@ -150,7 +136,7 @@ fn open(
         true,
         SockJs { streaming },
     );
-    None
+    Ok(opened.handle)
 }
 
 /// A stream or a poll: what the session has for the client.
@@ -162,15 +148,14 @@ async fn receive(
     req: Request,
     streaming: bool,
 ) -> Response {
-    if sessions.get(name).is_none() {
-        if let Some(res) = open(hub, sessions, name, key, &req, streaming) {
-            return res;
-        }
-    }
-    drop(req);
-    let Some(handle) = sessions.get(name) else {
-        return lines(StatusCode::OK, close_line(3000, "Go away!"));
+    let handle = match sessions.get(name) {
+        Some(h) => h,
+        None => match open(hub, sessions, name, key, &req, streaming) {
+            Ok(h) => h,
+            Err(res) => return *res,
+        },
     };
+    drop(req);
     let Some(poll) = handle.poll.clone() else {
         return lines(StatusCode::OK, close_line(3000, "Go away!"));
     };
@@ -264,24 +249,19 @@ async fn send(hub: &Hub, sessions: &Sessions, name: &str, req: Request) -> Respo
         )
         .into_response();
     };
-    // A session whose replies are not being read takes no messages: the POST waits, then
-    // says so.
-    let wait = hub.config().idle_timeout.max(Duration::from_millis(100));
-    for m in messages {
-        match tokio::time::timeout(wait, handle.commands.send(Bytes::from(m))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Problem::not_found("no such Pusher session: it ended").into_response()
-            }
-            Err(_) => {
-                return Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the session is not taking messages: its replies are not being read",
-                )
-                .retry_after(1)
-                .into_response()
-            }
+    match handle
+        .queue(hub, messages.into_iter().map(Bytes::from))
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(session::NotQueued::Ended) => {
+            Problem::not_found("no such Pusher session: it ended").into_response()
         }
+        Err(session::NotQueued::NotTaking) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session is not taking messages: its replies are not being read",
+        )
+        .retry_after(1)
+        .into_response(),
     }
-    StatusCode::NO_CONTENT.into_response()
 }

@@ -110,14 +110,21 @@ pub(super) fn elsewhere(hub: &Hub, sessions: &Sessions, token: &str) -> Option<S
     (node != hub.node_id() && known).then(|| node.to_owned())
 }
 
-/// How long a relayed request may take: the longest a session's node may wait itself (a poll's
-/// wait, or a POST waiting for the session's commands to drain), and a margin for the trips.
-fn deadline(hub: &Hub) -> Duration {
-    let cfg = hub.config();
-    super::session::poll_wait(hub)
-        .saturating_add(cfg.idle_timeout)
-        .saturating_add(Duration::from_secs(5))
+/// How long a relayed request may take: the longest the session's node may wait itself for
+/// this operation (a poll's wait; a POST waiting for the session's commands to drain, up to
+/// `--idle-timeout`; nothing for a DELETE), and a margin for the trips.
+fn deadline(hub: &Hub, op: Op) -> Duration {
+    let waits = match op {
+        Op::Poll => super::session::poll_wait(hub),
+        Op::Post => hub.config().idle_timeout,
+        Op::Close => Duration::ZERO,
+    };
+    waits.saturating_add(MARGIN)
 }
+
+/// What a relayed request may take beyond the session's own wait: two trips through the
+/// engine, and the session's node finding time for it.
+const MARGIN: Duration = Duration::from_secs(5);
 
 /// Relays `req` (for session `token`, held by `node`) and answers what that node answered.
 pub(super) async fn forward(hub: &Hub, node: &str, op: Op, token: &str, req: Request) -> Response {
@@ -146,7 +153,7 @@ pub(super) async fn forward(hub: &Hub, node: &str, op: Op, token: &str, req: Req
     };
     hub.metrics().relayed.inc();
     match cluster
-        .request(node, &pack(&asked, &body), deadline(hub))
+        .request(node, &pack(&asked, &body), deadline(hub, op))
         .await
     {
         Ok(answer) => match unpack::<Answered>(&answer) {

@@ -67,7 +67,33 @@ pub(crate) struct Handle {
     step_aside: tokio::sync::Notify,
 }
 
+/// Why a request's commands were not all queued for its session.
+pub(super) enum NotQueued {
+    /// The session ended.
+    Ended,
+    /// The session's replies are not being read, so it took no command for `--idle-timeout`.
+    NotTaking,
+}
+
 impl Handle {
+    /// Queues a request's commands for the session's task, in order. A session whose replies
+    /// are not being read takes none: each waits up to `--idle-timeout` for room.
+    pub(super) async fn queue(
+        &self,
+        hub: &Hub,
+        commands: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(), NotQueued> {
+        let wait = hub.config().idle_timeout.max(Duration::from_millis(100));
+        for cmd in commands {
+            match tokio::time::timeout(wait, self.commands.send(cmd)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(NotQueued::Ended),
+                Err(_) => return Err(NotQueued::NotTaking),
+            }
+        }
+        Ok(())
+    }
+
     /// A new request is to read the session: the one reading now steps aside (see
     /// [`replaced`](Self::replaced)). Its number.
     pub(super) fn new_reader(&self) -> u64 {
@@ -150,6 +176,8 @@ fn new_token(node: &str) -> String {
 pub(super) struct Opened {
     pub token: String,
     pub down: Option<mpsc::Receiver<Bytes>>,
+    /// What its requests reach it by.
+    pub handle: Arc<Handle>,
 }
 
 /// Opens a session for `peer` (registered): puts it in the table (as `name`, or a new token)
@@ -165,8 +193,6 @@ pub(super) fn open(
     framing: impl Framing,
 ) -> Opened {
     let hub = peer.hub().clone();
-    let hub = &hub;
-    let entry = peer.entry().clone();
     let token = name.unwrap_or_else(|| new_token(hub.node_id()));
     let first = first(&token);
     let (tx, rx) = mpsc::channel::<Bytes>(1);
@@ -177,7 +203,7 @@ pub(super) fn open(
         (Some(rx), None)
     };
     let handle = Arc::new(Handle {
-        entry: entry.clone(),
+        entry: peer.entry().clone(),
         bound_user,
         commands: ctx,
         poll,
@@ -187,18 +213,17 @@ pub(super) fn open(
         step_aside: tokio::sync::Notify::new(),
     });
     sessions.insert(token.clone(), handle.clone());
-    drop(entry);
     let task = Task {
         bucket: rate_limit(&peer),
         peer,
         tx,
         commands: Some(crx),
-        handle: long_poll.then_some(handle),
+        handle: long_poll.then(|| handle.clone()),
     };
     let span = tracing::debug_span!("session", id = %task.peer.entry().id);
     let sessions = sessions.clone();
     let name = token.clone();
-    let linger = poll_wait(hub);
+    let linger = poll_wait(&hub);
     hub.tasks().spawn(tracing::Instrument::instrument(
         async move {
             task.run(first, framing).await;
@@ -215,7 +240,11 @@ pub(super) fn open(
         },
         span,
     ));
-    Opened { token, down }
+    Opened {
+        token,
+        down,
+        handle,
+    }
 }
 
 /// A session's task: see the module's documentation.

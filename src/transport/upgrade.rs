@@ -382,13 +382,7 @@ pub async fn pusher_handler(
         Ok(hs) => hs,
         Err(e) => return e.into_response(),
     };
-    if hub.is_shutting_down() {
-        return unavailable();
-    }
-    if let Err(problem) = hub.auth().check_origin(req.headers()) {
-        return problem.into_response();
-    }
-    if let Some(res) = over_connection_limit(&hub) {
+    if let Some(res) = super::admission::pusher_gate(&hub, &req) {
         return res;
     }
     let refusal = pusher_refusal(&hub, &key, &req);
